@@ -1,0 +1,1 @@
+"""mmbench ablate package."""

@@ -1,0 +1,154 @@
+"""The ``mm`` command line: thin Typer wrappers that parse, call the core, and print with rich.
+
+Heavy libraries (torch, transformers, lm-eval, ray) are imported inside the commands that need them so
+that ``mm --help`` stays fast. Every MMError becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from mmbench_cli import __version__
+from mmbench_cli.errors import MMError
+
+app = typer.Typer(
+    name="mm",
+    help="MM1-style ablations and few-shot benchmarks for multimodal LLMs.\n\n"
+    "Runs on a laptop CPU out of the box (a built-in synthetic multimodal world and tiny models); "
+    "bring local COCO/VQAv2/... files, local Hugging Face checkpoints and GPUs for real studies.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors_exit_2(func: F) -> F:
+    """Turn MMError (bad user input) into one line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except MMError as error:
+            err_console.print(f"[bold red]error:[/] {error.message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=MMError.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.print(f"mm (mmbench) {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", help="Show the version and exit.", callback=_version_callback, is_eager=True),
+) -> None:
+    """MM1-style ablations and few-shot benchmarks for multimodal LLMs."""
+
+
+CONFIG_ARGS_HELP = "Optional config YAML, then `key.sub=value` overrides (anything with `=` is an override)."
+
+
+def _not_yet(command: str, issue: str) -> None:
+    raise MMError(f"`mm {command}` is not implemented yet ({issue}); nothing was run")
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  mm build\n\n"
+    "  mm build ablations/base.yaml model.connector=avgpool model.num_image_tokens=64 -o models/avgpool\n\n"
+    "  mm build --data data.num_train_images=500",
+)
+@user_errors_exit_2
+def build(
+    args: list[str] = typer.Argument(None, help=CONFIG_ARGS_HELP, show_default=False),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Save the assembled model (or data report) here."),
+    data: bool = typer.Option(False, "--data", help="Materialise and report the dataset instead of the model."),
+) -> None:
+    """Assemble encoder + connector + LM, print its anatomy, shape-check it and (with -o) save it."""
+    from mmbench_cli.config import load_config, split_config_args
+
+    path, overrides = split_config_args(args or [])
+    cfg = load_config(path, overrides)
+    _not_yet("build", "issue 3")
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  mm pretrain --out runs/toy\n\n"
+    "  mm pretrain ablations/base.yaml train.steps=1000 model.image_size=96 --out runs/res96\n\n"
+    "  torchrun --nproc_per_node 2 -m mmbench_cli.cli pretrain --out runs/ddp",
+)
+@user_errors_exit_2
+def pretrain(
+    args: list[str] = typer.Argument(None, help=CONFIG_ARGS_HELP, show_default=False),
+    out: Path = typer.Option(Path("runs/pretrain"), "--out", "-o", help="Run directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run dir's last checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Start over even if the run dir holds another run."),
+    stage: str | None = typer.Option(None, "--stage", help="mllm (default) or encoder (CLIP/MAE pre-training)."),
+) -> None:
+    """Train the model on the data mixture, saving Pythia-style log-spaced checkpoints."""
+    _not_yet("pretrain", "issue 5")
+
+
+@app.command(
+    name="eval",
+    epilog="Examples:\n\n"
+    "  mm eval runs/toy --shots 0 4 8\n\n"
+    "  mm eval runs/toy --all-checkpoints --tasks synthetic-vqa synthetic-caption\n\n"
+    "  mm eval runs/toy --tasks text:textcore",
+)
+@user_errors_exit_2
+def evaluate(
+    model: Path = typer.Argument(..., help="A run dir, a checkpoint dir, or a model saved by `mm build -o`."),
+) -> None:
+    """Few-shot captioning (CIDEr) and VQA (VQA accuracy), and text tasks through lm-evaluation-harness."""
+    _not_yet("eval", "issue 6")
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  mm ablate --grid resolution,tokens\n\n"
+    "  mm ablate --grid resolution=32,64 --grid tokens=16,64 --dry-run\n\n"
+    "  mm ablate ablations/mm1_connector.yaml --executor ray",
+)
+@user_errors_exit_2
+def ablate(
+    args: list[str] = typer.Argument(None, help=CONFIG_ARGS_HELP, show_default=False),
+) -> None:
+    """Run a resumable grid of pretrain + eval cells over ablation axes."""
+    _not_yet("ablate", "issue 7")
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  mm report runs/grid\n\n"
+    "  mm report runs/grid -o reports/grid --baseline ablations/ci_baseline.json --tolerance 0.02",
+)
+@user_errors_exit_2
+def report(
+    paths: list[Path] = typer.Argument(..., help="Grid dirs or run dirs."),
+) -> None:
+    """Render the HTML + markdown report: MM1-style tables, axis effects, training-dynamics plots."""
+    _not_yet("report", "issue 7")
+
+
+if __name__ == "__main__":  # `python -m mmbench_cli.cli ...`, e.g. under torchrun
+    sys.exit(app())

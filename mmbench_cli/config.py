@@ -1,0 +1,260 @@
+"""Configuration: pydantic models loaded from YAML, with ``key.sub=value`` overrides.
+
+Every knob has a default, so ``load_config(None, [])`` is the built-in MM1-shaped toy config (the same as
+``ablations/base.yaml``). Names follow MM1 where MM1 has one (``image_size``, ``num_image_tokens``,
+``connector``, ``encoder``, ``data_mix``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mmbench_cli.errors import MMError
+
+DATA_TYPES = ("caption", "interleaved", "text")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """The MLLM: image encoder → vision-language connector → decoder-only LM."""
+
+    encoder: str = Field("vit-tiny", description="registry name, hf:<local dir>, or a dir saved by mm pretrain --stage encoder")
+    image_size: int = Field(64, gt=0, description="input resolution in pixels (square)")
+    patch_size: int = Field(8, gt=0, description="ViT patch size for built-from-config encoders")
+    connector: str = Field("c-abstractor", description="vision-language connector (registry name)")
+    num_image_tokens: int = Field(16, gt=0, description="tokens each image becomes in the LM's input")
+    lm: str = Field("pythia-toy-2m", description="language model: size-ladder name or hf:<local dir>")
+    tokenizer: str = Field("synthetic-bpe", description="synthetic-bpe (trained on the synthetic corpus) or hf:<local dir>")
+    vocab_size: int = Field(2048, gt=0, description="vocabulary size of the trained BPE tokenizer")
+    max_seq_len: int = Field(256, gt=0, description="longest sequence (text + image tokens) the LM sees")
+
+
+class DatasetSpec(_Strict):
+    """One real dataset read from local files (see docs/data.md for the formats)."""
+
+    format: str = Field(..., description="a data format name, e.g. coco-captions, vqav2, textvqa, llava, interleaved-jsonl")
+    path: str = Field(..., description="annotation file (or HF datasets directory)")
+    images: str | None = Field(None, description="directory holding the images referenced by the annotations")
+    questions: str | None = Field(None, description="VQAv2/OK-VQA questions file (annotations go in `path`)")
+    kind: Literal["caption", "vqa", "interleaved", "text"] | None = Field(None, description="override the sample kind")
+    split: str = "train"
+    weight: float = Field(1.0, gt=0)
+
+
+class DataConfig(_Strict):
+    """Pre-training data: the synthetic world by default, or local datasets."""
+
+    source: Literal["synthetic", "local"] = "synthetic"
+    world_seed: int = Field(0, description="seed of the synthetic world (independent of the training seed)")
+    num_train_images: int = Field(4000, gt=0)
+    num_val_images: int = Field(200, gt=0)
+    num_test_images: int = Field(400, gt=0)
+    data_mix: dict[str, float] = Field(default_factory=lambda: {"caption": 0.45, "interleaved": 0.45, "text": 0.10})
+    seq_len: int = Field(128, gt=0, description="packed training sequence length in tokens")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    cache_dir: str | None = Field(None, description="where rendered images/tokenizers are cached (default ~/.cache/mmbench)")
+    datasets: list[DatasetSpec] = Field(default_factory=list, description="local datasets (source: local)")
+    skip_bad: bool = Field(False, description="skip and count bad samples instead of failing")
+
+    @field_validator("data_mix")
+    @classmethod
+    def _check_mix(cls, mix: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(mix) - set(DATA_TYPES))
+        if unknown:
+            raise ValueError(f"unknown data type {unknown[0]!r}; choose from: {', '.join(DATA_TYPES)}")
+        if any(weight < 0 for weight in mix.values()):
+            raise ValueError("proportions must be >= 0")
+        total = sum(mix.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"proportions must sum to 1 (they sum to {total:g})")
+        return mix
+
+
+class TrainConfig(_Strict):
+    """Optimisation and checkpointing (Pythia-style log-spaced checkpoints)."""
+
+    stage: Literal["mllm", "encoder"] = "mllm"
+    steps: int = Field(300, gt=0)
+    batch_size: int = Field(16, gt=0, description="sequences per optimizer step (global, across DDP ranks)")
+    grad_accum: int = Field(1, gt=0)
+    lr: float | Literal["mm1-rule"] = Field(2e-3, description="peak learning rate, or mm1-rule: exp(-0.4214 ln N - 0.5535)")
+    weight_decay: float | Literal["mm1-rule"] = Field(0.1, description="AdamW weight decay, or mm1-rule: 0.1 * lr")
+    warmup_steps: int = Field(30, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * min_lr_ratio")
+    grad_clip: float = Field(1.0, ge=0)
+    freeze_encoder: bool = False
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
+    device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    checkpoint_every: int = Field(100, gt=0, description="after the log-spaced steps, a checkpoint every K steps")
+    log_spaced_checkpoints: bool = True
+    log_every: int = Field(10, gt=0)
+    encoder_objective: Literal["clip", "mae"] = Field("clip", description="objective of --stage encoder")
+
+
+class EvalConfig(_Strict):
+    """Few-shot evaluation defaults (overridable by mm eval flags)."""
+
+    tasks: list[str] = Field(default_factory=lambda: ["synthetic-caption", "synthetic-vqa", "synthetic-ocr"])
+    shots: list[int] = Field(default_factory=lambda: [0, 4, 8])
+    seeds: int = Field(1, gt=0, description="demo-sampling seeds (random selection); mean ± std reported")
+    demo_selection: Literal["random", "rices"] = "random"
+    num_samples: int = Field(100, gt=0, description="query samples per task (from the test split)")
+    batch_size: int = Field(16, gt=0)
+    max_new_tokens: int = Field(16, gt=0)
+    num_beams: int = Field(1, gt=0)
+    zero_shot_text_demos: bool = Field(False, description="Flamingo's 0-shot variant: two text-only demos")
+
+    @field_validator("shots")
+    @classmethod
+    def _check_shots(cls, shots: list[int]) -> list[int]:
+        if any(k < 0 for k in shots):
+            raise ValueError("shot counts must be >= 0")
+        return shots
+
+
+class Config(_Strict):
+    """A whole run: model, data, training and evaluation."""
+
+    name: str = "mm1-toy"
+    seed: int = Field(0, description="training seed (init, data order)")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> Config:
+        if self.data.seq_len > self.model.max_seq_len:
+            raise ValueError(
+                f"data.seq_len ({self.data.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})"
+            )
+        return self
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b=value`` into (["a", "b"], value), parsing the value as YAML (so 3, 1e-3, [0,4], true work)."""
+    if "=" not in text:
+        raise MMError(f"override {text!r} is not of the form key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise MMError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of the config dict ``data`` with each ``a.b=value`` override set."""
+    result = json.loads(json.dumps(data))
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = result
+        for depth, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise MMError(f"override {text!r}: {'.'.join(keys[: depth + 1])} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return result
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "config"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        section = _section_for(first["loc"][:-1])
+        allowed = ", ".join(section.model_fields) if section else ""
+        message = f"unknown key; allowed keys here: {allowed}"
+    elif first["type"] == "literal_error":
+        message = f"invalid value {first.get('input')!r}; {message}"
+    return f"{source}: {location}: {message}"
+
+
+def _section_for(location: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in location:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None) if field else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return None
+    return model
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    """Validate a plain dict into a Config; errors become one-line MMErrors naming the key."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        raise MMError(_format_validation_error(error, source)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with safe_load; missing, unreadable or garbled files are MMErrors."""
+    path = Path(path)
+    if not path.exists():
+        raise MMError(f"{path}: no such config file")
+    if path.is_dir():
+        raise MMError(f"{path}: is a directory, expected a YAML config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise MMError(f"{path}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise MMError(f"{path}: expected a YAML mapping of config sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a config: built-in defaults ← YAML file (optional) ← ``a.b=value`` overrides."""
+    data = read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "config"
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source = f"{source} (with overrides)"
+    return config_from_dict(data, source)
+
+
+def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
+    """The config as plain JSON-able data (every field, defaults included)."""
+    return cfg.model_dump(mode="json")
+
+
+def config_to_yaml(cfg: BaseModel) -> str:
+    """The resolved config as YAML, in field order."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def config_hash(cfg: BaseModel) -> str:
+    """A short stable hash of the resolved config (used to detect a run dir made by another config)."""
+    canonical = json.dumps(config_to_dict(cfg), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """Split CLI arguments into (config path or None, overrides): anything with ``=`` is an override."""
+    paths = [arg for arg in args if "=" not in arg]
+    overrides = [arg for arg in args if "=" in arg]
+    if len(paths) > 1:
+        raise MMError(f"expected at most one config file, got {len(paths)}: {', '.join(paths)}")
+    return (paths[0] if paths else None), overrides

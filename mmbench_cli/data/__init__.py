@@ -1,0 +1,1 @@
+"""mmbench data package."""

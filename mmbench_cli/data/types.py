@@ -1,0 +1,105 @@
+"""The sample types every data source produces (synthetic world and real-format loaders alike).
+
+Images are referenced, not held: ``ImageRef.load()`` opens them when needed, so a dataset of 100k samples
+costs little memory and a DataLoader worker can decode in parallel. ``ImageRef.key`` is a stable identity
+(used to cache image features in evaluation and to check that splits do not leak images).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from PIL import Image
+
+from mmbench_cli.errors import MMError
+
+
+@runtime_checkable
+class ImageRef(Protocol):
+    """Something that can produce an RGB PIL image, with a stable key."""
+
+    key: str
+
+    def load(self) -> Image.Image:
+        """Return the image as RGB (raises MMError naming the file if it cannot be read)."""
+        ...
+
+
+@dataclass(frozen=True)
+class FileImage:
+    """An image file on local disk."""
+
+    path: Path
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", str(self.path))
+
+    def load(self) -> Image.Image:
+        """Open and decode the file as RGB; a missing or corrupt file is an MMError naming it."""
+        try:
+            with Image.open(self.path) as image:
+                return image.convert("RGB")
+        except FileNotFoundError:
+            raise MMError(f"{self.path}: image file not found") from None
+        except (OSError, SyntaxError, ValueError) as error:
+            raise MMError(f"{self.path}: cannot read image ({error.__class__.__name__}: {error})") from None
+
+
+@dataclass(frozen=True)
+class MemoryImage:
+    """An image already in memory (e.g. decoded from a Hugging Face datasets row)."""
+
+    image: Image.Image
+    key: str
+
+    def load(self) -> Image.Image:
+        """Return the image as RGB."""
+        return self.image.convert("RGB")
+
+
+@dataclass
+class CaptionSample:
+    """An image with one or more reference captions (COCO style)."""
+
+    image_id: str
+    image: ImageRef
+    captions: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class VQASample:
+    """A question about an image with (usually ten) human answers, VQAv2 style."""
+
+    question_id: str
+    image_id: str
+    image: ImageRef
+    question: str
+    answers: list[str]
+    answer_type: str = "other"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InterleavedDoc:
+    """A document of text passages and images in reading order (MMC4/OBELICS style)."""
+
+    doc_id: str
+    chunks: list[str | ImageRef]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TextDoc:
+    """A text-only document."""
+
+    doc_id: str
+    text: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+Sample = CaptionSample | VQASample | InterleavedDoc | TextDoc

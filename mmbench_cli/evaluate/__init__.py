@@ -1,0 +1,1 @@
+"""mmbench evaluate package."""

@@ -1,0 +1,1 @@
+"""mmbench model package."""

@@ -1,0 +1,1 @@
+"""mmbench report package."""

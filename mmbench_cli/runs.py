@@ -223,3 +223,14 @@ def read_status(run_dir: str | Path) -> str | None:
     """The run's recorded state, or None if it has none yet."""
     path = Path(run_dir) / "status"
     return path.read_text().strip() if path.exists() else None
+
+
+def cache_root(configured: str | None = None) -> Path:
+    """Where rendered images, tokenizers and features are cached.
+
+    ``data.cache_dir`` if set, else ``$MMBENCH_CACHE_DIR``, else ``~/.cache/mmbench``.
+    """
+    root = configured or os.environ.get("MMBENCH_CACHE_DIR") or Path.home() / ".cache" / "mmbench"
+    path = Path(root).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -87,7 +87,14 @@ def build(
 
     path, overrides = split_config_args(args or [])
     cfg = load_config(path, overrides)
-    _not_yet("build", "issue 3")
+    if data:
+        from mmbench_cli.data.report import build_data
+
+        build_data(cfg, out, console)
+    else:
+        from mmbench_cli.model.anatomy import build_and_report
+
+        build_and_report(cfg, out, console)
 
 
 @app.command(

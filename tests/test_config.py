@@ -1,0 +1,86 @@
+"""Config loading, overrides and their error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mmbench_cli.config import Config, apply_overrides, config_hash, load_config, split_config_args
+from mmbench_cli.errors import MMError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_base_yaml_equals_builtin_defaults() -> None:
+    assert load_config(REPO / "ablations" / "base.yaml") == Config()
+
+
+def test_overrides_parse_yaml_values() -> None:
+    cfg = load_config(None, ["model.connector=avgpool", "model.num_image_tokens=64", "eval.shots=[0,4]",
+                             "train.lr=mm1-rule", "train.freeze_encoder=true"])
+    assert cfg.model.connector == "avgpool"
+    assert cfg.model.num_image_tokens == 64
+    assert cfg.eval.shots == [0, 4]
+    assert cfg.train.lr == "mm1-rule"
+    assert cfg.train.freeze_encoder is True
+
+
+def test_overrides_apply_on_top_of_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  image_size: 96\ntrain:\n  steps: 5\n")
+    cfg = load_config(path, ["train.steps=7"])
+    assert (cfg.model.image_size, cfg.train.steps) == (96, 7)
+
+
+def test_data_mix_override_replaces_whole_mapping() -> None:
+    data = apply_overrides({}, ["data.data_mix={caption: 1.0}"])
+    assert data == {"data": {"data_mix": {"caption": 1.0}}}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model.bogus=1"], "model.bogus: unknown key; allowed keys here: encoder"),
+        (["model.num_image_tokens=-4"], "model.num_image_tokens"),
+        (["data.data_mix={caption: 0.5, audio: 0.5}"], "unknown data type 'audio'"),
+        (["data.data_mix={caption: 0.5, text: 0.3}"], "sum to 1"),
+        (["train.precision=fp8"], "train.precision: invalid value 'fp8'"),
+        (["data.seq_len=9999"], "exceeds model.max_seq_len"),
+        (["nonsense"], "not of the form key.sub=value"),
+        (["model=3"], "model"),
+    ],
+)
+def test_bad_values_name_the_key(overrides: list[str], expected: str) -> None:
+    with pytest.raises(MMError) as info:
+        load_config(None, overrides)
+    assert expected in info.value.message
+    assert "\n" not in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("model: [unclosed", "not valid YAML"), ("- a\n- b\n", "expected a YAML mapping")],
+)
+def test_garbled_yaml(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(MMError, match=expected):
+        load_config(path)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(MMError, match="no such config file"):
+        load_config("does/not/exist.yaml")
+
+
+def test_split_config_args() -> None:
+    assert split_config_args(["a.yaml", "x.y=1"]) == ("a.yaml", ["x.y=1"])
+    assert split_config_args(["x.y=1"]) == (None, ["x.y=1"])
+    with pytest.raises(MMError, match="at most one config file"):
+        split_config_args(["a.yaml", "b.yaml"])
+
+
+def test_config_hash_tracks_content() -> None:
+    assert config_hash(Config()) == config_hash(load_config(None, []))
+    assert config_hash(Config()) != config_hash(load_config(None, ["seed=1"]))

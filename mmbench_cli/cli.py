@@ -58,7 +58,9 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: bool = typer.Option(False, "--version", help="Show the version and exit.", callback=_version_callback, is_eager=True),
+    version: bool = typer.Option(
+        False, "--version", help="Show the version and exit.", callback=_version_callback, is_eager=True
+    ),
 ) -> None:
     """MM1-style ablations and few-shot benchmarks for multimodal LLMs."""
 

@@ -1,0 +1,264 @@
+"""Evaluation metrics, pure functions that reproduce the reference implementations exactly.
+
+- ``vqa_accuracy``: the official VQA evaluation (GT-Vision-Lab/VQA ``PythonEvaluationTools/vqaEvaluation/
+  vqaEval.py``, used for VQAv2, OK-VQA and TextVQA): the prediction is normalised (punctuation, "1,000",
+  periods not between digits, number words → digits, articles dropped, contractions restored); the human
+  answers only get the punctuation step, and only when they disagree; the score is min(#matching/3, 1)
+  averaged over the 10 leave-one-out subsets of the human answers.
+- ``vizwiz_accuracy``: VizWiz's official eval (its own punctuation list; human answers compared as given,
+  so "unanswerable" is an ordinary answer string that counts when >= 3 humans gave it).
+- ``caption_scores``: pycocoevalcap's CIDEr (CIDEr-D), BLEU-4, METEOR and ROUGE-L after its Java PTB
+  tokenizer, with per-sample scores for bootstrap confidence intervals.
+
+Quirks of the official script are kept on purpose (marked "as the official script") so that numbers match.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import random
+import re
+import shutil
+from collections.abc import Sequence
+
+from mmbench_cli.errors import MMError
+
+# The official script's tables (GT-Vision-Lab/VQA master; data, not code).
+CONTRACTIONS = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
+    "dont": "don't", "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
+    "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's",
+    "howd": "how'd", "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm",
+    "Ive": "I've", "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll",
+    "let's": "let's", "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've",
+    "mightn'tve": "mightn't've", "mightve": "might've", "mustnt": "mustn't", "mustve": "must've",
+    "neednt": "needn't", "notve": "not've", "oclock": "o'clock", "oughtnt": "oughtn't",
+    "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't",
+    "shed've": "she'd've", "she'dve": "she'd've", "she's": "she's", "shouldve": "should've",
+    "shouldnt": "shouldn't", "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've",
+    "somebody'd": "somebodyd", "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've",
+    "somebodyll": "somebody'll", "somebodys": "somebody's", "someoned": "someone'd",
+    "someoned've": "someone'd've", "someone'dve": "someone'd've", "someonell": "someone'll",
+    "someones": "someone's", "somethingd": "something'd", "somethingd've": "something'd've",
+    "something'dve": "something'd've", "somethingll": "something'll", "thats": "that's", "thered": "there'd",
+    "thered've": "there'd've", "there'dve": "there'd've", "therere": "there're", "theres": "there's",
+    "theyd": "they'd", "theyd've": "they'd've", "they'dve": "they'd've", "theyll": "they'll",
+    "theyre": "they're", "theyve": "they've", "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've",
+    "we'dve": "we'd've", "weve": "we've", "werent": "weren't", "whatll": "what'll", "whatre": "what're",
+    "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd", "wheres": "where's",
+    "whereve": "where've", "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've", "wholl": "who'll",
+    "whos": "who's", "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's",
+    "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd",
+    "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve": "you've",
+}
+NUMBER_WORDS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}
+ARTICLES = ("a", "an", "the")
+VQA_PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",",
+             "?", "!")
+VIZWIZ_PUNCT = VQA_PUNCT  # VizWiz's eval ships the same list
+# As the official script: the look-behind is mistyped as a look-ahead, so "(?!<=\d)" never fires and a
+# period is stripped unless a digit follows it ("1.5" stays, "dog." and "3." lose it).
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_COMMA_STRIP = re.compile(r"(\d)(\,)(\d)")
+CAPTION_METRICS = ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L")
+
+
+def process_punctuation(text: str, punct: Sequence[str] = VQA_PUNCT) -> str:
+    """The official ``processPunctuation``: drop or space out punctuation, strip periods not before digits.
+
+    A mark is deleted when it touches a space anywhere in the input, or when the input has a digit-comma-digit
+    ("1,000" → "1000"); otherwise it becomes a space ("black/white" → "black white").
+    """
+    out = text
+    has_number_comma = _COMMA_STRIP.search(text) is not None
+    for mark in punct:
+        if (mark + " " in text or " " + mark in text) or has_number_comma:
+            out = out.replace(mark, "")
+        else:
+            out = out.replace(mark, " ")
+    # As the official script, which passes re.UNICODE (== 32) positionally as the *count* argument.
+    return _PERIOD_STRIP.sub("", out, 32)
+
+
+def process_digit_article(text: str) -> str:
+    """The official ``processDigitArticle``: lower-case, number words → digits, drop articles, fix contractions."""
+    words = [NUMBER_WORDS.get(word, word) for word in text.lower().split()]
+    words = [word for word in words if word not in ARTICLES]
+    return " ".join(CONTRACTIONS.get(word, word) for word in words)
+
+
+def normalize_answer(text: str, punct: Sequence[str] = VQA_PUNCT) -> str:
+    """Normalise a predicted answer exactly as the official script does before matching."""
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    return process_digit_article(process_punctuation(text, punct))
+
+
+def _leave_one_out_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    if not answers:
+        raise MMError("vqa answers: empty list of human answers; every question needs at least one answer")
+    per_subset = []
+    for held_out in range(len(answers)):
+        matching = sum(1 for j, answer in enumerate(answers) if j != held_out and answer == prediction)
+        per_subset.append(min(1.0, matching / 3))
+    return sum(per_subset) / len(per_subset)
+
+
+def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """VQA accuracy of one prediction against the human answers, as the official VQA evaluation script.
+
+    The prediction gets the full normalisation; the human answers get only ``process_punctuation`` and only
+    when they are not all identical (as the script, which assumes answers were normalised at collection).
+    Returns the mean over the leave-one-out subsets of min(#humans in the subset giving the answer / 3, 1),
+    in [0, 1] (the script reports 100x this).
+    """
+    prediction = normalize_answer(prediction)
+    answers = list(answers)
+    if len(set(answers)) > 1:
+        answers = [process_punctuation(answer) for answer in answers]
+    return _leave_one_out_accuracy(prediction, answers)
+
+
+def vizwiz_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """VizWiz VQA accuracy, as VizWiz's official eval: like ``vqa_accuracy`` but human answers are used as given.
+
+    "unanswerable" is an ordinary answer: predicting it scores when at least three humans marked the question
+    unanswerable (and "unsuitable"/"unanswerable" are not merged).
+    """
+    prediction = normalize_answer(prediction, VIZWIZ_PUNCT)
+    return _leave_one_out_accuracy(prediction, list(answers))
+
+
+def exact_match(prediction: str, answers: Sequence[str]) -> float:
+    """1.0 if the normalised prediction equals any normalised answer (for single-answer tasks), else 0.0."""
+    norm = normalize_answer(prediction)
+    return float(any(norm == normalize_answer(answer) for answer in answers))
+
+
+def _check_java() -> None:
+    if shutil.which("java") is None:
+        raise MMError("caption metrics: `java` was not found on PATH; pycocoevalcap's PTB tokenizer and "
+                      "METEOR need a Java runtime (e.g. apt install default-jre)")
+
+
+def ptb_tokenize(texts: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Tokenise with pycocoevalcap's PTBTokenizer (Stanford CoreNLP, lower-cased, punctuation dropped).
+
+    One Java call for the whole dict; each sentence is tokenised on its own line, so the result equals
+    tokenising references and candidates separately (as ``COCOEvalCap`` does).
+    """
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    _check_java()
+    wrapped = {key: [{"caption": text} for text in values] for key, values in texts.items()}
+    with contextlib.redirect_stdout(io.StringIO()):
+        return PTBTokenizer().tokenize(wrapped)
+
+
+def caption_scores_per_sample(
+    references: dict[str, list[str]],
+    candidates: dict[str, str],
+    metrics: Sequence[str] = CAPTION_METRICS,
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Corpus scores and per-sample scores ``{id: {metric: score}}`` from pycocoevalcap.
+
+    Same procedure as ``pycocoevalcap.eval.COCOEvalCap``: PTB-tokenise references and candidates, then each
+    scorer's ``compute_score``. CIDEr is CIDEr-D with document frequencies from this set's references (so a
+    per-sample CIDEr depends on the evaluated set, as in the reference code).
+    """
+    unknown = [name for name in metrics if name not in CAPTION_METRICS]
+    if unknown:
+        raise MMError(f"caption metric {unknown[0]!r} unknown; choose from: {', '.join(CAPTION_METRICS)}")
+    if not candidates:
+        raise MMError("caption candidates: no predictions to score; pass at least one caption")
+    missing = [key for key in candidates if key not in references]
+    if missing:
+        raise MMError(f"caption candidates: id {missing[0]!r} has no reference captions; check the ids")
+    empty = [key for key in candidates if not references[key]]
+    if empty:
+        raise MMError(f"caption references: id {empty[0]!r} has no reference captions")
+    ids = list(candidates)
+    tagged = {f"r{i}": list(references[key]) for i, key in enumerate(ids)}
+    tagged.update({f"c{i}": [candidates[key]] for i, key in enumerate(ids)})
+    tokens = ptb_tokenize(tagged)
+    gts = {key: tokens[f"r{i}"] for i, key in enumerate(ids)}
+    res = {key: tokens[f"c{i}"] for i, key in enumerate(ids)}
+
+    corpus: dict[str, float] = {}
+    samples: dict[str, dict[str, float]] = {key: {} for key in ids}
+    with contextlib.redirect_stdout(io.StringIO()):
+        for name in metrics:
+            score, per_sample = _score_one(name, gts, res)
+            corpus[name] = float(score)
+            for key, value in zip(gts.keys(), per_sample, strict=True):
+                samples[key][name] = float(value)
+    return corpus, samples
+
+
+def _score_one(name: str, gts: dict[str, list[str]], res: dict[str, list[str]]) -> tuple[float, list[float]]:
+    if name == "CIDEr":
+        from pycocoevalcap.cider.cider import Cider
+
+        score, scores = Cider().compute_score(gts, res)
+        return score, list(scores)
+    if name == "Bleu_4":
+        from pycocoevalcap.bleu.bleu import Bleu
+
+        score, scores = Bleu(4).compute_score(gts, res, verbose=0)
+        return score[3], list(scores[3])
+    if name == "ROUGE_L":
+        from pycocoevalcap.rouge.rouge import Rouge
+
+        score, scores = Rouge().compute_score(gts, res)
+        return score, list(scores)
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    _check_java()
+    meteor = Meteor()
+    try:
+        score, scores = meteor.compute_score(gts, res)
+    finally:
+        del meteor
+    return score, list(scores)
+
+
+def caption_scores(references: dict[str, list[str]], candidates: dict[str, str]) -> dict[str, float]:
+    """CIDEr, BLEU-4, METEOR and ROUGE-L of ``candidates`` (id → caption) against ``references`` (id → captions).
+
+    Exactly pycocoevalcap's numbers (after its PTB tokenizer), on the 0-1 scale those scorers return
+    (COCO papers print 100x). Use ``caption_scores_per_sample`` for per-sample scores.
+    """
+    corpus, _ = caption_scores_per_sample(references, candidates, CAPTION_METRICS)
+    return corpus
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value) — used for the spread over demo seeds."""
+    if not values:
+        raise ValueError("mean_std of no values")
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var)
+
+
+def bootstrap_ci(
+    scores: Sequence[float], confidence: float = 0.95, num_resamples: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of per-sample ``scores``."""
+    if not scores:
+        raise ValueError("bootstrap_ci of no scores")
+    rng = random.Random(seed)
+    n = len(scores)
+    means = sorted(sum(scores[rng.randrange(n)] for _ in range(n)) / n for _ in range(num_resamples))
+    lo = means[int((1 - confidence) / 2 * num_resamples)]
+    hi = means[min(num_resamples - 1, int((1 + confidence) / 2 * num_resamples))]
+    return lo, hi

@@ -1,0 +1,57 @@
+"""Image preprocessing: resize to the encoder's resolution and normalise (the one place it happens)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmbench_cli.data.types import ImageRef
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def to_pil(image: Image.Image | ImageRef) -> Image.Image:
+    """An RGB PIL image from a PIL image or an ``ImageRef`` (which decodes its file)."""
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    return image.load()
+
+
+def resize_square(image: Image.Image, image_size: int) -> Image.Image:
+    """Resize to ``image_size`` x ``image_size`` (bicubic, antialiased when shrinking, as CLIP/SigLIP do).
+
+    Non-square images are centre-cropped to a square first, so objects keep their aspect ratio.
+    """
+    width, height = image.size
+    if width != height:
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    if image.size != (image_size, image_size):
+        image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    return image
+
+
+def preprocess_one(
+    image: Image.Image | ImageRef, image_size: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """One image as a normalised ``FloatTensor[3, S, S]``."""
+    array = np.asarray(resize_square(to_pil(image), image_size), dtype=np.float32) / 255.0
+    array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def preprocess(
+    images: Sequence[Image.Image | ImageRef],
+    image_size: int,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+) -> torch.Tensor:
+    """Resize and normalise images (PIL or ``ImageRef``) into ``FloatTensor[N, 3, S, S]``."""
+    if not images:
+        return torch.zeros(0, 3, image_size, image_size)
+    return torch.stack([preprocess_one(image, image_size, mean, std) for image in images])

@@ -1,0 +1,743 @@
+"""The synthetic multimodal world: deterministic from a seed, rendered with PIL, cached on disk.
+
+Each image is a 256 px scene of 1-4 coloured shapes (circle, square, triangle, diamond, star) of three
+sizes placed in a 3x3 grid, and, in about half of the scenes, a short word or number written in a small
+or a large font. At the native 256 px everything is legible; downsampled to 32-64 px the *small*
+shapes and the *small* text are not, so resolution and image-token count matter exactly where MM1 says
+they do (small objects, OCR).
+
+From the same scene descriptions the world derives:
+
+- captions: five COCO-like reference captions per image, varied wording;
+- VQA: VQAv2-style questions (colour, count, position, yes/no) with ten answers each and a little
+  annotator disagreement, and an OCR split ("what is written?") like TextVQA;
+- interleaved documents: 2-4 images of one theme with passages around them, some written in the
+  caption / Q&A format of few-shot prompts (so interleaved data teaches the in-context format);
+- text: a text-only corpus about the same world (facts about its things, stories, Q&A), a held-out text
+  split, and the items of three text benchmarks (``text_tasks``).
+
+Every split has its own images (their random streams are keyed by split) and its own questions, so
+nothing leaks from train into val/test. Images are rendered lazily on first use and cached under
+``cache_root(data.cache_dir)/synthetic/``; a cached image is never rendered again.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import random
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from mmbench_cli.data.templates import text_qa
+from mmbench_cli.data.types import CaptionSample, InterleavedDoc, TextDoc, VQASample
+from mmbench_cli.errors import MMError
+
+WORLD_VERSION = 1  # bump when rendering or text generation changes (invalidates the image cache)
+NATIVE_SIZE = 256
+SPLITS = ("train", "val", "test")
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 38, 38),
+    "green": (38, 160, 60),
+    "blue": (40, 80, 220),
+    "yellow": (232, 196, 20),
+    "purple": (140, 60, 185),
+    "orange": (245, 135, 25),
+}
+# What a careless annotator confuses a colour with.
+COLOR_CONFUSIONS = {
+    "red": "orange", "orange": "red", "yellow": "orange", "purple": "blue", "blue": "purple", "green": "blue",
+}
+SHAPES = ("circle", "square", "triangle", "diamond", "star")
+SIZES = {"small": 11, "medium": 24, "large": 38}  # half-widths in native pixels (the grid cell is ~85 px)
+POSITIONS = ("left", "right", "top", "bottom", "center")
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
+WORDS = (
+    "cat", "dog", "sun", "map", "box", "key", "cup", "hat", "pen", "bus", "car", "egg", "fox", "owl",
+    "bag", "jam", "tea", "van", "toy", "cow", "pig", "bee", "ant", "ice", "ink", "jet", "kit", "log",
+    "mud", "net", "oak", "pot", "rug", "sky", "tin", "web", "yak", "zip", "bow", "fig",
+)
+TEXT_SIZES = {"small": 15, "large": 40}  # font size in native pixels
+BACKGROUND = (238, 236, 228)
+
+# The text world: things with a colour, a shape and a home, and people who tell stories about them.
+THINGS = (
+    "apple", "lemon", "frog", "kite", "boat", "lamp", "fish", "bird", "ball", "drum", "shoe", "coat",
+    "bell", "leaf", "rock", "cake", "vase", "sock", "book", "ring", "flag", "coin", "rose", "moon",
+)
+PLACES = ("forest", "city", "farm", "beach", "garden", "river", "castle", "market")
+NAMES = ("anna", "ben", "cara", "dan", "eva", "finn", "gina", "hugo", "iris", "jack", "kim", "leo",
+         "mia", "ned", "olga", "paul")
+VERBS = ("found", "saw", "painted", "carried", "bought", "drew", "lost", "kept")
+
+
+def _rng(*key: object) -> random.Random:
+    """A random stream keyed by strings/ints (stable across processes and machines)."""
+    return random.Random(":".join(str(part) for part in key))
+
+
+def _plural(word: str, count: int) -> str:
+    return word if count == 1 else word + "s"
+
+
+def _count_word(count: int) -> str:
+    return NUMBER_WORDS[count] if count < len(NUMBER_WORDS) else str(count)
+
+
+# ----------------------------------------------------------------------------------------------- scenes
+@dataclass(frozen=True)
+class Shape:
+    """One object in a scene."""
+
+    shape: str
+    color: str
+    size: str
+    cell: tuple[int, int]  # (row, col) in the 3x3 grid
+    offset: tuple[int, int]  # jitter inside the cell, native pixels
+
+    @property
+    def position(self) -> str:
+        """left/right by column, else top/bottom by row, else center."""
+        row, col = self.cell
+        if col == 0:
+            return "left"
+        if col == 2:
+            return "right"
+        return ("top", "center", "bottom")[row]
+
+    def phrase(self) -> str:
+        """``a small red circle``."""
+        return f"a {self.size} {self.color} {self.shape}"
+
+    def where(self) -> str:
+        """``on the left``, ``at the top``, ``in the center``."""
+        position = self.position
+        if position in ("left", "right"):
+            return f"on the {position}"
+        return "in the center" if position == "center" else f"at the {position}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Everything that is in one image (the renderer draws it; captions and questions describe it)."""
+
+    objects: tuple[Shape, ...]
+    text: str | None
+    text_size: str | None
+    text_cell: tuple[int, int] | None
+
+    @property
+    def is_number(self) -> bool:
+        """Whether the written text is a number."""
+        return bool(self.text) and self.text.isdigit()
+
+
+def make_scene(rng: random.Random) -> Scene:
+    """Draw a random scene: 1-4 shapes (often repeating a shape so counting is non-trivial), maybe a word."""
+    cells = [(row, col) for row in range(3) for col in range(3)]
+    rng.shuffle(cells)
+    num_objects = rng.choice((1, 2, 2, 3, 3, 4))
+    kinds = rng.sample(SHAPES, rng.choice((1, 2, 2, 3)))
+    objects = []
+    for index in range(num_objects):
+        kind = kinds[index % len(kinds)] if index < len(kinds) else rng.choice(kinds)
+        objects.append(
+            Shape(
+                shape=kind,
+                color=rng.choice(tuple(COLORS)),
+                size=rng.choice(tuple(SIZES)),
+                cell=cells[index],
+                offset=(rng.randint(-14, 14), rng.randint(-14, 14)),
+            )
+        )
+    text = text_size = text_cell = None
+    if rng.random() < 0.5:
+        text = rng.choice(WORDS) if rng.random() < 0.7 else str(rng.randint(10, 99))
+        text_size = rng.choice(tuple(TEXT_SIZES))
+        text_cell = cells[num_objects]
+    return Scene(tuple(objects), text, text_size, text_cell)
+
+
+@lru_cache(maxsize=8)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def render_scene(scene: Scene, size: int = NATIVE_SIZE) -> Image.Image:
+    """Draw ``scene`` as an RGB image of ``size`` px (shapes and text scale with the image)."""
+    scale = size / NATIVE_SIZE
+    image = Image.new("RGB", (size, size), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    cell = size / 3
+    for obj in scene.objects:
+        cx = (obj.cell[1] + 0.5) * cell + obj.offset[0] * scale
+        cy = (obj.cell[0] + 0.5) * cell + obj.offset[1] * scale
+        r = SIZES[obj.size] * scale
+        fill = COLORS[obj.color]
+        if obj.shape == "circle":
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+        elif obj.shape == "square":
+            draw.rectangle((cx - r * 0.85, cy - r * 0.85, cx + r * 0.85, cy + r * 0.85), fill=fill)
+        elif obj.shape == "triangle":
+            draw.polygon([(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)], fill=fill)
+        elif obj.shape == "diamond":
+            draw.polygon([(cx, cy - r), (cx + r * 0.75, cy), (cx, cy + r), (cx - r * 0.75, cy)], fill=fill)
+        else:  # star
+            points = []
+            for k in range(10):
+                radius = r if k % 2 == 0 else r * 0.45
+                angle = -math.pi / 2 + k * math.pi / 5
+                points.append((cx + radius * math.cos(angle), cy + radius * math.sin(angle)))
+            draw.polygon(points, fill=fill)
+    if scene.text and scene.text_cell and scene.text_size:
+        font = _font(max(1, round(TEXT_SIZES[scene.text_size] * scale)))
+        cx = (scene.text_cell[1] + 0.5) * cell
+        cy = (scene.text_cell[0] + 0.5) * cell
+        draw.text((cx, cy), scene.text, fill=(15, 15, 15), font=font, anchor="mm")
+    return image
+
+
+# --------------------------------------------------------------------------------------------- language
+def _group_objects(objects: Iterable[Shape], with_size: bool = True) -> list[str]:
+    """``two small red circles``, ``a large blue star``, ... (identical objects grouped)."""
+    counts: dict[tuple[str, ...], int] = {}
+    for obj in objects:
+        key = (obj.size, obj.color, obj.shape) if with_size else (obj.color, obj.shape)
+        counts[key] = counts.get(key, 0) + 1
+    phrases = []
+    for key, count in counts.items():
+        *adjectives, noun = key
+        phrases.append(" ".join([_count_word(count) if count > 1 else "a", *adjectives, _plural(noun, count)]))
+    return [_fix_articles(phrase) for phrase in phrases]
+
+
+def _fix_articles(text: str) -> str:
+    """``a orange`` -> ``an orange`` (the only vowel-initial adjective/noun the world uses)."""
+    words = text.split(" ")
+    for i in range(len(words) - 1):
+        if words[i] == "a" and words[i + 1][:1] in "aeiou" and words[i + 1][:1]:
+            words[i] = "an"
+    return " ".join(words)
+
+
+def _join(phrases: list[str]) -> str:
+    if len(phrases) == 1:
+        return phrases[0]
+    return ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def _text_phrase(scene: Scene, rng: random.Random) -> str:
+    what = "number" if scene.is_number else "word"
+    small = " in small letters" if scene.text_size == "small" else ""
+    return rng.choice((f"the {what} {scene.text}{small}", f"the {what} {scene.text} written{small}"))
+
+
+def scene_captions(scene: Scene, rng: random.Random, num: int = 5) -> list[str]:
+    """``num`` different reference captions of ``scene`` (COCO-like: same content, varied wording)."""
+    objects = list(scene.objects)
+    templates: list[Callable[[], str]] = []
+
+    def listing(with_size: bool = True) -> str:
+        shuffled = objects[:]
+        rng.shuffle(shuffled)
+        return _join(_group_objects(shuffled, with_size))
+
+    templates.append(lambda: f"{listing()}.")
+    templates.append(lambda: f"a picture of {listing()}.")
+    templates.append(lambda: f"there is {listing(False)} on a grey background.")
+    templates.append(
+        lambda: f"{_count_word(len(objects))} {_plural('shape', len(objects))}: {listing(False)}."
+    )
+    templates.append(
+        lambda: " and ".join(f"{obj.phrase()} {obj.where()}" for obj in rng.sample(objects, len(objects))) + "."
+    )
+    templates.append(lambda: f"an image with {listing()}.")
+    captions: list[str] = []
+    order = list(range(len(templates)))
+    rng.shuffle(order)
+    for index in order[:num]:
+        caption = templates[index]()
+        if scene.text:
+            phrase = _text_phrase(scene, rng)
+            caption = caption[:-1] + rng.choice((f" and {phrase}.", f", with {phrase}."))
+        captions.append(_fix_articles(caption))
+    return captions
+
+
+def _annotate(truth: str, confusions: list[str], rng: random.Random, noise: float) -> list[str]:
+    """Ten human answers: mostly ``truth``, each replaced by a plausible confusion with probability ``noise``."""
+    answers = []
+    for _ in range(10):
+        if confusions and rng.random() < noise:
+            answers.append(rng.choice(confusions))
+        else:
+            answers.append(truth)
+    return answers
+
+
+def scene_questions(scene: Scene, rng: random.Random) -> list[dict[str, Any]]:
+    """VQAv2-style questions about ``scene``: dicts with question, answers (10), answer_type, kind, hard."""
+    questions: list[dict[str, Any]] = []
+    objects = scene.objects
+    by_shape: dict[str, list[Shape]] = {}
+    for obj in objects:
+        by_shape.setdefault(obj.shape, []).append(obj)
+
+    # colour of a shape that occurs once
+    unique = [obj for obj in objects if len(by_shape[obj.shape]) == 1]
+    if unique:
+        obj = rng.choice(unique)
+        noise = 0.25 if obj.size == "small" else 0.08
+        questions.append({
+            "question": f"what color is the {obj.shape}?", "truth": obj.color, "answer_type": "other",
+            "confusions": [COLOR_CONFUSIONS[obj.color]], "noise": noise, "hard": obj.size == "small",
+        })
+    # count of a shape (sometimes one that is absent)
+    shape = rng.choice(list(by_shape)) if rng.random() < 0.85 else rng.choice(SHAPES)
+    count = len(by_shape.get(shape, []))
+    questions.append({
+        "question": f"how many {_plural(shape, 2)} are there?", "truth": str(count), "answer_type": "number",
+        "confusions": [str(max(0, count - 1)), str(count + 1)], "noise": 0.1,
+        "hard": any(obj.size == "small" for obj in by_shape.get(shape, [])),
+    })
+    # position of an object unique by colour and shape
+    pairs: dict[tuple[str, str], list[Shape]] = {}
+    for obj in objects:
+        pairs.setdefault((obj.color, obj.shape), []).append(obj)
+    located = [found[0] for found in pairs.values() if len(found) == 1]
+    if located:
+        obj = rng.choice(located)
+        others = [p for p in POSITIONS if p != obj.position]
+        questions.append({
+            "question": f"where is the {obj.color} {obj.shape}?", "truth": obj.position, "answer_type": "other",
+            "confusions": [rng.choice(others)], "noise": 0.1, "hard": obj.size == "small",
+        })
+    # yes/no: is there a <colour> <shape>?
+    if rng.random() < 0.5:
+        obj = rng.choice(objects)
+        color, kind, truth = obj.color, obj.shape, "yes"
+    else:
+        present = set(pairs)
+        absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
+        color, kind = rng.choice(absent)
+        truth = "no"
+    questions.append({
+        "question": f"is there a {color} {kind}?", "truth": truth, "answer_type": "yes/no",
+        "confusions": ["no" if truth == "yes" else "yes"], "noise": 0.06, "hard": False,
+    })
+    for item in questions:
+        item["kind"] = "vqa"
+    # OCR: what is written?
+    if scene.text:
+        text = scene.text
+        typo = text[:-1] if len(text) > 2 else text + text[-1]
+        questions.append({
+            "question": rng.choice(("what is written?", "what is written in the picture?", "what does the text say?")),
+            "truth": text, "answer_type": "number" if scene.is_number else "other",
+            "confusions": [typo], "noise": 0.15 if scene.text_size == "small" else 0.05,
+            "hard": scene.text_size == "small", "kind": "ocr",
+        })
+    for item in questions:
+        item["question"] = _fix_articles(item["question"])
+        item["answers"] = _annotate(item.pop("truth"), item.pop("confusions"), rng, item.pop("noise"))
+    return questions
+
+
+# ----------------------------------------------------------------------------------------- text world
+@dataclass(frozen=True)
+class Facts:
+    """The world's knowledge: each thing's colour, shape and home (fixed by the world seed)."""
+
+    color: dict[str, str]
+    shape: dict[str, str]
+    home: dict[str, str]
+
+
+def world_facts(seed: int) -> Facts:
+    """Assign every thing a colour, a shape and a home, deterministically from ``seed``."""
+    rng = _rng("facts", seed)
+    return Facts(
+        color={thing: rng.choice(tuple(COLORS)) for thing in THINGS},
+        shape={thing: rng.choice(SHAPES) for thing in THINGS},
+        home={thing: rng.choice(PLACES) for thing in THINGS},
+    )
+
+
+def _fact_sentence(facts: Facts, thing: str, rng: random.Random) -> str:
+    return rng.choice((
+        f"the {thing} is {facts.color[thing]}.",
+        f"every {thing} is {facts.color[thing]}.",
+        f"the {thing} is shaped like a {facts.shape[thing]}.",
+        f"the {thing} lives in the {facts.home[thing]}.",
+        f"you can find the {thing} in the {facts.home[thing]}.",
+        _fix_articles(f"the {facts.color[thing]} {thing} looks like a {facts.shape[thing]}."),
+    ))
+
+
+def _cloze_story(facts: Facts, rng: random.Random) -> tuple[str, str]:
+    """A short story whose last word can only be predicted from the story itself (LAMBADA-style)."""
+    a, b = rng.sample(NAMES, 2)
+    thing = rng.choice(THINGS)
+    place = rng.choice(PLACES)
+    color = rng.choice(tuple(COLORS))
+    pattern = rng.randrange(4)
+    if pattern == 0:
+        context = (f"{a} lived near the {place}. one day {a} met {b} at the market. {b} asked where {a} lived. "
+                   f"{a} smiled and said that home was near the")
+        return context, place
+    if pattern == 1:
+        context = (f"{a} painted the {thing} {color}. then {a} showed the {thing} to {b}. {b} said that the "
+                   f"new color of the {thing} was")
+        return context, color
+    if pattern == 2:
+        context = (f"{a} {rng.choice(('found', 'bought'))} the {thing} and gave it to {b}. later {b} lost it in the "
+                   f"{place}. so {b} went back to look for the lost")
+        return context, thing
+    context = (f"{a} and {b} went to the {place}. {b} was tired and sat down, but {a} kept walking. "
+               f"after an hour, the one who came back first was")
+    return context, a
+
+
+def _text_document(facts: Facts, rng: random.Random) -> tuple[str, str]:
+    """One text-only document (facts, a story, Q&A or a cloze story); returns (kind, text)."""
+    kind = rng.choice(("facts", "story", "qa", "cloze"))
+    if kind == "facts":
+        things = rng.sample(THINGS, rng.randint(3, 6))
+        return kind, " ".join(_fact_sentence(facts, thing, rng) for thing in things)
+    if kind == "story":
+        a, b = rng.sample(NAMES, 2)
+        things = rng.sample(THINGS, 3)
+        count = rng.randint(2, 5)
+        sentences = [
+            f"{a} {rng.choice(VERBS)} {_count_word(count)} {facts.color[things[0]]} {_plural(things[0], count)} "
+            f"in the {facts.home[things[0]]}.",
+            _fix_articles(f"{b} came with a {things[1]} that was {facts.color[things[1]]}."),
+            _fix_articles(f"together they {rng.choice(VERBS)} a {things[2]} shaped like a {facts.shape[things[2]]}."),
+            f"at the end of the day {a} had {_count_word(count)} {_plural(things[0], count)}.",
+        ]
+        return kind, " ".join(sentences)
+    if kind == "qa":
+        lines = []
+        for thing in rng.sample(THINGS, rng.randint(2, 4)):
+            question, answer = rng.choice((
+                (f"what color is the {thing}?", facts.color[thing]),
+                (f"what shape is the {thing}?", facts.shape[thing]),
+                (f"where does the {thing} live?", facts.home[thing]),
+            ))
+            lines.append(text_qa(question, answer))
+        return kind, " ".join(lines)
+    context, target = _cloze_story(facts, rng)
+    return kind, f"{context} {target}."
+
+
+def text_document(facts: Facts, rng: random.Random) -> tuple[str, str]:
+    """One text-only document (facts, a story, Q&A or a cloze story) as (kind, text), articles fixed."""
+    kind, text = _text_document(facts, rng)
+    return kind, _fix_articles(text)
+
+
+# ------------------------------------------------------------------------------------------ the world
+@dataclass(frozen=True)
+class SyntheticImage:
+    """A synthetic image: rendered on first ``load`` and cached as PNG; later loads read the cache."""
+
+    key: str
+    path: Path
+    scene: Scene
+
+    def load(self) -> Image.Image:
+        """The image as RGB at the native resolution (rendered and cached if not on disk yet)."""
+        try:
+            with Image.open(self.path) as image:
+                return image.convert("RGB")
+        except (FileNotFoundError, OSError, SyntaxError):
+            pass
+        image = render_scene(self.scene)
+        _write_png(self.path, image)
+        return image
+
+    def ensure(self) -> bool:
+        """Render and cache the image if it is not on disk yet; True if it had to be rendered."""
+        if self.path.exists():
+            return False
+        _write_png(self.path, render_scene(self.scene))
+        return True
+
+
+def _write_png(path: Path, image: Image.Image) -> None:
+    """Write a cache PNG atomically (temp file + rename; a cache file needs no fsync)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(buffer.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class SyntheticWorld:
+    """The embedded synthetic multimodal world (see the module docstring and docs/data.md).
+
+    Everything is a pure function of ``seed`` (and the split sizes): two worlds with the same seed produce
+    byte-identical images and identical texts.
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        num_train_images: int = 4000,
+        num_val_images: int = 200,
+        num_test_images: int = 400,
+        cache_dir: str | None = None,
+    ) -> None:
+        self.seed = seed
+        self.num_images = {"train": num_train_images, "val": num_val_images, "test": num_test_images}
+        self.cache_dir = cache_dir
+        self.facts = world_facts(seed)
+
+    def _check_split(self, split: str) -> None:
+        if split not in SPLITS:
+            raise MMError(f"split {split!r}: unknown split; choose from: {', '.join(SPLITS)}")
+
+    @cached_property
+    def image_dir(self) -> Path:
+        """Where this world's rendered images are cached."""
+        from mmbench_cli.runs import cache_root
+
+        return cache_root(self.cache_dir) / "synthetic" / f"v{WORLD_VERSION}-seed{self.seed}"
+
+    # images and scenes ---------------------------------------------------------------------------
+    def scene(self, split: str, index: int) -> Scene:
+        """The scene of image ``index`` of ``split`` (independent of the split sizes)."""
+        return make_scene(_rng("scene", self.seed, split, index))
+
+    def image(self, split: str, index: int) -> SyntheticImage:
+        """The (lazily rendered) image ``index`` of ``split``."""
+        return SyntheticImage(
+            key=f"synthetic:{self.seed}:{split}:{index}",
+            path=self.image_dir / split / f"{index:06d}.png",
+            scene=self.scene(split, index),
+        )
+
+    def images(self, split: str) -> list[SyntheticImage]:
+        """All images of ``split``."""
+        self._check_split(split)
+        return [self.image(split, index) for index in range(self.num_images[split])]
+
+    def materialize(self, splits: Iterable[str] = SPLITS, progress: Callable[[int], None] | None = None) -> int:
+        """Render every image of ``splits`` that is not cached yet; returns how many were rendered."""
+        rendered = 0
+        for split in splits:
+            for image in self.images(split):
+                rendered += image.ensure()
+                if progress:
+                    progress(1)
+        return rendered
+
+    # captions and VQA ----------------------------------------------------------------------------
+    def captions(self, split: str) -> list[CaptionSample]:
+        """Five reference captions per image of ``split``."""
+        samples = []
+        for image in self.images(split):
+            index = int(image.path.stem)
+            captions = scene_captions(image.scene, _rng("captions", self.seed, split, index))
+            samples.append(CaptionSample(
+                image_id=image.key, image=image, captions=captions, meta={"split": split, "source": "synthetic"}
+            ))
+        return samples
+
+    def vqa(self, split: str, kind: str = "vqa") -> list[VQASample]:
+        """VQA questions (``kind="vqa"``: colour/count/position/yes-no) or OCR questions (``kind="ocr"``)."""
+        if kind not in ("vqa", "ocr"):
+            raise MMError(f"vqa kind {kind!r}: choose vqa or ocr")
+        samples = []
+        for image in self.images(split):
+            index = int(image.path.stem)
+            for number, item in enumerate(scene_questions(image.scene, _rng("vqa", self.seed, split, index))):
+                if item["kind"] != kind:
+                    continue
+                samples.append(VQASample(
+                    question_id=f"{image.key}:q{number}", image_id=image.key, image=image,
+                    question=item["question"], answers=item["answers"], answer_type=item["answer_type"],
+                    meta={"split": split, "kind": kind, "hard": item["hard"], "source": "synthetic"},
+                ))
+        return samples
+
+    # interleaved documents -----------------------------------------------------------------------
+    def interleaved(self, split: str) -> list[InterleavedDoc]:
+        """MMC4/OBELICS-like documents: 2-4 images sharing a theme (a colour or a shape) with passages.
+
+        The text after each image is a caption in the ``Output:`` format, a ``Question: ... Short answer:``
+        pair, or a free sentence; passages about the theme's things sit between images.
+        """
+        images = self.images(split)
+        by_theme: dict[str, list[SyntheticImage]] = {}
+        for image in images:
+            for obj in image.scene.objects:
+                for theme in (obj.color, obj.shape):
+                    group = by_theme.setdefault(theme, [])
+                    if not group or group[-1] is not image:
+                        group.append(image)
+        themes = sorted(theme for theme, group in by_theme.items() if len(group) >= 2)
+        docs = []
+        num_docs = max(1, len(images) // 2)
+        for number in range(num_docs):
+            rng = _rng("interleaved", self.seed, split, number)
+            if not themes:
+                break
+            theme = rng.choice(themes)
+            chosen = rng.sample(by_theme[theme], min(len(by_theme[theme]), rng.randint(2, 4)))
+            is_color = theme in COLORS
+            related = [t for t in THINGS if (self.facts.color[t] if is_color else self.facts.shape[t]) == theme]
+            intro = (f"a page about {theme} things." if is_color else f"a page about things shaped like a {theme}.")
+            chunks: list[Any] = [intro]
+            style = rng.choice(("caption", "qa", "mixed"))
+            for image in chosen:
+                index = int(image.path.stem)
+                scene_rng = _rng("interleaved-text", self.seed, split, number, index)
+                chunks.append(image)
+                mode = style if style != "mixed" else rng.choice(("caption", "qa", "free"))
+                if mode == "caption":
+                    chunks.append("Output: " + scene_captions(image.scene, scene_rng, num=1)[0])
+                elif mode == "qa":
+                    item = scene_rng.choice(scene_questions(image.scene, scene_rng))
+                    chunks.append(text_qa(item["question"], item["answers"][0]))
+                else:
+                    chunks.append("here we see " + scene_captions(image.scene, scene_rng, num=1)[0])
+                if related and rng.random() < 0.5:
+                    chunks.append(_fix_articles(_fact_sentence(self.facts, rng.choice(related), rng)))
+            docs.append(InterleavedDoc(
+                doc_id=f"synthetic:{self.seed}:{split}:doc{number}", chunks=chunks,
+                meta={"split": split, "theme": theme, "style": style, "source": "synthetic"},
+            ))
+        return docs
+
+    # text ----------------------------------------------------------------------------------------
+    def num_text_docs(self, split: str) -> int:
+        """Text documents per split (proportional to the split's images)."""
+        return max(50, self.num_images[split])
+
+    def text(self, split: str) -> list[TextDoc]:
+        """Text-only documents about the world; val/test documents never repeat a train document."""
+        self._check_split(split)
+        seen = self._train_texts if split != "train" else set()
+        docs = []
+        number = 0
+        attempt = 0
+        while len(docs) < self.num_text_docs(split):
+            kind, text = text_document(self.facts, _rng("text", self.seed, split, attempt))
+            attempt += 1
+            if text in seen:
+                continue
+            docs.append(TextDoc(doc_id=f"synthetic:{self.seed}:{split}:text{number}", text=text,
+                                meta={"split": split, "kind": kind, "source": "synthetic"}))
+            number += 1
+        return docs
+
+    @cached_property
+    def _train_texts(self) -> set[str]:
+        return {doc.text for doc in self.text("train")}
+
+    def text_tasks(self, split: str = "test") -> dict[str, list[dict[str, Any]]]:
+        """Items of the three text benchmarks on ``split`` (held out from the training text).
+
+        - ``cloze``: LAMBADA-style ``{context, target}``: the last word is predictable only from the story;
+        - ``facts``: multiple choice ``{question, choices, gold}`` about the world's facts (which the
+          training text states, so this measures knowledge kept from text-only data);
+        - ``perplexity``: ``{doc_id, text}`` held-out documents.
+        """
+        self._check_split(split)
+        num = max(50, self.num_images[split] // 2)
+        seen = self._train_texts
+        cloze = []
+        attempt = 0
+        while len(cloze) < num:
+            context, target = _cloze_story(self.facts, _rng("cloze", self.seed, split, attempt))
+            context = _fix_articles(context)
+            attempt += 1
+            if f"{context} {target}." in seen:
+                continue
+            cloze.append({"context": context, "target": target})
+        facts = []
+        for number in range(num):
+            rng = _rng("mc", self.seed, split, number)
+            thing = rng.choice(THINGS)
+            question, gold_answer, pool = rng.choice((
+                (f"what color is the {thing}?", self.facts.color[thing], tuple(COLORS)),
+                (f"what shape is the {thing}?", self.facts.shape[thing], SHAPES),
+                (f"where does the {thing} live?", self.facts.home[thing], PLACES),
+            ))
+            choices = [gold_answer, *rng.sample([c for c in pool if c != gold_answer], 3)]
+            rng.shuffle(choices)
+            facts.append({"question": question, "choices": choices, "gold": choices.index(gold_answer)})
+        perplexity = [{"doc_id": doc.doc_id, "text": doc.text} for doc in self.text(split)]
+        return {"cloze": cloze, "facts": facts, "perplexity": perplexity}
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Samples per split and type (for reports)."""
+        return {
+            split: {
+                "images": self.num_images[split],
+                "captions": len(self.captions(split)),
+                "vqa": len(self.vqa(split, "vqa")),
+                "ocr": len(self.vqa(split, "ocr")),
+                "interleaved": len(self.interleaved(split)),
+                "text": len(self.text(split)),
+            }
+            for split in SPLITS
+        }
+
+
+def world_from_config(data_cfg: Any) -> SyntheticWorld:
+    """The synthetic world described by a ``DataConfig``."""
+    return SyntheticWorld(
+        seed=data_cfg.world_seed,
+        num_train_images=data_cfg.num_train_images,
+        num_val_images=data_cfg.num_val_images,
+        num_test_images=data_cfg.num_test_images,
+        cache_dir=data_cfg.cache_dir,
+    )
+
+
+def tokenizer_corpus(world_seed: int = 0, num_scenes: int = 1500) -> list[str]:
+    """Texts covering every word the world uses, for training the BPE tokenizer (renders no images).
+
+    Holds captions, questions and answers of ``num_scenes`` scenes, interleaved-style text, the
+    text-only corpus and cloze/fact items, plus one line listing the whole vocabulary so that rare
+    words (and every number 0-99) are always present.
+    """
+    from mmbench_cli.data.templates import caption_demo, vqa_demo
+
+    facts = world_facts(world_seed)
+    texts: list[str] = []
+    for index in range(num_scenes):
+        scene = make_scene(_rng("scene", world_seed, "train", index))
+        rng = _rng("corpus", world_seed, index)
+        for caption in scene_captions(scene, rng):
+            texts.append(caption_demo(caption))
+        for item in scene_questions(scene, rng):
+            texts.append(vqa_demo(item["question"], item["answers"][0]))
+            texts.append(text_qa(item["question"], item["answers"][0]))
+    for index in range(num_scenes):
+        texts.append(text_document(facts, _rng("text", world_seed, "train", index))[1])
+    vocabulary = [
+        *COLORS, *SHAPES, *(_plural(s, 2) for s in SHAPES), *SIZES, *POSITIONS, *NUMBER_WORDS, *WORDS,
+        *THINGS, *(_plural(t, 2) for t in THINGS), *PLACES, *NAMES, *VERBS,
+        *(str(n) for n in range(100)), "yes", "no", "word", "number", "written", "letters", "page", "things",
+        "shaped", "here", "we", "see",
+    ]
+    texts.append(" ".join(vocabulary))
+    texts.append(" ".join(f"{w}." for w in vocabulary))
+    return texts

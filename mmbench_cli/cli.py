@@ -135,15 +135,63 @@ def evaluate(
 @app.command(
     epilog="Examples:\n\n"
     "  mm ablate --grid resolution,tokens\n\n"
-    "  mm ablate --grid resolution=32,64 --grid tokens=16,64 --dry-run\n\n"
-    "  mm ablate ablations/mm1_connector.yaml --executor ray",
+    "  mm ablate --grid resolution=32,64 --grid tokens=4,16 --grid seed=0,1 --dry-run\n\n"
+    "  mm ablate ablations/mm1_connector.yaml --executor ray --address auto\n\n"
+    "  mm ablate ablations/base.yaml train.steps=100 --grid connector --jobs 2 --out runs/conn\n\n"
+    "Axes and their presets: ablations/axes.yaml (resolution, tokens, connector, encoder, data_mix, lm_size, "
+    "seed); any dotted config key is an axis too (--grid train.lr=1e-3,3e-3). Re-running skips done cells "
+    "and resumes interrupted ones. Exit code 1 if some cell failed.",
 )
 @user_errors_exit_2
 def ablate(
-    args: list[str] = typer.Argument(None, help=CONFIG_ARGS_HELP, show_default=False),
+    args: list[str] = typer.Argument(
+        None, help="Optional base config or grid file (YAML with `axes:`), then `key.sub=value` overrides.",
+        show_default=False,
+    ),
+    grid: list[str] = typer.Option(
+        None, "--grid", "-g", show_default=False,
+        help="Axes: preset names (`resolution,tokens`) or explicit values (`resolution=32,64`); repeatable.",
+    ),
+    zip_axes: bool = typer.Option(False, "--zip", help="Pair the axes value by value instead of crossing them "
+                                  "(the seed axis is still crossed)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Grid directory (default runs/GRID_NAME)."),
+    name: str | None = typer.Option(None, "--name", help="Grid name (default: the grid file's name or the axes)."),
+    executor: str = typer.Option("local", "--executor", "-e", help="local or ray."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="local: cells run at once (each in its own process if > 1)."),
+    address: str | None = typer.Option(None, "--address", help="ray: cluster address (`auto` joins `ray start`)."),
+    cpus_per_cell: float = typer.Option(1.0, "--cpus-per-cell", help="ray: CPUs each cell requests."),
+    gpus_per_cell: float = typer.Option(0.0, "--gpus-per-cell", help="ray: GPUs each cell requests."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and its estimated cost; run nothing."),
+    throughput: float | None = typer.Option(None, "--throughput", help="FLOP/s for --dry-run's time estimate "
+                                            "(default: measured)."),
+    axes_file: Path | None = typer.Option(None, "--axes", help="Axis presets file (default ablations/axes.yaml)."),
 ) -> None:
-    """Run a resumable grid of pretrain + eval cells over ablation axes."""
-    _not_yet("ablate", "issue 7")
+    """Run a resumable grid of pretrain + eval cells over ablation axes; write summary.csv/.parquet."""
+    from mmbench_cli.ablate.grid import build_plan
+    from mmbench_cli.ablate.run import estimate_plan, print_plan, run_grid
+    from mmbench_cli.config import split_config_args
+
+    path, overrides = split_config_args(args or [])
+    plan = build_plan(path, overrides, grid or [], zip_axes, name, axes_file)
+    grid_dir = out or Path("runs") / plan.name
+    if dry_run:
+        from mmbench_cli.ablate.store import GridStore
+
+        GridStore(grid_dir).check_compatible(plan)
+        print_plan(plan, grid_dir, estimate_plan(plan, grid_dir, throughput), console)
+        return
+    options = {"jobs": jobs} if executor == "local" else {
+        "address": address, "cpus_per_cell": cpus_per_cell, "gpus_per_cell": gpus_per_cell}
+    result = run_grid(plan, grid_dir, executor, options, console)
+    done = sum(state == "done" for state in result.states.values())
+    console.print(
+        f"{done}/{len(result.states)} cells done ({len(result.skipped)} skipped, {len(result.ran)} run) in "
+        f"{result.wall_s:.0f}s; summary: {result.summary.get('summary.csv', '')}", highlight=False)
+    if result.failed:
+        for cell_id in result.failed:
+            err_console.print(f"[red]failed[/] {cell_id}: {result.errors.get(cell_id, 'see ablate.json')}",
+                              highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1)
 
 
 @app.command(

@@ -1,0 +1,247 @@
+"""Cell runner and executors (registry ``EXECUTORS``): ``local`` (in-process, or ``--jobs N`` subprocesses)
+and ``ray`` (each cell a Ray task with its CPU/GPU request).
+
+A cell = ``pretrain`` (resumed from its last checkpoint if it has one) + ``evaluate`` of the final checkpoint.
+``run_cell`` records the cell's state in ``<cell>/ablate.json``: ``running`` → ``done`` | ``failed``; a done
+cell is never touched again. Executors only schedule; they all call ``run_cell`` and read state from disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import inspect
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmbench_cli.ablate.store import CELL_FILE, GridStore, checkpoint_steps, final_eval
+from mmbench_cli.errors import MMError
+from mmbench_cli.registry import EXECUTORS
+
+LOG_FILE = "ablate.log"
+
+
+@dataclass
+class CellSpec:
+    """What a worker needs to run one cell (plain JSON, so it crosses process and Ray boundaries)."""
+
+    grid_dir: str
+    cell_id: str
+    config: dict[str, Any]
+    config_hash: str
+    threads: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec as a JSON-able dict."""
+        return dict(self.__dict__)
+
+
+def _call_with_supported(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``func`` passing only the keyword arguments its signature accepts (optional knobs like progress)."""
+    params = inspect.signature(func).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = {key: value for key, value in kwargs.items() if key in params}
+    return func(*args, **kwargs)
+
+
+def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one cell to completion (pretrain, resumed if possible, then eval); return its ``ablate.json`` record.
+
+    Never raises for a failure inside the cell: the error is recorded as ``state: failed`` so that the other
+    cells go on. A done cell returns at once without touching its files.
+    """
+    from mmbench_cli.config import config_from_dict
+
+    cell = CellSpec(**spec)
+    store = GridStore(cell.grid_dir)
+    run_dir = store.cell_dir(cell.cell_id)
+    previous = store.cell_record(cell.cell_id)
+    if previous.get("state") == "done" and final_eval(run_dir) is not None:
+        return {**previous, "skipped": True}
+    if cell.threads > 0:
+        import torch
+
+        torch.set_num_threads(cell.threads)
+    record: dict[str, Any] = {
+        "cell": cell.cell_id,
+        "state": "running",
+        "config_hash": cell.config_hash,
+        "attempt": int(previous.get("attempt", 0)) + 1,
+        "pid": os.getpid(),
+        "started": time.time(),
+        "resumed_from_step": (checkpoint_steps(run_dir) or [None])[-1],
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store.write_cell_record(cell.cell_id, record)
+    start = time.perf_counter()
+    try:
+        from mmbench_cli.evaluate.runner import evaluate
+        from mmbench_cli.train.loop import pretrain
+
+        cfg = config_from_dict(cell.config, f"grid cell {cell.cell_id}")
+        resume = bool(checkpoint_steps(run_dir))
+        _call_with_supported(pretrain, cfg, run_dir, resume=resume, force=not resume, progress=False)
+        record["train_s"] = round(time.perf_counter() - start, 3)
+        eval_start = time.perf_counter()
+        _call_with_supported(
+            evaluate, run_dir, tasks=list(cfg.eval.tasks), shots=list(cfg.eval.shots), seeds=cfg.eval.seeds,
+            progress=False,
+        )
+        record["eval_s"] = round(time.perf_counter() - eval_start, 3)
+        if final_eval(run_dir) is None:
+            raise RuntimeError("evaluation wrote no results for the final checkpoint")
+        record["state"] = "done"
+    except Exception as error:  # noqa: BLE001 - a failing cell must not stop the grid
+        message = error.message if isinstance(error, MMError) else f"{type(error).__name__}: {error}"
+        record.update(state="failed", error=" ".join(message.split())[:500])
+        with contextlib.suppress(OSError), (run_dir / LOG_FILE).open("a", encoding="utf-8") as log:
+            log.write(traceback.format_exc())
+    record["wall_s"] = round(time.perf_counter() - start, 3)
+    record["finished"] = time.time()
+    store.write_cell_record(cell.cell_id, record)
+    return record
+
+
+def _die_with_parent() -> None:
+    """In a child process: get SIGKILL when the parent dies (Linux), so kill -9 of mm ablate leaves no orphans."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class Executor:
+    """Runs cell specs; ``run`` blocks until all finished and returns their records by cell id."""
+
+    def run(self, specs: list[dict[str, Any]], on_finish: Callable[[str, dict[str, Any]], None]) -> dict[str, dict]:
+        """Run every spec; call ``on_finish(cell_id, record)`` as each one ends."""
+        raise NotImplementedError
+
+
+@EXECUTORS.register("local")
+class LocalExecutor(Executor):
+    """Cells on this machine: one after another in this process (jobs=1) or in ``jobs`` subprocesses."""
+
+    def __init__(self, jobs: int = 1, threads_per_cell: int = 0, **_: Any) -> None:
+        if jobs < 1:
+            raise MMError(f"--jobs: must be >= 1, got {jobs}")
+        self.jobs = jobs
+        self.threads_per_cell = threads_per_cell or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)
+
+    def run(self, specs: list[dict[str, Any]], on_finish: Callable[[str, dict[str, Any]], None]) -> dict[str, dict]:
+        """Run the cells; with jobs > 1 each is a ``python -m mmbench_cli.ablate.worker`` subprocess."""
+        results: dict[str, dict] = {}
+        if self.jobs == 1:
+            for spec in specs:
+                results[spec["cell_id"]] = run_cell(spec)
+                on_finish(spec["cell_id"], results[spec["cell_id"]])
+            return results
+        queue = list(specs)
+        running: dict[str, tuple[subprocess.Popen, dict[str, Any]]] = {}
+        try:
+            while queue or running:
+                while queue and len(running) < self.jobs:
+                    spec = {**queue.pop(0), "threads": self.threads_per_cell}
+                    running[spec["cell_id"]] = (self._launch(spec), spec)
+                for cell_id, (process, spec) in list(running.items()):
+                    if process.poll() is None:
+                        continue
+                    del running[cell_id]
+                    results[cell_id] = self._collect(spec, process.returncode)
+                    on_finish(cell_id, results[cell_id])
+                time.sleep(0.2)
+        finally:
+            for process, _ in running.values():
+                process.kill()
+        return results
+
+    @staticmethod
+    def _launch(spec: dict[str, Any]) -> subprocess.Popen:
+        run_dir = Path(spec["grid_dir"]) / spec["cell_id"]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log = (run_dir / LOG_FILE).open("ab")
+        env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"])}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mmbench_cli.ablate.worker"],
+            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent,
+        )
+        log.close()
+        assert process.stdin is not None
+        process.stdin.write(json.dumps(spec).encode())
+        process.stdin.close()
+        return process
+
+    @staticmethod
+    def _collect(spec: dict[str, Any], returncode: int) -> dict[str, Any]:
+        store = GridStore(spec["grid_dir"])
+        record = store.cell_record(spec["cell_id"])
+        if returncode != 0 and record.get("state") != "done":
+            # the worker died without recording (segfault, OOM kill): record it for it
+            record = {**record, "cell": spec["cell_id"], "state": "failed", "config_hash": spec["config_hash"],
+                      "error": f"cell process exited with code {returncode}; see {LOG_FILE}"}
+            store.write_cell_record(spec["cell_id"], record)
+        return record
+
+
+@EXECUTORS.register("ray")
+class RayExecutor(Executor):
+    """Each cell a Ray task requesting ``cpus_per_cell`` CPUs (and ``gpus_per_cell`` GPUs), on a local or
+    existing cluster (``address="auto"`` joins the cluster started with ``ray start``, e.g. under SLURM)."""
+
+    def __init__(self, address: str | None = None, cpus_per_cell: float = 1, gpus_per_cell: float = 0,
+                 **_: Any) -> None:
+        self.address = address
+        self.cpus_per_cell = cpus_per_cell
+        self.gpus_per_cell = gpus_per_cell
+
+    def run(self, specs: list[dict[str, Any]], on_finish: Callable[[str, dict[str, Any]], None]) -> dict[str, dict]:
+        """Submit every cell as a Ray task and collect them as they finish."""
+        try:
+            import ray
+        except ImportError:
+            raise MMError("--executor ray: the ray package is not installed; pip install 'ray[default]'") from None
+        started_here = False
+        if not ray.is_initialized():
+            try:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+            except ConnectionError as error:
+                raise MMError(f"--address {self.address}: cannot reach a Ray cluster ({error}); "
+                              "start one with `ray start --head` or drop --address") from None
+            started_here = True
+        try:
+            threads = max(1, int(self.cpus_per_cell))
+            task = ray.remote(num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell, max_retries=0)(run_cell)
+            pending = {task.remote({**spec, "threads": threads}): spec for spec in specs}
+            results: dict[str, dict] = {}
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                for ref in done:
+                    spec = pending.pop(ref)
+                    try:
+                        record = ray.get(ref)
+                    except Exception as error:  # noqa: BLE001 - the worker died: record the cell as failed
+                        record = {"cell": spec["cell_id"], "state": "failed", "config_hash": spec["config_hash"],
+                                  "error": f"ray task failed: {type(error).__name__}"}
+                        GridStore(spec["grid_dir"]).write_cell_record(spec["cell_id"], record)
+                    results[spec["cell_id"]] = record
+                    on_finish(spec["cell_id"], record)
+            return results
+        finally:
+            if started_here:
+                ray.shutdown()
+
+
+def build_executor(name: str, **options: Any) -> Executor:
+    """Instantiate the executor registered as ``name`` with the CLI options it takes."""
+    return EXECUTORS.get(name)(**options)
+
+
+__all__ = ["CELL_FILE", "CellSpec", "Executor", "LocalExecutor", "RayExecutor", "build_executor", "run_cell"]

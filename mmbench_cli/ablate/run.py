@@ -148,7 +148,7 @@ def run_grid(
 
 
 def _model_costs(plan: GridPlan) -> dict[str, dict[str, float]]:
-    """Per distinct model: parameters and forward FLOPs per training sequence (from ``flops_per_sample``)."""
+    """Per distinct model: parameters and training FLOPs per sequence (``flops_per_sample``: forward+backward)."""
     from mmbench_cli.model import build_model
 
     costs: dict[str, dict[str, float]] = {}
@@ -165,7 +165,7 @@ def _model_costs(plan: GridPlan) -> dict[str, dict[str, float]]:
 
 
 def measure_throughput(model: Any, seq_len: int, batch_size: int = 4, steps: int = 2) -> float:
-    """Training FLOP/s of this machine on ``model``: time forward+backward on random data (3x forward FLOPs)."""
+    """Training FLOP/s of this machine on ``model``: time forward+backward steps on random data."""
     import torch
 
     images_per_row = 1
@@ -184,11 +184,11 @@ def measure_throughput(model: Any, seq_len: int, batch_size: int = 4, steps: int
         timings.append(time.perf_counter() - begin)
     model.zero_grad(set_to_none=True)
     seconds = min(timings[1:])  # the first step pays for allocation/warm-up
-    return 3.0 * model.flops_per_sample(seq_len) * batch_size / seconds
+    return model.flops_per_sample(seq_len) * batch_size / seconds
 
 
 def estimate_plan(plan: GridPlan, out: str | Path, throughput: float | None = None) -> dict[str, Any]:
-    """Cost of each cell: training FLOPs (3 × forward per sequence × steps × batch), eval FLOPs, time.
+    """Cost of each cell: training FLOPs (``flops_per_sample`` × batch × steps), eval FLOPs, time.
 
     Throughput (FLOP/s): ``throughput`` if given, else measured on this grid's finished cells, else timed now
     on the first cell's model. Eval FLOPs count one forward pass over each few-shot prompt and one per
@@ -212,8 +212,8 @@ def estimate_plan(plan: GridPlan, out: str | Path, throughput: float | None = No
         cfg = cell.config
         cost = costs[config_hash(cfg.model) + config_hash(cfg.data)]
         per_seq = cost["flops_per_sample"]
-        train_flops = 3.0 * per_seq * cfg.train.steps * cfg.train.batch_size * cfg.train.grad_accum
-        per_token = per_seq / cfg.data.seq_len
+        train_flops = per_seq * cfg.train.steps * cfg.train.batch_size
+        per_token = per_seq / cfg.data.seq_len / 3.0  # a forward pass is a third of forward+backward
         eval_flops = 0.0
         for shots in cfg.eval.shots:
             prompt = (shots + 1) * (cfg.model.num_image_tokens + 16)

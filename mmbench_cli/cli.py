@@ -197,14 +197,54 @@ def ablate(
 @app.command(
     epilog="Examples:\n\n"
     "  mm report runs/grid\n\n"
+    "  mm report runs/res32 runs/res64 -o reports/resolution\n\n"
+    "  mm report runs/grid --save-baseline ablations/ci_baseline.json\n\n"
     "  mm report runs/grid -o reports/grid --baseline ablations/ci_baseline.json --tolerance 0.02",
 )
 @user_errors_exit_2
 def report(
     paths: list[Path] = typer.Argument(..., help="Grid dirs or run dirs."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Report dir (default reports/<name of the first path>)."),
+    baseline: Path | None = typer.Option(None, "--baseline", help="Compare with this baseline; exit 1 on a regression."),
+    tolerance: float = typer.Option(0.02, "--tolerance", help="Allowed absolute drop per metric."),
+    save_baseline: Path | None = typer.Option(None, "--save-baseline", help="Save every metric (with per-sample scores) here."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the paired bootstrap test."),
+    resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples for CIs and tests."),
 ) -> None:
-    """Render the HTML + markdown report: MM1-style tables, axis effects, training-dynamics plots."""
-    _not_yet("report", "issue 7")
+    """Render the HTML + markdown report: MM1-style tables, axis effects, training-dynamics plots.
+
+    Writes OUT/index.html (self-contained) and OUT/report.md; with --baseline, prints a table of
+    regressions and exits 1 if any metric dropped by more than its tolerance (and significantly, where
+    per-sample scores exist).
+    """
+    from rich.markup import escape
+    from rich.table import Table
+
+    from mmbench_cli.report.build import make_report
+    from mmbench_cli.report.tables import fmt
+
+    with console.status("building report…"):
+        result = make_report(paths, out, baseline, tolerance, save_baseline, alpha, resamples)
+    console.print(f"report: [bold]{result.out_dir / 'index.html'}[/] and {result.out_dir / 'report.md'}")
+    if result.baseline_saved is not None:
+        console.print(f"baseline saved: [bold]{result.baseline_saved}[/]")
+    if result.comparisons is None:
+        return
+    shown = [c for c in result.comparisons if c.status not in ("ok", "new")]
+    if shown:
+        table = Table(title="metrics that dropped", title_justify="left")
+        for name in ("metric", "baseline", "current", "Δ", "tolerance", "p (paired)", "status"):
+            table.add_column(name, justify="left" if name in ("metric", "status") else "right")
+        for c in shown:
+            style = "bold red" if c.failed else ""
+            table.add_row(escape(c.key), fmt(c.baseline), fmt(c.current), fmt(c.delta), fmt(c.tolerance), fmt(c.p_value),
+                          f"[{style}]{c.status}[/]" if style else c.status)
+        console.print(table)
+    failed = result.regressions
+    if failed:
+        err_console.print(f"[bold red]regression:[/] {len(failed)} metric(s) dropped beyond tolerance vs {escape(str(baseline))}")
+        raise typer.Exit(code=1)
+    console.print(f"[green]no regression[/] vs {escape(str(baseline))} ({len(result.comparisons)} metrics compared)")
 
 
 if __name__ == "__main__":  # `python -m mmbench_cli.cli ...`, e.g. under torchrun

@@ -1,0 +1,160 @@
+"""CI regression checks: save every metric of a grid as a baseline, then compare a later grid against it.
+
+A metric regresses when it drops by more than its tolerance (``--tolerance``, or a per-metric
+``"tolerance"`` in the baseline file) **and**, where both sides have per-sample scores, the drop is
+significant under a one-sided paired bootstrap over the matched query ids (p < alpha). A metric in the
+baseline that is missing now counts as a regression; new metrics are listed but never fail.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmbench_cli.errors import MMError
+from mmbench_cli.report.load import Study
+from mmbench_cli.report.stats import DEFAULT_RESAMPLES, paired_drop_pvalue
+
+FORMAT = "mmbench-baseline"
+VERSION = 1
+
+
+@dataclass
+class Comparison:
+    """One metric's baseline vs. current value and the verdict."""
+
+    key: str
+    metric: str
+    baseline: float | None
+    current: float | None
+    tolerance: float
+    p_value: float | None
+    matched: int
+    status: str  # ok | regressed | within tolerance | not significant | missing | new
+
+    @property
+    def delta(self) -> float | None:
+        """current − baseline (None if either is missing)."""
+        if self.baseline is None or self.current is None:
+            return None
+        return self.current - self.baseline
+
+    @property
+    def failed(self) -> bool:
+        """Whether this comparison fails the check."""
+        return self.status in ("regressed", "missing")
+
+
+def metric_key(run: str, task: str, shots: str) -> str:
+    """The baseline key of one metric: ``<cell>/<task>/<k>shot``."""
+    return f"{run}/{task}/{shots}shot"
+
+
+def collect(study: Study) -> dict[str, dict[str, Any]]:
+    """Every task × shots metric of every run at its last evaluated checkpoint, with per-sample scores."""
+    metrics: dict[str, dict[str, Any]] = {}
+    for run in study.runs:
+        step = run.final_step
+        if step is None:
+            continue
+        for task, by_shots in sorted(run.results[step]["tasks"].items()):
+            for shots, entry in sorted(by_shots.items(), key=lambda item: int(item[0])):
+                record: dict[str, Any] = {
+                    "run": run.name,
+                    "task": task,
+                    "shots": int(shots),
+                    "metric": entry.get("metric"),
+                    "value": float(entry["value"]),
+                    "step": step,
+                    "n": entry.get("n"),
+                }
+                scores = run.sample_scores(step, task, shots)
+                if scores:
+                    record["scores"] = scores
+                metrics[metric_key(run.name, task, shots)] = record
+    return metrics
+
+
+def baseline_document(study: Study) -> dict[str, Any]:
+    """The JSON document ``--save-baseline`` writes; MMError if the study has no evaluated metric."""
+    metrics = collect(study)
+    if not metrics:
+        raise MMError(f"{study.name}: no eval/step_<N>.json results to save as a baseline; run mm eval first")
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source": [str(path) for path in study.sources],
+        "metrics": metrics,
+    }
+
+
+def read_baseline(path: Path) -> dict[str, dict[str, Any]]:
+    """Read and validate a baseline file; every problem is a one-line MMError naming the file."""
+    fix = "pass a file written by `mm report GRID --save-baseline FILE`"
+    if not path.is_file():
+        raise MMError(f"{path}: no such baseline file; {fix}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise MMError(f"{path}: baseline is not valid JSON; {fix}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("metrics"), dict):
+        raise MMError(f"{path}: not an mmbench baseline (expected format '{FORMAT}' and a 'metrics' mapping); {fix}")
+    if data.get("version") != VERSION:
+        raise MMError(f"{path}: baseline version {data.get('version')!r} is not supported (expected {VERSION}); {fix}")
+    for key, record in data["metrics"].items():
+        if not isinstance(record, dict) or not _finite(record.get("value")):
+            raise MMError(f"{path}: metrics.{key}: expected an object with a numeric 'value'; {fix}")
+        tolerance = record.get("tolerance")
+        if tolerance is not None and (not _finite(tolerance) or tolerance < 0):
+            raise MMError(f"{path}: metrics.{key}.tolerance: expected a number >= 0")
+        scores = record.get("scores")
+        if scores is not None and (
+            not isinstance(scores, dict) or not all(_finite(v) for v in scores.values())
+        ):
+            raise MMError(f"{path}: metrics.{key}.scores: expected a mapping of query id to number; {fix}")
+    return data["metrics"]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def compare(
+    baseline: dict[str, dict[str, Any]],
+    current: dict[str, dict[str, Any]],
+    tolerance: float,
+    alpha: float = 0.05,
+    resamples: int = DEFAULT_RESAMPLES,
+) -> list[Comparison]:
+    """Compare current metrics with a baseline; see the module docstring for the rule."""
+    rows = []
+    for key, base in baseline.items():
+        limit = float(base["tolerance"]) if base.get("tolerance") is not None else tolerance
+        now = current.get(key)
+        metric = str(base.get("metric") or "")
+        if now is None:
+            rows.append(Comparison(key, metric, float(base["value"]), None, limit, None, 0, "missing"))
+            continue
+        drop = float(base["value"]) - now["value"]
+        test = None
+        if base.get("scores") and now.get("scores"):
+            test = paired_drop_pvalue(base["scores"], now["scores"], drop, resamples)
+        p_value, matched = test if test else (None, 0)
+        if drop <= 0:
+            status = "ok"
+        elif drop <= limit + 1e-12:
+            status = "within tolerance"
+        elif p_value is not None and p_value >= alpha:
+            status = "not significant"
+        else:
+            status = "regressed"
+        rows.append(Comparison(key, metric, float(base["value"]), now["value"], limit, p_value, matched, status))
+    for key, now in current.items():
+        if key not in baseline:
+            rows.append(Comparison(key, str(now.get("metric") or ""), None, now["value"], tolerance, None, 0, "new"))
+    return rows

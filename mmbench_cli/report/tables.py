@@ -1,0 +1,361 @@
+"""MM1-style tables as pandas DataFrames: per-cell averages, per-task scores, per-axis effects, metadata.
+
+Numbers come from each run's last evaluated checkpoint. A cell pools its training seeds (a ``seed`` grid
+axis) into a mean with the seeds' spread; every number carries a 95% bootstrap interval from per-sample
+scores (see ``stats.py``). Best per column is marked for bold (highest, or lowest for losses).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from mmbench_cli.report.load import SEED_AXIS, Run, Study, read_samples
+from mmbench_cli.report.stats import DEFAULT_RESAMPLES, Estimate, from_scores, mean_of
+
+FAMILY_LABELS = {"caption": "Caption", "vqa": "VQA", "text": "TextCore"}
+SUMMARY_KEYS = {"caption": "caption_avg", "vqa": "vqa_avg", "text": "textcore"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One metric column: a task (or an MM1 family average) at a number of shots."""
+
+    key: str
+    label: str
+    family: str
+    shots: str | None
+    task: str | None = None
+    lower_is_better: bool = False
+
+
+@dataclass
+class Table:
+    """A rendered table: pandas frames of numbers and of display text, plus which cells are best."""
+
+    id: str
+    title: str
+    note: str
+    values: pd.DataFrame
+    text: pd.DataFrame
+    ci: pd.DataFrame
+    bold: pd.DataFrame
+    index_names: list[str] = field(default_factory=list)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Rows for templates: index labels, then (text, ci, bold) per column."""
+        out = []
+        for label in self.values.index:
+            labels = list(label) if isinstance(label, tuple) else [label]
+            cells = [
+                {"text": self.text.at[label, c], "ci": self.ci.at[label, c], "bold": bool(self.bold.at[label, c])}
+                for c in self.values.columns
+            ]
+            out.append({"labels": [str(x) for x in labels], "cells": cells})
+        return out
+
+
+def fmt(value: float | None) -> str:
+    """A metric value with 3 significant decimals ('—' when missing)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.3f}" if abs(value) < 1000 else f"{value:.4g}"
+
+
+def task_estimate(run: Run, step: int, task: str, shots: str) -> Estimate | None:
+    """One task's score at a checkpoint, with its per-sample scores for the bootstrap."""
+    entry = run.entry(step, task, shots)
+    if entry is None:
+        return None
+    return from_scores(float(entry["value"]), run.sample_scores(step, task, shots))
+
+
+def family_estimate(run: Run, step: int, family: str, shots: str, tasks: dict[str, dict[str, Any]]) -> Estimate | None:
+    """MM1's average over a family's tasks (captioning avg, VQA avg, TextCore) at one shot count.
+
+    The value is the results JSON's ``summary`` number when present (else the mean over tasks); the
+    interval comes from the tasks' per-sample scores.
+    """
+    members = [task_estimate(run, step, t, shots) for t, info in tasks.items() if info["family"] == family]
+    estimate = mean_of([m for m in members if m is not None])
+    summary = run.results.get(step, {}).get("summary", {}).get(shots, {}).get(SUMMARY_KEYS[family])
+    if isinstance(summary, (int, float)) and not isinstance(summary, bool):
+        if estimate is None:
+            return Estimate(value=float(summary), seed_values=[float(summary)])
+        estimate.value, estimate.seed_values = float(summary), [float(summary)]
+    return estimate
+
+
+def textcore_shots(study: Study) -> str | None:
+    """TextCore is reported at the fewest shots any text task was run with (0 in MM1)."""
+    shots = {s for info in study.tasks().values() if info["family"] == "text" for s in info["shots"]}
+    for run in study.runs:
+        for result in run.results.values():
+            shots |= {k for k, v in result.get("summary", {}).items() if "textcore" in v}
+    return min(shots, key=int) if shots else None
+
+
+def summary_columns(study: Study) -> list[Column]:
+    """The MM1 table's columns: captioning and VQA averages per shot count, then TextCore."""
+    tasks = study.tasks()
+    columns = []
+    for family in ("caption", "vqa"):
+        shots = sorted({s for info in tasks.values() if info["family"] == family for s in info["shots"]}, key=int)
+        for k in shots:
+            columns.append(Column(f"{family}@{k}", f"{FAMILY_LABELS[family]} {k}-shot", family, k))
+    text_shots = textcore_shots(study)
+    if text_shots is not None:
+        columns.append(Column("textcore", "TextCore", "text", text_shots))
+    return columns
+
+
+def task_columns(study: Study) -> list[Column]:
+    """One column per (task, shots), labelled with the task's metric."""
+    columns = []
+    for task, info in study.tasks().items():
+        for k in info["shots"]:
+            metric = f" ({info['metric']})" if info["metric"] else ""
+            columns.append(Column(f"{task}@{k}", f"{task} {k}-shot{metric}", info["family"], k, task=task))
+    return columns
+
+
+def run_estimate(run: Run, column: Column, tasks: dict[str, dict[str, Any]], step: int | None = None) -> Estimate | None:
+    """A column's metric for one run at ``step`` (default: its last evaluated checkpoint)."""
+    step = run.final_step if step is None else step
+    if step is None or column.shots is None:
+        return None
+    if column.task is not None:
+        return task_estimate(run, step, column.task, column.shots)
+    return family_estimate(run, step, column.family, column.shots, tasks)
+
+
+def cell_estimates(study: Study, columns: list[Column]) -> dict[str, dict[str, Estimate | None]]:
+    """cell -> column key -> Estimate, pooling each cell's training seeds."""
+    tasks = study.tasks()
+    cells: dict[str, dict[str, Estimate | None]] = {}
+    for group, runs in study.groups().items():
+        cells[group] = {}
+        for column in columns:
+            per_seed = [e for e in (run_estimate(r, column, tasks) for r in runs) if e is not None]
+            cells[group][column.key] = mean_of(per_seed, pool_seeds=True)
+    return cells
+
+
+def final_loss(run: Run) -> float | None:
+    """The last logged training loss."""
+    for record in reversed(run.metrics):
+        if isinstance(record.get("loss"), (int, float)):
+            return float(record["loss"])
+    return None
+
+
+def _make_table(
+    table_id: str,
+    title: str,
+    note: str,
+    index: list[Any],
+    columns: list[Column],
+    lookup: Callable[[Any, Column], Estimate | None],
+    index_names: list[str],
+    resamples: int,
+) -> Table:
+    labels = [c.label for c in columns]
+    values = pd.DataFrame(index=pd.Index(index), columns=labels, dtype=float)
+    text = pd.DataFrame(index=pd.Index(index), columns=labels, dtype=object)
+    ci = pd.DataFrame(index=pd.Index(index), columns=labels, dtype=object)
+    for row in index:
+        for column in columns:
+            estimate = lookup(row, column)
+            values.at[row, column.label] = estimate.value if estimate else float("nan")
+            shown = fmt(estimate.value) if estimate else "—"
+            if estimate and estimate.seed_std is not None:
+                shown += f" ±{estimate.seed_std:.3f}"
+            text.at[row, column.label] = shown
+            interval = estimate.ci(resamples) if estimate else None
+            ci.at[row, column.label] = f"[{fmt(interval[0])}, {fmt(interval[1])}]" if interval else ""
+    bold = pd.DataFrame(False, index=values.index, columns=values.columns)
+    for column in columns:
+        series = values[column.label]
+        if len(series) > 1 and series.notna().any():
+            best = series.min() if column.lower_is_better else series.max()
+            bold[column.label] = series == best
+    return Table(table_id, title, note, values, text, ci, bold, index_names)
+
+
+def summary_table(study: Study, resamples: int = DEFAULT_RESAMPLES) -> Table:
+    """MM1's table: per cell, captioning avg and VQA avg at each shot count, TextCore, final loss."""
+    columns = summary_columns(study)
+    cells = cell_estimates(study, columns)
+    groups = study.groups()
+    loss_column = Column("loss", "final loss", "loss", None, lower_is_better=True)
+
+    def lookup(group: str, column: Column) -> Estimate | None:
+        if column.key == "loss":
+            losses = [x for x in (final_loss(r) for r in groups[group]) if x is not None]
+            return mean_of([Estimate(value=x) for x in losses], pool_seeds=True)
+        return cells[group][column.key]
+
+    seeds = _seed_note(study)
+    note = "Last evaluated checkpoint of each cell; [95% bootstrap CI over queries]" + seeds + "; best per column in bold."
+    return _make_table("summary", "MM1-style summary", note, list(groups), [*columns, loss_column], lookup, ["cell"], resamples)
+
+
+def task_table(study: Study, resamples: int = DEFAULT_RESAMPLES) -> Table:
+    """Every task at every shot count, per cell."""
+    columns = task_columns(study)
+    cells = cell_estimates(study, columns)
+    note = "Per task and shots; [95% bootstrap CI over queries]" + _seed_note(study) + "; best per column in bold."
+    return _make_table(
+        "tasks", "Per-task scores", note, list(cells), columns, lambda g, c: cells[g][c.key], ["cell"], resamples
+    )
+
+
+def _seed_note(study: Study) -> str:
+    if any(len(runs) > 1 for runs in study.groups().values()):
+        return "; ±: std over training seeds"
+    return ""
+
+
+def axis_effects(study: Study, columns: list[Column]) -> dict[str, dict[str, dict[str, Estimate | None]]]:
+    """axis -> axis value -> column key -> mean over the cells with that value (MM1's per-axis effect)."""
+    cells = cell_estimates(study, columns)
+    groups = study.groups()
+    effects: dict[str, dict[str, dict[str, Estimate | None]]] = {}
+    for axis, values in study.axes.items():
+        if axis == SEED_AXIS:
+            continue
+        effects[axis] = {}
+        for value in values:
+            members = [g for g, runs in groups.items() if runs[0].axes.get(axis) == value]
+            effects[axis][value] = {
+                c.key: mean_of([e for e in (cells[g][c.key] for g in members) if e is not None]) for c in columns
+            }
+    return effects
+
+
+def effect_tables(study: Study, resamples: int = DEFAULT_RESAMPLES) -> list[Table]:
+    """One table per grid axis: the mean of each MM1 column over the cells sharing each axis value."""
+    columns = summary_columns(study)
+    effects = axis_effects(study, columns)
+    tables = []
+    for axis, by_value in effects.items():
+        tables.append(
+            _make_table(
+                f"effect-{axis}",
+                f"Effect of {axis}",
+                f"Mean over the cells with each {axis} value; [95% bootstrap CI].",
+                list(by_value),
+                columns,
+                lambda v, c, by_value=by_value: by_value[v][c.key],
+                [axis],
+                resamples,
+            )
+        )
+    return tables
+
+
+def repeated_checkpoints(study: Study) -> list[dict[str, Any]]:
+    """Checkpoints whose content hash repeats: within a run (training did not move the weights) or
+    across runs after step 0 (two cells trained to the same weights)."""
+    seen: dict[str, list[tuple[str, int]]] = {}
+    for run in study.runs:
+        hashes = {c["step"]: c.get("content_hash") for c in run.checkpoints}
+        for step, result in run.results.items():
+            hashes.setdefault(step, result.get("checkpoint_hash"))
+        for step, digest in sorted(hashes.items()):
+            if digest:
+                seen.setdefault(str(digest), []).append((run.name, int(step)))
+    flagged = []
+    for digest, where in seen.items():
+        runs = {name for name, _ in where}
+        within = len(runs) < len(where)
+        across = len(runs) > 1 and any(step > 0 for _, step in where)
+        if within or across:
+            kind = "same run" if within and len(runs) == 1 else "across runs" if not within else "same run + across runs"
+            places = ", ".join(f"{name} @ step {step}" for name, step in where)
+            flagged.append({"hash": digest, "kind": kind, "where": places})
+    return flagged
+
+
+def metadata_rows(study: Study) -> list[dict[str, Any]]:
+    """Reproducibility facts per run: seed, commit, versions, wall time, size, command, full config."""
+    rows = []
+    for run in study.runs:
+        meta = run.meta
+        versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
+        wall = meta.get("wall_time_s")
+        if wall is None and run.metrics:
+            wall = run.metrics[-1].get("elapsed_s")
+        command = meta.get("command")
+        rows.append(
+            {
+                "run": run.name,
+                "path": str(run.path),
+                "status": run.status or "—",
+                "seed": "—" if run.seed is None else str(run.seed),
+                "eval_seeds": _eval_seeds(run),
+                "commit": str(meta.get("git_commit") or "—"),
+                "versions": ", ".join(f"{k} {v}" for k, v in versions.items() if v) or "—",
+                "wall_time": f"{float(wall):.1f} s" if isinstance(wall, (int, float)) else "—",
+                "num_params": _count(meta.get("num_params")),
+                "flops_per_step": _count(meta.get("flops_per_step")),
+                "host": str(meta.get("host") or "—"),
+                "created": str(meta.get("created") or "—"),
+                "command": " ".join(map(str, command)) if isinstance(command, list) else str(command or "—"),
+                "steps": ", ".join(str(s) for s in sorted(run.results)) or "—",
+                "config": run.config_text or json.dumps(run.config, indent=2),
+            }
+        )
+    return rows
+
+
+def _eval_seeds(run: Run) -> str:
+    step = run.final_step
+    if step is None:
+        return "—"
+    counts = {len(entry.get("seeds", [])) for by in run.results[step]["tasks"].values() for entry in by.values()}
+    return ", ".join(str(c) for c in sorted(counts)) or "—"
+
+
+def _count(value: Any) -> str:
+    if isinstance(value, dict):
+        value = value.get("total", sum(v for v in value.values() if isinstance(v, (int, float))))
+    if not isinstance(value, (int, float)):
+        return "—"
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{unit}"
+    return f"{value:g}"
+
+
+def example_outputs(study: Study, per_task: int = 3, max_cells: int = 12) -> list[dict[str, Any]]:
+    """A few model outputs per cell and task (final checkpoint, fewest shots), for eyeballing."""
+    examples = []
+    tasks = study.tasks()
+    for group, runs in list(study.groups().items())[:max_cells]:
+        run = runs[0]
+        step = run.final_step
+        if step is None:
+            continue
+        for task, info in tasks.items():
+            shots = info["shots"][0]
+            for record in read_samples(run, step, task, shots, per_task):
+                refs = record.get("references")
+                examples.append(
+                    {
+                        "cell": group,
+                        "task": task,
+                        "shots": shots,
+                        "id": str(record.get("id", "")),
+                        "prediction": str(record.get("prediction", "")),
+                        "references": " | ".join(map(str, refs)) if isinstance(refs, list) else str(refs or ""),
+                        "score": fmt(record["score"]) if isinstance(record.get("score"), (int, float)) else "—",
+                    }
+                )
+    return examples
+

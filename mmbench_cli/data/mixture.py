@@ -1,0 +1,413 @@
+"""The pre-training stream: MM1 data mixing, sequence packing, image preprocessing, exact resumption.
+
+How a global batch of ``num_rows`` rows is made (all of it deterministic from ``cfg.seed`` and the state):
+
+1. **Types**: row ``n`` gets the data type chosen by smooth weighted round-robin over ``data.data_mix``
+   (each type earns its proportion every row; the type with the most credit is served and pays 1), so
+   after any ``N`` rows each type has ``N * p`` rows up to less than one row: exact long-run proportions
+   with no sampling noise, instead of iid coin flips.
+2. **Sources**: within a type, datasets (``data.datasets[].weight``) are interleaved the same way; each
+   source walks through a fresh seeded permutation of its samples every epoch.
+3. **Packing**: a row is filled with whole samples of its one type (so per-type loss is measurable),
+   each formatted by ``data.templates`` and ended with ``<|endoftext|>``; ``<image>`` becomes
+   ``num_image_tokens`` image tokens (``model.tokenizer.encode_interleaved``). A sample that does not fit
+   in what is left of a row starts the next row of that type; a sample longer than a row is truncated
+   (never inside an image's token block). Padding and image tokens get label -100.
+4. **Images** of the rows are decoded and preprocessed in a torch ``DataLoader`` with ``data.num_workers``
+   workers (prefetching ahead of the training step); with DDP each rank materialises only its rows
+   ``rank::world_size`` of every global batch.
+
+``state_dict()`` is JSON (row counter, round-robin credits, each source's epoch and position): a stream
+restored from it yields exactly the batch the original would have yielded next.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mmbench_cli.data import templates
+from mmbench_cli.data.types import CaptionSample, ImageRef, InterleavedDoc, Sample, TextDoc, VQASample
+from mmbench_cli.errors import MMError
+
+STATE_VERSION = 1
+
+
+def weighted_round_robin(weights: dict[str, float], credits: dict[str, float]) -> str:
+    """One step of smooth weighted round-robin: every key earns its weight, the richest is chosen and pays 1.
+
+    ``credits`` is updated in place. Over any prefix of ``N`` steps key ``k`` is chosen ``N*w_k`` times
+    up to less than one (weights summing to 1), and the choices are spread evenly, not clumped.
+    """
+    best = None
+    for key, weight in weights.items():
+        if weight <= 0:
+            continue
+        credits[key] = credits.get(key, 0.0) + weight
+        if best is None or credits[key] > credits[best] + 1e-12:
+            best = key
+    if best is None:
+        raise ValueError("all weights are zero")
+    credits[best] -= sum(w for w in weights.values() if w > 0)
+    return best
+
+
+def data_type_of(sample: Sample) -> str:
+    """The mixture type of a sample: image-text pairs (captions, VQA) are ``caption``."""
+    if isinstance(sample, CaptionSample | VQASample):
+        return "caption"
+    if isinstance(sample, InterleavedDoc):
+        return "interleaved"
+    if isinstance(sample, TextDoc):
+        return "text"
+    raise TypeError(f"not a sample: {type(sample).__name__}")
+
+
+@dataclass
+class Source:
+    """One dataset feeding one data type."""
+
+    name: str
+    data_type: str
+    samples: Sequence[Sample]
+    weight: float = 1.0
+
+
+def sources_from_config(cfg: Any) -> list[Source]:
+    """The training sources of a ``Config``: the synthetic world's train split, or ``data.datasets``."""
+    data = cfg.data
+    if data.source == "synthetic":
+        from mmbench_cli.data.synthetic import world_from_config
+
+        world = world_from_config(data)
+        return [
+            Source("synthetic-caption", "caption", world.captions("train")),
+            Source("synthetic-interleaved", "interleaved", world.interleaved("train")),
+            Source("synthetic-text", "text", world.text("train")),
+        ]
+    from mmbench_cli.data.formats import load_dataset_spec
+
+    if not data.datasets:
+        raise MMError("data.datasets: data.source is local but no datasets are listed; add at least one "
+                      "{format, path, images} entry (see docs/data.md)")
+    sources = []
+    for number, spec in enumerate(data.datasets):
+        if spec.split != "train":
+            continue
+        samples = load_dataset_spec(spec, skip_bad=data.skip_bad)
+        by_type: dict[str, list[Sample]] = {}
+        for sample in samples:
+            by_type.setdefault(data_type_of(sample), []).append(sample)
+        for data_type, group in by_type.items():
+            sources.append(Source(f"{number}:{spec.format}:{data_type}", data_type, group, spec.weight))
+    return sources
+
+
+def sample_text(sample: Sample, variant: int) -> tuple[str, list[ImageRef]]:
+    """A training sample as (text with ``<image>`` markers ending in ``<|endoftext|>``, its images)."""
+    if isinstance(sample, CaptionSample):
+        return templates.caption_demo(sample.captions[variant % len(sample.captions)]) + templates.EOS_TOKEN, [
+            sample.image
+        ]
+    if isinstance(sample, VQASample):
+        return templates.format_demo(sample) + templates.EOS_TOKEN, [sample.image]
+    if isinstance(sample, InterleavedDoc):
+        text, images = templates.format_interleaved(sample)
+        return text + templates.EOS_TOKEN, images
+    return templates.format_text(sample) + templates.EOS_TOKEN, []
+
+
+@dataclass
+class RowPlan:
+    """One packed row before its images are decoded."""
+
+    data_type: str
+    input_ids: list[int]
+    labels: list[int]
+    images: list[ImageRef]
+    sample_ids: list[str]
+    length: int  # real tokens before the right padding
+
+
+class Planner:
+    """Packs rows from the sources (no image decoding): the deterministic half of the stream."""
+
+    def __init__(self, sources: list[Source], data_mix: dict[str, float], seq_len: int, seed: int,
+                 tokenizer: Any, num_image_tokens: int, cache_size: int = 50_000) -> None:
+        from mmbench_cli.model.tokenizer import IMAGE_TOKEN
+
+        self.sources = [source for source in sources if len(source.samples) > 0]
+        self.seq_len = seq_len
+        self.seed = seed
+        self.tokenizer = tokenizer
+        self.num_image_tokens = num_image_tokens
+        self.image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.by_type: dict[str, list[int]] = {}
+        for index, source in enumerate(self.sources):
+            self.by_type.setdefault(source.data_type, []).append(index)
+        self.mix = {t: p for t, p in data_mix.items() if p > 0}
+        missing = [t for t in self.mix if t not in self.by_type]
+        if missing:
+            have = ", ".join(sorted(self.by_type)) or "nothing"
+            raise MMError(
+                f"data.data_mix: {missing[0]} has weight {self.mix[missing[0]]:g} but no dataset provides "
+                f"{missing[0]} samples (the data has: {have}); give it weight 0 in data.data_mix"
+            )
+        if seq_len <= num_image_tokens and any(t in self.mix for t in ("caption", "interleaved")):
+            raise MMError(f"data.seq_len: {seq_len} leaves no room for text after {num_image_tokens} image tokens; "
+                          "raise data.seq_len or lower model.num_image_tokens")
+        self._orders: dict[tuple[int, int], list[int]] = {}
+        self._tokens: OrderedDict[tuple[int, int, int], list[int]] = OrderedDict()
+        self._cache_size = cache_size
+
+    def initial_state(self) -> dict[str, Any]:
+        """The state of a fresh stream."""
+        return {
+            "version": STATE_VERSION,
+            "seed": self.seed,
+            "rows": 0,
+            "type_credits": {t: 0.0 for t in self.mix},
+            "source_credits": {t: {str(i): 0.0 for i in idx} for t, idx in self.by_type.items()},
+            "cursors": {str(i): [0, 0] for i in range(len(self.sources))},  # [epoch, position]
+            "sources": [f"{s.name}:{len(s.samples)}" for s in self.sources],
+        }
+
+    def _order(self, source: int, epoch: int) -> list[int]:
+        key = (source, epoch)
+        if key not in self._orders:
+            if len(self._orders) > 2 * len(self.sources) + 2:
+                self._orders.clear()
+            order = list(range(len(self.sources[source].samples)))
+            random.Random(f"order:{self.seed}:{source}:{epoch}").shuffle(order)
+            self._orders[key] = order
+        return self._orders[key]
+
+    def _peek(self, state: dict[str, Any], source: int) -> tuple[int, int, int]:
+        """(sample index, epoch, variant) at the source's cursor."""
+        epoch, position = state["cursors"][str(source)]
+        index = self._order(source, epoch)[position]
+        variant = random.Random(f"variant:{self.seed}:{source}:{epoch}:{position}").randrange(1 << 16)
+        return index, epoch, variant
+
+    def _advance(self, state: dict[str, Any], source: int) -> None:
+        epoch, position = state["cursors"][str(source)]
+        position += 1
+        if position >= len(self.sources[source].samples):
+            epoch, position = epoch + 1, 0
+        state["cursors"][str(source)] = [epoch, position]
+
+    def _encode(self, source: int, index: int, variant: int) -> tuple[list[int], list[ImageRef], str]:
+        from mmbench_cli.model.tokenizer import encode_interleaved
+
+        sample = self.sources[source].samples[index]
+        if isinstance(sample, CaptionSample):
+            variant %= len(sample.captions)
+        else:
+            variant = 0
+        text, images = sample_text(sample, variant)
+        key = (source, index, variant)
+        ids = self._tokens.get(key)
+        if ids is None:
+            ids = encode_interleaved(self.tokenizer, text, self.num_image_tokens)
+            self._tokens[key] = ids
+            if len(self._tokens) > self._cache_size:
+                self._tokens.popitem(last=False)
+        sample_id = getattr(sample, "question_id", None) or getattr(sample, "image_id", None) or sample.doc_id
+        return ids, images, f"{self.sources[source].name}/{sample_id}"
+
+    def _truncate(self, ids: list[int], images: list[ImageRef], room: int) -> tuple[list[int], list[ImageRef]]:
+        """Cut ``ids`` to ``room`` tokens without splitting an image's token block."""
+        kept = ids[:room]
+        image_tokens = sum(1 for token in kept if token == self.image_id)
+        partial = image_tokens % self.num_image_tokens
+        if partial:
+            kept = kept[: len(kept) - partial]
+        return kept, images[: image_tokens // self.num_image_tokens]
+
+    def plan_row(self, state: dict[str, Any]) -> RowPlan:
+        """Pack the next row (advancing ``state`` in place)."""
+        data_type = weighted_round_robin(self.mix, state["type_credits"])
+        weights = {str(i): self.sources[i].weight for i in self.by_type[data_type]}
+        input_ids: list[int] = []
+        images: list[ImageRef] = []
+        sample_ids: list[str] = []
+        credits = state["source_credits"][data_type]
+        while len(input_ids) < self.seq_len:
+            # pick the source of the next sample without committing: peek with a copy of the credits
+            trial = dict(credits)
+            source = int(weighted_round_robin(weights, trial))
+            index, _, variant = self._peek(state, source)
+            ids, sample_images, sample_id = self._encode(source, index, variant)
+            room = self.seq_len - len(input_ids)
+            if len(ids) > room:
+                if input_ids:
+                    break  # starts the next row of this type
+                ids, sample_images = self._truncate(ids, sample_images, room)
+            credits.update(trial)
+            self._advance(state, source)
+            input_ids.extend(ids)
+            images.extend(sample_images)
+            sample_ids.append(sample_id)
+        labels = [-100 if token == self.image_id else token for token in input_ids]
+        padding = self.seq_len - len(input_ids)
+        state["rows"] += 1
+        return RowPlan(data_type, input_ids + [self.pad_id] * padding, labels + [-100] * padding, images, sample_ids,
+                       len(input_ids))
+
+    def plan_batch(self, state: dict[str, Any], num_rows: int) -> list[RowPlan]:
+        """Pack ``num_rows`` rows (a global batch), advancing ``state`` in place."""
+        return [self.plan_row(state) for _ in range(num_rows)]
+
+
+def collate_rows(rows: list[RowPlan], image_size: int, mean: Sequence[float], std: Sequence[float],
+                 seq_len: int) -> dict[str, Any]:
+    """Tensors of packed rows: input_ids, attention_mask, labels [B, L], images [N,3,S,S] (or None), data_type."""
+    from mmbench_cli.data.images import preprocess
+
+    input_ids = torch.tensor([row.input_ids for row in rows], dtype=torch.long).view(len(rows), seq_len)
+    labels = torch.tensor([row.labels for row in rows], dtype=torch.long).view(len(rows), seq_len)
+    attention_mask = torch.zeros(len(rows), seq_len, dtype=torch.long)
+    for i, row in enumerate(rows):
+        attention_mask[i, : row.length] = 1
+    all_images = [image for row in rows for image in row.images]
+    images = preprocess(all_images, image_size, mean, std) if all_images else None
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "images": images,
+        "data_type": [row.data_type for row in rows],
+        "sample_ids": [row.sample_ids for row in rows],
+    }
+
+
+class _BatchDataset(torch.utils.data.IterableDataset):
+    """Yields (this rank's collated batch, state after the batch) from a start state, forever.
+
+    With ``W`` workers, worker ``w`` materialises batches ``w, w+W, ...``: every worker packs every batch
+    (cheap: token ids are cached) to keep the state, but decodes images only for its own batches, and the
+    DataLoader hands them back in order.
+    """
+
+    def __init__(self, planner: Planner, state: dict[str, Any], num_rows: int, rank: int, world_size: int,
+                 image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.planner = planner
+        self.state = state
+        self.num_rows = num_rows
+        self.rank = rank
+        self.world_size = world_size
+        self.image_size = image_size
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+
+    def __iter__(self) -> Iterator[tuple[dict[str, Any] | None, dict[str, Any], str | None]]:
+        import copy
+
+        info = torch.utils.data.get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        state = copy.deepcopy(self.state)
+        number = 0
+        while True:
+            rows = self.planner.plan_batch(state, self.num_rows)
+            if number % num_workers == worker:
+                mine = rows[self.rank :: self.world_size]
+                try:
+                    batch = collate_rows(mine, self.image_size, self.mean, self.std, self.planner.seq_len)
+                except MMError as error:
+                    yield None, copy.deepcopy(state), error.message
+                    return
+                yield batch, copy.deepcopy(state), None
+            number += 1
+
+
+class TrainStream:
+    """The training data stream of a ``Config`` (see the module docstring)."""
+
+    def __init__(self, cfg: Any, tokenizer: Any, num_image_tokens: int, image_mean: Sequence[float],
+                 image_std: Sequence[float], sources: list[Source] | None = None) -> None:
+        self.cfg = cfg
+        self.seq_len = cfg.data.seq_len
+        self.image_size = cfg.model.image_size
+        self.image_mean = tuple(image_mean)
+        self.image_std = tuple(image_std)
+        self.num_workers = cfg.data.num_workers
+        self.planner = Planner(
+            sources if sources is not None else sources_from_config(cfg), cfg.data.data_mix, cfg.data.seq_len,
+            cfg.seed, tokenizer, num_image_tokens,
+        )
+        self._state = self.planner.initial_state()
+        self._iterator: Iterator[Any] | None = None
+        self._iterator_args: tuple[int, int, int] | None = None
+
+    @property
+    def rows_seen(self) -> int:
+        """Global rows consumed so far."""
+        return int(self._state["rows"])
+
+    def counts(self) -> dict[str, int]:
+        """Samples available per data type."""
+        return {t: sum(len(self.planner.sources[i].samples) for i in idx) for t, idx in self.planner.by_type.items()}
+
+    def next_batch(self, num_rows: int, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+        """The next global batch of ``num_rows`` rows; returns this rank's rows ``rank::world_size``.
+
+        Keys: ``input_ids``, ``attention_mask``, ``labels`` (LongTensor[b, seq_len]), ``images``
+        (FloatTensor[N, 3, S, S] in order of appearance, or None), ``data_type`` (one per row),
+        ``sample_ids`` (per row, for debugging and leakage checks).
+        """
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        args = (num_rows, rank, world_size)
+        if self._iterator is None or self._iterator_args != args:
+            self._start(args)
+        batch, state, error = next(self._iterator)
+        if error:
+            self._iterator = None
+            raise MMError(f"{error}; run `mm build --data` to check the dataset (data.skip_bad=true skips bad samples)")
+        self._state = state
+        return batch
+
+    def _start(self, args: tuple[int, int, int]) -> None:
+        num_rows, rank, world_size = args
+        dataset = _BatchDataset(self.planner, self._state, num_rows, rank, world_size, self.image_size,
+                                self.image_mean, self.image_std)
+        if self.num_workers == 0:
+            self._iterator = iter(dataset)
+        else:
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=2,
+                persistent_workers=False,
+            )
+            self._iterator = iter(loader)
+        self._iterator_args = args
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable position of the stream (after the last batch returned)."""
+        import copy
+
+        return copy.deepcopy(self._state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (from ``state_dict``): the next batch is the one that followed it."""
+        import copy
+
+        expected = self.planner.initial_state()
+        if state.get("version") != STATE_VERSION or state.get("sources") != expected["sources"]:
+            raise MMError("data stream state: it was saved for other data (sources or version differ); "
+                          "resume with the same data config or start a new run")
+        if state.get("seed") != self.planner.seed:
+            raise MMError(f"data stream state: saved with seed {state.get('seed')}, this run has seed "
+                          f"{self.planner.seed}; use the same seed to resume")
+        self._state = copy.deepcopy(state)
+        self._iterator = None
+
+    def close(self) -> None:
+        """Stop prefetching workers."""
+        self._iterator = None

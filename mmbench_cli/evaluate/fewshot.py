@@ -1,0 +1,100 @@
+"""Few-shot prompting as open_flamingo / MM1 evaluate: demos from the train split, then the query.
+
+- ``query_set``: the fixed subset of evaluation queries (the same for every seed and shot count, so seeds
+  only change the demos);
+- ``demo_pool``: open_flamingo's "query set": a fixed random subset of the train split per seed, from which
+  each query's demos are drawn;
+- ``select_random`` / ``select_rices``: k demos per query; RICES ranks the pool by cosine similarity of image
+  features and puts the most similar demo LAST (nearest the query), as open_flamingo's ``RICES.find``;
+- ``build_prompt``: the interleaved text (templates from ``mmbench_cli.data.templates``) and its images;
+  with ``text_only_demos`` (Flamingo's 0-shot variant) two demos are shown as text with their images dropped;
+- ``postprocess``: generations cut at the template's stop words, plus open_flamingo's short-answer cleanup.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from mmbench_cli.data import templates
+from mmbench_cli.errors import MMError
+
+STOP_STRINGS = (templates.EOC_TOKEN, templates.EOS_TOKEN, "<|pad|>", templates.IMAGE_TOKEN, "\n")
+FLAMINGO_ZERO_SHOT_DEMOS = 2
+
+
+def query_set(samples: Sequence[Any], num_samples: int, seed: int = 0) -> list[Any]:
+    """A fixed random subset of ``num_samples`` evaluation queries (all of them if there are fewer)."""
+    if not samples:
+        raise MMError("evaluation queries: the task has no samples to evaluate")
+    if num_samples >= len(samples):
+        return list(samples)
+    indices = sorted(random.Random(f"queries-{seed}").sample(range(len(samples)), num_samples))
+    return [samples[i] for i in indices]
+
+
+def demo_pool(samples: Sequence[Any], size: int, seed: int) -> list[Any]:
+    """open_flamingo's per-seed "query set": ``size`` train samples drawn with ``seed`` (all if fewer)."""
+    if size >= len(samples):
+        return list(samples)
+    return random.Random(f"pool-{seed}").sample(list(samples), size)
+
+
+def check_pool(pool: Sequence[Any], shots: int, task: str) -> None:
+    """Raise MMError when the demo pool cannot supply ``shots`` distinct demos."""
+    if shots > len(pool):
+        raise MMError(f"--shots {shots}: task {task} has only {len(pool)} demonstration samples in its train "
+                      f"split; use at most {len(pool)} shots or a larger demo split")
+
+
+def select_random(pool: Sequence[Any], num_queries: int, shots: int, seed: int) -> list[list[Any]]:
+    """For each of ``num_queries`` queries, ``shots`` distinct demos drawn uniformly from ``pool`` with ``seed``."""
+    rng = random.Random(f"demos-{seed}-{shots}")
+    return [rng.sample(list(pool), shots) if shots else [] for _ in range(num_queries)]
+
+
+def select_rices(pool: Sequence[Any], pool_features: Any, query_features: Any, shots: int) -> list[list[Any]]:
+    """RICES: the ``shots`` pool samples whose image features are most similar to each query's.
+
+    Features are L2-normalised and compared by dot product; the list is ordered from least to most similar,
+    so the most similar demo sits right before the query (open_flamingo's ``RICES.find`` reverses top-k).
+    """
+    import torch
+
+    if shots == 0:
+        return [[] for _ in range(len(query_features))]
+    pool_n = torch.nn.functional.normalize(pool_features.float(), dim=-1)
+    query_n = torch.nn.functional.normalize(query_features.float(), dim=-1)
+    similarity = query_n @ pool_n.T
+    top = similarity.topk(shots, dim=-1).indices  # most similar first
+    return [[pool[int(i)] for i in reversed(row.tolist())] for row in top]
+
+
+def build_prompt(demos: Sequence[Any], query: Any, text_only_demos: bool = False) -> tuple[str, list[Any]]:
+    """(prompt text, images in order of appearance) for ``demos`` then ``query``.
+
+    With ``text_only_demos`` the demos keep their text but lose their ``<image>`` markers and images
+    (Flamingo's zero-shot variant).
+    """
+    if text_only_demos:
+        text = "".join(templates.format_demo(d).replace(templates.IMAGE_TOKEN, "") for d in demos)
+        return text + templates.format_query(query), [query.image]
+    return templates.fewshot_prompt(demos, query), [d.image for d in demos] + [query.image]
+
+
+def postprocess(text: str, family: str) -> str:
+    """Cut a generation at the first stop string, then clean it as open_flamingo does for the family.
+
+    VQA: keep what precedes "Question"/"Answer"/"Short" and the first ", " (``postprocess_vqa_generation``).
+    Captioning: keep what precedes "Output" and drop double quotes (``postprocess_captioning_generation``).
+    """
+    for stop in STOP_STRINGS:
+        text = text.split(stop, 1)[0]
+    if family == "vqa":
+        text = re.split("Question|Answer|Short", text, maxsplit=1)[0]
+        text = re.split(", ", text, maxsplit=1)[0]
+    else:
+        text = text.split("Output", 1)[0].replace('"', "")
+    return text.strip()

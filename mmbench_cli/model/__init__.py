@@ -1,1 +1,19 @@
-"""mmbench model package."""
+"""The MM1-style model: encoders, connectors, LMs, tokenizer and their assembly (``build_model``).
+
+``build_model`` and ``load_model`` are imported lazily so that importing ``mmbench_cli.model.tokenizer``
+(for its constants) does not pull in torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["build_model", "load_model", "MLLM"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from mmbench_cli.model import mllm
+
+        return getattr(mllm, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,90 @@
+"""``mm build``: assemble the model, print its anatomy, run a shape-check forward, optionally save it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from mmbench_cli.errors import MMError
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+def _name(spec: str) -> str:
+    return spec if len(spec) <= 40 else "…" + spec[-39:]
+
+
+def shape_check(model: Any, images_per_row: int = 2, rows: int = 2) -> dict[str, Any]:
+    """Forward a dummy interleaved batch (``images_per_row`` images per row) and check every shape.
+
+    Returns the shapes seen; raises RuntimeError if any disagrees with the declared sizes.
+    """
+    import torch
+
+    from mmbench_cli.model.tokenizer import EOC_TOKEN, IMAGE_TOKEN, encode_interleaved
+
+    text = "".join(f"{IMAGE_TOKEN}Output: a red circle above {i} blue squares{EOC_TOKEN}" for i in range(images_per_row))
+    ids = encode_interleaved(model.tokenizer, text, model.num_image_tokens)
+    input_ids = torch.tensor([ids] * rows)
+    images = torch.randn(rows * images_per_row, 3, model.image_size, model.image_size)
+    model.eval()
+    with torch.no_grad():
+        image_tokens = model.encode_images(images)
+        out = model(input_ids, torch.ones_like(input_ids), images=images, labels=input_ids)
+    expected = (rows * images_per_row, model.num_image_tokens, model.lm.get_input_embeddings().embedding_dim)
+    if tuple(image_tokens.shape) != expected:
+        raise RuntimeError(f"connector emitted {tuple(image_tokens.shape)}, expected {expected}")
+    vocab = model.lm.get_output_embeddings().weight.shape[0]
+    if tuple(out.logits.shape) != (rows, len(ids), vocab) or not torch.isfinite(out.loss):
+        raise RuntimeError(f"LM output {tuple(out.logits.shape)} / loss {out.loss} is wrong")
+    return {"input_ids": tuple(input_ids.shape), "images": tuple(images.shape),
+            "image_tokens": tuple(image_tokens.shape), "logits": tuple(out.logits.shape), "loss": float(out.loss)}
+
+
+def build_and_report(cfg: Any, out: Path | None, console: Console) -> Any:
+    """Build ``cfg.model``, print a component table, FLOPs and a shape check; save to ``out`` if given."""
+    import torch
+
+    from mmbench_cli.model import build_model
+    from mmbench_cli.runs import atomic_dir
+
+    if out is not None and out.exists() and not out.is_dir():
+        raise MMError(f"--out {out}: exists and is not a directory; choose another path")
+    torch.manual_seed(cfg.seed)
+    with console.status("assembling the model (training the tokenizer on first use)…"):
+        model = build_model(cfg.model, cfg.data)
+    counts = model.param_counts()
+    m = cfg.model
+    grid = model.encoder.grid_size(m.image_size)
+    lm_dim = model.lm.get_input_embeddings().embedding_dim
+    table = Table(title=f"mm build: {cfg.name}", title_justify="left")
+    for column in ("component", "name", "class", "parameters", "output shape"):
+        table.add_column(column, justify="right" if column == "parameters" else "left")
+    table.add_row("encoder", _name(m.encoder), type(model.encoder.hf_model).__name__, _fmt_params(counts["encoder"]),
+                  f"[{grid * grid}, {model.encoder.hidden_size}]  ({m.image_size}px, patch {model.encoder.patch_size})")
+    table.add_row("connector", m.connector, type(model.connector).__name__, _fmt_params(counts["connector"]),
+                  f"[{model.num_image_tokens}, {lm_dim}]")
+    table.add_row("language model", _name(m.lm), type(model.lm).__name__, _fmt_params(counts["lm"]),
+                  f"[{cfg.data.seq_len}, {model.lm.get_output_embeddings().weight.shape[0]}] logits")
+    table.add_row("tokenizer", _name(m.tokenizer), type(model.tokenizer).__name__, "-", f"{len(model.tokenizer)} tokens")
+    table.add_row("total", "", "MLLM", _fmt_params(counts["total"]), "", style="bold")
+    console.print(table)
+    flops = model.flops_per_sample(cfg.data.seq_len)
+    console.print(f"image tokens per image: [bold]{model.num_image_tokens}[/] ({grid}×{grid} patches → {m.connector})")
+    console.print(f"training FLOPs per sample ({cfg.data.seq_len} tokens, 1 image, fwd+bwd): [bold]{flops / 1e9:.3f} GFLOP[/]"
+                  f"  (LM {model.lm_flops_per_token(cfg.data.seq_len) * cfg.data.seq_len / 1e9:.3f},"
+                  f" image path {model.image_flops() / 1e9:.3f})")
+    shapes = shape_check(model)
+    console.print(f"shape check ok: input_ids {list(shapes['input_ids'])} + images {list(shapes['images'])} → "
+                  f"image tokens {list(shapes['image_tokens'])} → logits {list(shapes['logits'])}, "
+                  f"loss {shapes['loss']:.3f} (≈ ln V = {torch.tensor(float(len(model.tokenizer))).log():.3f} at init)")
+    if out is not None:
+        with atomic_dir(out) as tmp:
+            model.save_pretrained(tmp)
+        console.print(f"saved to [bold]{out}[/] (model.safetensors, mm_config.json, encoder/, lm/, tokenizer)")
+    return model

@@ -1,0 +1,171 @@
+"""Image encoders: images [N, 3, H, W] → patch features [N, P, D] (no CLS token).
+
+Built-in encoders are tiny ViTs made from a transformers ``ViTConfig`` (SDPA attention) at the configured
+image and patch size. ``hf:<dir>`` (or a bare directory holding a ``config.json``, as encoder
+pre-training saves) loads a local CLIP / SigLIP / ViT vision checkpoint, or the vision tower of a full
+CLIPModel / SiglipModel, from safetensors. Every encoder knows the image mean/std it expects.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmbench_cli.errors import MMError
+from mmbench_cli.model.tokenizer import hf_path
+from mmbench_cli.registry import ENCODERS
+
+IMAGENET_HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+CLIP_MEAN_STD = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+
+
+@dataclass(frozen=True)
+class ViTSpec:
+    """Width/depth of a built-in ViT."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    mlp_ratio: int = 4
+
+
+ENCODERS.add("vit-tiny", ViTSpec(hidden_size=128, num_layers=4, num_heads=4))
+ENCODERS.add("vit-small", ViTSpec(hidden_size=192, num_layers=6, num_heads=6))
+ENCODERS.add("vit-base-toy", ViTSpec(hidden_size=256, num_layers=8, num_heads=8))
+
+
+class VisionEncoder(nn.Module):
+    """Wraps a transformers vision model; returns the last hidden states of the patch tokens only."""
+
+    def __init__(self, hf_model: nn.Module, image_mean: tuple[float, ...], image_std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.hf_model = hf_model
+        config = hf_model.config
+        self.hidden_size: int = config.hidden_size
+        self.patch_size: int = config.patch_size
+        self.native_image_size: int = config.image_size
+        self.image_mean = tuple(float(x) for x in image_mean)
+        self.image_std = tuple(float(x) for x in image_std)
+
+    def grid_size(self, image_size: int) -> int:
+        """Patches per side at ``image_size``."""
+        return image_size // self.patch_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch features [N, (H/p)·(W/p), D] of normalised images [N, 3, H, W]."""
+        interpolate = images.shape[-1] != self.native_image_size or images.shape[-2] != self.native_image_size
+        out = self.hf_model(pixel_values=images, interpolate_pos_encoding=interpolate)
+        hidden = out.last_hidden_state
+        num_patches = (images.shape[-2] // self.patch_size) * (images.shape[-1] // self.patch_size)
+        return hidden[:, hidden.shape[1] - num_patches :]  # drop CLS (ViT, CLIP); SigLIP has none
+
+
+def _check_divisible(image_size: int, patch_size: int) -> None:
+    if image_size % patch_size:
+        nearest = max(patch_size, round(image_size / patch_size) * patch_size)
+        raise MMError(
+            f"model.image_size: {image_size} is not a multiple of the patch size {patch_size}; use e.g. {nearest}"
+        )
+
+
+def build_vit(spec: ViTSpec, image_size: int, patch_size: int) -> VisionEncoder:
+    """A randomly initialised ViT of the given shape (transformers ViTModel, SDPA, no pooler)."""
+    from transformers import ViTConfig, ViTModel
+
+    _check_divisible(image_size, patch_size)
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        intermediate_size=spec.mlp_ratio * spec.hidden_size,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    config._attn_implementation = "sdpa"
+    model = ViTModel(config, add_pooling_layer=False)
+    return VisionEncoder(model, *IMAGENET_HALF)
+
+
+def _read_mean_std(directory: Path, model_type: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    processor = directory / "preprocessor_config.json"
+    if processor.exists():
+        try:
+            data = json.loads(processor.read_text())
+            if "image_mean" in data and "image_std" in data:
+                return tuple(data["image_mean"]), tuple(data["image_std"])
+        except (OSError, json.JSONDecodeError):
+            pass
+    return CLIP_MEAN_STD if model_type.startswith("clip") else IMAGENET_HALF
+
+
+VISION_CLASSES = {
+    "vit": "ViTModel",
+    "clip_vision_model": "CLIPVisionModel",
+    "siglip_vision_model": "SiglipVisionModel",
+    "siglip2_vision_model": "Siglip2VisionModel",
+}
+FULL_TO_VISION = {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel"}
+
+
+def vision_model_from_config(config: Any) -> nn.Module:
+    """An uninitialised vision model for a saved vision config (used when reloading a saved MLLM)."""
+    import transformers
+
+    class_name = VISION_CLASSES.get(config.model_type)
+    if class_name is None:
+        raise MMError(f"encoder config: unsupported model_type {config.model_type!r}; use a CLIP, SigLIP or ViT vision model")
+    cls = getattr(transformers, class_name)
+    config._attn_implementation = "sdpa"
+    return cls(config, add_pooling_layer=False) if class_name == "ViTModel" else cls(config)
+
+
+def load_hf_encoder(directory: Path) -> VisionEncoder:
+    """Load a local CLIP / SigLIP / ViT vision checkpoint (or a full CLIP/SigLIP model's vision tower)."""
+    import transformers
+    from transformers import AutoConfig
+
+    where = f"model.encoder: {directory}"
+    if not (directory / "config.json").exists():
+        raise MMError(f"{where} is not a Hugging Face checkpoint (no config.json); pass hf:<dir saved by save_pretrained>")
+    if not any(directory.glob("*.safetensors")):
+        raise MMError(f"{where} has no .safetensors weights; only safetensors checkpoints are loaded (never pickles)")
+    try:
+        config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError, KeyError) as error:
+        raise MMError(f"{where}: unreadable config.json ({str(error).splitlines()[0][:120]})") from None
+    model_type = config.model_type
+    if model_type in FULL_TO_VISION:
+        full_cls = getattr(transformers, model_type.upper().replace("SIGLIP", "Siglip") + "Model")
+        full = full_cls.from_pretrained(str(directory), use_safetensors=True, attn_implementation="sdpa")
+        hf_model = full.vision_model
+        # CLIPModel.vision_model is a CLIPVisionTransformer; wrap it in the public class so it can be saved.
+        wrapper = getattr(transformers, FULL_TO_VISION[model_type])(config.vision_config)
+        wrapper.vision_model = hf_model
+        hf_model = wrapper
+    elif model_type in VISION_CLASSES:
+        cls = getattr(transformers, VISION_CLASSES[model_type])
+        kwargs = {"add_pooling_layer": False} if model_type == "vit" else {}
+        hf_model = cls.from_pretrained(str(directory), use_safetensors=True, attn_implementation="sdpa", **kwargs)
+    else:
+        raise MMError(f"{where}: model_type {model_type!r} is not a CLIP, SigLIP or ViT vision model")
+    hf_model = hf_model.float()
+    mean, std = _read_mean_std(directory, model_type)
+    return VisionEncoder(hf_model, mean, std)
+
+
+def build_encoder(model_cfg: Any) -> VisionEncoder:
+    """The encoder named by ``model.encoder``: a registry name, ``hf:<dir>`` or a saved encoder dir."""
+    path = hf_path(model_cfg.encoder)
+    if path is not None:
+        if not path.is_dir():
+            raise MMError(f"model.encoder: {path} is not a directory; pass hf:<local checkpoint dir>")
+        return load_hf_encoder(path)
+    spec = ENCODERS.get(model_cfg.encoder)
+    return build_vit(spec, model_cfg.image_size, model_cfg.patch_size)

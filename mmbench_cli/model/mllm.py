@@ -1,0 +1,227 @@
+"""The MLLM: image encoder → connector → tokens spliced into a decoder-only LM at ``<image>`` positions.
+
+Reads like MM1's Figure 2: each image becomes ``num_image_tokens`` embeddings that overwrite the
+``<image>`` placeholder slots of the text, so any number of images can sit anywhere in a sequence
+(interleaved documents, few-shot prompts). Loss is on text tokens only. Generation reuses the HF LM's
+own ``generate`` (greedy or beam, KV cache, left padding) on the spliced input embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmbench_cli.errors import MMError
+from mmbench_cli.model.connectors import Connector, build_connector, check_connector
+from mmbench_cli.model.encoders import VisionEncoder, build_encoder
+from mmbench_cli.model.lm import build_lm
+from mmbench_cli.model.tokenizer import get_tokenizer, hf_path, special_token_ids
+
+FORMAT = "mmbench-mllm"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+MM_CONFIG = "mm_config.json"
+
+
+class MLLM(nn.Module):
+    """Encoder + connector + HF causal LM + tokenizer, with splice-in forward, generation and save/load."""
+
+    def __init__(self, config: Any, encoder: VisionEncoder, connector: Connector, lm: nn.Module, tokenizer: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.connector = connector
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.num_image_tokens: int = config.num_image_tokens
+        self.image_size: int = config.image_size
+        self.image_mean = encoder.image_mean
+        self.image_std = encoder.image_std
+        ids = special_token_ids(tokenizer)
+        self.image_token_id: int = ids["image"]
+        self.eoc_token_id: int = ids["eoc"]
+        self.eos_token_id: int = ids["eos"]
+        self.pad_token_id: int = ids["pad"]
+        self._image_flops: int | None = None
+
+    # ---- forward -------------------------------------------------------------------------------------
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images [N, 3, H, W] → LM-space image tokens [N, num_image_tokens, d_lm]."""
+        return self.connector(self.encoder(images))
+
+    def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None = None,
+              image_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with the image-token slots overwritten by image embeddings (in reading order)."""
+        embeds = self.lm.get_input_embeddings()(input_ids)
+        image_mask = input_ids == self.image_token_id
+        num_slots = int(image_mask.sum())
+        if num_slots == 0:
+            return embeds
+        if image_embeds is None:
+            if images is None:
+                raise ValueError(f"input_ids hold {num_slots} image-token slots but no images were given")
+            image_embeds = self.encode_images(images)
+        if image_embeds.shape[0] * image_embeds.shape[1] != num_slots:
+            raise ValueError(
+                f"{num_slots} image-token slots (= {num_slots / self.num_image_tokens:g} images × "
+                f"{self.num_image_tokens}) but {image_embeds.shape[0]} images were given"
+            )
+        return embeds.masked_scatter(image_mask.unsqueeze(-1), image_embeds.to(embeds.dtype))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                image_embeds: torch.Tensor | None = None) -> Any:
+        """Causal-LM output (logits [B, L, V]; loss over text tokens when ``labels`` is given)."""
+        inputs_embeds = self.embed(input_ids, images, image_embeds)
+        position_ids = None
+        if attention_mask is not None and bool((attention_mask == 0).any()):
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding
+        else:
+            attention_mask = None  # all ones: lets SDPA take its is_causal fast path
+        if labels is not None:
+            labels = labels.masked_fill(input_ids == self.image_token_id, -100)
+        return self.lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                       position_ids=position_ids, labels=labels, use_cache=False)
+
+    # ---- generation ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 images: torch.Tensor | None = None, image_embeds: torch.Tensor | None = None,
+                 max_new_tokens: int = 16, num_beams: int = 1, use_cache: bool = True,
+                 stop_token_ids: list[int] | None = None, **kwargs: Any) -> torch.Tensor:
+        """Greedy (or beam) continuation of left-padded prompts → new token ids [B, new] (pad after stop)."""
+        from transformers import GenerationConfig
+
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        inputs_embeds = self.embed(input_ids, images, image_embeds)
+        stops = stop_token_ids if stop_token_ids is not None else [self.eoc_token_id, self.eos_token_id]
+        generation_config = GenerationConfig(
+            max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False, use_cache=use_cache,
+            eos_token_id=stops, pad_token_id=self.pad_token_id, **kwargs,
+        )
+        return self.lm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                generation_config=generation_config)
+
+    # ---- accounting ----------------------------------------------------------------------------------
+    def param_counts(self) -> dict[str, int]:
+        """Parameters per component: encoder, connector, lm (and its input embedding), total."""
+        def count(module: nn.Module) -> int:
+            return sum(p.numel() for p in module.parameters())
+
+        counts = {"encoder": count(self.encoder), "connector": count(self.connector), "lm": count(self.lm)}
+        counts["lm_embedding"] = self.lm.get_input_embeddings().weight.numel()
+        counts["total"] = counts["encoder"] + counts["connector"] + counts["lm"]
+        return counts
+
+    def lm_flops_per_token(self, seq_len: int) -> int:
+        """LM training FLOPs per token (forward+backward): 6·N_matmul + 12·layers·d·seq_len (PaLM, App. B)."""
+        emb_in = self.lm.get_input_embeddings().weight
+        emb_out = self.lm.get_output_embeddings().weight
+        matmul_params = sum(p.numel() for p in self.lm.parameters()) - emb_in.numel()
+        if emb_out is emb_in:  # tied: the unembedding matmul still costs
+            matmul_params += emb_out.numel()
+        cfg = self.lm.config
+        return 6 * matmul_params + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
+
+    def image_flops(self) -> int:
+        """Training FLOPs (forward+backward = 3× forward) of encoder+connector per image, counted once."""
+        if self._image_flops is None:
+            from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+            def cpu_sdpa(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+                return sdpa_flop_count(query, key, value)  # the CPU SDPA kernel has no formula of its own
+
+            mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
+            dummy = torch.zeros(1, 3, self.image_size, self.image_size, device=self.lm.device)
+            with FlopCounterMode(display=False, custom_mapping=mapping) as counter:  # grad on: its module tracker needs it
+                self.encode_images(dummy)
+            self._image_flops = 3 * counter.get_total_flops()
+        return self._image_flops
+
+    def flops_per_sample(self, seq_len: int, num_images: int = 1) -> int:
+        """Training FLOPs of one sequence of ``seq_len`` tokens holding ``num_images`` images."""
+        return seq_len * self.lm_flops_per_token(seq_len) + num_images * self.image_flops()
+
+    # ---- persistence ---------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write model.safetensors, mm_config.json, encoder/ and lm/ HF configs and the tokenizer files."""
+        from safetensors.torch import save_model
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_model(self, str(directory / WEIGHTS))
+        self.encoder.hf_model.config.save_pretrained(str(directory / "encoder"))
+        self.lm.config.save_pretrained(str(directory / "lm"))
+        self.tokenizer.save_pretrained(str(directory))
+        meta = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "model": self.config.model_dump(mode="json"),
+            "image_mean": list(self.image_mean), "image_std": list(self.image_std),
+            "image_token_id": self.image_token_id, "param_counts": self.param_counts(),
+        }
+        (directory / MM_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+        return directory
+
+
+def build_model(model_cfg: Any, data_cfg: Any = None) -> MLLM:
+    """Assemble the MLLM named by a ModelConfig (random init except for hf: components)."""
+    if hf_path(model_cfg.encoder) is None:  # fail fast on a bad connector/token count before any heavy work
+        check_connector(model_cfg.connector, model_cfg.num_image_tokens, model_cfg.image_size // model_cfg.patch_size)
+    encoder = build_encoder(model_cfg)
+    if model_cfg.image_size % encoder.patch_size:
+        raise MMError(f"model.image_size: {model_cfg.image_size} is not a multiple of the encoder's patch size "
+                      f"{encoder.patch_size}")
+    check_connector(model_cfg.connector, model_cfg.num_image_tokens, encoder.grid_size(model_cfg.image_size))
+    tokenizer = get_tokenizer(model_cfg, data_cfg)
+    ids = special_token_ids(tokenizer)
+    vocab_size = len(tokenizer)
+    if hf_path(model_cfg.lm) is None:
+        vocab_size = -(-vocab_size // 64) * 64  # nanoGPT: a multiple of 64 keeps the unembedding matmul fast
+    lm = build_lm(model_cfg, vocab_size, ids["eos"], ids["pad"])
+    lm_dim = lm.get_input_embeddings().embedding_dim
+    connector = build_connector(model_cfg.connector, encoder.hidden_size, lm_dim, model_cfg.num_image_tokens,
+                                encoder.grid_size(model_cfg.image_size))
+    return MLLM(model_cfg, encoder, connector, lm, tokenizer)
+
+
+def load_model(directory: str | Path, device: str = "cpu") -> MLLM:
+    """Rebuild a saved MLLM from its directory alone (safetensors + JSON configs; nothing is unpickled)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model as load_weights
+    from transformers import AutoConfig, AutoTokenizer
+
+    from mmbench_cli.config import ModelConfig
+    from mmbench_cli.model.encoders import VisionEncoder, vision_model_from_config
+    from mmbench_cli.model.lm import lm_from_config
+    from mmbench_cli.model.tokenizer import add_special_tokens
+
+    directory = Path(directory)
+    meta_path = directory / MM_CONFIG
+    if not directory.is_dir() or not meta_path.exists() or not (directory / WEIGHTS).exists():
+        raise MMError(f"{directory}: not a saved mmbench model (needs {MM_CONFIG} and {WEIGHTS}); "
+                      "pass a dir written by `mm build -o` or a checkpoints/step_<N>/ dir")
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError("wrong format")
+        model_cfg = ModelConfig.model_validate(meta["model"])
+        encoder_cfg = AutoConfig.from_pretrained(str(directory / "encoder"), local_files_only=True)
+        lm_cfg = AutoConfig.from_pretrained(str(directory / "lm"), local_files_only=True)
+        tokenizer = add_special_tokens(AutoTokenizer.from_pretrained(str(directory), local_files_only=True))
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
+        raise MMError(f"{directory}: damaged saved model ({str(error).splitlines()[0][:120]}); re-save it") from None
+    encoder = VisionEncoder(vision_model_from_config(encoder_cfg), meta["image_mean"], meta["image_std"])
+    lm = lm_from_config(lm_cfg)
+    connector = build_connector(model_cfg.connector, encoder.hidden_size, lm.get_input_embeddings().embedding_dim,
+                                model_cfg.num_image_tokens, encoder.grid_size(model_cfg.image_size))
+    model = MLLM(model_cfg, encoder, connector, lm, tokenizer)
+    try:
+        load_weights(model, str(directory / WEIGHTS), strict=True, device=device)
+    except (SafetensorError, RuntimeError, OSError) as error:
+        raise MMError(f"{directory / WEIGHTS}: cannot load weights ({str(error).splitlines()[0][:160]})") from None
+    return model.to(device).eval()

@@ -272,15 +272,19 @@ def scene_captions(scene: Scene, rng: random.Random, num: int = 5) -> list[str]:
     return captions
 
 
-def _annotate(truth: str, confusions: list[str], rng: random.Random, noise: float) -> list[str]:
-    """Ten human answers: mostly ``truth``, each replaced by a plausible confusion with probability ``noise``."""
-    answers = []
-    for _ in range(10):
-        if confusions and rng.random() < noise:
-            answers.append(rng.choice(confusions))
-        else:
-            answers.append(truth)
+def _annotate(truth: str, confusions: list[str], rng: random.Random, contested: float) -> list[str]:
+    """Ten human answers: all ``truth``, except that with probability ``contested`` 1-3 annotators give a
+    plausible confusion instead (so the majority answer is always the truth, as in most of VQAv2)."""
+    answers = [truth] * 10
+    if confusions and rng.random() < contested:
+        for position in rng.sample(range(10), rng.choice((1, 1, 1, 2, 2, 3))):
+            answers[position] = rng.choice(confusions)
     return answers
+
+
+def typo(text: str) -> str:
+    """The misreading an OCR annotator makes: a dropped last letter, or a doubled last digit."""
+    return text[:-1] if len(text) > 2 else text + text[-1]
 
 
 def scene_questions(scene: Scene, rng: random.Random) -> list[dict[str, Any]]:
@@ -295,7 +299,7 @@ def scene_questions(scene: Scene, rng: random.Random) -> list[dict[str, Any]]:
     unique = [obj for obj in objects if len(by_shape[obj.shape]) == 1]
     if unique:
         obj = rng.choice(unique)
-        noise = 0.25 if obj.size == "small" else 0.08
+        noise = 0.5 if obj.size == "small" else 0.15
         questions.append({
             "question": f"what color is the {obj.shape}?", "truth": obj.color, "answer_type": "other",
             "confusions": [COLOR_CONFUSIONS[obj.color]], "noise": noise, "hard": obj.size == "small",
@@ -305,7 +309,7 @@ def scene_questions(scene: Scene, rng: random.Random) -> list[dict[str, Any]]:
     count = len(by_shape.get(shape, []))
     questions.append({
         "question": f"how many {_plural(shape, 2)} are there?", "truth": str(count), "answer_type": "number",
-        "confusions": [str(max(0, count - 1)), str(count + 1)], "noise": 0.1,
+        "confusions": [str(max(0, count - 1)), str(count + 1)], "noise": 0.25,
         "hard": any(obj.size == "small" for obj in by_shape.get(shape, [])),
     })
     # position of an object unique by colour and shape
@@ -318,7 +322,7 @@ def scene_questions(scene: Scene, rng: random.Random) -> list[dict[str, Any]]:
         others = [p for p in POSITIONS if p != obj.position]
         questions.append({
             "question": f"where is the {obj.color} {obj.shape}?", "truth": obj.position, "answer_type": "other",
-            "confusions": [rng.choice(others)], "noise": 0.1, "hard": obj.size == "small",
+            "confusions": [rng.choice(others)], "noise": 0.2, "hard": obj.size == "small",
         })
     # yes/no: is there a <colour> <shape>?
     if rng.random() < 0.5:
@@ -331,18 +335,17 @@ def scene_questions(scene: Scene, rng: random.Random) -> list[dict[str, Any]]:
         truth = "no"
     questions.append({
         "question": f"is there a {color} {kind}?", "truth": truth, "answer_type": "yes/no",
-        "confusions": ["no" if truth == "yes" else "yes"], "noise": 0.06, "hard": False,
+        "confusions": ["no" if truth == "yes" else "yes"], "noise": 0.1, "hard": False,
     })
     for item in questions:
         item["kind"] = "vqa"
     # OCR: what is written?
     if scene.text:
         text = scene.text
-        typo = text[:-1] if len(text) > 2 else text + text[-1]
         questions.append({
             "question": rng.choice(("what is written?", "what is written in the picture?", "what does the text say?")),
             "truth": text, "answer_type": "number" if scene.is_number else "other",
-            "confusions": [typo], "noise": 0.15 if scene.text_size == "small" else 0.05,
+            "confusions": [typo(text)], "noise": 0.4 if scene.text_size == "small" else 0.1,
             "hard": scene.text_size == "small", "kind": "ocr",
         })
     for item in questions:
@@ -718,7 +721,7 @@ def tokenizer_corpus(world_seed: int = 0, num_scenes: int = 1500) -> list[str]:
     text-only corpus and cloze/fact items, plus one line listing the whole vocabulary so that rare
     words (and every number 0-99) are always present.
     """
-    from mmbench_cli.data.templates import caption_demo, vqa_demo
+    from mmbench_cli.data.templates import caption_demo, format_interleaved, vqa_demo
 
     facts = world_facts(world_seed)
     texts: list[str] = []
@@ -732,10 +735,13 @@ def tokenizer_corpus(world_seed: int = 0, num_scenes: int = 1500) -> list[str]:
             texts.append(text_qa(item["question"], item["answers"][0]))
     for index in range(num_scenes):
         texts.append(text_document(facts, _rng("text", world_seed, "train", index))[1])
+    world = SyntheticWorld(world_seed, num_train_images=min(num_scenes, 400), num_val_images=1, num_test_images=1)
+    texts.extend(format_interleaved(doc)[0] for doc in world.interleaved("train"))  # renders nothing
     vocabulary = [
         *COLORS, *SHAPES, *(_plural(s, 2) for s in SHAPES), *SIZES, *POSITIONS, *NUMBER_WORDS, *WORDS,
         *THINGS, *(_plural(t, 2) for t in THINGS), *PLACES, *NAMES, *VERBS,
-        *(str(n) for n in range(100)), "yes", "no", "word", "number", "written", "letters", "page", "things",
+        *(str(n) for n in range(100)), *(typo(w) for w in WORDS), *(typo(str(n)) for n in range(10, 100)),
+        "yes", "no", "word", "number", "written", "letters", "page", "things",
         "shaped", "here", "we", "see",
     ]
     texts.append(" ".join(vocabulary))

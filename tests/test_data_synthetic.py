@@ -1,0 +1,150 @@
+"""The synthetic world: determinism, caching, no split leakage, vocabulary coverage, resolution-dependent legibility."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmbench_cli.data import templates
+from mmbench_cli.data.synthetic import (
+    SPLITS,
+    Scene,
+    Shape,
+    SyntheticWorld,
+    render_scene,
+    tokenizer_corpus,
+    world_from_config,
+)
+from mmbench_cli.data.types import CaptionSample, InterleavedDoc, TextDoc, VQASample
+
+
+def _world(tmp_path: Path, seed: int = 0, name: str = "a") -> SyntheticWorld:
+    return SyntheticWorld(seed, num_train_images=24, num_val_images=8, num_test_images=8, cache_dir=str(tmp_path / name))
+
+
+def _texts(world: SyntheticWorld) -> list[str]:
+    texts = []
+    for split in SPLITS:
+        texts += [c for s in world.captions(split) for c in s.captions]
+        texts += [f"{s.question} {' '.join(s.answers)}" for kind in ("vqa", "ocr") for s in world.vqa(split, kind)]
+        texts += [templates.format_interleaved(d)[0] for d in world.interleaved(split)]
+        texts += [d.text for d in world.text(split)]
+    return texts
+
+
+def _png_bytes(world: SyntheticWorld) -> list[bytes]:
+    world.materialize()
+    return [image.path.read_bytes() for split in SPLITS for image in world.images(split)]
+
+
+def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path: Path) -> None:
+    first, again, other = _world(tmp_path, 0, "a"), _world(tmp_path, 0, "b"), _world(tmp_path, 1, "c")
+    assert _png_bytes(first) == _png_bytes(again)
+    assert _texts(first) == _texts(again)
+    assert first.text_tasks("test") == again.text_tasks("test")
+    assert _png_bytes(first) != _png_bytes(other)
+    assert _texts(first) != _texts(other)
+
+
+def test_images_are_rendered_once_and_cached(tmp_path: Path) -> None:
+    world = _world(tmp_path)
+    assert world.materialize(["val"]) == 8
+    stamps = [image.path.stat().st_mtime_ns for image in world.images("val")]
+    assert world.materialize(["val"]) == 0
+    loaded = world.images("val")[0].load()
+    assert loaded.size == (256, 256) and loaded.mode == "RGB"
+    assert [image.path.stat().st_mtime_ns for image in world.images("val")] == stamps
+
+
+def test_sample_types_and_vqa_answers(tmp_path: Path) -> None:
+    world = _world(tmp_path)
+    captions = world.captions("train")
+    assert len(captions) == 24 and all(isinstance(s, CaptionSample) for s in captions)
+    assert all(len(s.captions) == 5 and len(set(s.captions)) >= 3 for s in captions)  # varied wording
+    vqa, ocr = world.vqa("train", "vqa"), world.vqa("train", "ocr")
+    assert all(isinstance(s, VQASample) and len(s.answers) == 10 for s in vqa + ocr)
+    assert {s.answer_type for s in vqa} >= {"number", "yes/no", "other"}
+    for sample in ocr:  # the majority OCR answer is the word actually rendered
+        assert templates.majority_answer(sample.answers) == sample.image.scene.text
+    # a little annotator disagreement, but not everywhere
+    disagree = sum(len(set(s.answers)) > 1 for s in vqa + ocr)
+    assert 0 < disagree < len(vqa + ocr) / 2
+    docs = world.interleaved("train")
+    assert docs and all(isinstance(d, InterleavedDoc) for d in docs)
+    assert all(2 <= sum(not isinstance(c, str) for c in d.chunks) <= 4 for d in docs)
+    joined = " ".join(templates.format_interleaved(d)[0] for d in docs)
+    assert "Output:" in joined and "<|endofchunk|>" in joined  # teaches the few-shot format
+    assert all(isinstance(d, TextDoc) for d in world.text("train"))
+
+
+def test_no_leakage_across_splits(tmp_path: Path) -> None:
+    world = _world(tmp_path)
+    world.materialize()
+    keys = {split: {image.key for image in world.images(split)} for split in SPLITS}
+    pixels = {split: {hashlib.sha256(image.path.read_bytes()).hexdigest() for image in world.images(split)}
+              for split in SPLITS}
+    questions = {split: {s.question_id for s in world.vqa(split) + world.vqa(split, "ocr")} for split in SPLITS}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not keys[a] & keys[b]
+        assert not pixels[a] & pixels[b]
+        assert not questions[a] & questions[b]
+    for doc in world.interleaved("test"):
+        assert all(chunk.key in keys["test"] for chunk in doc.chunks if not isinstance(chunk, str))
+    train_text = {d.text for d in world.text("train")}
+    assert not train_text & {d.text for d in world.text("test")}
+    tasks = world.text_tasks("test")
+    assert not train_text & {f"{item['context']} {item['target']}." for item in tasks["cloze"]}
+
+
+def test_text_tasks_shape(tmp_path: Path) -> None:
+    tasks = _world(tmp_path).text_tasks("test")
+    assert set(tasks) == {"cloze", "facts", "perplexity"}
+    for item in tasks["cloze"]:
+        assert item["target"] and " " not in item["target"]
+        assert item["target"] in item["context"]  # predictable from the context, LAMBADA-style
+    for item in tasks["facts"]:
+        assert len(item["choices"]) == 4 and len(set(item["choices"])) == 4 and 0 <= item["gold"] < 4
+    assert tasks["perplexity"] and all(item["text"] for item in tasks["perplexity"])
+
+
+def test_tokenizer_corpus_covers_every_word_the_world_uses(tmp_path: Path) -> None:
+    corpus_words = set(re.findall(r"[a-z0-9]+", " ".join(tokenizer_corpus(0)).lower()))
+    world_words = set(re.findall(r"[a-z0-9]+", " ".join(_texts(_world(tmp_path))).lower()))
+    assert world_words - corpus_words == set()
+
+
+def test_world_from_config() -> None:
+    from mmbench_cli.config import load_config
+
+    cfg = load_config(None, ["data.world_seed=3", "data.num_val_images=7"])
+    world = world_from_config(cfg.data)
+    assert world.seed == 3 and world.num_images["val"] == 7
+
+
+def _diff_at(scene_a: Scene, scene_b: Scene, size: int) -> float:
+    """Mean absolute pixel difference of two scenes rendered natively and downsampled to ``size`` px."""
+    a, b = (np.asarray(render_scene(s).resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+            for s in (scene_a, scene_b))
+    return float(np.abs(a - b).mean())
+
+
+@pytest.mark.parametrize("what", ["text", "color"])
+def test_small_details_need_resolution(what: str) -> None:
+    """What distinguishes two scenes by a small detail mostly vanishes at 32 px; a large detail survives."""
+    def scenes(size: str) -> tuple[Scene, Scene]:
+        if what == "text":
+            return (Scene((), "cat", size, (1, 1)), Scene((), "dog", size, (1, 1)))
+        size = "small" if size == "small" else "large"
+        return tuple(Scene((Shape("circle", color, size, (1, 1), (0, 0)),), None, None, None)  # type: ignore
+                     for color in ("red", "orange"))
+
+    small, large = scenes("small"), scenes("large")
+    # at the native resolution the small detail is clearly there...
+    assert _diff_at(*small, 256) > 0.1
+    # ...but downsampled to 32 px it carries far less signal than the large one
+    assert _diff_at(*small, 32) < _diff_at(*large, 32) / 4

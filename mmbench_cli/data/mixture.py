@@ -32,7 +32,8 @@ from typing import Any
 import torch
 
 from mmbench_cli.data import templates
-from mmbench_cli.data.types import CaptionSample, ImageRef, InterleavedDoc, Sample, TextDoc, VQASample
+from mmbench_cli.data.templates import data_type_of
+from mmbench_cli.data.types import CaptionSample, ImageRef, InterleavedDoc, Sample, VQASample
 from mmbench_cli.errors import MMError
 
 STATE_VERSION = 1
@@ -55,17 +56,6 @@ def weighted_round_robin(weights: dict[str, float], credits: dict[str, float]) -
         raise ValueError("all weights are zero")
     credits[best] -= sum(w for w in weights.values() if w > 0)
     return best
-
-
-def data_type_of(sample: Sample) -> str:
-    """The mixture type of a sample: image-text pairs (captions, VQA) are ``caption``."""
-    if isinstance(sample, CaptionSample | VQASample):
-        return "caption"
-    if isinstance(sample, InterleavedDoc):
-        return "interleaved"
-    if isinstance(sample, TextDoc):
-        return "text"
-    raise TypeError(f"not a sample: {type(sample).__name__}")
 
 
 @dataclass

@@ -144,7 +144,7 @@ def _build_synthetic(cfg: Any, console: Any) -> tuple[dict[str, Any], list[Sampl
 
 def _build_local(cfg: Any, console: Any) -> tuple[dict[str, Any], list[Sample]]:
     from mmbench_cli.data.formats import load_dataset_spec
-    from mmbench_cli.data.mixture import data_type_of
+    from mmbench_cli.data.templates import data_type_of
     from mmbench_cli.errors import MMError
 
     if not cfg.data.datasets:

@@ -110,6 +110,17 @@ def format_interleaved(doc: InterleavedDoc) -> tuple[str, list[ImageRef]]:
     return "".join(parts), images
 
 
+def data_type_of(sample: CaptionSample | VQASample | InterleavedDoc | TextDoc) -> str:
+    """The mixture type of a sample: image-text pairs (captions, VQA) are ``caption``."""
+    if isinstance(sample, CaptionSample | VQASample):
+        return "caption"
+    if isinstance(sample, InterleavedDoc):
+        return "interleaved"
+    if isinstance(sample, TextDoc):
+        return "text"
+    raise TypeError(f"not a sample: {type(sample).__name__}")
+
+
 def format_text(doc: TextDoc) -> str:
     """A text-only document as a training string."""
     return doc.text.strip()

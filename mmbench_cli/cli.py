@@ -119,17 +119,54 @@ def pretrain(
 
 @app.command(
     name="eval",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
     epilog="Examples:\n\n"
     "  mm eval runs/toy --shots 0 4 8\n\n"
-    "  mm eval runs/toy --all-checkpoints --tasks synthetic-vqa synthetic-caption\n\n"
-    "  mm eval runs/toy --tasks text:textcore",
+    "  mm eval runs/toy --all-checkpoints --tasks synthetic-vqa synthetic-caption --seeds 3\n\n"
+    "  mm eval runs/toy --tasks synthetic-vqa --shots 4 --demo-selection rices\n\n"
+    "  mm eval runs/toy --tasks text:textcore text:mm_synth_perplexity\n\n"
+    "  mm eval runs/toy --tasks vqav2 --task-data evals/real_tasks.example.yaml\n\n"
+    "  mm eval --predictions preds.jsonl --task vqav2 --annotations ann.json --questions q.json --images val2014/",
 )
 @user_errors_exit_2
 def evaluate(
-    model: Path = typer.Argument(..., help="A run dir, a checkpoint dir, or a model saved by `mm build -o`."),
+    args: list[str] = typer.Argument(
+        None, show_default=False,
+        help="RUN_OR_CHECKPOINT (a run dir, a checkpoints/step_N dir, or a `mm build -o` dir), then "
+        "`--tasks T ...` (synthetic-caption, synthetic-vqa, synthetic-ocr, coco, nocaps, textcaps, vqav2, okvqa, "
+        "textvqa, vizwiz, text:<lm-eval task|group>), `--shots K ...` and `--include-path DIR ...`.",
+    ),
+    seeds: int | None = typer.Option(None, "--seeds", help="Demo seeds (random selection); mean ± std."),
+    all_checkpoints: bool = typer.Option(False, "--all-checkpoints", help="Evaluate every checkpoint of the run."),
+    demo_selection: str | None = typer.Option(None, "--demo-selection", help="random (default) or rices."),
+    num_samples: int | None = typer.Option(None, "--num-samples", help="Query samples per task."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Prompts per generation batch."),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="Override the task's generation length."),
+    text_only_zero_shot: bool | None = typer.Option(
+        None, "--text-only-zero-shot/--no-text-only-zero-shot",
+        help="Flamingo's 0-shot variant: two text-only demos (images dropped)."),
+    task_data: Path | None = typer.Option(None, "--task-data", help="YAML of local dataset files per task."),
+    force: bool = typer.Option(False, "--force", help="Recompute cells that are already in the results."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps."),
+    predictions: Path | None = typer.Option(None, "--predictions", help="Score this JSON(L) of another system's outputs."),
+    task: str | None = typer.Option(None, "--task", help="With --predictions: the task whose metric/references apply."),
+    annotations: Path | None = typer.Option(None, "--annotations", help="Annotation file of the task (its query set)."),
+    questions: Path | None = typer.Option(None, "--questions", help="VQAv2/OK-VQA questions file."),
+    images: Path | None = typer.Option(None, "--images", help="Image directory of --annotations."),
+    data_format: str | None = typer.Option(None, "--format", help="Data format of --annotations (default: the task's)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="With --predictions: write per-sample scores here."),
 ) -> None:
     """Few-shot captioning (CIDEr) and VQA (VQA accuracy), and text tasks through lm-evaluation-harness."""
-    _not_yet("eval", "issue 6")
+    from mmbench_cli.evaluate.cli_eval import run_eval_command
+
+    options = {
+        "seeds": seeds, "all_checkpoints": all_checkpoints, "demo_selection": demo_selection,
+        "num_samples": num_samples, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+        "text_only_zero_shot": text_only_zero_shot, "task_data": task_data, "force": force, "device": device,
+        "predictions": predictions, "task": task, "annotations": annotations, "questions": questions,
+        "images": images, "format": data_format, "out": out,
+    }
+    run_eval_command(list(args or []), options, console)
 
 
 @app.command(

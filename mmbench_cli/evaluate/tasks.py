@@ -70,11 +70,11 @@ for _spec in (
     _synthetic("synthetic-caption", "caption", "CIDEr", "caption", "captions of the synthetic world", 20),
     _synthetic("synthetic-vqa", "vqa", "vqa_accuracy", "vqa", "colour/count/position/yes-no questions", 5),
     _synthetic("synthetic-ocr", "vqa", "vqa_accuracy", "ocr", "what word is written (TextVQA-like)", 5),
-    _files("coco", "caption", "CIDEr", "coco-captions", "COCO Karpathy test captions", 20),
-    _files("nocaps", "caption", "CIDEr", "coco-captions", "NoCaps (COCO-format annotations)", 20),
+    _files("coco", "caption", "CIDEr", "coco-karpathy", "COCO captions (Karpathy test split)", 20),
+    _files("nocaps", "caption", "CIDEr", "nocaps", "NoCaps (COCO-format annotations)", 20),
     _files("textcaps", "caption", "CIDEr", "textcaps", "TextCaps captions", 20),
     _files("vqav2", "vqa", "vqa_accuracy", "vqav2", "VQAv2 (annotations + questions JSON)", 5),
-    _files("okvqa", "vqa", "vqa_accuracy", "vqav2", "OK-VQA (VQAv2 format)", 5),
+    _files("okvqa", "vqa", "vqa_accuracy", "okvqa", "OK-VQA (VQAv2 format)", 5),
     _files("textvqa", "vqa", "vqa_accuracy", "textvqa", "TextVQA", 5),
     _files("vizwiz", "vqa", "vizwiz_accuracy", "vizwiz", "VizWiz VQA (unanswerable as VizWiz's eval)", 5),
 ):
@@ -135,6 +135,8 @@ def _dataset_spec(task: str, role: str, raw: Any, fmt: str | None, family: str) 
     if not isinstance(raw, dict):
         raise MMError(f"task-data {task}.{role}: expected a mapping like {{path: ..., images: ...}}")
     data = {"format": fmt, **raw}
+    if data["format"] == "coco-karpathy" and role == "query":
+        data.setdefault("split", "test")  # Karpathy's test split; demos default to train (+restval)
     data.setdefault("kind", family)
     try:
         return DatasetSpec.model_validate(data).model_dump(mode="json")

@@ -1,0 +1,235 @@
+"""Our MLLM as an lm-evaluation-harness LM (``model="mm"``), and text tasks run through lm-eval.
+
+After ``import mmbench_cli``, ``lm_eval.simple_evaluate(model="mm", model_args="path=RUN_OR_CKPT", ...)``
+finds this class: ``mmbench_cli/evaluate/lm_eval_hook.py`` registers a lazy placeholder the moment
+``lm_eval.api.registry`` is imported, so neither lm_eval nor torch is imported by ``mm --help``.
+
+The LM runs text-only (no ``<image>`` tokens): ``loglikelihood`` scores continuations in right-padded
+batches (sorted by length), ``loglikelihood_rolling`` uses lm-eval's disjoint rolling windows of the model's
+``max_seq_len``, ``generate_until`` generates in left-padded batches with the KV cache and cuts at ``until``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+
+from mmbench_cli.errors import MMError
+
+EVALS_DIR = Path(__file__).resolve().parents[2] / "evals"
+
+
+def _resolve_model_dir(path: str | Path) -> Path:
+    from mmbench_cli.evaluate.runner import resolve_target
+
+    target = resolve_target(path)
+    return target.checkpoints[-1][1]
+
+
+@register_model("mm")
+class MMLM(TemplateLM):
+    """lm-eval wrapper of an mmbench MLLM (``model_args``: ``path``, ``batch_size``, ``device``, ``max_length``)."""
+
+    def __init__(self, path: str | None = None, model: Any = None, batch_size: int | str = 16,
+                 device: str = "cpu", max_length: int | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        if model is None:
+            if path is None:
+                raise MMError("model_args: pass path=<run dir, checkpoint dir or mm build -o dir>")
+            from mmbench_cli.model import load_model
+
+            model = load_model(_resolve_model_dir(path), device=device)
+        self.model = model.eval()
+        self.tokenizer = model.tokenizer
+        self._device = next(model.parameters()).device
+        self.batch_size = int(batch_size) if str(batch_size).isdigit() else 16
+        self.max_length = int(max_length or model.config.max_seq_len)
+
+    # ---- tokenizer glue ---------------------------------------------------------------------------
+    @property
+    def eot_token_id(self) -> int:
+        """End-of-text id: the prefix for empty contexts and rolling windows."""
+        return int(self.model.eos_token_id)
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
+        """Token ids of ``string`` (our tokenizer adds no BOS)."""
+        return self.tokenizer(string, add_special_tokens=False)["input_ids"]
+
+    def tok_decode(self, tokens: Sequence[int]) -> str:
+        """Text of ``tokens`` (special tokens kept so stop strings can be found)."""
+        return self.tokenizer.decode(list(tokens), skip_special_tokens=False)
+
+    # ---- scoring ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _loglikelihood_tokens(self, requests: list[tuple[tuple[str, str], list[int], list[int]]],
+                              disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
+        """(sum log p(continuation | context), continuation is the greedy decode) per request, batched."""
+        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1] + requests[i][2]))
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            rows, conts = [], []
+            for i in chunk:
+                _, context, continuation = requests[i]
+                whole = (context + continuation)[-(self.max_length + 1):]
+                rows.append(whole[:-1])
+                conts.append(continuation[-len(whole) + 1:] if len(continuation) >= len(whole) else continuation)
+            width = max(len(r) for r in rows)
+            input_ids = torch.full((len(rows), width), self.model.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, ids in enumerate(rows):
+                input_ids[r, :len(ids)] = torch.tensor(ids)
+                mask[r, :len(ids)] = 1
+            logits = self.model(input_ids.to(self._device), mask.to(self._device)).logits
+            logprobs = F.log_softmax(logits.float(), dim=-1)
+            for r, i in enumerate(chunk):
+                cont = conts[r]
+                end = len(rows[r])
+                span = logprobs[r, end - len(cont):end]
+                target = torch.tensor(cont, device=span.device)
+                total = float(span.gather(-1, target.unsqueeze(-1)).sum())
+                greedy = bool((span.argmax(-1) == target).all())
+                results[i] = (total, greedy)
+        return [r for r in results if r is not None]
+
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+        """Total log-likelihood of whole documents via disjoint rolling windows (for perplexity tasks)."""
+        from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+        windows, owner = [], []
+        for index, request in enumerate(requests):
+            (text,) = request.args
+            for window in get_rolling_token_windows(self.tok_encode(text), self.eot_token_id, self.max_length, 1):
+                context, continuation = make_disjoint_window(window)
+                windows.append(((text, ""), context, continuation))
+                owner.append(index)
+        scores = self._loglikelihood_tokens(windows)
+        totals = [0.0] * len(requests)
+        for index, (value, _) in zip(owner, scores, strict=True):
+            totals[index] += value
+        return totals
+
+    @torch.no_grad()
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        """Greedy continuations in left-padded batches, cut at the request's ``until`` strings."""
+        outputs: list[str] = [""] * len(requests)
+        for start in range(0, len(requests), self.batch_size):
+            batch = list(range(start, min(start + self.batch_size, len(requests))))
+            encoded = []
+            for i in batch:
+                context, gen_kwargs = requests[i].args
+                max_new = int(gen_kwargs.get("max_gen_toks", 32))
+                encoded.append(self.tok_encode(context)[-(self.max_length - max_new):])
+            max_new = max(int(requests[i].args[1].get("max_gen_toks", 32)) for i in batch)
+            width = max(len(e) for e in encoded)
+            input_ids = torch.full((len(batch), width), self.model.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for r, ids in enumerate(encoded):
+                input_ids[r, width - len(ids):] = torch.tensor(ids)
+                mask[r, width - len(ids):] = 1
+            new = self.model.generate(input_ids.to(self._device), mask.to(self._device), max_new_tokens=max_new,
+                                      stop_token_ids=[self.model.eos_token_id])
+            for r, i in enumerate(batch):
+                text = self.tok_decode(new[r].tolist())
+                until = requests[i].args[1].get("until") or []
+                for stop in ([until] if isinstance(until, str) else until) + ["<|endoftext|>", "<|pad|>"]:
+                    if stop:
+                        text = text.split(stop, 1)[0]
+                outputs[i] = text
+        return outputs
+
+
+# --------------------------------------------------------------------------------------- task running
+def task_manager(include_paths: Sequence[str | Path] = (), include_defaults: bool = False,
+                 metadata: dict[str, Any] | None = None) -> Any:
+    """An lm-eval TaskManager indexing only ``evals/`` and the user's dirs (~1 s) unless defaults are asked.
+
+    ``metadata`` reaches our task loaders (``world_seed``, ``num_train_images``, ``num_test_images`` or ``path``).
+    """
+    from lm_eval.tasks import TaskManager
+
+    paths = [str(EVALS_DIR)] + [str(Path(p)) for p in include_paths]
+    for path in paths[1:]:
+        if not Path(path).is_dir():
+            raise MMError(f"--include-path {path}: not a directory of lm-eval task YAMLs")
+    return TaskManager(include_path=paths, include_defaults=include_defaults, metadata=metadata)
+
+
+def run_text_tasks(model: Any, names: Sequence[str], include_paths: Sequence[str | Path], data_cfg: Any,
+                   samples_dir: Path, batch_size: int = 16, limit: int | None = None) -> dict[str, dict[str, Any]]:
+    """Run lm-eval tasks on ``model``; returns ``{task: cell}`` in the results-JSON cell format (shots 0).
+
+    Our and the user's task dirs are indexed first; a name found in neither is looked up in lm-eval's
+    built-in index (its data must already be in the local HF cache: we run offline).
+    """
+    import lm_eval
+
+    metadata = {"world_seed": data_cfg.world_seed, "num_train_images": data_cfg.num_train_images,
+                "num_test_images": data_cfg.num_test_images}
+    manager = task_manager(include_paths, metadata=metadata)
+    missing = [n for n in names if n not in manager.all_tasks]
+    if missing:
+        manager = task_manager(include_paths, include_defaults=True, metadata=metadata)
+        unknown = [n for n in missing if n not in manager.all_tasks]
+        if unknown:
+            raise MMError(f"unknown text task {unknown[0]!r}: not in evals/, --include-path dirs or lm-eval's "
+                          "built-in tasks; e.g. text:textcore, text:mm_synth_cloze")
+    lm = MMLM(model=model, batch_size=batch_size)
+    output = lm_eval.simple_evaluate(model=lm, tasks=list(names), task_manager=manager, num_fewshot=None,
+                                     limit=limit, log_samples=True, bootstrap_iters=0)
+    return cells_from_lm_eval(output, samples_dir)
+
+
+def _main_metric(metrics: dict[str, Any]) -> tuple[str, float] | None:
+    for name in ("acc_norm", "acc", "exact_match", "word_perplexity", "perplexity"):
+        for key, value in metrics.items():
+            if key.split(",")[0] == name and isinstance(value, int | float):
+                return name, float(value)
+    return None
+
+
+def cells_from_lm_eval(output: dict[str, Any], samples_dir: Path) -> dict[str, dict[str, Any]]:
+    """Turn lm-eval's ``results``/``groups`` and logged samples into our cells (+ per-sample JSONL files)."""
+    from mmbench_cli.runs import atomic_write_text
+
+    cells: dict[str, dict[str, Any]] = {}
+    logged = output.get("samples") or {}
+    for name, metrics in {**output.get("results", {}), **output.get("groups", {})}.items():
+        found = _main_metric(metrics)
+        if found is None:
+            continue
+        metric, value = found
+        scale = 100.0 if metric in ("acc", "acc_norm", "exact_match") else 1.0
+        cell: dict[str, Any] = {"family": "text", "metric": metric, "value": scale * value, "std": 0.0,
+                                "n": int(output.get("n-samples", {}).get(name, {}).get("effective", 0)) or None,
+                                "seeds": [scale * value], "seed_ids": [0], "samples": []}
+        if name in logged:
+            rel = Path(f"text:{name}.0shot.seed0.jsonl")
+            lines = []
+            for sample in logged[name]:
+                score = sample.get(metric)
+                if isinstance(score, list | tuple):
+                    score = score[0]
+                lines.append(json.dumps({"id": sample.get("doc_id"), "prediction": _prediction(sample),
+                                         "references": [str(sample.get("target"))],
+                                         "score": scale * float(score) if isinstance(score, int | float) else None}))
+            atomic_write_text(samples_dir / rel, "\n".join(lines) + "\n")
+            cell["samples"] = [str(Path(samples_dir.parent.name, samples_dir.name) / rel)]
+            cell["n"] = len(lines)
+        cells[name] = cell
+    return cells
+
+
+def _prediction(sample: dict[str, Any]) -> Any:
+    filtered = sample.get("filtered_resps") or sample.get("resps")
+    try:
+        return json.loads(json.dumps(filtered, default=str))
+    except (TypeError, ValueError):
+        return str(filtered)

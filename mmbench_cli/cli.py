@@ -195,6 +195,8 @@ def ablate(
     name: str | None = typer.Option(None, "--name", help="Grid name (default: the grid file's name or the axes)."),
     executor: str = typer.Option("local", "--executor", "-e", help="local or ray."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="local: cells run at once (each in its own process if > 1)."),
+    threads: int = typer.Option(0, "--threads", help="local: torch threads per cell (default: all cores / jobs; "
+                                "1 is fastest on a busy machine)."),
     address: str | None = typer.Option(None, "--address", help="ray: cluster address (`auto` joins `ray start`)."),
     cpus_per_cell: float = typer.Option(1.0, "--cpus-per-cell", help="ray: CPUs each cell requests."),
     gpus_per_cell: float = typer.Option(0.0, "--gpus-per-cell", help="ray: GPUs each cell requests."),
@@ -217,7 +219,7 @@ def ablate(
         GridStore(grid_dir).check_compatible(plan)
         print_plan(plan, grid_dir, estimate_plan(plan, grid_dir, throughput), console)
         return
-    options = {"jobs": jobs} if executor == "local" else {
+    options = {"jobs": jobs, "threads_per_cell": threads} if executor == "local" else {
         "address": address, "cpus_per_cell": cpus_per_cell, "gpus_per_cell": gpus_per_cell}
     result = run_grid(plan, grid_dir, executor, options, console)
     done = sum(state == "done" for state in result.states.values())
@@ -262,22 +264,28 @@ def report(
 
     with console.status("building report…"):
         result = make_report(paths, out, baseline, tolerance, save_baseline, alpha, resamples)
-    console.print(f"report: [bold]{result.out_dir / 'index.html'}[/] and {result.out_dir / 'report.md'}")
+    where = escape(str(result.out_dir))
+    console.print(f"report: [bold]{where}/index.html[/] and {where}/report.md")
     if result.baseline_saved is not None:
-        console.print(f"baseline saved: [bold]{result.baseline_saved}[/]")
+        console.print(f"baseline saved: [bold]{escape(str(result.baseline_saved))}[/]")
     if result.comparisons is None:
         return
     shown = [c for c in result.comparisons if c.status not in ("ok", "new")]
     if shown:
         table = Table(title="metrics that dropped", title_justify="left")
         for name in ("metric", "baseline", "current", "Δ", "tolerance", "p (paired)", "status"):
-            table.add_column(name, justify="left" if name in ("metric", "status") else "right")
+            table.add_column(name, justify="left" if name in ("metric", "status") else "right", overflow="fold")
         for c in shown:
             style = "bold red" if c.failed else ""
             table.add_row(escape(c.key), fmt(c.baseline), fmt(c.current), fmt(c.delta), fmt(c.tolerance), fmt(c.p_value),
                           f"[{style}]{c.status}[/]" if style else c.status)
         console.print(table)
     failed = result.regressions
+    for c in failed:  # one greppable line per regression, whatever the terminal width
+        err_console.print(
+            f"{c.status}: {escape(c.key)}: {fmt(c.baseline)} -> {fmt(c.current)} (tolerance {fmt(c.tolerance)}, "
+            f"paired p {fmt(c.p_value)})", highlight=False, soft_wrap=True,
+        )
     if failed:
         err_console.print(f"[bold red]regression:[/] {len(failed)} metric(s) dropped beyond tolerance vs {escape(str(baseline))}")
         raise typer.Exit(code=1)

@@ -36,13 +36,14 @@ def _pyplot() -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"svg.hashsalt": "mmbench", "svg.fonttype": "path", "font.size": 8, "axes.titlesize": 9})
+    plt.rcParams.update({"svg.hashsalt": "mmbench", "svg.fonttype": "none", "font.size": 8, "axes.titlesize": 9})
     return plt
 
 
 def _to_svg(fig: Any) -> str:
     buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": "mmbench"})
+    # Fixed margins instead of tight layout / bbox "tight": text layout is most of matplotlib's time.
+    fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": "mmbench"})
     _pyplot().close(fig)
     return buffer.getvalue()
 
@@ -67,7 +68,10 @@ def axis_bars(study: Study, resamples: int = DEFAULT_RESAMPLES) -> list[Figure]:
         families = [f for f in ("caption", "vqa", "text") if any(c.family == f for c in columns)]
         if not families or not by_value:
             continue
-        fig, panels = plt.subplots(1, len(families), figsize=(3.4 * len(families), 2.8), squeeze=False)
+        fig, panels = plt.subplots(
+            1, len(families), figsize=(3.4 * len(families), 3.0), squeeze=False,
+            gridspec_kw={"left": 0.12 / len(families) + 0.03, "right": 0.98, "bottom": 0.2, "top": 0.9, "wspace": 0.3},
+        )
         values = list(by_value)
         for panel, family in zip(panels[0], families, strict=True):
             family_columns = [c for c in columns if c.family == family]
@@ -88,7 +92,6 @@ def axis_bars(study: Study, resamples: int = DEFAULT_RESAMPLES) -> list[Figure]:
             panel.set_xlabel(_short(axis))
             panel.set_title(FAMILY_LABELS[family] + (" avg" if family != "text" else ""))
             panel.legend(fontsize=6)
-        fig.tight_layout()
         figures.append(
             Figure(
                 f"bars-{axis}",
@@ -127,7 +130,7 @@ def _draw_lines(panel: Any, lines: dict[str, dict[float, list[float]]], colors: 
             panel.fill_between(xs, low, high, color=colors[group], alpha=0.2, linewidth=0)
 
 
-def _log_x(panel: Any, xs: list[float], max_ticks: int = 8) -> None:
+def _log_x(panel: Any, xs: list[float], max_ticks: int = 8, rotation: int = 0) -> None:
     """Log x axis that still shows step 0 (symlog, linear below the first positive x), ticks at the data."""
     positive = sorted({x for x in xs if x > 0})
     if not positive:
@@ -136,7 +139,7 @@ def _log_x(panel: Any, xs: list[float], max_ticks: int = 8) -> None:
     ticks = sorted(set(xs))
     if len(ticks) > max_ticks:
         ticks = [ticks[0]] + [positive[round(i * (len(positive) - 1) / (max_ticks - 2))] for i in range(max_ticks - 1)]
-    panel.set_xticks(sorted(set(ticks)), [f"{x:.3g}" for x in sorted(set(ticks))])
+    panel.set_xticks(sorted(set(ticks)), [f"{x:.3g}" for x in sorted(set(ticks))], rotation=rotation)
     panel.minorticks_off()
 
 
@@ -151,7 +154,12 @@ def dynamics(study: Study) -> list[Figure]:
             caption_extra = " (one checkpoint per run: evaluate more with `mm eval --all-checkpoints`)"
         else:
             caption_extra = ""
-        fig, panels = plt.subplots(2, len(shots_list), figsize=(3.2 * len(shots_list) + 1.5, 5.0), squeeze=False)
+        width = 3.2 * len(shots_list) + 1.6
+        fig, panels = plt.subplots(
+            2, len(shots_list), figsize=(width, 5.4), squeeze=False,
+            gridspec_kw={"left": 0.65 / width, "right": 1 - 1.7 / width, "bottom": 0.12, "top": 0.94,
+                         "wspace": 0.35, "hspace": 0.55},
+        )
         for j, shots in enumerate(shots_list):
             by_step: dict[str, dict[float, list[float]]] = {}
             by_flops: dict[str, dict[float, list[float]]] = {}
@@ -169,15 +177,14 @@ def dynamics(study: Study) -> list[Figure]:
             for row, (lines, xlabel) in enumerate(((by_step, "training step"), (by_flops, "training FLOPs"))):
                 panel = panels[row][j]
                 _draw_lines(panel, lines, colors)
-                _log_x(panel, [x for points in lines.values() for x in points])
+                _log_x(panel, [x for points in lines.values() for x in points], rotation=25 * row)
                 panel.set_xlabel(xlabel + " (log)")
                 panel.set_ylabel(info["metric"] or "score")
                 panel.set_title(f"{_short(task, 30)}, {shots}-shot")
                 panel.grid(alpha=0.3)
         handles, labels = panels[0][0].get_legend_handles_labels()
         if handles:
-            fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=6)
-        fig.tight_layout()
+            fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1 - 1.6 / width, 0.5), fontsize=6)
         figures.append(
             Figure(
                 f"dynamics-{task}",
@@ -197,7 +204,11 @@ def loss_curves(study: Study) -> list[Figure]:
         return []
     plt = _pyplot()
     colors = _colors(study)
-    fig, panels = plt.subplots(1, len(keys), figsize=(3.0 * len(keys) + 1.5, 2.8), squeeze=False)
+    width = 3.0 * len(keys) + 1.6
+    fig, panels = plt.subplots(
+        1, len(keys), figsize=(width, 3.0), squeeze=False,
+        gridspec_kw={"left": 0.6 / width, "right": 1 - 1.7 / width, "bottom": 0.17, "top": 0.9, "wspace": 0.3},
+    )
     for panel, key in zip(panels[0], keys, strict=True):
         lines: dict[str, dict[float, list[float]]] = {}
         for group, runs in study.groups().items():
@@ -213,8 +224,7 @@ def loss_curves(study: Study) -> list[Figure]:
         panel.grid(alpha=0.3)
     handles, labels = panels[0][0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=6)
-    fig.tight_layout()
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1 - 1.6 / width, 0.5), fontsize=6)
     caption = "Training loss from metrics.jsonl, total and per data type; band: min..max over training seeds."
     return [Figure("loss", "Training loss per data type", caption, _to_svg(fig))]
 

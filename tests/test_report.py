@@ -1,0 +1,243 @@
+"""mm report: tables, bootstrap CIs, escaping, regression check and bad input, on run dirs in the file format."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from report_fixtures import SCRIPT_CAPTION, write_grid, write_run
+from typer.testing import CliRunner
+
+from mmbench_cli.cli import app
+from mmbench_cli.errors import MMError
+from mmbench_cli.report import load, regress, stats, tables
+from mmbench_cli.report.build import make_report
+from mmbench_cli.report.html import md_escape
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2 resolutions × 2 training seeds grid in the mm ablate layout."""
+    return write_grid(tmp_path_factory.mktemp("runs") / "toygrid")
+
+
+@pytest.fixture(scope="module")
+def built(grid: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """One report of the grid (built once: plots take a second or two)."""
+    out = tmp_path_factory.mktemp("reports") / "toygrid"
+    return out, make_report([grid], out, resamples=300)
+
+
+def _final(grid: Path, cell: str) -> dict:
+    return json.loads((grid / cell / "eval" / "step_8.json").read_text())
+
+
+def test_summary_table_pools_seeds_and_bolds_best(grid: Path, built: tuple[Path, object]) -> None:
+    _, result = built
+    summary = result.summary
+    expected = np.mean([_final(grid, f"resolution=32,seed={s}")["summary"]["4"]["caption_avg"] for s in (0, 1)])
+    assert summary.at["resolution=32", "Caption 4-shot"] == pytest.approx(expected)
+    textcore = np.mean([_final(grid, f"resolution=64,seed={s}")["tasks"]["text-cloze"]["0"]["value"] for s in (0, 1)])
+    assert summary.at["resolution=64", "TextCore"] == pytest.approx(textcore)
+    study = load.load_study([grid])
+    table = tables.summary_table(study, resamples=300)
+    for column in table.values.columns:
+        values = table.values[column]
+        best = values.idxmin() if column == "final loss" else values.idxmax()
+        assert table.bold.at[best, column] and table.bold[column].sum() == 1
+    row = table.rows()[0]
+    assert len(row["cells"]) == 8 and row["cells"][0]["ci"].startswith("[") and "±" in row["cells"][0]["text"]
+
+
+def test_every_metric_has_a_ci_containing_it(grid: Path) -> None:
+    study = load.load_study([grid])
+    columns = tables.task_columns(study) + tables.summary_columns(study)
+    for group, by_column in tables.cell_estimates(study, columns).items():
+        for key, estimate in by_column.items():
+            low, high = estimate.ci(300)
+            assert low < estimate.value < high, (group, key)
+
+
+def test_bootstrap_ci_matches_normal_theory() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.random(400) < 0.5
+    estimate = stats.from_scores(float(scores.mean()), {f"q{i}": float(s) for i, s in enumerate(scores)})
+    low, high = estimate.ci(2000)
+    half_width = 1.96 * np.sqrt(0.25 / 400)
+    assert (high - low) / 2 == pytest.approx(half_width, rel=0.15)
+    # The mean of two independent tasks has a narrower interval than either (weights 1/2 each).
+    pooled = stats.mean_of([estimate, estimate])
+    assert pooled.value == pytest.approx(estimate.value)
+    assert (pooled.ci(2000)[1] - pooled.ci(2000)[0]) < (high - low) * 0.8
+    assert stats.from_scores(0.5, None).ci() is None
+
+
+def test_paired_bootstrap_separates_real_drops_from_noise() -> None:
+    rng = np.random.default_rng(1)
+    base = {f"q{i}": float(v) for i, v in enumerate(rng.random(200) < 0.6)}
+    same = dict(base)
+    assert stats.paired_drop_pvalue(base, same, drop=0.05)[0] == 0.0  # an edited baseline value: a sure drop
+    flipped = dict(base)
+    for key in list(base)[:6]:  # 6 of 200 answers change, both ways: a 0.01 drop is noise
+        flipped[key] = 1.0 - flipped[key]
+    drop = np.mean(list(base.values())) - np.mean(list(flipped.values()))
+    assert stats.paired_drop_pvalue(base, flipped, drop)[0] > 0.05
+    worse = {key: 0.0 for key in base}
+    drop = np.mean(list(base.values()))
+    assert stats.paired_drop_pvalue(base, worse, drop)[0] < 0.01
+
+
+def test_repeated_checkpoint_hash_is_flagged(grid: Path, built: tuple[Path, object]) -> None:
+    flagged = tables.repeated_checkpoints(load.load_study([grid]))
+    assert [row["where"] for row in flagged] == ["resolution=32,seed=1 @ step 1, resolution=32,seed=1 @ step 2"]
+    out, _ = built
+    assert "resolution=32,seed=1 @ step 2" in (out / "index.html").read_text()
+
+
+def test_user_strings_are_escaped(built: tuple[Path, object]) -> None:
+    out, _ = built
+    page = (out / "index.html").read_text()
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;document.title=&#34;pwned&#34;" in page
+    markdown = (out / "report.md").read_text()
+    assert "<script" not in markdown and "&lt;script&gt;" in markdown
+    assert md_escape("a|b <i>x</i>\nc") == "a\\|b &lt;i&gt;x&lt;/i&gt; c"
+
+
+def test_report_is_self_contained(built: tuple[Path, object]) -> None:
+    out, result = built
+    page = (out / "index.html").read_text()
+    assert page.count('<img src="data:image/svg+xml;base64,') == 5  # bars, 3 tasks' dynamics, loss
+    assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page
+    for name in ("bars-resolution", "dynamics-synthetic-caption", "dynamics-synthetic-vqa", "dynamics-text-cloze", "loss"):
+        svg = (out / "plots" / f"{name}.svg").read_text()
+        assert svg.lstrip().startswith("<?xml") and f"plots/{name}.svg" in (out / "report.md").read_text()
+    assert "0123456789abcdef" in page and "torch 2.13.0" in page and "12.5 s" in page  # metadata
+
+
+def test_cli_baseline_roundtrip_and_regression(grid: Path, tmp_path: Path) -> None:
+    baseline = tmp_path / "baseline.json"
+    result = runner.invoke(app, ["report", str(grid), "-o", str(tmp_path / "r1"), "--save-baseline", str(baseline),
+                                 "--resamples", "200"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads(baseline.read_text())
+    key = "resolution=64,seed=0/synthetic-vqa/4shot"
+    assert saved["metrics"][key]["value"] == _final(grid, "resolution=64,seed=0")["tasks"]["synthetic-vqa"]["4"]["value"]
+    assert len(saved["metrics"][key]["scores"]) == 20
+
+    same = runner.invoke(app, ["report", str(grid), "-o", str(tmp_path / "r2"), "--baseline", str(baseline),
+                               "--resamples", "200"])
+    assert same.exit_code == 0, same.output
+    assert "no regression" in same.output
+
+    saved["metrics"][key]["value"] += 0.1  # a baseline with a higher number
+    baseline.write_text(json.dumps(saved))
+    worse = runner.invoke(app, ["report", str(grid), "-o", str(tmp_path / "r3"), "--baseline", str(baseline),
+                                "--tolerance", "0.02", "--resamples", "200"])
+    assert worse.exit_code == 1, worse.output
+    assert "regressed" in worse.output and "resolution=64,seed=0/synthetic-vqa/4shot" in worse.output
+    assert "FAIL: 1 of" in (tmp_path / "r3" / "index.html").read_text()
+    # The same drop passes when the tolerance covers it.
+    loose = runner.invoke(app, ["report", str(grid), "-o", str(tmp_path / "r4"), "--baseline", str(baseline),
+                                "--tolerance", "0.2", "--resamples", "200"])
+    assert loose.exit_code == 0, loose.output
+
+
+def test_compare_rules() -> None:
+    base = {"a": {"value": 0.5}, "b": {"value": 0.5, "tolerance": 0.3}, "c": {"value": 0.5}, "gone": {"value": 0.1}}
+    current = {"a": {"value": 0.45}, "b": {"value": 0.3}, "c": {"value": 0.51}, "new": {"value": 1.0}}
+    status = {c.key: c.status for c in regress.compare(base, current, tolerance=0.02)}
+    assert status == {"a": "regressed", "b": "within tolerance", "c": "ok", "gone": "missing", "new": "new"}
+    scores = {f"q{i}": float(i % 2) for i in range(40)}
+    noisy = dict(scores, q0=1.0, q2=1.0, q1=0.0, q3=0.0, q5=0.0)  # 0.025 lower, from 5 flipped answers
+    rows = regress.compare({"x": {"value": 0.5, "scores": scores}}, {"x": {"value": 0.475, "scores": noisy}}, 0.02)
+    assert rows[0].status == "not significant" and rows[0].matched == 40 and not rows[0].failed
+
+
+def test_worse_grid_fails_against_saved_baseline(tmp_path: Path) -> None:
+    good = write_grid(tmp_path / "good", resolutions=(64,), seeds=(0,), eval_steps=(8,), samples=60)
+    bad = write_grid(tmp_path / "bad", resolutions=(64,), seeds=(0,), eval_steps=(8,), samples=60, quality=-0.3)
+    study_good, study_bad = load.load_study([good]), load.load_study([bad])
+    rows = regress.compare(regress.collect(study_good), regress.collect(study_bad), 0.02)
+    assert all(row.status == "regressed" for row in rows) and len(rows) == 7
+    rows = regress.compare(regress.collect(study_good), regress.collect(study_good), 0.02)
+    assert all(row.status == "ok" for row in rows)
+
+
+def test_plain_run_dirs_and_runs_without_eval(tmp_path: Path) -> None:
+    a = write_run(tmp_path / "run-a", 32, 0, eval_steps=(8,))
+    b = write_run(tmp_path / "run-b", 64, 0, eval_steps=(8,))
+    study = load.load_study([a, b])
+    assert [r.name for r in study.runs] == ["run-a", "run-b"] and study.axes == {}
+    assert list(tables.summary_table(study, 200).values.index) == ["run-a", "run-b"]
+    # A run that trained but was not evaluated still gets its loss curves.
+    c = write_run(tmp_path / "run-c", 32, 1, eval_steps=())
+    out = tmp_path / "report-c"
+    result = make_report([c], out, resamples=200)
+    assert result.summary is None and (out / "plots" / "loss.svg").exists()
+
+
+def _assert_exit_2(args: list[str], needle: str) -> str:
+    result = runner.invoke(app, ["report", *args])
+    assert result.exit_code == 2, result.output
+    assert needle in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 2
+    return result.output
+
+
+def test_bad_input_exits_2_and_overwrites_nothing(grid: Path, tmp_path: Path) -> None:
+    _assert_exit_2([str(tmp_path / "missing")], "no such directory")
+    (tmp_path / "file.txt").write_text("x")
+    _assert_exit_2([str(tmp_path / "file.txt")], "is a file")
+    (tmp_path / "empty").mkdir()
+    _assert_exit_2([str(tmp_path / "empty")], "not a run dir")
+    bare = tmp_path / "bare"
+    (bare / "x").mkdir(parents=True)
+    (bare / "x" / "status").write_text("pending\n")
+    _assert_exit_2([str(bare / "x")], "nothing to report")
+
+    copy = tmp_path / "copy"
+    shutil.copytree(grid, copy)
+    out = tmp_path / "out"
+    baseline = tmp_path / "baseline.json"
+    assert runner.invoke(app, ["report", str(copy), "-o", str(out), "--save-baseline", str(baseline),
+                               "--resamples", "200"]).exit_code == 0
+    before = {p: p.read_bytes() for p in [out / "index.html", out / "report.md", baseline]}
+
+    broken = copy / "resolution=64,seed=1" / "eval" / "step_8.json"
+    broken.write_text('{"run": "x", "tasks": {"synthetic-vqa": {"0": {"value": "high"}}}}')
+    _assert_exit_2([str(copy), "-o", str(out), "--save-baseline", str(baseline)], "step_8.json")
+    broken.write_text("{not json")
+    _assert_exit_2([str(copy), "-o", str(out)], "not valid JSON")
+    shutil.copy(grid / "resolution=64,seed=1" / "eval" / "step_8.json", broken)
+
+    bad_baseline = tmp_path / "bad.json"
+    bad_baseline.write_text("[1, 2")
+    _assert_exit_2([str(copy), "-o", str(out), "--baseline", str(bad_baseline)], "not valid JSON")
+    bad_baseline.write_text(json.dumps({"format": "something-else", "metrics": {}}))
+    _assert_exit_2([str(copy), "-o", str(out), "--baseline", str(bad_baseline)], "not an mmbench baseline")
+    bad_baseline.write_text(json.dumps({"format": "mmbench-baseline", "version": 1, "metrics": {"k": {"value": "x"}}}))
+    _assert_exit_2([str(copy), "-o", str(out), "--baseline", str(bad_baseline)], "metrics.k")
+    _assert_exit_2([str(copy), "-o", str(out), "--baseline", str(tmp_path / "nope.json")], "no such baseline")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep me")
+    _assert_exit_2([str(copy), "-o", str(tmp_path / "notes")], "holds other files")
+    assert {p: p.read_bytes() for p in before} == before
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me"
+
+
+def test_cell_ids_and_grid_layouts() -> None:
+    assert load.parse_cell_id("resolution=64,tokens=16") == {"resolution": "64", "tokens": "16"}
+    assert load.parse_cell_id('data_mix={"caption":0.5,"text":0.5},seed=1') == {
+        "data_mix": '{"caption":0.5,"text":0.5}', "seed": "1"}
+    assert load.parse_cell_id("plain-run") == {}
+    cells = load._grid_cells({"cells": [{"id": "a=1", "labels": {"a": "1"}}, "b=2"]})
+    assert cells == {"a=1": {"a": "1"}, "b=2": {"b": "2"}}
+    with pytest.raises(MMError, match="no grid or run dirs"):
+        load.load_study([])
+    assert SCRIPT_CAPTION.startswith("<script>")

@@ -1,0 +1,158 @@
+"""Open the HTML report in headless Chromium (DevTools protocol) and check what a reader would see.
+
+Loads without console errors or exceptions and without any network request, every table and every plot
+renders (tables have rows and size, images decode to a non-zero size), and the caption containing
+``<script>`` shows as text instead of running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from report_fixtures import SCRIPT_CAPTION, write_grid
+
+from mmbench_cli.report.build import make_report
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-extensions", "--remote-debugging-port=0",
+]
+
+INSPECT = """JSON.stringify({
+  title: document.title,
+  tables: [...document.querySelectorAll('table')].map(t => ({
+    id: t.id, rows: t.tBodies.length ? t.tBodies[0].rows.length : 0,
+    width: t.getBoundingClientRect().width, height: t.getBoundingClientRect().height})),
+  images: [...document.images].map(i => ({
+    alt: i.alt, complete: i.complete, naturalWidth: i.naturalWidth, width: i.getBoundingClientRect().width})),
+  scripts: document.scripts.length,
+  predictions: [...document.querySelectorAll('td.prediction')].map(td => td.textContent),
+  bold: [...document.querySelectorAll('#table-summary td.best')].length,
+})"""
+
+
+async def _inspect(url: str, profile: Path, timeout: float = 60.0) -> dict[str, Any]:
+    import aiohttp
+
+    process = subprocess.Popen(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + timeout
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("chromium did not open its DevTools port")
+            await asyncio.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/json/list") as response:
+                targets = await response.json()
+            page = next(t for t in targets if t.get("type") == "page")
+            async with session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                ids = iter(range(1, 10_000))
+                events: list[dict[str, Any]] = []
+
+                async def call(method: str, **params: Any) -> dict[str, Any]:
+                    ident = next(ids)
+                    await ws.send_json({"id": ident, "method": method, "params": params})
+                    while True:
+                        message = await asyncio.wait_for(ws.receive_json(), timeout)
+                        if message.get("id") == ident:
+                            return message
+                        events.append(message)
+
+                for domain in ("Runtime", "Log", "Page", "Network"):
+                    await call(f"{domain}.enable")
+                await call("Page.navigate", url=url)
+                while not any(e.get("method") == "Page.loadEventFired" for e in events):
+                    events.append(await asyncio.wait_for(ws.receive_json(), timeout))
+                await asyncio.sleep(0.5)  # let late console messages arrive
+                result = await call("Runtime.evaluate", expression=INSPECT, returnByValue=True)
+                while True:  # drain anything queued
+                    try:
+                        events.append(await asyncio.wait_for(ws.receive_json(), 0.2))
+                    except asyncio.TimeoutError:
+                        break
+        return {"dom": json.loads(result["result"]["result"]["value"]), "events": events}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _problems(events: list[dict[str, Any]]) -> list[str]:
+    problems = []
+    for event in events:
+        method, params = event.get("method"), event.get("params", {})
+        if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "warning", "assert"):
+            problems.append(f"console {params['type']}: {params.get('args')}")
+        elif method == "Runtime.exceptionThrown":
+            problems.append(f"exception: {params.get('exceptionDetails', {}).get('text')}")
+        elif method == "Log.entryAdded" and params.get("entry", {}).get("level") in ("error", "warning"):
+            problems.append(f"log: {params['entry'].get('text')}")
+        elif method == "Network.requestWillBeSent":
+            url = params.get("request", {}).get("url", "")
+            if not url.startswith(("file://", "data:")):
+                problems.append(f"network request: {url}")
+    return problems
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian `chromium` (apt-get install -y chromium; .ci/run installs it)")
+def test_report_renders_in_chromium(tmp_path: Path) -> None:
+    grid = write_grid(tmp_path / "runs" / "toygrid")
+    out = tmp_path / "reports" / "toygrid"
+    baseline = tmp_path / "baseline.json"
+    make_report([grid], out, save_baseline=baseline, resamples=200)
+    data = json.loads(baseline.read_text())
+    data["metrics"]["resolution=32,seed=0/synthetic-caption/0shot"]["value"] += 0.5  # so the regression table shows
+    baseline.write_text(json.dumps(data))
+    result = make_report([grid], out, baseline=baseline, resamples=200)
+    assert len(result.regressions) == 1
+
+    profile = tmp_path / "chromium-profile"
+    profile.mkdir()
+    seen = asyncio.run(_inspect((out / "index.html").resolve().as_uri(), profile))
+    dom, problems = seen["dom"], _problems(seen["events"])
+    assert problems == []
+    assert dom["title"] == "mm report: toygrid · mm report"  # the <script> caption did not set it
+    assert dom["scripts"] == 0
+
+    tables = {t["id"]: t for t in dom["tables"]}
+    expected_rows = {"table-regressions": 4 * 7, "table-summary": 2, "table-effect-resolution": 2, "table-tasks": 2,
+                     "table-repeated": 1, "table-examples": 2 * 3 * 3, "table-metadata": 4}
+    assert {k: tables[k]["rows"] for k in expected_rows} == expected_rows and len(tables) == len(expected_rows)
+    assert all(t["width"] > 100 and t["height"] > 20 for t in tables.values())
+    assert dom["bold"] == 8  # resolution=64 is best in every column of the fixture's summary
+
+    assert [i["alt"] for i in dom["images"]] == [
+        "Bar chart: effect of resolution", "Training dynamics: synthetic-caption", "Training dynamics: synthetic-vqa",
+        "Training dynamics: text-cloze", "Training loss per data type"]
+    assert all(i["complete"] and i["naturalWidth"] > 200 and i["width"] > 200 for i in dom["images"])
+
+    assert SCRIPT_CAPTION in dom["predictions"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian `chromium`")
+def test_console_errors_are_caught(tmp_path: Path) -> None:
+    """The checker itself can fail: a page with a script error and an external request is reported."""
+    page = tmp_path / "bad.html"
+    page.write_text('<html><body><img src="http://127.0.0.1:9/x.png">'
+                    '<script>console.error("boom"); nope();</script></body></html>')
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    problems = _problems(asyncio.run(_inspect(page.as_uri(), profile))["events"])
+    assert any("boom" in p for p in problems) and any("exception" in p for p in problems)
+    assert any("127.0.0.1:9" in p for p in problems)
+

@@ -96,7 +96,7 @@ def textcore_shots(study: Study) -> str | None:
     shots = {s for info in study.tasks().values() if info["family"] == "text" for s in info["shots"]}
     for run in study.runs:
         for result in run.results.values():
-            shots |= {k for k, v in result.get("summary", {}).items() if "textcore" in v}
+            shots |= {k for k, v in result.get("summary", {}).items() if v.get("textcore") is not None}
     return min(shots, key=int) if shots else None
 
 

@@ -94,7 +94,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         eval_start = time.perf_counter()
         _call_with_supported(
             evaluate, run_dir, tasks=list(cfg.eval.tasks), shots=list(cfg.eval.shots), seeds=cfg.eval.seeds,
-            progress=False,
+            device=_eval_device(cfg.train.device), progress=False,
         )
         record["eval_s"] = round(time.perf_counter() - eval_start, 3)
         if final_eval(run_dir) is None:
@@ -109,6 +109,15 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     record["finished"] = time.time()
     store.write_cell_record(cell.cell_id, record)
     return record
+
+
+def _eval_device(train_device: str) -> str:
+    """Evaluate where the cell trained: ``auto`` means cuda if available (as training), else cpu."""
+    if train_device != "auto":
+        return train_device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _die_with_parent() -> None:
@@ -141,7 +150,7 @@ class LocalExecutor(Executor):
         results: dict[str, dict] = {}
         if self.jobs == 1:
             for spec in specs:
-                results[spec["cell_id"]] = run_cell(spec)
+                results[spec["cell_id"]] = run_cell({**spec, "threads": self.threads_per_cell})
                 on_finish(spec["cell_id"], results[spec["cell_id"]])
             return results
         queue = list(specs)

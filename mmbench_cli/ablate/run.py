@@ -67,7 +67,8 @@ def status_table(plan: GridPlan, store: GridStore, started: dict[str, float], qu
     """The live table: one row per cell with its state, training step, loss and elapsed time."""
     table = Table(title=f"grid {plan.name} → {store.dir}", title_justify="left")
     for column in ("cell", "state", "step", "loss", "time"):
-        table.add_column(column, justify="right" if column in ("step", "loss", "time") else "left")
+        table.add_column(column, justify="right" if column in ("step", "loss", "time") else "left",
+                         overflow="fold")
     for cell in plan.cells:
         state = store.cell_state(cell.id)
         if cell.id in queued and state not in ("running", "done", "failed"):
@@ -171,7 +172,8 @@ def measure_throughput(model: Any, seq_len: int, batch_size: int = 4, steps: int
     images_per_row = 1
     tokens = model.num_image_tokens * images_per_row
     vocab = model.lm.config.vocab_size
-    input_ids = torch.randint(0, min(vocab, 1000), (batch_size, seq_len))
+    input_ids = torch.randint(0, vocab, (batch_size, seq_len))
+    input_ids[input_ids == model.image_token_id] = (model.image_token_id + 1) % vocab
     input_ids[:, :tokens] = model.image_token_id
     attention_mask = torch.ones_like(input_ids)
     images = torch.randn(batch_size * images_per_row, 3, model.image_size, model.image_size)
@@ -240,7 +242,8 @@ def print_plan(plan: GridPlan, out: str | Path, estimate: dict[str, Any], consol
     console.print(f"axes: {axes}", highlight=False)
     table = Table(title_justify="left")
     for column in ("cell", "state", "params", "train FLOPs", "eval FLOPs", "est. time"):
-        table.add_column(column, justify="left" if column in ("cell", "state") else "right")
+        table.add_column(column, justify="left" if column in ("cell", "state") else "right",
+                         overflow="fold")
     for row in estimate["cells"]:
         table.add_row(row["cell"], f"[{STATE_STYLE.get(row['state'], '')}]{row['state']}[/]",
                       f"{row['params'] / 1e6:.2f}M", _format_flops(row["train_flops"]),

@@ -1,0 +1,89 @@
+"""Benchmark `mm ablate`: wall time of one grid with `--jobs 1`, `--jobs 2` and `--executor ray`, and the
+overhead of the grid machinery (process start, planning, scheduling, summaries) relative to the cells' own
+compute (the pretrain + eval time each cell records in its ablate.json).
+
+    .venv/bin/python benchmarks/bench_ablate.py                      # the default small grid
+    .venv/bin/python benchmarks/bench_ablate.py --grid resolution,tokens --overrides ''   # the README grid
+
+Each mode runs the grid from scratch in its own temp dir (same cache of rendered images/tokenizers).
+Prints a table and writes benchmarks/results/bench_ablate.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+SMALL = ("train.steps=20 train.batch_size=8 data.num_train_images=200 data.num_val_images=20 "
+         "data.num_test_images=60 eval.num_samples=20 eval.shots=[0,4] train.checkpoint_every=10")
+MODES = {
+    "local-jobs1": ["--executor", "local", "--jobs", "1"],
+    "local-jobs2": ["--executor", "local", "--jobs", "2"],
+    "ray": ["--executor", "ray", "--cpus-per-cell", "1"],
+}
+
+
+def run_mode(mode: str, grid: list[str], overrides: list[str], workdir: Path) -> dict:
+    """Run the grid once in ``mode``; return wall time, the cells' own compute time and the overhead."""
+    out = workdir / mode
+    command = [sys.executable, "-m", "mmbench_cli.cli", "ablate", *overrides, *sum((["--grid", g] for g in grid), []),
+               "--out", str(out), *MODES[mode]]
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{mode}: mm ablate exited {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    cells = {}
+    for record_path in sorted(out.glob("*/ablate.json")):
+        record = json.loads(record_path.read_text())
+        cells[record_path.parent.name] = {key: record.get(key) for key in ("train_s", "eval_s", "wall_s")}
+    compute = sum((c["train_s"] or 0) + (c["eval_s"] or 0) for c in cells.values())
+    result = {"wall_s": round(wall, 2), "cells_compute_s": round(compute, 2), "cells": cells}
+    if mode == "local-jobs1":  # cells run one after another, so everything outside them is the machinery's
+        result["overhead_s"] = round(wall - compute, 2)
+        result["overhead_fraction"] = round((wall - compute) / wall, 4)
+    return result
+
+
+def main() -> None:
+    """Run the modes and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", action="append", default=None, help="--grid option(s) for mm ablate")
+    parser.add_argument("--overrides", default=SMALL, help="config overrides of the cells (one string)")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
+    parser.add_argument("--output", type=Path, default=RESULTS / "bench_ablate.json")
+    args = parser.parse_args()
+    grid = args.grid or ["resolution=32,64", "tokens=4"]
+    overrides = shlex.split(args.overrides)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench_ablate.") as tmp:
+        for mode in args.modes.split(","):
+            results[mode] = run_mode(mode, grid, overrides, Path(tmp))
+            print(f"{mode:12s} wall {results[mode]['wall_s']:7.1f}s   cells' own compute "
+                  f"{results[mode]['cells_compute_s']:7.1f}s", flush=True)
+    if "local-jobs1" in results:
+        print(f"grid machinery overhead (jobs 1): {results['local-jobs1']['overhead_s']:.1f}s "
+              f"= {100 * results['local-jobs1']['overhead_fraction']:.1f}% of the wall time")
+    payload = {
+        "benchmark": "bench_ablate", "grid": grid, "overrides": overrides, "results": results,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

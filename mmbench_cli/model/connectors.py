@@ -43,9 +43,10 @@ class Connector(nn.Module):
         return None
 
     def _to_grid(self, features: torch.Tensor) -> torch.Tensor:
+        """[N, P, D] → an [N, D, √P, √P] view in channels-last memory (no copy; fast convs and LayerNorm2d)."""
         n, p, d = features.shape
         side = math.isqrt(p)
-        return features.transpose(1, 2).reshape(n, d, side, side)
+        return features.reshape(n, side, side, d).permute(0, 3, 1, 2)
 
 
 @CONNECTORS.register("linear")
@@ -92,7 +93,7 @@ class AvgPoolConnector(Connector):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """[N, P, D_enc] → [N, T, D_lm]."""
         pooled = F.adaptive_avg_pool2d(self._to_grid(features), self.side)
-        return self.proj(pooled.flatten(2).transpose(1, 2))
+        return self.proj(pooled.permute(0, 2, 3, 1).reshape(pooled.shape[0], -1, pooled.shape[1]))
 
 
 @CONNECTORS.register("attnpool")
@@ -134,7 +135,7 @@ class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of an [N, C, H, W] map (as in Honeybee's C-Abstractor)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise each position's channel vector."""
+        """Normalise each position's channel vector (a no-copy permute for channels-last input)."""
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
@@ -179,7 +180,7 @@ class CAbstractor(Connector):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """[N, P, D_enc] → [N, T, D_lm]."""
         x = self.stage2(self.pool(self.stage1(self._to_grid(features))))
-        return self.readout(x.flatten(2).transpose(1, 2))
+        return self.readout(x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1]))
 
 
 def check_connector(name: str, num_image_tokens: int, grid_size: int) -> type[Connector]:

@@ -1,0 +1,191 @@
+"""The MLLM: registries build, image tokens splice in, loss skips image slots, save/load, generation."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from mmbench_cli.config import ModelConfig
+from mmbench_cli.errors import MMError
+from mmbench_cli.model import build_model, load_model
+from mmbench_cli.model.tokenizer import EOC_TOKEN, IMAGE_TOKEN, encode_interleaved
+from mmbench_cli.registry import CONNECTORS, ENCODERS, LMS
+
+IMAGE_SIZE = 32  # 4×4 = 16 patches of 8 px
+
+
+def tiny_cfg(**overrides: object) -> ModelConfig:
+    """A fast model config: 32 px images, the 1M-parameter LM."""
+    values: dict[str, object] = {"image_size": IMAGE_SIZE, "patch_size": 8, "lm": "pythia-toy-1m",
+                                 "connector": "avgpool", "num_image_tokens": 4, "max_seq_len": 128}
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def tokens_for(connector: str) -> int:
+    """A token count every connector can produce at 32 px (one per patch for linear/mlp)."""
+    return 16 if connector in ("linear", "mlp") else 4
+
+
+def interleaved_batch(model, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded ids, mask and random images for texts with <image> markers (images in reading order)."""
+    rows = [encode_interleaved(model.tokenizer, text, model.num_image_tokens) for text in texts]
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), model.pad_token_id)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row)
+        mask[i, width - len(row):] = 1
+    num_images = sum(text.count(IMAGE_TOKEN) for text in texts)
+    images = torch.randn(num_images, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(1))
+    return ids, mask, images
+
+
+@pytest.fixture(scope="module")
+def model():
+    """One tiny model shared by the read-only tests."""
+    torch.manual_seed(0)
+    return build_model(tiny_cfg()).eval()
+
+
+def _check_image_tokens(model, cfg: ModelConfig) -> None:
+    text = f"{IMAGE_TOKEN}Output: a red circle{EOC_TOKEN}{IMAGE_TOKEN}Output: two squares{EOC_TOKEN}"
+    ids, mask, images = interleaved_batch(model, [text, text])
+    with torch.no_grad():
+        tokens = model.encode_images(images)
+        out = model(ids, mask, images=images, labels=ids)
+    assert tokens.shape == (4, cfg.num_image_tokens, model.lm.get_input_embeddings().embedding_dim)
+    assert int((ids == model.image_token_id).sum()) == 4 * cfg.num_image_tokens
+    assert out.logits.shape[:2] == ids.shape and torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize(("encoder", "connector"), list(itertools.product(ENCODERS.names(), CONNECTORS.names())))
+def test_every_encoder_and_connector_emits_declared_tokens(encoder: str, connector: str) -> None:
+    cfg = tiny_cfg(encoder=encoder, connector=connector, num_image_tokens=tokens_for(connector))
+    _check_image_tokens(build_model(cfg), cfg)
+
+
+@pytest.mark.parametrize("lm", LMS.names())
+def test_every_lm_builds_and_runs(lm: str) -> None:
+    cfg = tiny_cfg(lm=lm)
+    model = build_model(cfg)
+    _check_image_tokens(model, cfg)
+    size = lm.removeprefix("pythia-toy-").removesuffix("m")
+    # ladder names state the parameter count at a 2048-token vocabulary (input + output embeddings)
+    lm_cfg = model.lm.config
+    at_2048 = model.param_counts()["lm"] - 2 * (lm_cfg.vocab_size - 2048) * lm_cfg.hidden_size
+    assert 0.75 * float(size) < at_2048 / 1e6 < 1.25 * float(size)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("encoder", "connector", "lm"),
+                         list(itertools.product(ENCODERS.names(), CONNECTORS.names(), LMS.names())))
+def test_full_registry_product(encoder: str, connector: str, lm: str) -> None:
+    cfg = tiny_cfg(encoder=encoder, connector=connector, lm=lm, num_image_tokens=tokens_for(connector))
+    _check_image_tokens(build_model(cfg), cfg)
+
+
+@pytest.mark.parametrize(("connector", "tokens", "expected"), [
+    ("mlp", 4, "must be 16"), ("linear", 9, "must be 16"), ("avgpool", 5, "allowed values: 1, 4, 9, 16"),
+    ("c-abstractor", 25, "allowed values: 1, 4, 9, 16"), ("attnpool", 17, "allowed values"),
+])
+def test_impossible_token_counts_name_the_allowed_values(connector: str, tokens: int, expected: str) -> None:
+    with pytest.raises(MMError, match="model.num_image_tokens") as error:
+        build_model(tiny_cfg(connector=connector, num_image_tokens=tokens))
+    assert expected in error.value.message
+
+
+def test_unknown_components_are_user_errors() -> None:
+    with pytest.raises(MMError, match="model.connector 'nope'; choose from: attnpool"):
+        build_model(tiny_cfg(connector="nope"))
+    with pytest.raises(MMError, match="model.lm"):
+        build_model(tiny_cfg(lm="gpt-17"))
+    with pytest.raises(MMError, match="model.image_size: 30 is not a multiple"):
+        build_model(tiny_cfg(image_size=30))
+
+
+def test_images_fill_slots_in_reading_order(model) -> None:
+    texts = [f"{IMAGE_TOKEN}a{IMAGE_TOKEN}b", f"c{IMAGE_TOKEN}d"]
+    ids, mask, images = interleaved_batch(model, texts)
+    with torch.no_grad():
+        embeds = model.embed(ids, images)
+        image_tokens = model.encode_images(images)
+    slots = embeds[ids == model.image_token_id].view(3, model.num_image_tokens, -1)
+    torch.testing.assert_close(slots, image_tokens)
+    # precomputed image embeddings give the same logits as raw images
+    with torch.no_grad():
+        a = model(ids, mask, images=images).logits
+        b = model(ids, mask, image_embeds=image_tokens).logits
+    torch.testing.assert_close(a, b)
+
+
+def test_loss_counts_text_tokens_only(model) -> None:
+    ids, mask, images = interleaved_batch(model, [f"{IMAGE_TOKEN}Output: a red circle{EOC_TOKEN}"])
+    with torch.no_grad():
+        out = model(ids, mask, images=images, labels=ids)
+        garbage = ids.masked_fill(ids == model.image_token_id, 7)  # labels at image slots must not matter
+        assert torch.equal(model(ids, mask, images=images, labels=garbage).loss, out.loss)
+    logits, targets = out.logits[0, :-1], ids[0, 1:]
+    keep = targets != model.image_token_id
+    expected = torch.nn.functional.cross_entropy(logits[keep], targets[keep])
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_save_load_gives_identical_logits(tmp_path) -> None:
+    torch.manual_seed(3)
+    model = build_model(tiny_cfg(connector="c-abstractor")).eval()
+    model.save_pretrained(tmp_path / "m")
+    assert {"model.safetensors", "mm_config.json", "tokenizer.json"} <= {p.name for p in (tmp_path / "m").iterdir()}
+    loaded = load_model(tmp_path / "m")
+    ids, mask, images = interleaved_batch(model, [f"{IMAGE_TOKEN}Output: x{EOC_TOKEN}{IMAGE_TOKEN}Output: y"])
+    with torch.no_grad():
+        assert torch.equal(model(ids, mask, images=images).logits, loaded(ids, mask, images=images).logits)
+    assert loaded.tokenizer.get_vocab() == model.tokenizer.get_vocab()
+    assert loaded.image_mean == model.image_mean and loaded.num_image_tokens == model.num_image_tokens
+
+
+def test_load_rejects_a_dir_that_is_not_a_model(tmp_path) -> None:
+    with pytest.raises(MMError, match="not a saved mmbench model"):
+        load_model(tmp_path)
+    (tmp_path / "mm_config.json").write_text("{not json")
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(MMError, match="damaged saved model"):
+        load_model(tmp_path)
+
+
+def test_generation_kv_cache_and_batching(model) -> None:
+    texts = [f"{IMAGE_TOKEN}Output: a red{EOC_TOKEN}{IMAGE_TOKEN}Output:", f"{IMAGE_TOKEN}Question: what colour? Short answer:"]
+    ids, mask, images = interleaved_batch(model, texts)
+    cached = model.generate(ids, mask, images=images, max_new_tokens=6, stop_token_ids=[])
+    uncached = model.generate(ids, mask, images=images, max_new_tokens=6, use_cache=False, stop_token_ids=[])
+    assert cached.shape == (2, 6)
+    assert torch.equal(cached, uncached)
+    # each row alone (no padding) gives the same tokens as the left-padded batch
+    first = model.generate(ids[:1, mask[0].argmax():], None, images=images[:2], max_new_tokens=6, stop_token_ids=[])
+    second = model.generate(ids[1:, mask[1].argmax():], None, images=images[2:], max_new_tokens=6, stop_token_ids=[])
+    assert torch.equal(cached, torch.cat([first, second]))
+    beams = model.generate(ids, mask, images=images, max_new_tokens=4, num_beams=3, stop_token_ids=[])
+    assert beams.shape == (2, 4)
+
+
+def test_generation_stops_at_end_of_chunk(model) -> None:
+    ids, mask, images = interleaved_batch(model, [f"{IMAGE_TOKEN}Output:"])
+    first = model.generate(ids, mask, images=images, max_new_tokens=1, stop_token_ids=[])
+    out = model.generate(ids, mask, images=images, max_new_tokens=5, stop_token_ids=[int(first[0, 0])])
+    assert out.shape[1] == 1  # stopped right after emitting the stop token
+
+
+def test_param_counts_and_flops(model) -> None:
+    counts = model.param_counts()
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+    assert counts["total"] == counts["encoder"] + counts["connector"] + counts["lm"]
+    lm = model.lm.config
+    matmul_params = counts["lm"] - counts["lm_embedding"]
+    assert model.lm_flops_per_token(64) == 6 * matmul_params + 12 * lm.num_hidden_layers * lm.hidden_size * 64
+    one, two = model.flops_per_sample(64, num_images=1), model.flops_per_sample(64, num_images=2)
+    assert two - one == model.image_flops() > 0
+    # the image path costs at least the encoder's 6·N·patches (ViT matmuls; attention and convs add more)
+    patches = (IMAGE_SIZE // 8) ** 2
+    assert model.image_flops() >= 6 * (counts["encoder"] - 2 * 10**4) * patches

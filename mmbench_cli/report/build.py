@@ -19,6 +19,8 @@ from mmbench_cli.report.regress import Comparison, baseline_document, collect, c
 from mmbench_cli.report.stats import DEFAULT_RESAMPLES
 from mmbench_cli.runs import atomic_write_text
 
+REPORT_FILES = ("index.html", "report.md", "summary.csv", "plots")
+
 
 @dataclass
 class ReportResult:
@@ -48,8 +50,10 @@ def _check_out_dir(out: Path, paths: list[Path]) -> None:
     for path in paths:
         if path.exists() and out.resolve() == path.resolve():
             raise MMError(f"{out}: is an input dir; write the report elsewhere with -o reports/NAME")
-    if out.is_dir() and any(out.iterdir()) and not (out / "index.html").exists() and not (out / "report.md").exists():
-        raise MMError(f"{out}: exists and holds other files (not an mm report); choose another -o")
+    if out.is_dir():
+        foreign = [p.name for p in out.iterdir() if p.name not in REPORT_FILES and not p.name.startswith(".")]
+        if foreign:
+            raise MMError(f"{out}: exists and holds other files ({foreign[0]}, ...), not an mm report; choose another -o")
 
 
 def make_report(

@@ -346,16 +346,21 @@ def example_outputs(study: Study, per_task: int = 3, max_cells: int = 12) -> lis
             shots = info["shots"][0]
             for record in read_samples(run, step, task, shots, per_task):
                 refs = record.get("references")
+                refs = [str(r) for r in refs[:3]] + (["…"] if len(refs) > 3 else []) if isinstance(refs, list) else refs
                 examples.append(
                     {
                         "cell": group,
                         "task": task,
                         "shots": shots,
                         "id": str(record.get("id", "")),
-                        "prediction": str(record.get("prediction", "")),
-                        "references": " | ".join(map(str, refs)) if isinstance(refs, list) else str(refs or ""),
+                        "prediction": _clip(str(record.get("prediction", ""))),
+                        "references": _clip(" | ".join(refs) if isinstance(refs, list) else str(refs or "")),
                         "score": fmt(record["score"]) if isinstance(record.get("score"), (int, float)) else "—",
                     }
                 )
     return examples
 
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

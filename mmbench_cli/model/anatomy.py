@@ -63,19 +63,23 @@ def build_and_report(cfg: Any, out: Path | None, console: Console) -> Any:
     grid = model.encoder.grid_size(m.image_size)
     lm_dim = model.lm.get_input_embeddings().embedding_dim
     table = Table(title=f"mm build: {cfg.name}", title_justify="left")
-    for column in ("component", "name", "class", "parameters", "output shape"):
-        table.add_column(column, justify="right" if column == "parameters" else "left")
+    table.add_column("component")
+    table.add_column("name", overflow="fold")
+    table.add_column("class", no_wrap=True)
+    table.add_column("params", justify="right", no_wrap=True)
+    table.add_column("output shape", no_wrap=True)
     table.add_row("encoder", _name(m.encoder), type(model.encoder.hf_model).__name__, _fmt_params(counts["encoder"]),
-                  f"[{grid * grid}, {model.encoder.hidden_size}]  ({m.image_size}px, patch {model.encoder.patch_size})")
+                  f"[{grid * grid}, {model.encoder.hidden_size}]")
     table.add_row("connector", m.connector, type(model.connector).__name__, _fmt_params(counts["connector"]),
                   f"[{model.num_image_tokens}, {lm_dim}]")
     table.add_row("language model", _name(m.lm), type(model.lm).__name__, _fmt_params(counts["lm"]),
-                  f"[{cfg.data.seq_len}, {model.lm.get_output_embeddings().weight.shape[0]}] logits")
+                  f"[{cfg.data.seq_len}, {model.lm.get_output_embeddings().weight.shape[0]}]")
     table.add_row("tokenizer", _name(m.tokenizer), type(model.tokenizer).__name__, "-", f"{len(model.tokenizer)} tokens")
     table.add_row("total", "", "MLLM", _fmt_params(counts["total"]), "", style="bold")
     console.print(table)
     flops = model.flops_per_sample(cfg.data.seq_len)
-    console.print(f"image tokens per image: [bold]{model.num_image_tokens}[/] ({grid}×{grid} patches → {m.connector})")
+    console.print(f"image tokens per image: [bold]{model.num_image_tokens}[/] ({m.image_size}px, patch "
+                  f"{model.encoder.patch_size}: {grid}×{grid} patches → {m.connector})")
     console.print(f"training FLOPs per sample ({cfg.data.seq_len} tokens, 1 image, fwd+bwd): [bold]{flops / 1e9:.3f} GFLOP[/]"
                   f"  (LM {model.lm_flops_per_token(cfg.data.seq_len) * cfg.data.seq_len / 1e9:.3f},"
                   f" image path {model.image_flops() / 1e9:.3f})")

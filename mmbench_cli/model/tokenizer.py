@@ -83,11 +83,22 @@ def _load_cached(directory: Path) -> PreTrainedTokenizerBase:
     return wrap_tokenizer(Tokenizer.from_file(str(directory / "tokenizer.json")))
 
 
+_IN_PROCESS: dict[tuple[int, int, str], str] = {}  # (vocab, world seed, cache root) → tokenizer.json text
+
+
 def synthetic_tokenizer(vocab_size: int, world_seed: int = 0, cache_dir: str | None = None) -> PreTrainedTokenizerBase:
-    """The BPE trained on ``data.synthetic.tokenizer_corpus(world_seed)``, cached by corpus content hash."""
+    """The BPE trained on ``data.synthetic.tokenizer_corpus(world_seed)``, cached by corpus content hash.
+
+    Within one process the serialized tokenizer is also memoised, so building many models stays cheap.
+    """
+    from tokenizers import Tokenizer
+
     from mmbench_cli.data.synthetic import tokenizer_corpus
     from mmbench_cli.runs import atomic_write_text, cache_root
 
+    key = (vocab_size, world_seed, str(cache_root(cache_dir)))
+    if key in _IN_PROCESS:
+        return wrap_tokenizer(Tokenizer.from_str(_IN_PROCESS[key]))
     texts = list(tokenizer_corpus(world_seed))
     digest = hashlib.sha256(f"v{TOKENIZER_VERSION}|{vocab_size}|".encode())
     for text in texts:
@@ -95,10 +106,13 @@ def synthetic_tokenizer(vocab_size: int, world_seed: int = 0, cache_dir: str | N
     directory = cache_root(cache_dir) / "tokenizers" / digest.hexdigest()[:16]
     if (directory / "tokenizer.json").exists():
         try:
-            return _load_cached(directory)
+            tokenizer = _load_cached(directory)
+            _IN_PROCESS[key] = tokenizer.backend_tokenizer.to_str()
+            return tokenizer
         except Exception:  # a corrupt cache entry is rebuilt, never trusted
             pass
     tokenizer = train_tokenizer(texts, vocab_size)
+    _IN_PROCESS[key] = tokenizer.backend_tokenizer.to_str()
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_text(directory / "tokenizer.json", tokenizer.backend_tokenizer.to_str())
     atomic_write_text(

@@ -2,8 +2,8 @@
 overhead of the grid machinery (process start, planning, scheduling, summaries) relative to the cells' own
 compute (the pretrain + eval time each cell records in its ablate.json).
 
-    .venv/bin/python benchmarks/bench_ablate.py                      # the default small grid
-    .venv/bin/python benchmarks/bench_ablate.py --grid resolution,tokens --overrides ''   # the README grid
+    .venv/bin/python benchmarks/bench_ablate.py                      # ablations/ci_smoke.yaml (2 cells)
+    .venv/bin/python benchmarks/bench_ablate.py --config '' --grid resolution,tokens   # the README grid
 
 Each mode runs the grid from scratch in its own temp dir (same cache of rendered images/tokenizers).
 Prints a table and writes benchmarks/results/bench_ablate.json.
@@ -24,19 +24,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-SMALL = ("train.steps=20 train.batch_size=8 data.num_train_images=200 data.num_val_images=20 "
-         "data.num_test_images=60 eval.num_samples=20 eval.shots=[0,4] train.checkpoint_every=10")
 MODES = {
-    "local-jobs1": ["--executor", "local", "--jobs", "1"],
+    "local-jobs1": ["--executor", "local", "--jobs", "1", "--threads", "1"],
     "local-jobs2": ["--executor", "local", "--jobs", "2"],
     "ray": ["--executor", "ray", "--cpus-per-cell", "1"],
 }
 
 
-def run_mode(mode: str, grid: list[str], overrides: list[str], workdir: Path) -> dict:
+def run_mode(mode: str, config: list[str], grid: list[str], overrides: list[str], workdir: Path) -> dict:
     """Run the grid once in ``mode``; return wall time, the cells' own compute time and the overhead."""
     out = workdir / mode
-    command = [sys.executable, "-m", "mmbench_cli.cli", "ablate", *overrides, *sum((["--grid", g] for g in grid), []),
+    command = [sys.executable, "-m", "mmbench_cli.cli", "ablate", *config, *overrides, *sum((["--grid", g] for g in grid), []),
                "--out", str(out), *MODES[mode]]
     start = time.perf_counter()
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -58,25 +56,27 @@ def run_mode(mode: str, grid: list[str], overrides: list[str], workdir: Path) ->
 def main() -> None:
     """Run the modes and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", action="append", default=None, help="--grid option(s) for mm ablate")
-    parser.add_argument("--overrides", default=SMALL, help="config overrides of the cells (one string)")
+    parser.add_argument("--config", default="ablations/ci_smoke.yaml", help="base config or grid file ('' for none)")
+    parser.add_argument("--grid", action="append", default=[], help="--grid option(s) for mm ablate")
+    parser.add_argument("--overrides", default="", help="config overrides of the cells (one string)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
     parser.add_argument("--output", type=Path, default=RESULTS / "bench_ablate.json")
     args = parser.parse_args()
-    grid = args.grid or ["resolution=32,64", "tokens=4"]
+    grid = args.grid
+    config = [args.config] if args.config else []
     overrides = shlex.split(args.overrides)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench_ablate.") as tmp:
         for mode in args.modes.split(","):
-            results[mode] = run_mode(mode, grid, overrides, Path(tmp))
+            results[mode] = run_mode(mode, config, grid, overrides, Path(tmp))
             print(f"{mode:12s} wall {results[mode]['wall_s']:7.1f}s   cells' own compute "
                   f"{results[mode]['cells_compute_s']:7.1f}s", flush=True)
     if "local-jobs1" in results:
         print(f"grid machinery overhead (jobs 1): {results['local-jobs1']['overhead_s']:.1f}s "
               f"= {100 * results['local-jobs1']['overhead_fraction']:.1f}% of the wall time")
     payload = {
-        "benchmark": "bench_ablate", "grid": grid, "overrides": overrides, "results": results,
+        "benchmark": "bench_ablate", "config": args.config, "grid": grid, "overrides": overrides, "results": results,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -30,13 +30,18 @@ TINY = [
     "model.image_size=16", "model.num_image_tokens=4", "model.lm=pythia-toy-1m",
     "eval.tasks=[synthetic-vqa,synthetic-caption]", "eval.shots=[0,2]", "eval.num_samples=4", "eval.batch_size=4",
 ]
-SEEDS = ["--grid", "seed=0,1,2"]
+SEEDS = ["--grid", "seed=0,1"]
 TIMING_COLUMNS = ("train_s", "eval_s")
 runner = CliRunner()
 
 
 def ablate_args(out: Path, *extra: str) -> list[str]:
     return ["ablate", *TINY, *SEEDS, "--axes", AXES, "--out", str(out), "--threads", "1", *extra]
+
+
+def local_args(out: Path, *extra: str) -> list[str]:
+    """In-process, one cell after another (the fastest way for a test)."""
+    return ablate_args(out, "--jobs", "1", *extra)
 
 
 def file_fingerprints(directory: Path) -> dict[str, tuple[int, str]]:
@@ -62,16 +67,16 @@ def assert_same_summary(left: Path, right: Path) -> None:
 
 @pytest.fixture(scope="module")
 def reference_grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The three-seed grid run once, uninterrupted, in this process."""
+    """The two-seed grid run once, uninterrupted, in this process."""
     out = tmp_path_factory.mktemp("ablate") / "reference"
-    result = runner.invoke(app, ablate_args(out))
+    result = runner.invoke(app, local_args(out))
     assert result.exit_code == 0, result.output
     return out
 
 
 def test_grid_runs_every_cell_and_summarises(reference_grid: Path) -> None:
     table = pd.read_parquet(reference_grid / "summary.parquet")
-    assert list(table["cell"]) == ["seed=0", "seed=1", "seed=2"]
+    assert list(table["cell"]) == ["seed=0", "seed=1"]
     assert set(table["state"]) == {"done"}
     assert (table["step"] == 6).all()
     for column in ("synthetic-vqa/0shot", "synthetic-vqa/2shot", "synthetic-caption/2shot", "vqa_avg/0shot",
@@ -79,37 +84,37 @@ def test_grid_runs_every_cell_and_summarises(reference_grid: Path) -> None:
         assert table[column].between(0, 100).all(), column
     assert table["final_loss"].gt(0).all()
     # different training seeds give different models (the seed axis is not a no-op)
-    assert table["final_loss"].nunique() == 3
+    assert table["final_loss"].nunique() == 2
     seeds = pd.read_csv(reference_grid / "summary_seeds.csv")
-    assert len(seeds) == 1 and seeds.loc[0, "num_seeds"] == 3
+    assert len(seeds) == 1 and seeds.loc[0, "num_seeds"] == 2
     assert seeds.loc[0, "final_loss"] == pytest.approx(table["final_loss"].mean())
     assert seeds.loc[0, "final_loss_std"] == pytest.approx(table["final_loss"].std(ddof=1))
     plan = json.loads((reference_grid / "grid.json").read_text())
-    assert [cell["id"] for cell in plan["cells"]] == ["seed=0", "seed=1", "seed=2"]
-    for cell in ("seed=0", "seed=1", "seed=2"):
+    assert [cell["id"] for cell in plan["cells"]] == ["seed=0", "seed=1"]
+    for cell in ("seed=0", "seed=1"):
         assert (reference_grid / cell / "eval" / "step_6.json").exists()
         assert json.loads((reference_grid / cell / "ablate.json").read_text())["state"] == "done"
 
 
 def test_rerun_skips_done_cells_without_touching_them(reference_grid: Path, tmp_path: Path) -> None:
-    before = {cell: file_fingerprints(reference_grid / cell) for cell in ("seed=0", "seed=1", "seed=2")}
-    result = runner.invoke(app, ablate_args(reference_grid))
+    before = {cell: file_fingerprints(reference_grid / cell) for cell in ("seed=0", "seed=1")}
+    result = runner.invoke(app, local_args(reference_grid))
     assert result.exit_code == 0, result.output
-    assert "3 of 3 cells already done" in result.output
+    assert "2 of 2 cells already done" in result.output
     assert {cell: file_fingerprints(reference_grid / cell) for cell in before} == before
 
 
 def test_sigkill_mid_grid_then_rerun_gives_the_same_summary(reference_grid: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "mmbench_cli.cli", *ablate_args(out)]
+    command = [sys.executable, "-m", "mmbench_cli.cli", *local_args(out)]
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     try:
         while not (out / "grid.json").exists() and process.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         # a second mm ablate on the same grid while the first holds it is refused, touching nothing
-        concurrent = runner.invoke(app, ablate_args(out))
+        concurrent = runner.invoke(app, local_args(out))
         assert concurrent.exit_code == 2 and "being written by" in concurrent.output
         # kill once the first cell is done and the second has written a checkpoint
         while time.time() < deadline and process.poll() is None:
@@ -130,9 +135,9 @@ def test_sigkill_mid_grid_then_rerun_gives_the_same_summary(reference_grid: Path
     interrupted = json.loads((out / "seed=1" / "ablate.json").read_text())
     steps = sorted(int(p.name.split("_")[1]) for p in (out / "seed=1" / "checkpoints").glob("step_*"))
 
-    result = runner.invoke(app, ablate_args(out))
+    result = runner.invoke(app, local_args(out))
     assert result.exit_code == 0, result.output
-    assert "1 of 3 cells already done" in result.output
+    assert "1 of 2 cells already done" in result.output
     assert file_fingerprints(out / "seed=0") == done_before  # the finished cell was not recomputed
     resumed = json.loads((out / "seed=1" / "ablate.json").read_text())
     assert resumed["attempt"] == 2
@@ -141,6 +146,7 @@ def test_sigkill_mid_grid_then_rerun_gives_the_same_summary(reference_grid: Path
     assert_same_summary(reference_grid / "summary.csv", out / "summary.csv")
 
 
+@pytest.mark.slow
 def test_a_failing_cell_does_not_stop_the_others_and_is_rerun(tmp_path: Path) -> None:
     broken = tmp_path / "not-an-encoder"
     broken.mkdir()
@@ -166,7 +172,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "dry"
     result = runner.invoke(app, ablate_args(out, "--dry-run", "--throughput", "1e9"))
     assert result.exit_code == 0, result.output
-    for cell in ("seed=0", "seed=1", "seed=2"):
+    for cell in ("seed=0", "seed=1"):
         assert cell in result.output
     assert "nothing was run" in result.output and "1.00 GFLOP/s" in result.output
     assert not out.exists()
@@ -183,5 +189,5 @@ def test_ray_executor_on_a_local_ray_instance(reference_grid: Path, tmp_path: Pa
     finally:
         ray.shutdown()
     assert_same_summary(reference_grid / "summary.csv", out / "summary.csv")
-    pids = {json.loads((out / c / "ablate.json").read_text())["pid"] for c in ("seed=0", "seed=1", "seed=2")}
+    pids = {json.loads((out / c / "ablate.json").read_text())["pid"] for c in ("seed=0", "seed=1")}
     assert os.getpid() not in pids  # the cells ran in Ray workers, not in this process

@@ -120,6 +120,16 @@ def _eval_device(train_device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def default_jobs(num_cells: int) -> int:
+    """Cells to run at once locally: 1 with a GPU (cells share it), else one per CPU core (1 thread each is
+    faster on small models than several threads per cell), never more than the cells."""
+    import torch
+
+    if torch.cuda.is_available():
+        return 1
+    return max(1, min(num_cells, os.cpu_count() or 1))
+
+
 def _die_with_parent() -> None:
     """In a child process: get SIGKILL when the parent dies (Linux), so kill -9 of mm ablate leaves no orphans."""
     with contextlib.suppress(Exception):

@@ -509,6 +509,7 @@ class SyntheticWorld:
         self.num_images = {"train": num_train_images, "val": num_val_images, "test": num_test_images}
         self.cache_dir = cache_dir
         self.facts = world_facts(seed)
+        self._memo: dict[tuple[str, ...], list[Any]] = {}
 
     def _check_split(self, split: str) -> None:
         if split not in SPLITS:
@@ -537,7 +538,10 @@ class SyntheticWorld:
     def images(self, split: str) -> list[SyntheticImage]:
         """All images of ``split``."""
         self._check_split(split)
-        return [self.image(split, index) for index in range(self.num_images[split])]
+        key = ("images", split)
+        if key not in self._memo:
+            self._memo[key] = [self.image(split, index) for index in range(self.num_images[split])]
+        return list(self._memo[key])
 
     def materialize(self, splits: Iterable[str] = SPLITS, progress: Callable[[int], None] | None = None) -> int:
         """Render every image of ``splits`` that is not cached yet; returns how many were rendered."""
@@ -552,6 +556,8 @@ class SyntheticWorld:
     # captions and VQA ----------------------------------------------------------------------------
     def captions(self, split: str) -> list[CaptionSample]:
         """Five reference captions per image of ``split``."""
+        if ("captions", split) in self._memo:
+            return list(self._memo[("captions", split)])
         samples = []
         for image in self.images(split):
             index = int(image.path.stem)
@@ -559,12 +565,15 @@ class SyntheticWorld:
             samples.append(CaptionSample(
                 image_id=image.key, image=image, captions=captions, meta={"split": split, "source": "synthetic"}
             ))
-        return samples
+        self._memo[("captions", split)] = samples
+        return list(samples)
 
     def vqa(self, split: str, kind: str = "vqa") -> list[VQASample]:
         """VQA questions (``kind="vqa"``: colour/count/position/yes-no) or OCR questions (``kind="ocr"``)."""
         if kind not in ("vqa", "ocr"):
             raise MMError(f"vqa kind {kind!r}: choose vqa or ocr")
+        if ("vqa", split, kind) in self._memo:
+            return list(self._memo[("vqa", split, kind)])
         samples = []
         for image in self.images(split):
             index = int(image.path.stem)
@@ -576,7 +585,8 @@ class SyntheticWorld:
                     question=item["question"], answers=item["answers"], answer_type=item["answer_type"],
                     meta={"split": split, "kind": kind, "hard": item["hard"], "source": "synthetic"},
                 ))
-        return samples
+        self._memo[("vqa", split, kind)] = samples
+        return list(samples)
 
     # interleaved documents -----------------------------------------------------------------------
     def interleaved(self, split: str) -> list[InterleavedDoc]:

@@ -194,7 +194,8 @@ def ablate(
     out: Path | None = typer.Option(None, "--out", "-o", help="Grid directory (default runs/GRID_NAME)."),
     name: str | None = typer.Option(None, "--name", help="Grid name (default: the grid file's name or the axes)."),
     executor: str = typer.Option("local", "--executor", "-e", help="local or ray."),
-    jobs: int = typer.Option(1, "--jobs", "-j", help="local: cells run at once (each in its own process if > 1)."),
+    jobs: int = typer.Option(0, "--jobs", "-j", help="local: cells run at once, each in its own process if > 1 "
+                             "(default: 1 on a GPU, else one per CPU core up to the number of cells)."),
     threads: int = typer.Option(0, "--threads", help="local: torch threads per cell (default: all cores / jobs; "
                                 "1 is fastest on a busy machine)."),
     address: str | None = typer.Option(None, "--address", help="ray: cluster address (`auto` joins `ray start`)."),
@@ -219,6 +220,10 @@ def ablate(
         GridStore(grid_dir).check_compatible(plan)
         print_plan(plan, grid_dir, estimate_plan(plan, grid_dir, throughput), console)
         return
+    if executor == "local" and jobs == 0:
+        from mmbench_cli.ablate.executors import default_jobs
+
+        jobs = default_jobs(len(plan.cells))
     options = {"jobs": jobs, "threads_per_cell": threads} if executor == "local" else {
         "address": address, "cpus_per_cell": cpus_per_cell, "gpus_per_cell": gpus_per_cell}
     result = run_grid(plan, grid_dir, executor, options, console)

@@ -145,10 +145,11 @@ def load_hf_encoder(directory: Path) -> VisionEncoder:
         full_cls = getattr(transformers, model_type.upper().replace("SIGLIP", "Siglip") + "Model")
         full = full_cls.from_pretrained(str(directory), use_safetensors=True, attn_implementation="sdpa")
         hf_model = full.vision_model
-        # CLIPModel.vision_model is a CLIPVisionTransformer; wrap it in the public class so it can be saved.
-        wrapper = getattr(transformers, FULL_TO_VISION[model_type])(config.vision_config)
-        wrapper.vision_model = hf_model
-        hf_model = wrapper
+        public_cls = getattr(transformers, FULL_TO_VISION[model_type])
+        if not isinstance(hf_model, public_cls):  # older transformers: a bare *VisionTransformer; wrap it
+            wrapper = public_cls(config.vision_config)
+            wrapper.vision_model = hf_model
+            hf_model = wrapper
     elif model_type in VISION_CLASSES:
         cls = getattr(transformers, VISION_CLASSES[model_type])
         kwargs = {"add_pooling_layer": False} if model_type == "vit" else {}

@@ -1,0 +1,117 @@
+"""hf:<dir> components: tiny random CLIP / SigLIP / ViT vision and GPT-NeoX checkpoints saved in temp dirs."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from mmbench_cli.config import ModelConfig
+from mmbench_cli.errors import MMError
+from mmbench_cli.model import build_model, load_model
+from mmbench_cli.model.tokenizer import EOC_TOKEN, IMAGE_TOKEN, encode_interleaved
+
+VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+          "image_size": 32, "patch_size": 8}
+
+
+def _vision_checkpoint(kind: str, directory) -> None:
+    import transformers as tf
+
+    torch.manual_seed(0)
+    if kind == "clip":
+        model = tf.CLIPVisionModel(tf.CLIPVisionConfig(**VISION))
+    elif kind == "siglip":
+        model = tf.SiglipVisionModel(tf.SiglipVisionConfig(**VISION))
+    elif kind == "vit":
+        model = tf.ViTModel(tf.ViTConfig(**VISION), add_pooling_layer=False)
+    else:  # a full CLIPModel: mm takes its vision tower
+        text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                "vocab_size": 99}
+        model = tf.CLIPModel(tf.CLIPConfig(text_config=text, vision_config=VISION, projection_dim=16))
+    model.save_pretrained(str(directory))
+
+
+def _lm_checkpoint(directory) -> None:
+    """A tiny GPT-NeoX with its own tokenizer that lacks our image/chunk tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(["Output: a red circle", "Question: what colour? Short answer: blue"] * 50, trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>").save_pretrained(str(directory))
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    GPTNeoXForCausalLM(config).save_pretrained(str(directory))
+
+
+def _forward(model, images: torch.Tensor) -> torch.Tensor:
+    text = f"{IMAGE_TOKEN}Output: a red circle{EOC_TOKEN}{IMAGE_TOKEN}Output:"
+    ids = torch.tensor([encode_interleaved(model.tokenizer, text, model.num_image_tokens)])
+    with torch.no_grad():
+        return model(ids, torch.ones_like(ids), images=images).logits
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip", "vit", "clip-full"])
+def test_hf_vision_checkpoint_loads_and_reloads_from_saved_dir(kind: str, tmp_path) -> None:
+    ckpt = tmp_path / kind
+    _vision_checkpoint(kind, ckpt)
+    cfg = ModelConfig(encoder=f"hf:{ckpt}", image_size=32, connector="attnpool", num_image_tokens=4,
+                      lm="pythia-toy-1m", max_seq_len=128)
+    model = build_model(cfg).eval()
+    assert model.encoder.hidden_size == 32
+    images = torch.randn(2, 3, 32, 32)
+    assert model.encode_images(images).shape == (2, 4, model.lm.config.hidden_size)
+    if kind.startswith("clip"):
+        assert model.image_mean[0] == pytest.approx(0.48145466)
+    logits = _forward(model, images)
+    model.save_pretrained(tmp_path / "saved")
+    shutil.rmtree(ckpt)  # the saved model must not need the original checkpoint
+    reloaded = load_model(tmp_path / "saved")
+    assert torch.equal(_forward(reloaded, images), logits)
+
+
+def test_hf_encoder_at_another_resolution_interpolates_positions(tmp_path) -> None:
+    _vision_checkpoint("siglip", tmp_path / "siglip")
+    cfg = ModelConfig(encoder=f"hf:{tmp_path / 'siglip'}", image_size=48, connector="mlp", num_image_tokens=36,
+                      lm="pythia-toy-1m", max_seq_len=256)
+    model = build_model(cfg)
+    assert model.encode_images(torch.randn(1, 3, 48, 48)).shape[1] == 36
+
+
+def test_hf_lm_and_tokenizer_gain_special_tokens(tmp_path) -> None:
+    _lm_checkpoint(tmp_path / "neox")
+    cfg = ModelConfig(lm=f"hf:{tmp_path / 'neox'}", tokenizer=f"hf:{tmp_path / 'neox'}", image_size=32,
+                      connector="avgpool", num_image_tokens=4, max_seq_len=128)
+    model = build_model(cfg).eval()
+    vocab = model.tokenizer.get_vocab()
+    assert IMAGE_TOKEN in vocab and EOC_TOKEN in vocab and model.tokenizer.pad_token is not None
+    assert model.lm.get_input_embeddings().num_embeddings >= len(model.tokenizer)
+    assert model.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) == model.image_token_id
+    images = torch.randn(2, 3, 32, 32)
+    logits = _forward(model, images)
+    model.save_pretrained(tmp_path / "saved")
+    shutil.rmtree(tmp_path / "neox")
+    reloaded = load_model(tmp_path / "saved")
+    assert torch.equal(_forward(reloaded, images), logits)
+    new = reloaded.generate(*_prompt(reloaded), images=images[:1], max_new_tokens=3, stop_token_ids=[])
+    assert new.shape == (1, 3)
+
+
+def _prompt(model) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.tensor([encode_interleaved(model.tokenizer, f"{IMAGE_TOKEN}Output:", model.num_image_tokens)])
+    return ids, torch.ones_like(ids)
+
+
+def test_pickle_only_checkpoint_is_refused(tmp_path) -> None:
+    _vision_checkpoint("vit", tmp_path / "vit")
+    (tmp_path / "vit" / "model.safetensors").rename(tmp_path / "vit" / "pytorch_model.bin")
+    with pytest.raises(MMError, match="safetensors"):
+        build_model(ModelConfig(encoder=f"hf:{tmp_path / 'vit'}", image_size=32, num_image_tokens=4,
+                                lm="pythia-toy-1m"))

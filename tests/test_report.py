@@ -241,3 +241,18 @@ def test_cell_ids_and_grid_layouts() -> None:
     with pytest.raises(MMError, match="no grid or run dirs"):
         load.load_study([])
     assert SCRIPT_CAPTION.startswith("<script>")
+
+
+def test_group_task_without_samples_keeps_textcore_ci(tmp_path: Path) -> None:
+    """lm-eval groups (text:textcore) have a value but no per-sample file: the CI comes from their members."""
+    run = write_run(tmp_path / "run", 64, 0, eval_steps=(8,))
+    path = run / "eval" / "step_8.json"
+    result = json.loads(path.read_text())
+    member = result["tasks"]["text-cloze"]["0"]
+    result["tasks"]["text:textcore"] = {"0": {"family": "text", "metric": "acc", "value": member["value"], "n": 20,
+                                              "seeds": [member["value"]], "samples": []}}
+    path.write_text(json.dumps(result))
+    study = load.load_study([run])
+    column = next(c for c in tables.summary_columns(study) if c.key == "textcore")
+    estimate = tables.run_estimate(study.runs[0], column, study.tasks())
+    assert estimate.value == pytest.approx(member["value"]) and estimate.ci(200) is not None

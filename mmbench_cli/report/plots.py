@@ -136,10 +136,10 @@ def _log_x(panel: Any, xs: list[float], max_ticks: int = 8, rotation: int = 0) -
     if not positive:
         return
     panel.set_xscale("symlog", linthresh=positive[0])
-    ticks = sorted(set(xs))
-    if len(ticks) > max_ticks:
-        ticks = [ticks[0]] + [positive[round(i * (len(positive) - 1) / (max_ticks - 2))] for i in range(max_ticks - 1)]
-    panel.set_xticks(sorted(set(ticks)), [f"{x:.3g}" for x in sorted(set(ticks))], rotation=rotation)
+    if len(positive) > max_ticks:  # evenly spaced in rank, which is roughly log-spaced for Pythia's checkpoints
+        positive = sorted({positive[round(i * (len(positive) - 1) / (max_ticks - 1))] for i in range(max_ticks)})
+    ticks = ([0.0] if min(xs) <= 0 else []) + positive
+    panel.set_xticks(ticks, [f"{x:.3g}" for x in ticks], rotation=rotation)
     panel.minorticks_off()
 
 
@@ -177,7 +177,7 @@ def dynamics(study: Study) -> list[Figure]:
             for row, (lines, xlabel) in enumerate(((by_step, "training step"), (by_flops, "training FLOPs"))):
                 panel = panels[row][j]
                 _draw_lines(panel, lines, colors)
-                _log_x(panel, [x for points in lines.values() for x in points], rotation=25 * row)
+                _log_x(panel, [x for points in lines.values() for x in points], max_ticks=(8, 4)[row], rotation=25 * row)
                 panel.set_xlabel(xlabel + " (log)")
                 panel.set_ylabel(info["metric"] or "score")
                 panel.set_title(f"{_short(task, 30)}, {shots}-shot")

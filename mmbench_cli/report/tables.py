@@ -81,8 +81,10 @@ def family_estimate(run: Run, step: int, family: str, shots: str, tasks: dict[st
     The value is the results JSON's ``summary`` number when present (else the mean over tasks); the
     interval comes from the tasks' per-sample scores.
     """
-    members = [task_estimate(run, step, t, shots) for t, info in tasks.items() if info["family"] == family]
-    estimate = mean_of([m for m in members if m is not None])
+    members = [m for t, info in tasks.items() if info["family"] == family and (m := task_estimate(run, step, t, shots))]
+    # A group entry without samples (lm-eval's text:textcore) aggregates the others: leave it out when they have scores.
+    scored = [m for m in members if m.parts]
+    estimate = mean_of(scored or members)
     summary = run.results.get(step, {}).get("summary", {}).get(shots, {}).get(SUMMARY_KEYS[family])
     if isinstance(summary, (int, float)) and not isinstance(summary, bool):
         if estimate is None:

@@ -248,7 +248,7 @@ def ablate(
 @user_errors_exit_2
 def report(
     paths: list[Path] = typer.Argument(..., help="Grid dirs or run dirs."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Report dir (default reports/<name of the first path>)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Report dir (default: reports/ + the first path's name)."),
     baseline: Path | None = typer.Option(None, "--baseline", help="Compare with this baseline; exit 1 on a regression."),
     tolerance: float = typer.Option(0.02, "--tolerance", help="Allowed absolute drop per metric."),
     save_baseline: Path | None = typer.Option(None, "--save-baseline", help="Save every metric (with per-sample scores) here."),

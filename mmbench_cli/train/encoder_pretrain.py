@@ -1,0 +1,333 @@
+"""``mm pretrain --stage encoder``: pre-train the image encoder on image-caption pairs, as MM1 compares.
+
+Two objectives (``train.encoder_objective``):
+
+- ``clip``: contrastive image-text pre-training (Radford et al. 2021) with a small text transformer; the
+  symmetric InfoNCE loss over the batch with a learned temperature.
+- ``mae``: masked auto-encoding (He et al. 2022): 75% of patches are dropped, the ViT encodes the visible
+  ones, a light decoder reconstructs the pixels of the missing ones (per-patch normalised targets).
+
+The ViT is the one ``model.encoder`` names (a registry name such as ``vit-tiny`` at ``model.image_size`` /
+``model.patch_size``, or a saved encoder to continue from). The result is written into the run dir with
+``save_pretrained`` (``config.json``, ``model.safetensors``, ``preprocessor_config.json``), so the dir is a
+value for ``model.encoder`` in any later config or ablation grid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmbench_cli.config import Config
+from mmbench_cli.errors import MMError
+from mmbench_cli.runs import RunLock, append_jsonl, atomic_write_json, write_status
+from mmbench_cli.train import rundir
+from mmbench_cli.train.schedule import lr_at, resolve_lr_and_wd
+
+CAPTION_MAX_TOKENS = 40
+EVAL_BATCH = 128
+
+
+class TextTower(nn.Module):
+    """A small bidirectional transformer over caption tokens, mean-pooled and projected (CLIP's text side)."""
+
+    def __init__(self, vocab_size: int, width: int, depth: int, heads: int, max_len: int, embed_dim: int) -> None:
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.position_embedding = nn.Parameter(torch.randn(max_len, width) * 0.01)
+        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.proj = nn.Linear(width, embed_dim, bias=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Caption embeddings ``[B, embed_dim]`` (not normalised)."""
+        hidden = self.token_embedding(input_ids) + self.position_embedding[: input_ids.size(1)]
+        hidden = self.norm(self.blocks(hidden, src_key_padding_mask=attention_mask == 0))
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return self.proj((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+
+
+class CLIPObjective(nn.Module):
+    """Image tower (the ViT, mean-pooled patches, projected) + text tower, trained with symmetric InfoNCE."""
+
+    def __init__(self, encoder: nn.Module, vocab_size: int, embed_dim: int = 128) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.image_proj = nn.Linear(encoder.hidden_size, embed_dim, bias=False)
+        self.text = TextTower(vocab_size, width=128, depth=2, heads=4, max_len=CAPTION_MAX_TOKENS, embed_dim=embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def embed(self, images: torch.Tensor, input_ids: torch.Tensor,
+              attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised image and text embeddings."""
+        image = F.normalize(self.image_proj(self.encoder(images).mean(dim=1)), dim=-1)
+        text = F.normalize(self.text(input_ids, attention_mask), dim=-1)
+        return image, text
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The CLIP loss of a batch of matching (image, caption) pairs."""
+        image, text = self.embed(images, input_ids, attention_mask)
+        logits = self.logit_scale.clamp(max=math.log(100)).exp() * image @ text.t()
+        targets = torch.arange(len(images), device=images.device)
+        return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+
+
+class MAEObjective(nn.Module):
+    """Masked auto-encoder around a transformers ViT: encode visible patches, decode all, score the masked."""
+
+    def __init__(self, encoder: nn.Module, image_size: int, mask_ratio: float = 0.75, width: int = 96, depth: int = 2) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.patch_size = encoder.patch_size
+        self.image_size = image_size
+        self.num_patches = (image_size // self.patch_size) ** 2
+        self.mask_ratio = mask_ratio
+        self.decoder_embed = nn.Linear(encoder.hidden_size, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.decoder_pos = nn.Parameter(torch.randn(1, self.num_patches + 1, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, 4, 4 * width, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.decoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.decoder_norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, self.patch_size**2 * 3)
+
+    def patchify(self, images: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, H, W]`` → ``[N, P, p·p·3]`` (row-major patches, as the ViT's patch embedding)."""
+        p = self.patch_size
+        n, c, h, w = images.shape
+        patches = images.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+        return patches.reshape(n, (h // p) * (w // p), p * p * c)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Mean squared error on the masked patches (targets normalised per patch, as MAE's norm_pix_loss)."""
+        vit = self.encoder.hf_model
+        interpolate = images.shape[-1] != self.encoder.native_image_size
+        tokens = vit.embeddings(images, interpolate_pos_encoding=interpolate)  # [N, 1+P, D] with positions
+        n, num_patches = tokens.size(0), tokens.size(1) - 1
+        keep = max(1, int(round(num_patches * (1 - self.mask_ratio))))
+        order = torch.rand(n, num_patches, device=images.device).argsort(dim=1)
+        restore = order.argsort(dim=1)
+        visible = torch.gather(tokens[:, 1:], 1, order[:, :keep, None].expand(-1, -1, tokens.size(-1)))
+        hidden = torch.cat([tokens[:, :1], visible], dim=1)
+        for layer in vit.layers:
+            hidden = layer(hidden, None)
+        hidden = self.decoder_embed(vit.layernorm(hidden))
+        fill = self.mask_token.expand(n, num_patches - keep, -1)
+        patches = torch.cat([hidden[:, 1:], fill], dim=1)
+        patches = torch.gather(patches, 1, restore[:, :, None].expand(-1, -1, patches.size(-1)))
+        decoded = self.decoder(torch.cat([hidden[:, :1], patches], dim=1) + self.decoder_pos[:, : num_patches + 1])
+        prediction = self.head(self.decoder_norm(decoded[:, 1:]))
+        target = self.patchify(images)
+        target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+        masked = torch.ones(n, num_patches, device=images.device)
+        masked[:, :keep] = 0
+        masked = torch.gather(masked, 1, restore)
+        error = ((prediction - target) ** 2).mean(dim=-1)
+        return (error * masked).sum() / masked.sum()
+
+
+class PairData:
+    """Image-caption pairs of a split, images resized once and kept as uint8 (normalised per batch)."""
+
+    def __init__(self, samples: list[Any], image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.samples = samples
+        self.image_size = image_size
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self._pixels: dict[int, torch.Tensor] = {}
+
+    def pixels(self, index: int) -> torch.Tensor:
+        """Image ``index`` as ``uint8[3, S, S]`` (decoded and resized on first use)."""
+        if index not in self._pixels:
+            import numpy as np
+
+            from mmbench_cli.data.images import resize_square, to_pil
+
+            image = resize_square(to_pil(self.samples[index].image), self.image_size)
+            self._pixels[index] = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return self._pixels[index]
+
+    def batch(self, indices: list[int], rng: random.Random) -> tuple[torch.Tensor, list[str]]:
+        """Normalised images ``[B, 3, S, S]`` and one randomly chosen caption per image."""
+        images = torch.stack([self.pixels(i) for i in indices]).float().div_(255.0)
+        captions = [rng.choice(self.samples[i].captions) for i in indices]
+        return (images - self.mean) / self.std, captions
+
+
+def _caption_samples(cfg: Config, split: str) -> list[Any]:
+    if cfg.data.source == "synthetic":
+        from mmbench_cli.data.synthetic import world_from_config
+
+        return world_from_config(cfg.data).captions(split)
+    from mmbench_cli.data.formats import load_dataset_spec
+    from mmbench_cli.data.types import CaptionSample
+
+    samples = [sample for spec in cfg.data.datasets if spec.split == split
+               for sample in load_dataset_spec(spec, cfg.data.skip_bad) if isinstance(sample, CaptionSample)]
+    if not samples and split == "train":
+        raise MMError("data.datasets: --stage encoder needs image-caption pairs; list a caption dataset (e.g. coco-captions)")
+    return samples
+
+
+def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, force: bool = False, progress: bool = True) -> Path:
+    """Pre-train ``model.encoder`` with ``train.encoder_objective`` and save it into ``out_dir``.
+
+    Single process (encoder pre-training is short at toy scale); ``resume`` re-runs from the start if the
+    run was interrupted (there are no intermediate encoder checkpoints).
+    """
+    from mmbench_cli.model.encoders import build_encoder
+    from mmbench_cli.train.distributed import resolve_device
+    from mmbench_cli.train.loop import resolve_precision, seed_everything
+
+    rundir.check_data_inputs(cfg)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise MMError("--stage encoder runs in one process; launch it without torchrun")
+    run_dir = Path(out_dir)
+    tcfg = cfg.train
+    with RunLock(run_dir, "run"):
+        rundir.prepare_run_dir(cfg, run_dir, resume, force)
+        device = resolve_device(tcfg.device)
+        autocast_dtype = resolve_precision(tcfg.precision, device)
+        seed_everything(cfg.seed)
+        encoder = build_encoder(cfg.model)
+        image_size = cfg.model.image_size
+        if tcfg.encoder_objective == "clip":
+            from mmbench_cli.model.tokenizer import get_tokenizer
+
+            tokenizer = get_tokenizer(cfg.model, cfg.data)
+            objective: nn.Module = CLIPObjective(encoder, len(tokenizer))
+        else:
+            tokenizer = None
+            objective = MAEObjective(encoder, image_size)
+        objective.to(device).train()
+        num_params = sum(p.numel() for p in encoder.parameters())
+        peak_lr, weight_decay = resolve_lr_and_wd(tcfg, num_params)
+        from mmbench_cli.train.loop import build_optimizer
+
+        optimizer = build_optimizer(objective, peak_lr, weight_decay, device)
+        train = PairData(_caption_samples(cfg, "train"), image_size, encoder.image_mean, encoder.image_std)
+        if len(train.samples) < 2:
+            raise MMError("data: --stage encoder needs at least 2 training images")
+        val = PairData(_caption_samples(cfg, "val"), image_size, encoder.image_mean, encoder.image_std)
+        rundir.truncate_metrics(run_dir, None)
+        rundir.write_run_files(cfg, run_dir, {"stage": "encoder", "objective": tcfg.encoder_objective,
+                                              "num_params": num_params, "lr": peak_lr, "weight_decay": weight_decay,
+                                              "device": str(device)})
+        write_status(run_dir, "running")
+        rng = random.Random(cfg.seed)
+        batch_size = min(tcfg.batch_size, len(train.samples))
+        order: list[int] = []
+        started = time.perf_counter()
+        try:
+            with _bar(progress, tcfg.steps, tcfg.encoder_objective) as update:
+                for step in range(tcfg.steps):
+                    lr = lr_at(step, peak_lr, tcfg.steps, tcfg.warmup_steps, tcfg.min_lr_ratio)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    if len(order) < batch_size:
+                        fresh = list(range(len(train.samples)))
+                        rng.shuffle(fresh)
+                        order += fresh
+                    indices, order = order[:batch_size], order[batch_size:]
+                    images, captions = train.batch(indices, rng)
+                    with _autocast(device, autocast_dtype):
+                        loss = _objective_loss(objective, tokenizer, images, captions, device)
+                    loss.backward()
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(objective.parameters(), tcfg.grad_clip or math.inf))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    done = step + 1
+                    if done % tcfg.log_every == 0 or done in (1, tcfg.steps):
+                        append_jsonl(run_dir / "metrics.jsonl", {
+                            "step": done, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm,
+                            "images_per_s": done * batch_size / (time.perf_counter() - started),
+                            "elapsed_s": time.perf_counter() - started,
+                        })
+                    update(done, loss.item(), lr)
+            scores = evaluate_objective(objective, tokenizer, val if val.samples else train, device)
+            save_encoder(encoder, image_size, run_dir)
+        except BaseException:
+            write_status(run_dir, "failed")
+            raise
+        atomic_write_json(run_dir / "encoder_eval.json", scores)
+        rundir.update_meta(run_dir, {"wall_time_s": time.perf_counter() - started, **scores})
+        write_status(run_dir, "done")
+    return run_dir
+
+
+def _objective_loss(objective: nn.Module, tokenizer: Any, images: torch.Tensor, captions: list[str],
+                    device: torch.device) -> torch.Tensor:
+    images = images.to(device)
+    if isinstance(objective, CLIPObjective):
+        tokens = tokenizer(captions, padding=True, truncation=True, max_length=CAPTION_MAX_TOKENS, return_tensors="pt")
+        return objective(images, tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+    return objective(images)
+
+
+@torch.no_grad()
+def evaluate_objective(objective: nn.Module, tokenizer: Any, data: PairData, device: torch.device) -> dict[str, Any]:
+    """Held-out quality: CLIP image→text top-1 retrieval accuracy (and chance) or MAE reconstruction loss."""
+    objective.eval()
+    rng = random.Random(0)
+    indices = list(range(min(EVAL_BATCH, len(data.samples))))
+    images, captions = data.batch(indices, rng)
+    torch.manual_seed(0)
+    if isinstance(objective, CLIPObjective):
+        tokens = tokenizer(captions, padding=True, truncation=True, max_length=CAPTION_MAX_TOKENS, return_tensors="pt")
+        image, text = objective.embed(images.to(device), tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+        hits = ((image @ text.t()).argmax(dim=1).cpu() == torch.arange(len(indices))).float().mean().item()
+        result = {"val_retrieval_top1": hits, "val_retrieval_chance": 1.0 / len(indices), "val_pairs": len(indices)}
+    else:
+        result = {"val_mae_loss": objective(images.to(device)).item(), "val_images": len(indices)}
+    objective.train()
+    return result
+
+
+def save_encoder(encoder: nn.Module, image_size: int, run_dir: Path) -> None:
+    """Write the ViT with ``save_pretrained`` (safetensors) plus its image mean/std into ``run_dir``.
+
+    Files are written to a temp dir and renamed in one by one, so a reader never sees a half-written file.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=".encoder.", dir=run_dir))
+    try:
+        encoder.hf_model.save_pretrained(str(tmp))
+        atomic_write_json(tmp / "preprocessor_config.json", {
+            "image_mean": list(encoder.image_mean), "image_std": list(encoder.image_std),
+            "size": {"height": image_size, "width": image_size},
+        })
+        for path in sorted(tmp.iterdir(), key=lambda p: p.name == "config.json"):  # config.json last
+            os.replace(path, run_dir / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _bar(enabled: bool, total: int, objective: str) -> Any:
+    if not enabled:
+        yield lambda *args: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn(f"[bold]encoder ({objective})"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("encoder", total=total, loss=math.nan, lr=0.0)
+        yield lambda step, loss, lr: bar.update(task, completed=step, loss=loss, lr=lr)

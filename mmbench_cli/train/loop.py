@@ -1,0 +1,430 @@
+"""The pre-training loop: AdamW + warm-up/cosine, grad clipping and accumulation, Pythia-style checkpoints,
+exact resume, and DDP under torchrun.
+
+One optimizer step consumes ``train.batch_size`` packed rows (global, across ranks) in ``train.grad_accum``
+micro-batches. The loss is the mean over every label token of the global batch, whatever the split into
+ranks and micro-batches, so 1 process and N processes (or 1 and k accumulation steps) follow the same curve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmbench_cli.config import DATA_TYPES, Config
+from mmbench_cli.errors import MMError
+from mmbench_cli.runs import RunLock, append_jsonl, atomic_dir, atomic_write_json, write_status
+from mmbench_cli.train import rundir
+from mmbench_cli.train.checkpoints import (
+    CHECKPOINT_JSON,
+    checkpoint_dir,
+    checkpoint_schedule,
+    file_content_hash,
+    load_trainer_state,
+    save_trainer_state,
+)
+from mmbench_cli.train.distributed import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    broadcast_from_main,
+    init_distributed,
+    shutdown,
+)
+from mmbench_cli.train.schedule import lr_at, resolve_lr_and_wd
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LogWindow:
+    """Sums over the optimizer steps since the last metrics line (saved in checkpoints for exact resume)."""
+
+    loss_sum: float = 0.0
+    label_tokens: float = 0.0
+    type_loss_sum: dict[str, float] = field(default_factory=dict)
+    type_label_tokens: dict[str, float] = field(default_factory=dict)
+    tokens: float = 0.0
+    time_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able state."""
+        return dict(self.__dict__)
+
+
+@dataclass
+class Progress:
+    """Counters carried across steps and resumes."""
+
+    step: int = 0
+    tokens_seen: float = 0.0
+    train_flops: float = 0.0
+    elapsed_s: float = 0.0
+    window: LogWindow = field(default_factory=LogWindow)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: bf16 (else fp16) on CUDA for ``auto``; None (fp32) elsewhere.
+
+    Low-precision autocast is refused off CUDA: on CPUs without bf16 matmul units it is hundreds of times slower.
+    """
+    if precision == "fp32":
+        return None
+    if device.type != "cuda":
+        if precision == "auto":
+            return None
+        raise MMError(
+            f"train.precision: {precision} autocast is only used on CUDA (on {device.type} it is far slower "
+            "than fp32); use train.precision=auto or fp32"
+        )
+    if precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (every rank the same: identical initial weights)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def check_batch_shape(cfg: Config, world_size: int) -> int:
+    """Rows per rank per micro-batch; MMError unless the global batch splits evenly."""
+    batch, accum = cfg.train.batch_size, cfg.train.grad_accum
+    if batch % (accum * world_size):
+        raise MMError(
+            f"train.batch_size: {batch} rows do not split into grad_accum={accum} micro-batches on "
+            f"{world_size} rank(s); use a multiple of {accum * world_size}"
+        )
+    return batch // (accum * world_size)
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor, ignore_ids: tuple[int, ...] = ()) -> torch.Tensor:
+    """Per-token next-token cross-entropy ``[B, L-1]`` (0 where the target is ignored), in fp32."""
+    targets = labels[:, 1:]
+    for token_id in ignore_ids:
+        targets = targets.masked_fill(targets == token_id, IGNORE_INDEX)
+    shifted = logits[:, :-1]
+    losses = F.cross_entropy(
+        shifted.reshape(-1, shifted.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return losses.view(targets.shape)
+
+
+def _row_types(batch: dict[str, Any], rows: int) -> list[str]:
+    kind = batch.get("data_type")
+    if isinstance(kind, str):
+        return [kind] * rows
+    return list(kind) if kind is not None else ["caption"] * rows
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+            for key, value in batch.items()}
+
+
+def _log_steps(steps: int, every: int) -> set[int]:
+    return {1, steps, *range(every, steps + 1, every)}
+
+
+def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False, force: bool = False, progress: bool = True) -> Path:
+    """Train ``cfg``'s model on its data mixture into the run dir ``out_dir``; return the run dir.
+
+    Resumes automatically from the newest checkpoint when the dir holds a run of the same config (or, with
+    ``resume``, one differing only in resumable keys); ``force`` starts over. Under torchrun, runs as DDP.
+    """
+    if cfg.train.stage == "encoder":
+        from mmbench_cli.train.encoder_pretrain import pretrain_encoder
+
+        return pretrain_encoder(cfg, out_dir, resume=resume, force=force, progress=progress)
+    rundir.check_data_inputs(cfg)
+    ctx = init_distributed(cfg.train.device)
+    try:
+        check_batch_shape(cfg, ctx.world_size)
+        return _pretrain(cfg, Path(out_dir), resume, force, progress, ctx)
+    finally:
+        shutdown(ctx)
+
+
+def _claim_run_dir(cfg: Config, run_dir: Path, resume: bool, force: bool, ctx: DistContext) -> tuple[RunLock | None, int | None]:
+    """Rank 0 takes the lock and decides where to start; every rank learns the decision (or the error)."""
+    lock, start, error = None, None, None
+    if ctx.is_main:
+        lock = RunLock(run_dir, "run")
+        try:
+            lock.acquire()
+            start = rundir.prepare_run_dir(cfg, run_dir, resume, force)
+        except MMError as failure:
+            lock.release()
+            error = failure.message
+    error, start = broadcast_from_main((error, start), ctx)
+    if error:
+        raise MMError(error)
+    return lock, start
+
+
+def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool, ctx: DistContext) -> Path:
+    from mmbench_cli.data.mixture import TrainStream
+    from mmbench_cli.model import build_model
+
+    lock, start_step = _claim_run_dir(cfg, run_dir, resume, force, ctx)
+    try:
+        tcfg = cfg.train
+        autocast_dtype = resolve_precision(tcfg.precision, ctx.device)
+        seed_everything(cfg.seed)
+        model = build_model(cfg.model, cfg.data)
+        if start_step is not None:
+            _load_weights(model, checkpoint_dir(run_dir, start_step))
+        if tcfg.freeze_encoder:
+            model.encoder.requires_grad_(False)
+        model.to(ctx.device)
+        model.train()
+        num_params = sum(p.numel() for p in model.parameters())
+        peak_lr, weight_decay = resolve_lr_and_wd(tcfg, num_params)
+        optimizer = build_optimizer(model, peak_lr, weight_decay, ctx.device)
+        scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
+
+        stream = TrainStream(cfg, model.tokenizer, model.num_image_tokens, model.image_mean, model.image_std)
+        state = Progress()
+        if start_step is not None:
+            saved = load_trainer_state(checkpoint_dir(run_dir, start_step), optimizer)
+            stream.load_state_dict(saved["data"])
+            state = Progress(step=saved["step"], tokens_seen=saved["tokens_seen"], train_flops=saved["train_flops"],
+                             elapsed_s=saved["elapsed_s"], window=LogWindow(**saved["window"]))
+            if scaler is not None and saved.get("grad_scaler"):
+                scaler.load_state_dict(saved["grad_scaler"])
+
+        train_model: torch.nn.Module = model
+        if ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # Text-only rows skip the encoder, so some parameters get no gradient on some ranks.
+            train_model = DistributedDataParallel(
+                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+
+        # Training FLOPs: LM per token (6N + attention) and encoder+connector per image, counted exactly per step.
+        flops_per_row = float(model.lm_flops_per_token(cfg.data.seq_len)) * cfg.data.seq_len
+        flops_per_image = float(model.image_flops())
+        flops_per_step = float(model.flops_per_sample(cfg.data.seq_len)) * tcfg.batch_size  # estimate: 1 image/row
+        if ctx.is_main:
+            rundir.truncate_metrics(run_dir, start_step)
+            rundir.write_run_files(cfg, run_dir, {
+                "num_params": num_params, "flops_per_step": flops_per_step, "lr": peak_lr,
+                "weight_decay": weight_decay, "world_size": ctx.world_size, "device": str(ctx.device),
+                "precision": str(autocast_dtype or torch.float32).removeprefix("torch."),
+                "wall_time_s": state.elapsed_s, "resumed_from": start_step,
+            })
+            write_status(run_dir, "running")
+        barrier(ctx)
+
+        trainer = _Trainer(cfg, ctx, model, train_model, optimizer, scaler, stream, autocast_dtype,
+                           peak_lr, (flops_per_row, flops_per_image), run_dir)
+        try:
+            trainer.run(state, show)
+        except BaseException:
+            if ctx.is_main:
+                write_status(run_dir, "failed")
+            raise
+        if ctx.is_main:
+            rundir.update_meta(run_dir, {"wall_time_s": state.elapsed_s, "tokens_seen": state.tokens_seen,
+                                         "train_flops": state.train_flops,
+                                         "flops_per_step": state.train_flops / max(state.step, 1)})
+            write_status(run_dir, "done")
+        return run_dir
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with decay on matrices only (biases, norms and 1-d gains are not decayed), as nanoGPT."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda" or None)
+
+
+def _load_weights(model: torch.nn.Module, ckpt_dir: Path) -> None:
+    """Load a checkpoint's ``model.safetensors`` into ``model`` (same architecture; safetensors only)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    try:
+        load_model(model, str(ckpt_dir / "model.safetensors"), strict=True)
+    except (SafetensorError, RuntimeError, OSError) as error:
+        raise MMError(f"{ckpt_dir}: checkpoint does not match the model ({str(error).splitlines()[0][:160]}); "
+                      "use --force to start over") from None
+
+
+class _Trainer:
+    """The step loop, split from set-up so that each reads on one screen."""
+
+    def __init__(self, cfg: Config, ctx: DistContext, model: Any, train_model: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, scaler: Any, stream: Any, autocast_dtype: torch.dtype | None,
+                 peak_lr: float, flops: tuple[float, float], run_dir: Path) -> None:
+        self.cfg, self.ctx, self.model, self.train_model = cfg, ctx, model, train_model
+        self.optimizer, self.scaler, self.stream = optimizer, scaler, stream
+        self.autocast_dtype, self.peak_lr, self.run_dir = autocast_dtype, peak_lr, run_dir
+        self.flops_per_row, self.flops_per_image = flops
+        self.rows = check_batch_shape(cfg, ctx.world_size) * ctx.world_size  # global rows per micro-batch
+        self.ignore_ids = tuple({int(model.image_token_id)})
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        tcfg = cfg.train
+        self.checkpoints = set(checkpoint_schedule(tcfg.steps, tcfg.checkpoint_every, tcfg.log_spaced_checkpoints))
+        self.log_steps = _log_steps(tcfg.steps, tcfg.log_every)
+
+    def run(self, state: Progress, show: bool) -> None:
+        """Train from ``state.step`` to ``train.steps``, logging and checkpointing on schedule."""
+        tcfg = self.cfg.train
+        if state.step == 0 and 0 in self.checkpoints:
+            self.save(state)
+        with _progress_bar(show and self.ctx.is_main, tcfg.steps, state.step) as bar:
+            while state.step < tcfg.steps:
+                started = time.perf_counter()
+                lr = lr_at(state.step, self.peak_lr, tcfg.steps, tcfg.warmup_steps, tcfg.min_lr_ratio)
+                loss, grad_norm, tokens, images = self.step(lr, state.window)
+                took = time.perf_counter() - started
+                state.step += 1
+                state.tokens_seen += tokens
+                state.train_flops += self.flops_per_row * tcfg.batch_size + self.flops_per_image * images
+                state.elapsed_s += took
+                state.window.time_s += took
+                state.window.tokens += tokens
+                if state.step in self.log_steps:
+                    self.log(state, lr, grad_norm)
+                if state.step in self.checkpoints:
+                    self.save(state)
+                bar(state.step, loss, lr, tokens / max(took, 1e-9))
+
+    def step(self, lr: float, window: LogWindow) -> tuple[float, float, float, float]:
+        """One optimizer step over the global batch; returns (mean loss, grad norm, tokens, images) of the step."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batches = [self.stream.next_batch(self.rows, self.ctx.rank, self.ctx.world_size)
+                   for _ in range(self.cfg.train.grad_accum)]
+        # counts: [label tokens, sequence tokens, images, label tokens per data type...] over ranks/micro-batches
+        counts = torch.zeros(3 + len(DATA_TYPES), dtype=torch.float64)
+        for batch in batches:
+            valid = self._valid_targets(batch["labels"])
+            counts[0] += valid.sum()
+            counts[1] += batch["attention_mask"].sum()
+            counts[2] += 0 if batch.get("images") is None else batch["images"].size(0)
+            for row, kind in enumerate(_row_types(batch, valid.size(0))):
+                counts[3 + DATA_TYPES.index(kind)] += valid[row].sum()
+        all_reduce_sum(counts, self.ctx)
+        norm = self.ctx.world_size / max(counts[0].item(), 1.0)  # DDP averages grads over ranks: undo it
+        loss_sums = torch.zeros(1 + len(DATA_TYPES), dtype=torch.float64)
+        for index, batch in enumerate(batches):
+            last = index == len(batches) - 1
+            sync = contextlib.nullcontext() if last or not self.ctx.distributed else self.train_model.no_sync()
+            with sync:
+                per_token = self._forward(_to_device(batch, self.ctx.device))
+                loss = per_token.sum() * norm
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            row_sums = per_token.detach().sum(dim=1).double().cpu()
+            loss_sums[0] += row_sums.sum()
+            for row, kind in enumerate(_row_types(batch, row_sums.size(0))):
+                loss_sums[1 + DATA_TYPES.index(kind)] += row_sums[row]
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        all_reduce_sum(loss_sums, self.ctx)
+        window.loss_sum += loss_sums[0].item()
+        window.label_tokens += counts[0].item()
+        for index, kind in enumerate(DATA_TYPES):
+            if counts[3 + index] > 0:
+                window.type_loss_sum[kind] = window.type_loss_sum.get(kind, 0.0) + loss_sums[1 + index].item()
+                window.type_label_tokens[kind] = window.type_label_tokens.get(kind, 0.0) + counts[3 + index].item()
+        return loss_sums[0].item() / max(counts[0].item(), 1.0), grad_norm, counts[1].item(), counts[2].item()
+
+    def _valid_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        targets = labels[:, 1:]
+        valid = targets != IGNORE_INDEX
+        for token_id in self.ignore_ids:
+            valid &= targets != token_id
+        return valid
+
+    def _forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        autocast = (torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
+                    else contextlib.nullcontext())
+        with autocast:
+            output = self.train_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                      images=batch.get("images"), labels=None)
+        return token_losses(output.logits, batch["labels"], self.ignore_ids)
+
+    def log(self, state: Progress, lr: float, grad_norm: float) -> None:
+        """Append one metrics line for the window that ends at ``state.step`` and reset the window."""
+        window = state.window
+        if self.ctx.is_main:
+            record: dict[str, Any] = {"step": state.step, "loss": window.loss_sum / max(window.label_tokens, 1.0)}
+            for kind in DATA_TYPES:
+                if window.type_label_tokens.get(kind):
+                    record[f"loss/{kind}"] = window.type_loss_sum[kind] / window.type_label_tokens[kind]
+            record.update({
+                "lr": lr, "grad_norm": grad_norm, "tokens_per_s": window.tokens / max(window.time_s, 1e-9),
+                "tokens_seen": state.tokens_seen, "train_flops": state.train_flops, "elapsed_s": state.elapsed_s,
+            })
+            append_jsonl(self.run_dir / "metrics.jsonl", record)
+        state.window = LogWindow()
+
+    def save(self, state: Progress) -> None:
+        """Write checkpoint ``step_<N>`` atomically (rank 0): weights, tokenizer, trainer state, checkpoint.json."""
+        if not self.ctx.is_main:
+            return
+        with atomic_dir(checkpoint_dir(self.run_dir, state.step)) as tmp:
+            self.model.save_pretrained(tmp)
+            extra: dict[str, Any] = {
+                "step": state.step, "tokens_seen": state.tokens_seen, "train_flops": state.train_flops,
+                "elapsed_s": state.elapsed_s,
+                "window": state.window.to_json(), "data": self.stream.state_dict(),
+                "grad_scaler": self.scaler.state_dict() if self.scaler else None,
+            }
+            save_trainer_state(tmp, self.optimizer, extra)
+            atomic_write_json(tmp / CHECKPOINT_JSON, {
+                "step": state.step, "content_hash": file_content_hash(tmp / "model.safetensors"),
+                "tokens_seen": state.tokens_seen, "train_flops": state.train_flops, "wall_time_s": state.elapsed_s,
+            })
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, total: int, completed: int) -> Any:
+    """A rich progress bar with loss, lr, tokens/s and ETA; yields ``update(step, loss, lr, tokens_per_s)``."""
+    if not enabled:
+        yield lambda *args: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[tps]:,.0f} tok/s"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task("pretrain", total=total, completed=completed, loss=math.nan, lr=0.0, tps=0.0)
+
+        def update(step: int, loss: float, lr: float, tokens_per_s: float) -> None:
+            bar.update(task, completed=step, loss=loss, lr=lr, tps=tokens_per_s)
+
+        yield update

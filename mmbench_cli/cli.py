@@ -114,7 +114,20 @@ def pretrain(
     stage: str | None = typer.Option(None, "--stage", help="mllm (default) or encoder (CLIP/MAE pre-training)."),
 ) -> None:
     """Train the model on the data mixture, saving Pythia-style log-spaced checkpoints."""
-    _not_yet("pretrain", "issue 5")
+    import os
+
+    from mmbench_cli.config import load_config, split_config_args
+
+    path, overrides = split_config_args(args or [])
+    if stage is not None:
+        overrides = [*overrides, f"train.stage={stage}"]
+    cfg = load_config(path, overrides)
+    from mmbench_cli.train.loop import pretrain as run_pretrain
+
+    run_dir = run_pretrain(cfg, out, resume=resume, force=force, progress=True)
+    if os.environ.get("RANK", "0") == "0":
+        what = "encoder" if cfg.train.stage == "encoder" else "run"
+        console.print(f"[green]done:[/] {what} in {run_dir}", highlight=False)
 
 
 @app.command(

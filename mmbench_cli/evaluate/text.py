@@ -188,7 +188,7 @@ def run_text_tasks(model: Any, names: Sequence[str], include_paths: Sequence[str
 
 
 def _main_metric(metrics: dict[str, Any]) -> tuple[str, float] | None:
-    for name in ("acc_norm", "acc", "exact_match", "word_perplexity", "perplexity"):
+    for name in ("acc", "acc_norm", "exact_match", "word_perplexity", "perplexity"):
         for key, value in metrics.items():
             if key.split(",")[0] == name and isinstance(value, int | float):
                 return name, float(value)

@@ -256,3 +256,11 @@ def test_group_task_without_samples_keeps_textcore_ci(tmp_path: Path) -> None:
     column = next(c for c in tables.summary_columns(study) if c.key == "textcore")
     estimate = tables.run_estimate(study.runs[0], column, study.tasks())
     assert estimate.value == pytest.approx(member["value"]) and estimate.ci(200) is not None
+
+
+def test_two_grids_with_the_same_cells_stay_apart(tmp_path: Path) -> None:
+    a = write_grid(tmp_path / "a", resolutions=(32,), seeds=(0, 1), eval_steps=(8,), samples=5)
+    b = write_grid(tmp_path / "b", resolutions=(32,), seeds=(0, 1), eval_steps=(8,), samples=5, quality=0.2)
+    study = load.load_study([a, b])
+    assert list(study.groups()) == ["a/resolution=32", "b/resolution=32"]
+    assert len(regress.collect(study)) == 2 * 2 * 7

@@ -34,6 +34,7 @@ class Run:
     path: Path
     name: str
     axes: dict[str, str] = field(default_factory=dict)
+    prefix: str = ""  # "<grid>/" when several grids with the same cell ids are reported together
     config: dict[str, Any] = field(default_factory=dict)
     config_text: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
@@ -49,7 +50,7 @@ class Run:
         if SEED_AXIS not in self.axes:
             return self.name
         rest = {key: value for key, value in self.axes.items() if key != SEED_AXIS}
-        return cell_id(rest) if rest else "all"
+        return self.prefix + (cell_id(rest) if rest else "all")
 
     @property
     def seed(self) -> Any:
@@ -347,7 +348,8 @@ def load_study(paths: list[Path]) -> Study:
     names = [run.name for run in runs]
     if len(set(names)) != len(names):
         for run in runs:
-            run.name = f"{run.path.parent.name}/{run.name}"
+            run.prefix = f"{run.path.parent.name}/"
+            run.name = run.prefix + run.name
     if not any(run.results or run.metrics for run in runs):
         raise MMError(
             f"{', '.join(map(str, paths))}: nothing to report: no eval/step_<N>.json and no metrics.jsonl; "

@@ -73,17 +73,28 @@ class _ResizedCache:
 _CACHE = _ResizedCache()
 
 
+def _pixels(image: Image.Image | ImageRef, image_size: int) -> np.ndarray:
+    """uint8 [S, S, 3] pixels of an image at ``image_size`` (``ImageRef`` pixels are cached once resized)."""
+    if isinstance(image, Image.Image):
+        return np.asarray(resize_square(to_pil(image), image_size), dtype=np.uint8)
+    return _CACHE.get(image, image_size)
+
+
+def _normalise_into(pixels: np.ndarray, out: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> None:
+    """out[3, S, S] = (pixels / 255 - mean) / std, in two passes without temporaries."""
+    scale = (1.0 / (255.0 * np.asarray(std, dtype=np.float32)))[:, None, None]
+    offset = (-np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32))[:, None, None]
+    np.multiply(pixels.transpose(2, 0, 1), scale, out=out, casting="unsafe")
+    out += offset
+
+
 def preprocess_one(
     image: Image.Image | ImageRef, image_size: int, mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
-    """One image as a normalised ``FloatTensor[3, S, S]`` (``ImageRef`` pixels are cached once resized)."""
-    if isinstance(image, Image.Image):
-        pixels = np.asarray(resize_square(to_pil(image), image_size))
-    else:
-        pixels = _CACHE.get(image, image_size)
-    array = pixels.astype(np.float32) / 255.0
-    array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    """One image as a normalised ``FloatTensor[3, S, S]``."""
+    out = np.empty((3, image_size, image_size), dtype=np.float32)
+    _normalise_into(_pixels(image, image_size), out, mean, std)
+    return torch.from_numpy(out)
 
 
 def preprocess(
@@ -92,7 +103,11 @@ def preprocess(
     mean: Sequence[float] = CLIP_MEAN,
     std: Sequence[float] = CLIP_STD,
 ) -> torch.Tensor:
-    """Resize and normalise images (PIL or ``ImageRef``) into ``FloatTensor[N, 3, S, S]``."""
-    if not images:
-        return torch.zeros(0, 3, image_size, image_size)
-    return torch.stack([preprocess_one(image, image_size, mean, std) for image in images])
+    """Resize and normalise images (PIL or ``ImageRef``) into ``FloatTensor[N, 3, S, S]``.
+
+    Writes straight into one preallocated array (no per-image tensors and no ``torch.stack`` copy).
+    """
+    out = np.empty((len(images), 3, image_size, image_size), dtype=np.float32)
+    for index, image in enumerate(images):
+        _normalise_into(_pixels(image, image_size), out[index], mean, std)
+    return torch.from_numpy(out)

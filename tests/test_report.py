@@ -264,3 +264,15 @@ def test_two_grids_with_the_same_cells_stay_apart(tmp_path: Path) -> None:
     study = load.load_study([a, b])
     assert list(study.groups()) == ["a/resolution=32", "b/resolution=32"]
     assert len(regress.collect(study)) == 2 * 2 * 7
+
+
+def test_repeated_hash_is_marked_in_dynamics_plots(tmp_path: Path) -> None:
+    from mmbench_cli.report import plots
+
+    run = write_run(tmp_path / "stuck", 32, 0, eval_steps=(0, 1, 2, 8), samples=5, repeat_hash=True)
+    study = load.load_study([run])
+    assert tables.repeated_points(study) == {("stuck", 1), ("stuck", 2)}
+    figure = next(f for f in plots.dynamics(study) if f.id == "dynamics-synthetic-vqa")
+    assert "repeated checkpoint hash" in figure.svg
+    healthy = load.load_study([write_run(tmp_path / "fine", 32, 0, eval_steps=(0, 1, 2, 8), samples=5)])
+    assert all("repeated checkpoint hash" not in f.svg for f in plots.dynamics(healthy))

@@ -15,7 +15,7 @@ from typing import Any
 
 from mmbench_cli.report.load import Run, Study
 from mmbench_cli.report.stats import DEFAULT_RESAMPLES
-from mmbench_cli.report.tables import FAMILY_LABELS, axis_effects, summary_columns, task_estimate
+from mmbench_cli.report.tables import FAMILY_LABELS, axis_effects, repeated_points, summary_columns, task_estimate
 
 LOSS_KEYS = ("loss", "loss/caption", "loss/interleaved", "loss/text")
 
@@ -147,6 +147,7 @@ def dynamics(study: Study) -> list[Figure]:
     """Pythia-style: each task's metric vs. step (log x) and vs. FLOPs, one line per cell, band over seeds."""
     plt = _pyplot()
     colors = _colors(study)
+    repeated = repeated_points(study)
     figures = []
     for task, info in study.tasks().items():
         shots_list = info["shots"]
@@ -163,6 +164,7 @@ def dynamics(study: Study) -> list[Figure]:
         for j, shots in enumerate(shots_list):
             by_step: dict[str, dict[float, list[float]]] = {}
             by_flops: dict[str, dict[float, list[float]]] = {}
+            flagged: list[tuple[float, float | None, float]] = []  # (step, flops, value) of repeated-hash checkpoints
             for group, runs in study.groups().items():
                 by_step[group], by_flops[group] = {}, {}
                 for run in runs:
@@ -174,9 +176,15 @@ def dynamics(study: Study) -> list[Figure]:
                         flops = _step_flops(run, step)
                         if flops is not None:
                             by_flops[group].setdefault(flops, []).append(estimate.value)
+                        if (run.name, step) in repeated:
+                            flagged.append((float(step), flops, estimate.value))
             for row, (lines, xlabel) in enumerate(((by_step, "training step"), (by_flops, "training FLOPs"))):
                 panel = panels[row][j]
                 _draw_lines(panel, lines, colors)
+                marks = [(p[row], p[2]) for p in flagged if p[row] is not None]
+                if marks:
+                    panel.scatter(*zip(*marks, strict=True), marker="x", s=40, color="red", zorder=5,
+                                  label="repeated checkpoint hash")
                 _log_x(panel, [x for points in lines.values() for x in points], max_ticks=(8, 4)[row], rotation=25 * row)
                 panel.set_xlabel(xlabel + " (log)")
                 panel.set_ylabel(info["metric"] or "score")
@@ -190,7 +198,8 @@ def dynamics(study: Study) -> list[Figure]:
                 f"dynamics-{task}",
                 f"Training dynamics: {task}",
                 f"{task} ({info['metric'] or 'score'}) at each evaluated checkpoint vs. step and vs. training FLOPs; "
-                f"one line per cell, shaded band: min..max over training seeds.{caption_extra}",
+                f"one line per cell, shaded band: min..max over training seeds; red ×: a checkpoint whose content hash "
+                f"repeats (see Repeated checkpoints).{caption_extra}",
                 _to_svg(fig),
             )
         )

@@ -280,8 +280,13 @@ def repeated_checkpoints(study: Study) -> list[dict[str, Any]]:
         if within or across:
             kind = "same run" if within and len(runs) == 1 else "across runs" if not within else "same run + across runs"
             places = ", ".join(f"{name} @ step {step}" for name, step in where)
-            flagged.append({"hash": digest, "kind": kind, "where": places})
+            flagged.append({"hash": digest, "kind": kind, "where": places, "points": where})
     return flagged
+
+
+def repeated_points(study: Study) -> set[tuple[str, int]]:
+    """(run name, step) of every checkpoint flagged by ``repeated_checkpoints``."""
+    return {point for row in repeated_checkpoints(study) for point in row["points"]}
 
 
 def metadata_rows(study: Study) -> list[dict[str, Any]]:

@@ -122,7 +122,7 @@ def test_kill9_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
             time.sleep(0.05)
         time.sleep(0.7)
         process.send_signal(signal.SIGKILL)
-        process.wait()
+        assert process.wait() == -signal.SIGKILL  # it was still training
         assert read_status(killed) in ("running", "done")
     resumed = _cli([*args, "--out", str(killed)], timeout=600)  # automatic resume (same config)
     assert resumed.returncode == 0, resumed.stderr

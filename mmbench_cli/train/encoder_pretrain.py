@@ -301,8 +301,11 @@ def save_encoder(encoder: nn.Module, image_size: int, run_dir: Path) -> None:
 
     Files are written to a temp dir and renamed in one by one, so a reader never sees a half-written file.
     """
+    from transformers.utils import logging as hf_logging
+
     tmp = Path(tempfile.mkdtemp(prefix=".encoder.", dir=run_dir))
     try:
+        hf_logging.disable_progress_bar()  # one progress display: ours
         encoder.hf_model.save_pretrained(str(tmp))
         atomic_write_json(tmp / "preprocessor_config.json", {
             "image_mean": list(encoder.image_mean), "image_std": list(encoder.image_std),

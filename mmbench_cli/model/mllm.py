@@ -147,6 +147,13 @@ class MLLM(nn.Module):
         """Training FLOPs of one sequence of ``seq_len`` tokens holding ``num_images`` images."""
         return seq_len * self.lm_flops_per_token(seq_len) + num_images * self.image_flops()
 
+    def flops_per_batch(self, num_rows: int, seq_len: int, num_images: int) -> int:
+        """Training FLOPs of a batch of ``num_rows`` × ``seq_len`` tokens holding ``num_images`` images in all.
+
+        Use this (with ``batch["images"].shape[0]``) for MFU: packed rows usually hold several images.
+        """
+        return num_rows * seq_len * self.lm_flops_per_token(seq_len) + num_images * self.image_flops()
+
     # ---- persistence ---------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write model.safetensors, mm_config.json, encoder/ and lm/ HF configs and the tokenizer files."""

@@ -44,7 +44,7 @@ def run_mode(mode: str, config: list[str], grid: list[str], overrides: list[str]
     cells = {}
     for record_path in sorted(out.glob("*/ablate.json")):
         record = json.loads(record_path.read_text())
-        cells[record_path.parent.name] = {key: record.get(key) for key in ("train_s", "eval_s", "wall_s")}
+        cells[record_path.parent.name] = {key: record.get(key) for key in ("train_s", "eval_s", "wall_s", "cpu_s")}
     compute = sum((c["train_s"] or 0) + (c["eval_s"] or 0) for c in cells.values())
     result = {"wall_s": round(wall, 2), "cells_compute_s": round(compute, 2), "cells": cells}
     if mode == "local-jobs1":  # cells run one after another, so everything outside them is the machinery's

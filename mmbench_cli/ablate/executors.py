@@ -82,7 +82,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     store.write_cell_record(cell.cell_id, record)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         from mmbench_cli.evaluate.runner import evaluate
         from mmbench_cli.train.loop import pretrain
@@ -106,6 +106,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         with contextlib.suppress(OSError), (run_dir / LOG_FILE).open("a", encoding="utf-8") as log:
             log.write(traceback.format_exc())
     record["wall_s"] = round(time.perf_counter() - start, 3)
+    record["cpu_s"] = round(time.process_time() - cpu_start, 3)  # all threads of this process
     record["finished"] = time.time()
     store.write_cell_record(cell.cell_id, record)
     return record

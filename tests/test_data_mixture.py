@@ -149,7 +149,7 @@ def test_local_sources_and_missing_type(tmp_path: Path, tokenizer) -> None:  # n
     datasets = (f"data.datasets=[{{format: coco-captions, path: {tmp_path / 'caps.json'}, images: {tmp_path}}}, "
                 f"{{format: text, path: {tmp_path / 'corpus.jsonl'}}}]")
     stream = _stream(tokenizer, "data.source=local", datasets, "data.data_mix={caption: 0.75, interleaved: 0, text: 0.25}")
-    assert stream.counts() == {"caption": 1, "text": 1}
+    assert stream.counts() == {"caption": 1, "text": 1} and stream.num_bad == 0
     batch = stream.next_batch(8)
     assert batch["data_type"].count("caption") == 6 and batch["data_type"].count("text") == 2
     assert batch["images"] is not None and batch["images"].shape[0] >= 6

@@ -66,6 +66,7 @@ class Source:
     data_type: str
     samples: Sequence[Sample]
     weight: float = 1.0
+    num_bad: int = 0  # bad samples skipped while loading (data.skip_bad)
 
 
 def sources_from_config(cfg: Any) -> list[Source]:
@@ -93,8 +94,9 @@ def sources_from_config(cfg: Any) -> list[Source]:
         by_type: dict[str, list[Sample]] = {}
         for sample in samples:
             by_type.setdefault(data_type_of(sample), []).append(sample)
-        for data_type, group in by_type.items():
-            sources.append(Source(f"{number}:{spec.format}:{data_type}", data_type, group, spec.weight))
+        for position, (data_type, group) in enumerate(by_type.items()):
+            bad = samples.num_bad if position == 0 else 0  # count a file's skipped samples once
+            sources.append(Source(f"{number}:{spec.format}:{data_type}", data_type, group, spec.weight, bad))
     return sources
 
 
@@ -340,6 +342,11 @@ class TrainStream:
     def rows_seen(self) -> int:
         """Global rows consumed so far."""
         return int(self._state["rows"])
+
+    @property
+    def num_bad(self) -> int:
+        """Bad samples skipped while loading local data (``data.skip_bad``)."""
+        return sum(source.num_bad for source in self.planner.sources)
 
     def counts(self) -> dict[str, int]:
         """Samples available per data type."""

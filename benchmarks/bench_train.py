@@ -1,0 +1,171 @@
+"""Training throughput of `mm pretrain` on the default toy config: tokens/s, MFU, and the ratio to a plain loop.
+
+Measured in one process, interleaved to share whatever load the machine has:
+
+- the fp32 matmul ceiling of this machine (best of square matmuls, GFLOP/s);
+- the real training step (``train.loop._Trainer.step``: data stream with packing and image decoding, forward,
+  per-token loss with per-type accounting, backward, clipping, AdamW) — the whole MLLM step, data included;
+- a plain reference loop on the same model: HF forward with ``labels`` (the LM's own loss), backward, AdamW,
+  on batches prepared before timing (no data loading, no packing work in the timed region).
+
+FLOPs are the model's own accounting (``MLLM.lm_flops_per_token`` per token, ``image_flops`` per image; the
+same count for both loops). MFU = achieved FLOP/s / measured fp32 ceiling.
+
+    .venv/bin/python benchmarks/bench_train.py [--steps 20] [--rounds 3] [overrides...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from mmbench_cli.config import load_config  # noqa: E402
+from mmbench_cli.runs import atomic_write_json  # noqa: E402
+from mmbench_cli.train.loop import LogWindow  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def matmul_ceiling(seconds: float = 1.5) -> float:
+    """Best fp32 matmul rate (GFLOP/s) over a few square sizes, ``seconds`` of work each."""
+    best = 0.0
+    for size in (256, 512, 1024):
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        for _ in range(3):
+            a @ b
+        reps, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            a @ b
+            reps += 1
+        best = max(best, 2 * size**3 * reps / (time.perf_counter() - started) / 1e9)
+    return best
+
+
+def build(cfg, tmp: Path):
+    """Model, optimizer, stream and a _Trainer for ``cfg`` (single process, CPU)."""
+    from mmbench_cli.data.mixture import TrainStream
+    from mmbench_cli.model import build_model
+    from mmbench_cli.train.distributed import DistContext
+    from mmbench_cli.train.loop import _Trainer, build_optimizer, seed_everything
+
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model, cfg.data)
+    model.train()
+    optimizer = build_optimizer(model, 1e-3, 0.1, torch.device("cpu"))
+    stream = TrainStream(cfg, model.tokenizer, model.num_image_tokens, model.image_mean, model.image_std)
+    flops = (float(model.lm_flops_per_token(cfg.data.seq_len)) * cfg.data.seq_len, float(model.image_flops()))
+    trainer = _Trainer(cfg, DistContext(), model, model, optimizer, None, stream, None, 1e-3, flops, tmp)
+    return model, optimizer, stream, trainer
+
+
+def time_loop(trainer, steps: int) -> dict[str, float]:
+    """Time ``steps`` real training steps (data loading included)."""
+    from mmbench_cli.train.loop import LogWindow
+
+    window, flops, tokens = LogWindow(), 0.0, 0.0
+    started = time.perf_counter()
+    for _ in range(steps):
+        _, _, step_tokens, images = trainer.step(1e-3, window)
+        flops += trainer.flops_per_row * trainer.cfg.train.batch_size + trainer.flops_per_image * images
+        tokens += step_tokens
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "flops": flops, "tokens": tokens}
+
+
+def time_reference(model, optimizer, batches, flops_per_row: float, flops_per_image: float) -> dict[str, float]:
+    """Time a plain loop: HF forward with labels, backward, AdamW step, over pre-built batches."""
+    flops, tokens = 0.0, 0.0
+    started = time.perf_counter()
+    for batch in batches:
+        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       images=batch["images"], labels=batch["labels"])
+        output.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        images = 0 if batch["images"] is None else batch["images"].size(0)
+        flops += flops_per_row * batch["input_ids"].size(0) + flops_per_image * images
+        tokens += float(batch["attention_mask"].sum())
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "flops": flops, "tokens": tokens}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark, print a summary, save JSON under benchmarks/results/."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_train.json")
+    parser.add_argument("overrides", nargs="*", help="config overrides (default: the built-in toy config)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = load_config(None, args.overrides)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, optimizer, stream, trainer = build(cfg, Path(tmp))
+        rows = cfg.train.batch_size
+        for _ in range(3):  # warm-up: caches images, allocator, kernels
+            trainer.step(1e-3, LogWindow())
+        reference_batches = [stream.next_batch(rows) for _ in range(args.steps)]
+        time_reference(model, optimizer, reference_batches[:2], trainer.flops_per_row, trainer.flops_per_image)
+        ceilings, loops, references = [], [], []
+        for _ in range(args.rounds):
+            ceilings.append(matmul_ceiling())
+            loops.append(time_loop(trainer, args.steps))
+            references.append(time_reference(model, optimizer, reference_batches, trainer.flops_per_row,
+                                             trainer.flops_per_image))
+
+    def rate(run: dict[str, float]) -> float:
+        return run["flops"] / run["seconds"] / 1e9
+
+    ceiling = statistics.median(ceilings)
+    loop_rate = statistics.median(rate(r) for r in loops)
+    ref_rate = statistics.median(rate(r) for r in references)
+    result = {
+        "benchmark": "bench_train",
+        "config": {"overrides": args.overrides, "lm": cfg.model.lm, "encoder": cfg.model.encoder,
+                   "image_size": cfg.model.image_size, "num_image_tokens": cfg.model.num_image_tokens,
+                   "seq_len": cfg.data.seq_len, "batch_size": rows},
+        "threads": args.threads, "cpu_count": os.cpu_count(),
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "steps_per_round": args.steps, "rounds": args.rounds,
+        "matmul_ceiling_gflops": ceiling,
+        "train_step": {
+            "gflops_per_s": loop_rate,
+            "tokens_per_s": statistics.median(r["tokens"] / r["seconds"] for r in loops),
+            "seconds_per_step": statistics.median(r["seconds"] / args.steps for r in loops),
+            "mfu": loop_rate / ceiling,
+        },
+        "reference_loop": {
+            "gflops_per_s": ref_rate,
+            "tokens_per_s": statistics.median(r["tokens"] / r["seconds"] for r in references),
+            "mfu": ref_rate / ceiling,
+        },
+        "ratio_vs_reference": loop_rate / ref_rate,
+        "per_round": {"ceiling_gflops": ceilings, "train_gflops": [rate(r) for r in loops],
+                      "reference_gflops": [rate(r) for r in references]},
+        "targets": {"mfu": 0.45, "ratio_vs_reference": 0.9},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out, result)
+    print(f"matmul ceiling   {ceiling:8.1f} GFLOP/s  (fp32, {args.threads} threads, load avg {result['load_average_1m']})")
+    print(f"train step       {loop_rate:8.1f} GFLOP/s  MFU {loop_rate / ceiling:6.1%}  "
+          f"{result['train_step']['tokens_per_s']:,.0f} tok/s  (data loading included)")
+    print(f"reference loop   {ref_rate:8.1f} GFLOP/s  MFU {ref_rate / ceiling:6.1%}")
+    print(f"ratio            {loop_rate / ref_rate:8.2f}x   -> {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

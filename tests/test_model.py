@@ -168,6 +168,8 @@ def test_generation_kv_cache_and_batching(model) -> None:
     assert torch.equal(cached, torch.cat([first, second]))
     beams = model.generate(ids, mask, images=images, max_new_tokens=4, num_beams=3, stop_token_ids=[])
     assert beams.shape == (2, 4)
+    # ids past the tokenizer (the LM vocabulary is padded to a multiple of 64) are never generated
+    assert max(int(cached.max()), int(beams.max())) < len(model.tokenizer)
 
 
 def test_generation_stops_at_end_of_chunk(model) -> None:

@@ -100,9 +100,11 @@ class MLLM(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         inputs_embeds = self.embed(input_ids, images, image_embeds)
         stops = stop_token_ids if stop_token_ids is not None else [self.eoc_token_id, self.eos_token_id]
+        vocab = self.lm.get_output_embeddings().weight.shape[0]
+        padding_ids = list(range(len(self.tokenizer), vocab))  # embedding rows past the tokenizer: never emit
         generation_config = GenerationConfig(
             max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False, use_cache=use_cache,
-            eos_token_id=stops, pad_token_id=self.pad_token_id, **kwargs,
+            eos_token_id=stops, pad_token_id=self.pad_token_id, suppress_tokens=padding_ids or None, **kwargs,
         )
         return self.lm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                 generation_config=generation_config)

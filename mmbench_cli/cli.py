@@ -267,6 +267,7 @@ def report(
     save_baseline: Path | None = typer.Option(None, "--save-baseline", help="Save every metric (with per-sample scores) here."),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the paired bootstrap test."),
     resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples for CIs and tests."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw the figures (--no-plots: tables only, faster in CI)."),
 ) -> None:
     """Render the HTML + markdown report: MM1-style tables, axis effects, training-dynamics plots.
 
@@ -281,7 +282,7 @@ def report(
     from mmbench_cli.report.tables import fmt
 
     with console.status("building report…"):
-        result = make_report(paths, out, baseline, tolerance, save_baseline, alpha, resamples)
+        result = make_report(paths, out, baseline, tolerance, save_baseline, alpha, resamples, with_plots=plots)
     where = escape(str(result.out_dir))
     console.print(f"report: [bold]{where}/index.html[/] and {where}/report.md")
     if result.baseline_saved is not None:

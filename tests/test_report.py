@@ -123,7 +123,7 @@ def test_report_is_self_contained(built: tuple[Path, object]) -> None:
 def test_cli_baseline_roundtrip_and_regression(grid: Path, tmp_path: Path) -> None:
     baseline = tmp_path / "baseline.json"
     result = runner.invoke(app, ["report", str(grid), "-o", str(tmp_path / "r1"), "--save-baseline", str(baseline),
-                                 "--resamples", "200"])
+                                 "--resamples", "200", "--no-plots"])
     assert result.exit_code == 0, result.output
     saved = json.loads(baseline.read_text())
     key = "resolution=64,seed=0/synthetic-vqa/4shot"
@@ -131,20 +131,21 @@ def test_cli_baseline_roundtrip_and_regression(grid: Path, tmp_path: Path) -> No
     assert len(saved["metrics"][key]["scores"]) == 20
 
     same = runner.invoke(app, ["report", str(grid), "-o", str(tmp_path / "r2"), "--baseline", str(baseline),
-                               "--resamples", "200"])
+                               "--resamples", "200", "--no-plots"])
     assert same.exit_code == 0, same.output
     assert "no regression" in same.output
 
     saved["metrics"][key]["value"] += 0.1  # a baseline with a higher number
     baseline.write_text(json.dumps(saved))
     worse = runner.invoke(app, ["report", str(grid), "-o", str(tmp_path / "r3"), "--baseline", str(baseline),
-                                "--tolerance", "0.02", "--resamples", "200"])
+                                "--tolerance", "0.02", "--resamples", "200", "--no-plots"])
     assert worse.exit_code == 1, worse.output
     assert "regressed" in worse.output and "resolution=64,seed=0/synthetic-vqa/4shot" in worse.output
-    assert "FAIL: 1 of" in (tmp_path / "r3" / "index.html").read_text()
+    page = (tmp_path / "r3" / "index.html").read_text()
+    assert "FAIL: 1 of" in page and "data:image/svg+xml" not in page  # --no-plots: tables only
     # The same drop passes when the tolerance covers it.
     loose = runner.invoke(app, ["report", str(grid), "-o", str(tmp_path / "r4"), "--baseline", str(baseline),
-                                "--tolerance", "0.2", "--resamples", "200"])
+                                "--tolerance", "0.2", "--resamples", "200", "--no-plots"])
     assert loose.exit_code == 0, loose.output
 
 
@@ -206,7 +207,7 @@ def test_bad_input_exits_2_and_overwrites_nothing(grid: Path, tmp_path: Path) ->
     out = tmp_path / "out"
     baseline = tmp_path / "baseline.json"
     assert runner.invoke(app, ["report", str(copy), "-o", str(out), "--save-baseline", str(baseline),
-                               "--resamples", "200"]).exit_code == 0
+                               "--resamples", "200", "--no-plots"]).exit_code == 0
     before = {p: p.read_bytes() for p in [out / "index.html", out / "report.md", baseline]}
 
     broken = copy / "resolution=64,seed=1" / "eval" / "step_8.json"

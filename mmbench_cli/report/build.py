@@ -64,6 +64,7 @@ def make_report(
     save_baseline: Path | None = None,
     alpha: float = 0.05,
     resamples: int = DEFAULT_RESAMPLES,
+    with_plots: bool = True,
 ) -> ReportResult:
     """Build the report for grid/run dirs ``paths`` into ``out`` (default ``reports/<name>``)."""
     from mmbench_cli.report import html, load, plots, tables
@@ -105,7 +106,9 @@ def make_report(
                        tables.task_table(study, resamples)]
     timings["tables_s"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    figures = plots.all_figures(study, resamples) if has_results else plots.loss_curves(study)
+    figures = []
+    if with_plots:
+        figures = plots.all_figures(study, resamples) if has_results else plots.loss_curves(study)
     timings["plots_s"] = time.perf_counter() - mark
 
     context = {

@@ -217,3 +217,24 @@ def test_annotations_with_wrong_keys_exit_2(tmp_path: Path) -> None:
                                                "--annotations", str(a), "--questions", str(q),
                                                "--images", str(images)]))
     assert "answers" in out
+
+
+# ------------------------------------------------------------------------------------ trained vs untrained
+@pytest.mark.slow
+def test_trained_toy_checkpoint_beats_untrained(tmp_path: Path) -> None:
+    """A short `pretrain` run must score clearly above its own step-0 (untrained) checkpoint."""
+    from mmbench_cli.config import load_config
+    from mmbench_cli.evaluate.runner import evaluate
+    from mmbench_cli.train.loop import pretrain
+
+    cfg = load_config(None, ["train.steps=60", "train.batch_size=8", "train.warmup_steps=10", "train.log_every=20",
+                             "train.checkpoint_every=1000", "train.log_spaced_checkpoints=false",
+                             "data.num_train_images=200", "data.num_val_images=20", "data.num_test_images=40"])
+    run = pretrain(cfg, tmp_path / "run", progress=False)
+    paths = evaluate(run, ["synthetic-caption", "synthetic-vqa"], [0, 4], 1, all_checkpoints=True, num_samples=24,
+                     progress=False)
+    by_step = {json.loads(p.read_text())["step"]: json.loads(p.read_text()) for p in paths}
+    untrained, trained = by_step[0]["tasks"], by_step[60]["tasks"]
+    for task, margin in (("synthetic-caption", 10.0), ("synthetic-vqa", 10.0)):
+        for shots in ("0", "4"):
+            assert trained[task][shots]["value"] >= untrained[task][shots]["value"] + margin, (task, shots)

@@ -135,6 +135,9 @@ def _dataset_spec(task: str, role: str, raw: Any, fmt: str | None, family: str) 
     if not isinstance(raw, dict):
         raise MMError(f"task-data {task}.{role}: expected a mapping like {{path: ..., images: ...}}")
     data = {"format": fmt, **raw}
+    for key in ("path", "questions", "images"):
+        if isinstance(data.get(key), str):
+            data[key] = str(Path(data[key]).expanduser())
     if data["format"] == "coco-karpathy" and role == "query":
         data.setdefault("split", "test")  # Karpathy's test split; demos default to train (+restval)
     data.setdefault("kind", family)

@@ -69,8 +69,11 @@ def status_table(plan: GridPlan, store: GridStore, started: dict[str, float], qu
     for column in ("cell", "state", "step", "loss", "time"):
         table.add_column(column, justify="right" if column in ("step", "loss", "time") else "left",
                          overflow="fold")
+    session_start = min(started.values(), default=0.0)
     for cell in plan.cells:
         state = store.cell_state(cell.id)
+        if state == "running" and float(store.cell_record(cell.id).get("started", 0)) < session_start:
+            state = "partial"  # left running by a killed earlier session; not started again yet
         if cell.id in queued and state not in ("running", "done", "failed"):
             state = "queued"
         progress = store.progress(cell.id) if state in ("running", "partial", "failed", "done") else {}
@@ -134,13 +137,14 @@ def run_grid(
         if skipped:
             console.print(f"{len(skipped)} of {len(plan.cells)} cells already done; skipping them", highlight=False)
         if specs:
+            # on a terminal the table refreshes in place and stays; elsewhere one line per finished cell
             with Live(get_renderable=lambda: status_table(plan, store, started, queued), console=console,
                       refresh_per_second=1, transient=not console.is_terminal, redirect_stdout=False,
                       redirect_stderr=False):
                 runner.run(specs, on_finish)
         summary = store.write_summary(plan)
     states = {cell.id: store.cell_state(cell.id) for cell in plan.cells}
-    if console.is_terminal or not specs:
+    if not console.is_terminal or not specs:
         console.print(status_table(plan, store, {}, set()))
     return GridResult(store.dir, states, skipped, [c.id for c in todo], errors, summary, time.perf_counter() - start)
 

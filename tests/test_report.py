@@ -70,10 +70,15 @@ def test_bootstrap_ci_matches_normal_theory() -> None:
     low, high = estimate.ci(2000)
     half_width = 1.96 * np.sqrt(0.25 / 400)
     assert (high - low) / 2 == pytest.approx(half_width, rel=0.15)
-    # The mean of two independent tasks has a narrower interval than either (weights 1/2 each).
-    pooled = stats.mean_of([estimate, estimate])
+    # Two tasks (different queries) are resampled independently: their mean has a narrower interval.
+    other = stats.from_scores(float(scores.mean()), {f"other{i}": float(s) for i, s in enumerate(scores)})
+    pooled = stats.mean_of([estimate, other])
     assert pooled.value == pytest.approx(estimate.value)
     assert (pooled.ci(2000)[1] - pooled.ci(2000)[0]) < (high - low) * 0.8
+    # Two cells scored on the same queries are resampled jointly (paired): identical scores, identical interval.
+    same_queries = stats.mean_of([estimate, stats.from_scores(estimate.value, dict(zip(
+        [f"q{i}" for i in range(400)], map(float, scores), strict=True)))])
+    assert same_queries.ci(2000) == pytest.approx((low, high))
     assert stats.from_scores(0.5, None).ci() is None
 
 

@@ -2,14 +2,15 @@
 
 A metric shown in a report is a weighted sum of per-query means (a task's score; a mean over tasks such as
 MM1's "caption avg"; a mean over training seeds or over grid cells). ``Estimate`` keeps those per-query
-score arrays with their weights so one bootstrap gives a 95% interval for any such combination: each score
-array is resampled with replacement on its own (queries are independent) and the interval is the
+score arrays with their weights so one bootstrap gives a 95% interval for any such combination: queries are
+resampled with replacement, jointly for score arrays over the same query set (the same task scored for
+several seeds or cells: a paired resample) and independently across query sets, and the interval is the
 percentile interval of the resampled deviation, placed around the reported value.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +23,7 @@ class Estimate:
     """A reported number, the per-query scores behind it, and the per-seed values it pools."""
 
     value: float
-    parts: list[tuple[float, np.ndarray]] | None = None
+    parts: list[tuple[float, np.ndarray, Hashable]] | None = None  # (weight, scores in id order, query-set key)
     seed_values: list[float] = field(default_factory=list)
     n: int = 0
 
@@ -32,8 +33,13 @@ class Estimate:
             return None
         rng = np.random.default_rng(seed)
         deviation = np.zeros(resamples)
-        for weight, scores in self.parts:
-            deviation += weight * (bootstrap_means(scores, resamples, rng) - scores.mean())
+        by_query_set: dict[Hashable, list[tuple[float, np.ndarray]]] = {}
+        for weight, scores, key in self.parts:
+            by_query_set.setdefault(key, []).append((weight, scores))
+        for members in by_query_set.values():
+            index = rng.integers(0, len(members[0][1]), size=(resamples, len(members[0][1])))
+            for weight, scores in members:
+                deviation += weight * (scores[index].mean(axis=1) - scores.mean())
         low, high = np.percentile(deviation, [50 * (1 - level), 50 * (1 + level)])
         return float(self.value + low), float(self.value + high)
 
@@ -53,8 +59,9 @@ def from_scores(value: float, scores: dict[str, float] | None) -> Estimate:
     """An Estimate of one task's reported ``value`` with its per-query scores (if any)."""
     if not scores:
         return Estimate(value=value, seed_values=[value])
-    array = np.fromiter(scores.values(), dtype=float, count=len(scores))
-    return Estimate(value=value, parts=[(1.0, array)], seed_values=[value], n=len(array))
+    ids = tuple(sorted(scores))
+    array = np.array([scores[i] for i in ids], dtype=float)
+    return Estimate(value=value, parts=[(1.0, array, ids)], seed_values=[value], n=len(array))
 
 
 def mean_of(estimates: Sequence[Estimate], pool_seeds: bool = False) -> Estimate | None:
@@ -65,12 +72,12 @@ def mean_of(estimates: Sequence[Estimate], pool_seeds: bool = False) -> Estimate
     if not estimates:
         return None
     weight = 1.0 / len(estimates)
-    parts: list[tuple[float, np.ndarray]] | None = []
+    parts: list[tuple[float, np.ndarray, Hashable]] | None = []
     for estimate in estimates:
         if estimate.parts is None or parts is None:
             parts = None
             continue
-        parts += [(weight * w, scores) for w, scores in estimate.parts]
+        parts += [(weight * w, scores, key) for w, scores, key in estimate.parts]
     value = float(np.mean([e.value for e in estimates]))
     if pool_seeds:
         seeds = [e.value for e in estimates]

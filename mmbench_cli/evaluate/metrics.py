@@ -21,7 +21,7 @@ import math
 import random
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from mmbench_cli.errors import MMError
 
@@ -158,8 +158,35 @@ def ptb_tokenize(texts: dict[str, list[str]]) -> dict[str, list[str]]:
 
     _check_java()
     wrapped = {key: [{"caption": text} for text in values] for key, values in texts.items()}
-    with contextlib.redirect_stdout(io.StringIO()):
-        return PTBTokenizer().tokenize(wrapped)
+    with contextlib.redirect_stdout(io.StringIO()), _quiet_stderr() as log:
+        try:
+            tokens = PTBTokenizer().tokenize(wrapped)
+        except Exception as error:
+            log.seek(0)
+            raise MMError(f"PTB tokenizer (java) failed: {error}; {log.read()[-200:]}") from None
+    if any(len(tokens.get(key, [])) != len(values) for key, values in texts.items()):
+        raise MMError("PTB tokenizer (java) returned too few lines; is Java working? (java -version)")
+    return tokens
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[io.TextIOBase]:
+    """Send file descriptor 2 (the Java tokenizer's chatter) to a temp file for the duration of the block."""
+    import os
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield log
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
 
 
 def caption_scores_per_sample(

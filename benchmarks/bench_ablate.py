@@ -36,6 +36,7 @@ def run_mode(mode: str, config: list[str], grid: list[str], overrides: list[str]
     out = workdir / mode
     command = [sys.executable, "-m", "mmbench_cli.cli", "ablate", *config, *overrides, *sum((["--grid", g] for g in grid), []),
                "--out", str(out), *MODES[mode]]
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -46,7 +47,10 @@ def run_mode(mode: str, config: list[str], grid: list[str], overrides: list[str]
         record = json.loads(record_path.read_text())
         cells[record_path.parent.name] = {key: record.get(key) for key in ("train_s", "eval_s", "wall_s", "cpu_s")}
     compute = sum((c["train_s"] or 0) + (c["eval_s"] or 0) for c in cells.values())
-    result = {"wall_s": round(wall, 2), "cells_compute_s": round(compute, 2), "cells": cells}
+    cpu = sum(c["cpu_s"] or 0 for c in cells.values())
+    # the machine's load average before/after: on a shared machine, wall times are only comparable at equal load
+    result = {"wall_s": round(wall, 2), "cells_compute_s": round(compute, 2), "cells_cpu_s": round(cpu, 2),
+              "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)], "cells": cells}
     if mode == "local-jobs1":  # cells run one after another, so everything outside them is the machinery's
         result["overhead_s"] = round(wall - compute, 2)
         result["overhead_fraction"] = round((wall - compute) / wall, 4)

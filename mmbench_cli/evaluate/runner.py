@@ -405,6 +405,7 @@ def _evaluate_checkpoint(resolved: Target, step: int, ckpt_dir: Path, data: dict
                          include_paths: Sequence[str | Path], force: bool, device: str, console: Any,
                          progress: bool) -> Path:
     from mmbench_cli.config import config_hash
+    from mmbench_cli.evaluate.metrics import mean_std
     from mmbench_cli.model import load_model
 
     results_dir = resolved.run_dir / RESULTS_DIR
@@ -446,8 +447,6 @@ def _evaluate_checkpoint(resolved: Target, step: int, ckpt_dir: Path, data: dict
                 if model is not None and cell.max_prompt_tokens > model.config.max_seq_len and console is not None:
                     console.print(f"[yellow]note:[/] {name} {k}-shot prompts reach {cell.max_prompt_tokens} tokens, "
                                   f"beyond the model's max_seq_len {model.config.max_seq_len}")
-            from mmbench_cli.evaluate.metrics import mean_std
-
             ordered = [values[s] for s in seed_ids]
             mean, std = mean_std(ordered)
             results["tasks"].setdefault(name, {})[str(k)] = {

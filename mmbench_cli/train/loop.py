@@ -179,6 +179,10 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
 
     lock, start_step = _claim_run_dir(cfg, run_dir, resume, force, ctx)
     try:
+        if show and ctx.is_main and start_step is not None:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"resuming {run_dir} from checkpoint step {start_step}", highlight=False)
         tcfg = cfg.train
         autocast_dtype = resolve_precision(tcfg.precision, ctx.device)
         seed_everything(cfg.seed)

@@ -115,3 +115,16 @@ def test_pickle_only_checkpoint_is_refused(tmp_path) -> None:
     with pytest.raises(MMError, match="safetensors"):
         build_model(ModelConfig(encoder=f"hf:{tmp_path / 'vit'}", image_size=32, num_image_tokens=4,
                                 lm="pythia-toy-1m"))
+
+
+def test_bare_encoder_dir_as_encoder_pretraining_saves_it(tmp_path) -> None:
+    _vision_checkpoint("vit", tmp_path / "run" / "encoder")
+    (tmp_path / "run" / "encoder" / "preprocessor_config.json").write_text(
+        '{"image_mean": [0.1, 0.2, 0.3], "image_std": [0.9, 0.8, 0.7]}')
+    cfg = ModelConfig(encoder=str(tmp_path / "run" / "encoder"), image_size=32, connector="linear",
+                      num_image_tokens=16, lm="pythia-toy-1m", max_seq_len=128)
+    model = build_model(cfg)
+    assert model.image_mean == (0.1, 0.2, 0.3) and model.image_std == (0.9, 0.8, 0.7)
+    assert model.encode_images(torch.randn(1, 3, 32, 32)).shape == (1, 16, model.lm.config.hidden_size)
+    with pytest.raises(MMError, match="is not a directory"):
+        build_model(cfg.model_copy(update={"encoder": str(tmp_path / "run" / "missing")}))

@@ -30,12 +30,15 @@ TOKENIZER_VERSION = 1  # bump when the training recipe changes, so cached tokeni
 
 
 def hf_path(spec: str) -> Path | None:
-    """The local directory named by ``hf:<dir>`` (or a bare existing directory), else None."""
+    """The local directory named by ``hf:<dir>`` or by a bare path (anything with a ``/``), else None.
+
+    Registry names never contain ``/``, so ``runs/enc/encoder`` is read as a directory (and a missing one is
+    reported as such, not as an unknown registry name).
+    """
     if spec.startswith("hf:"):
         return Path(spec[3:]).expanduser()
-    path = Path(spec).expanduser()
-    if ("/" in spec or spec.startswith(".")) and path.is_dir():
-        return path
+    if "/" in spec or spec.startswith((".", "~")):
+        return Path(spec).expanduser()
     return None
 
 

@@ -127,9 +127,9 @@ def synthetic_tokenizer(vocab_size: int, world_seed: int = 0, cache_dir: str | N
 def add_special_tokens(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     """Give a checkpoint's tokenizer our image/chunk/pad tokens (keeping its own EOS if it has one)."""
     extra = [token for token in (IMAGE_TOKEN, EOC_TOKEN) if token not in tokenizer.get_vocab()]
-    special: dict[str, Any] = {}
     if extra:
-        special["extra_special_tokens"] = list(tokenizer.extra_special_tokens or []) + extra
+        tokenizer.add_special_tokens({"extra_special_tokens": extra}, replace_extra_special_tokens=False)
+    special: dict[str, Any] = {}
     if tokenizer.pad_token is None:
         special["pad_token"] = PAD_TOKEN
     if tokenizer.eos_token is None:

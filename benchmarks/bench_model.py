@@ -11,6 +11,7 @@ Prints a table and writes ``benchmarks/results/bench_model.json``.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -117,6 +118,7 @@ def main() -> None:
         "compiled": opts.compile,
         "warmup_s": warmup_s,
         "torch_threads": torch.get_num_threads(),
+        "load_average_1m_after": os.getloadavg()[0],  # the machine may be shared: read MFU with this in mind
         "torch": torch.__version__,
         "machine": platform.machine(),
         "processor": platform.processor(),

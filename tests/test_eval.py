@@ -119,6 +119,21 @@ def test_batched_left_padded_generation_equals_one_by_one(tiny_model_dir: Path) 
     assert cache.computed == len({img.key for p in prompts for img in p[1]})  # each image encoded once
 
 
+def test_rices_with_model_features_finds_the_same_image(tiny_model_dir: Path) -> None:
+    from mmbench_cli.data.synthetic import SyntheticWorld
+    from mmbench_cli.evaluate.runner import ImageFeatureCache
+    from mmbench_cli.model import load_model
+
+    model = load_model(tiny_model_dir)
+    world = SyntheticWorld(0, 24, 4, 8)
+    queries = world.captions("test")[:3]
+    pool = world.captions("train")[:12] + queries  # each query's own image is in the pool
+    cache = ImageFeatureCache(model)
+    demos = fewshot.select_rices(pool, cache.pooled([p.image for p in pool]), cache.pooled([q.image for q in queries]), 4)
+    for query, chosen in zip(queries, demos, strict=True):
+        assert len(chosen) == 4 and chosen[-1].image.key == query.image.key
+
+
 # ------------------------------------------------------------------------------------------- runner
 def test_runner_results_schema_samples_and_reuse(tiny_model_dir: Path) -> None:
     from mmbench_cli.evaluate.runner import evaluate

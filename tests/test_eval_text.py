@@ -72,7 +72,7 @@ def test_simple_evaluate_on_local_tasks_offline(tiny_model_dir: Path) -> None:
     assert 0.0 <= results["mm_synth_facts"]["acc,none"] <= 1.0
     assert 0.0 <= results["mm_synth_cloze"]["acc,none"] <= 1.0
     assert results["mm_synth_perplexity"]["word_perplexity,none"] > 1.0
-    assert "exact_match,none" in results["mm_synth_cloze_gen"]
+    assert any(key.startswith("exact_match,") for key in results["mm_synth_cloze_gen"])
     mean = (results["mm_synth_facts"]["acc,none"] + results["mm_synth_cloze"]["acc,none"]) / 2
     assert out["groups"]["textcore"]["acc,none"] == pytest.approx(mean)
 

@@ -160,7 +160,7 @@ def evaluate(
         help="Flamingo's 0-shot variant: two text-only demos (images dropped)."),
     task_data: Path | None = typer.Option(None, "--task-data", help="YAML of local dataset files per task."),
     force: bool = typer.Option(False, "--force", help="Recompute cells that are already in the results."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, mps."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps."),
     predictions: Path | None = typer.Option(None, "--predictions", help="Score this JSON(L) of another system's outputs."),
     task: str | None = typer.Option(None, "--task", help="With --predictions: the task whose metric/references apply."),
     annotations: Path | None = typer.Option(None, "--annotations", help="Annotation file of the task (its query set)."),

@@ -88,7 +88,7 @@ def run_eval_command(args: list[str], options: dict[str, Any], console: Any) -> 
         num_samples=options.get("num_samples"), batch_size=options.get("batch_size"),
         max_new_tokens=options.get("max_new_tokens"), text_only_zero_shot=options.get("text_only_zero_shot"),
         include_paths=multi.get("--include-path", []), task_data=task_data, force=options.get("force", False),
-        device=options.get("device", "cpu"), console=console,
+        device=options.get("device", "auto"), console=console,
     )
     for path in paths:
         print_results(json.loads(path.read_text()), path, console)

@@ -350,7 +350,7 @@ def evaluate(
     include_paths: Sequence[str | Path] = (),
     task_data: dict[str, dict[str, Any]] | None = None,
     force: bool = False,
-    device: str = "cpu",
+    device: str = "auto",
     console: Any = None,
     progress: bool = True,
 ) -> list[Path]:
@@ -359,6 +359,9 @@ def evaluate(
     Unset options fall back to the run config's ``eval`` section (``EvalConfig``). Text tasks
     (``text:<name>``) run through lm-evaluation-harness (zero-shot; recorded under shots "0").
     """
+    from mmbench_cli.train.distributed import resolve_device
+
+    device = str(resolve_device(device, field="--device"))
     resolved = resolve_target(target, all_checkpoints)
     ecfg: EvalConfig = resolved.config.eval
     task_names = list(tasks or ecfg.tasks)

@@ -36,8 +36,10 @@ class DistContext:
         return self.world_size > 1
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → cuda (this rank's GPU) > mps > cpu; otherwise the named device, checked to exist."""
+def resolve_device(name: str, local_rank: int = 0, field: str = "train.device") -> torch.device:
+    """``auto`` → cuda (this rank's GPU) > mps > cpu; otherwise the named device, checked to exist.
+
+    ``field`` names the option in error messages."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank % torch.cuda.device_count())
@@ -47,14 +49,14 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise MMError(f"train.device: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        raise MMError(f"{field}: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise MMError(f"train.device: {name} requested but CUDA is not available here; use train.device=auto")
+            raise MMError(f"{field}: {name} requested but CUDA is not available here; use auto")
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise MMError(f"train.device: {name} requested but MPS is not available here; use train.device=auto")
+        raise MMError(f"{field}: {name} requested but MPS is not available here; use auto")
     return device
 
 

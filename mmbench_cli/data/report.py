@@ -114,26 +114,17 @@ def build_data(cfg: Any, out: Path | None, console: Any) -> dict[str, Any]:
 def _build_synthetic(cfg: Any, console: Any) -> tuple[dict[str, Any], list[Sample]]:
     from rich.progress import Progress
 
-    from mmbench_cli.data.synthetic import SPLITS, world_from_config
+    from mmbench_cli.data.synthetic import world_from_config
 
     world = world_from_config(cfg.data)
     total = sum(world.num_images.values())
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("rendering images", total=total)
         rendered = world.materialize(progress=lambda n: progress.advance(task, n))
-    splits: dict[str, dict[str, int]] = {}
-    for split in SPLITS:
+    splits = world.counts()
+    for split, row in splits.items():
         tasks = world.text_tasks(split)
-        splits[split] = {
-            "images": world.num_images[split],
-            "captions": len(world.captions(split)),
-            "vqa": len(world.vqa(split, "vqa")),
-            "ocr": len(world.vqa(split, "ocr")),
-            "interleaved": len(world.interleaved(split)),
-            "text": len(world.text(split)),
-            "cloze": len(tasks["cloze"]),
-            "facts": len(tasks["facts"]),
-        }
+        row.update(cloze=len(tasks["cloze"]), facts=len(tasks["facts"]))
     console.print(f"rendered {rendered} new images ({total - rendered} cached) in {world.image_dir}", highlight=False)
     captions, ocr, vqa = world.captions("train"), world.vqa("train", "ocr"), world.vqa("train", "vqa")
     samples: list[Sample] = [*captions[::7][:6], *ocr[1::5][:3], *vqa[2::9][:3]]

@@ -330,13 +330,19 @@ def load_textvqa(spec: Any, ctx: LoadContext) -> list[Sample]:
     return samples
 
 
-def load_vizwiz(spec: Any, ctx: LoadContext) -> list[Sample]:
-    """VizWiz JSON: a list of ``{image, question, answers: [{answer, answer_confidence}], answerable}``."""
-    path = Path(spec.path)
+def _read_json_list(path: Path, expected: str) -> list[Any]:
+    """Read a JSON file whose top level must be a list; otherwise MMError saying what was found."""
     records = read_json(path)
     if not isinstance(records, list):
         found = ", ".join(sorted(records)[:8]) if isinstance(records, dict) else type(records).__name__
-        raise MMError(f"{path}: a VizWiz file is a JSON list of questions (found: {found})")
+        raise MMError(f"{path}: {expected} (found: {found})")
+    return records
+
+
+def load_vizwiz(spec: Any, ctx: LoadContext) -> list[Sample]:
+    """VizWiz JSON: a list of ``{image, question, answers: [{answer, answer_confidence}], answerable}``."""
+    path = Path(spec.path)
+    records = _read_json_list(path, "a VizWiz file is a JSON list of questions")
     root = _images_dir(spec, path)
     samples: list[Sample] = []
     for number, record in enumerate(records):
@@ -375,10 +381,7 @@ def _llava_text(conversations: list[dict[str, Any]]) -> tuple[str, list[tuple[st
 def load_llava(spec: Any, ctx: LoadContext) -> list[Sample]:
     """LLaVA conversation JSON; a document (image + dialogue) by default, ``kind: caption`` for caption data."""
     path = Path(spec.path)
-    records = read_json(path)
-    if not isinstance(records, list):
-        found = ", ".join(sorted(records)[:8]) if isinstance(records, dict) else type(records).__name__
-        raise MMError(f"{path}: a LLaVA file is a JSON list of conversations (found: {found})")
+    records = _read_json_list(path, "a LLaVA file is a JSON list of conversations")
     root = _images_dir(spec, path)
     samples: list[Sample] = []
     for number, record in enumerate(records):

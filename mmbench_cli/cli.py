@@ -83,12 +83,13 @@ def build(
     args: list[str] = typer.Argument(None, help=CONFIG_ARGS_HELP, show_default=False),
     out: Path | None = typer.Option(None, "--out", "-o", help="Save the assembled model (or data report) here."),
     data: bool = typer.Option(False, "--data", help="Materialise and report the dataset instead of the model."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count bad samples (same as data.skip_bad=true)."),
 ) -> None:
     """Assemble encoder + connector + LM, print its anatomy, shape-check it and (with -o) save it."""
     from mmbench_cli.config import load_config, split_config_args
 
     path, overrides = split_config_args(args or [])
-    cfg = load_config(path, overrides)
+    cfg = load_config(path, [*overrides, *(["data.skip_bad=true"] if skip_bad else [])])
     if data:
         from mmbench_cli.data.report import build_data
 
@@ -112,6 +113,7 @@ def pretrain(
     resume: bool = typer.Option(False, "--resume", help="Continue from the run dir's last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Start over even if the run dir holds another run."),
     stage: str | None = typer.Option(None, "--stage", help="mllm (default) or encoder (CLIP/MAE pre-training)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count bad samples (same as data.skip_bad=true)."),
 ) -> None:
     """Train the model on the data mixture, saving Pythia-style log-spaced checkpoints."""
     import os
@@ -121,6 +123,8 @@ def pretrain(
     path, overrides = split_config_args(args or [])
     if stage is not None:
         overrides = [*overrides, f"train.stage={stage}"]
+    if skip_bad:
+        overrides = [*overrides, "data.skip_bad=true"]
     cfg = load_config(path, overrides)
     from mmbench_cli.train.loop import pretrain as run_pretrain
 

@@ -256,12 +256,13 @@ def test_cli_build_data_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "captions.json: not a JSON file" in result.output
 
 
-def test_cli_build_data_skip_bad_counts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("skip_arg", ["data.skip_bad=true", "--skip-bad"])
+def test_cli_build_data_skip_bad_counts(tmp_path: Path, skip_arg: str) -> None:
     path = make_coco_captions(tmp_path)
     (tmp_path / "val2014" / "COCO_val2014_000000000025.jpg").unlink()
     config = _local_config(tmp_path, path, tmp_path / "val2014")
     out = tmp_path / "report"
-    result = runner.invoke(app, ["build", "--data", str(config), "data.skip_bad=true", "-o", str(out)])
+    result = runner.invoke(app, ["build", "--data", str(config), skip_arg, "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "skipped 1 bad samples" in result.output
     summary = json.loads((out / "data_summary.json").read_text())

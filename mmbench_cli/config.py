@@ -112,6 +112,7 @@ class EvalConfig(_Strict):
     max_new_tokens: int = Field(16, gt=0)
     num_beams: int = Field(1, gt=0)
     zero_shot_text_demos: bool = Field(False, description="Flamingo's 0-shot variant: two text-only demos")
+    all_checkpoints: bool = Field(False, description="mm ablate: evaluate every checkpoint (dynamics), not only the last")
 
     @field_validator("shots")
     @classmethod

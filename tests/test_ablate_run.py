@@ -191,3 +191,17 @@ def test_ray_executor_on_a_local_ray_instance(reference_grid: Path, tmp_path: Pa
     assert_same_summary(reference_grid / "summary.csv", out / "summary.csv")
     pids = {json.loads((out / c / "ablate.json").read_text())["pid"] for c in ("seed=0", "seed=1")}
     assert os.getpid() not in pids  # the cells ran in Ray workers, not in this process
+
+
+def test_eval_all_checkpoints_gives_each_cell_its_training_dynamics(tmp_path: Path) -> None:
+    """`eval.all_checkpoints=true` evaluates every checkpoint of every cell (Pythia-style curves in reports)."""
+    out = tmp_path / "dynamics"
+    args = ["ablate", *TINY, "eval.all_checkpoints=true", "--grid", "seed=0", "--axes", AXES, "--out", str(out),
+            "--threads", "1", "--jobs", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cell = out / "seed=0"
+    checkpoints = sorted(int(p.name.removeprefix("step_")) for p in (cell / "checkpoints").glob("step_*"))
+    evaluated = sorted(json.loads(p.read_text())["step"] for p in (cell / "eval").glob("step_*.json"))
+    assert checkpoints == [0, 3, 6]
+    assert evaluated == checkpoints

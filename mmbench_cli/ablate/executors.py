@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import inspect
 import json
 import os
 import signal
@@ -43,14 +42,6 @@ class CellSpec:
     def to_json(self) -> dict[str, Any]:
         """The spec as a JSON-able dict."""
         return dict(self.__dict__)
-
-
-def _call_with_supported(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call ``func`` passing only the keyword arguments its signature accepts (optional knobs like progress)."""
-    params = inspect.signature(func).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        kwargs = {key: value for key, value in kwargs.items() if key in params}
-    return func(*args, **kwargs)
 
 
 def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
@@ -89,12 +80,12 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
 
         cfg = config_from_dict(cell.config, f"grid cell {cell.cell_id}")
         resume = bool(checkpoint_steps(run_dir))
-        _call_with_supported(pretrain, cfg, run_dir, resume=resume, force=not resume, progress=False)
+        pretrain(cfg, run_dir, resume=resume, force=not resume, progress=False)
         record["train_s"] = round(time.perf_counter() - start, 3)
         eval_start = time.perf_counter()
-        _call_with_supported(
-            evaluate, run_dir, tasks=list(cfg.eval.tasks), shots=list(cfg.eval.shots), seeds=cfg.eval.seeds,
-            device=_eval_device(cfg.train.device), progress=False,
+        evaluate(
+            run_dir, tasks=list(cfg.eval.tasks), shots=list(cfg.eval.shots), seeds=cfg.eval.seeds,
+            all_checkpoints=cfg.eval.all_checkpoints, device=cfg.train.device, progress=False,
         )
         record["eval_s"] = round(time.perf_counter() - eval_start, 3)
         if final_eval(run_dir) is None:
@@ -110,15 +101,6 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     record["finished"] = time.time()
     store.write_cell_record(cell.cell_id, record)
     return record
-
-
-def _eval_device(train_device: str) -> str:
-    """Evaluate where the cell trained: ``auto`` means cuda if available (as training), else cpu."""
-    if train_device != "auto":
-        return train_device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def default_jobs(num_cells: int) -> int:

@@ -1,0 +1,61 @@
+"""The toy MM1 study's grid files (ablations/mm1-toy/): they plan the cells the study README describes.
+
+The encoders they start from are pre-trained by ablations/mm1-toy/encoders.sh (minutes of CPU), so here
+stand-in encoder dirs are enough: the plan only needs the paths to exist.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from mmbench_cli.ablate.grid import build_plan
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = REPO / "ablations" / "mm1-toy"
+AXES = REPO / "ablations" / "axes.yaml"
+EXPECTED_CELLS = {"resolution_tokens": 8, "connector": 8, "encoder": 6, "data_mix": 12, "lm_size": 3}
+
+
+def encoder_names() -> list[str]:
+    """The encoder dirs encoders.sh writes (``enc NAME ...`` lines)."""
+    return re.findall(r"^enc (\S+) ", (STUDY / "encoders.sh").read_text(), flags=re.M)
+
+
+@pytest.fixture
+def study_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working dir where every encoder of the study exists (as an empty stand-in dir)."""
+    for name in encoder_names():
+        (tmp_path / "runs" / "mm1-toy" / "encoders" / name).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("grid", sorted(EXPECTED_CELLS))
+def test_study_grid_plans(grid: str, study_cwd: Path) -> None:
+    plan = build_plan(str(STUDY / f"{grid}.yaml"), [], [], axes_path=AXES)
+    assert plan.name == grid
+    assert len(plan.cells) == EXPECTED_CELLS[grid]
+    assert "text:textcore" in plan.base.eval.tasks  # findings (c) and (e) need the text benchmark
+    for cell in plan.cells:
+        encoder = cell.config.model.encoder
+        if encoder.startswith("runs/"):
+            assert (study_cwd / encoder).is_dir()
+            size = re.search(r"-(\d+)$", encoder)
+            assert size and int(size.group(1)) == cell.config.model.image_size, cell.id  # pre-trained at its resolution
+
+
+def test_study_axes_change_what_they_say(study_cwd: Path) -> None:
+    cells = build_plan(str(STUDY / "resolution_tokens.yaml"), [], [], axes_path=AXES).cells
+    assert {(c.config.model.image_size, c.config.model.num_image_tokens, c.config.seed) for c in cells} == {
+        (r, t, s) for r in (32, 64) for t in (4, 16) for s in (0, 1)
+    }
+    connectors = build_plan(str(STUDY / "connector.yaml"), [], [], axes_path=AXES).cells
+    assert {c.config.model.num_image_tokens for c in connectors} == {16}  # equal token counts
+    mixes = build_plan(str(STUDY / "data_mix.yaml"), [], [], axes_path=AXES).cells
+    by_label = {c.labels["data_mix"]: c.config.data.data_mix for c in mixes}
+    assert by_label["cap45-int45-txt10"] == {"caption": 0.45, "interleaved": 0.45, "text": 0.10}  # MM1's default
+    assert by_label["int100"]["caption"] == 0.0 and by_label["cap100"]["interleaved"] == 0.0
+    assert all(sum(mix.values()) == pytest.approx(1.0) for mix in by_label.values())

@@ -259,12 +259,13 @@ def ablate(
     epilog="Examples:\n\n"
     "  mm report runs/grid\n\n"
     "  mm report runs/res32 runs/res64 -o reports/resolution\n\n"
+    "  mm report runs/mm1-toy/connector runs/mm1-toy/encoder -o reports/mm1-toy   # a section per grid\n\n"
     "  mm report runs/grid --save-baseline ablations/ci_baseline.json\n\n"
     "  mm report runs/grid -o reports/grid --baseline ablations/ci_baseline.json --tolerance 0.02",
 )
 @user_errors_exit_2
 def report(
-    paths: list[Path] = typer.Argument(..., help="Grid dirs or run dirs."),
+    paths: list[Path] = typer.Argument(..., help="Grid dirs, run dirs, or a dir of grid dirs (one section per grid)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Report dir (default: reports/ + the first path's name)."),
     baseline: Path | None = typer.Option(None, "--baseline", help="Compare with this baseline; exit 1 on a regression."),
     tolerance: float = typer.Option(0.02, "--tolerance", help="Allowed absolute drop per metric."),

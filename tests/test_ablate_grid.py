@@ -66,6 +66,22 @@ def test_grid_file_base_overrides_and_cli_axes(tmp_path: Path) -> None:
     assert result.cells[0].id == "connector=avgpool,res=32,seed=0"
 
 
+def test_grid_file_description_is_stored_in_grid_json(tmp_path: Path) -> None:
+    grid = tmp_path / "g.yaml"
+    grid.write_text('name: mine\ndescription: "MM1 Fig. 4 <toy>"\naxes:\n  connector: [avgpool, c-abstractor]\n')
+    result = build_plan(str(grid), [], [], axes_path=AXES)
+    assert result.description == "MM1 Fig. 4 <toy>" and result.to_json()["description"] == "MM1 Fig. 4 <toy>"
+    store = GridStore(tmp_path / "runs" / "mine")
+    store.dir.mkdir(parents=True)
+    store.write_plan(result)
+    assert store.read_plan()["description"] == "MM1 Fig. 4 <toy>"
+    # grids without a description keep the grid.json layout they had
+    assert "description" not in plan(["connector"]).to_json()
+    grid.write_text("description: [not, text]\naxes:\n  connector: [avgpool]\n")
+    with pytest.raises(MMError, match="description"):
+        build_plan(str(grid), [], [], axes_path=AXES)
+
+
 def test_shipped_grid_files_are_valid() -> None:
     for path in sorted((REPO / "ablations").glob("*.yaml")):
         if path.name in ("axes.yaml", "base.yaml"):

@@ -78,6 +78,7 @@ class GridPlan:
     axes: list[Axis]
     zipped: bool
     cells: list[Cell] = field(default_factory=list)
+    description: str = ""  # the grid file's `description`, shown as the grid's heading in mm report
 
     @property
     def base_hash(self) -> str:
@@ -96,6 +97,7 @@ class GridPlan:
             ],
             "zip": self.zipped,
             "cells": [cell.to_json() for cell in self.cells],
+            **({"description": self.description} if self.description else {}),
         }
 
 
@@ -302,6 +304,7 @@ def plan_grid(
     axes: list[Axis],
     zipped: bool = False,
     check_registries: bool = True,
+    description: str = "",
 ) -> GridPlan:
     """Expand the axes into cells and validate every cell's config (nothing is run or written)."""
     if not axes:
@@ -330,7 +333,7 @@ def plan_grid(
             _check_registries(cell_id, settings)
             _check_model_shapes(cell_id, config)
         cells.append(Cell(id=cell_id, labels=labels, values=values, config=config))
-    return GridPlan(name=name, base=base, axes=axes, zipped=zipped, cells=cells)
+    return GridPlan(name=name, base=base, axes=axes, zipped=zipped, cells=cells, description=description)
 
 
 def load_grid_file(path: str | Path) -> dict[str, Any]:
@@ -342,6 +345,8 @@ def load_grid_file(path: str | Path) -> dict[str, Any]:
         raise MMError(f"{path}: unknown grid key {unknown[0]!r}; allowed: name, base, overrides, axes, zip, description")
     if not isinstance(data.get("axes"), dict) or not data["axes"]:
         raise MMError(f"{path}: `axes` must be a non-empty mapping of axis name -> values")
+    if data.get("description") is not None and not isinstance(data["description"], str):
+        raise MMError(f"{path}: `description` must be a string (quote it)")
     return data
 
 
@@ -384,6 +389,7 @@ def build_plan(
     axes: dict[str, Axis] = {}
     base_data: dict[str, Any] = {}
     grid_name = name
+    description = ""
     source = "config"
     if config_path is not None and is_grid_file(config_path):
         grid = load_grid_file(config_path)
@@ -403,6 +409,7 @@ def build_plan(
                 axes[axis_name] = make_axis(axis_name, values, presets, source)
         zipped = zipped or bool(grid.get("zip", False))
         grid_name = grid_name or str(grid.get("name") or Path(config_path).stem)
+        description = str(grid.get("description") or "").strip()
     elif config_path is not None:
         base_data = read_yaml(config_path)
         source = str(config_path)
@@ -414,4 +421,4 @@ def build_plan(
         for axis in parse_grid_option(option, presets):
             axes[axis.name] = axis
     grid_name = grid_name or "-".join(axes) or "grid"
-    return plan_grid(value_label(grid_name), base, list(axes.values()), zipped, check_registries)
+    return plan_grid(value_label(grid_name), base, list(axes.values()), zipped, check_registries, description)

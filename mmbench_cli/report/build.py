@@ -1,17 +1,21 @@
 """``mm report``: read grids/runs, compute tables, plots and regressions, then write the report files.
 
 Everything is read, validated and rendered in memory first; only then are files written, each one
-atomically (plots, then report.md, then index.html, then the baseline). So bad input never overwrites
-an earlier report or baseline.
+atomically (plots, then report.md, then the CSVs, then index.html, then the baseline). So bad input never
+overwrites an earlier report or baseline.
+
+With several grid dirs the report has one section per grid (``Section``): each grid's own summary, effect,
+per-task tables and plots, built by the same table and plot functions on a sub-Study of that grid.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmbench_cli import __version__
 from mmbench_cli.errors import MMError
@@ -19,7 +23,29 @@ from mmbench_cli.report.regress import Comparison, baseline_document, collect, c
 from mmbench_cli.report.stats import DEFAULT_RESAMPLES
 from mmbench_cli.runs import atomic_write_text
 
+if TYPE_CHECKING:  # the report modules import pandas/matplotlib: loaded only when a report is made
+    from mmbench_cli.report.load import Study
+    from mmbench_cli.report.plots import Figure
+    from mmbench_cli.report.tables import Table
+
 REPORT_FILES = ("index.html", "report.md", "summary.csv", "plots")
+GRID_SUMMARY = re.compile(r"^summary-.+\.csv$")  # summary-<grid>.csv of a multi-grid report
+
+
+@dataclass
+class Section:
+    """One grid's part of a multi-grid report: anchor id, heading, and that grid's tables and plots."""
+
+    id: str
+    name: str
+    description: str
+    source: str
+    axes: dict[str, list[str]]
+    runs_count: int
+    cells_count: int
+    tables: list[Table]
+    figures: list[Figure]
+    csv_name: str | None = None  # summary-<grid>.csv (None for the section of plain run dirs)
 
 
 @dataclass
@@ -32,6 +58,7 @@ class ReportResult:
     baseline_saved: Path | None = None
     summary: Any = None
     timings: dict[str, float] = field(default_factory=dict)
+    sections: list[Section] = field(default_factory=list)
 
     @property
     def regressions(self) -> list[Comparison]:
@@ -45,13 +72,18 @@ def default_out_dir(paths: list[Path]) -> Path:
 
 
 def _check_out_dir(out: Path, paths: list[Path]) -> None:
+    from mmbench_cli.report.load import expand_paths
+
     if out.exists() and not out.is_dir():
         raise MMError(f"{out}: exists and is not a directory; choose another -o")
-    for path in paths:
+    for path in [*paths, *expand_paths(paths)]:
         if path.exists() and out.resolve() == path.resolve():
             raise MMError(f"{out}: is an input dir; write the report elsewhere with -o reports/NAME")
     if out.is_dir():
-        foreign = [p.name for p in out.iterdir() if p.name not in REPORT_FILES and not p.name.startswith(".")]
+        foreign = [
+            p.name for p in out.iterdir()
+            if p.name not in REPORT_FILES and not GRID_SUMMARY.match(p.name) and not p.name.startswith(".")
+        ]
         if foreign:
             raise MMError(f"{out}: exists and holds other files ({foreign[0]}, ...), not an mm report; choose another -o")
 
@@ -100,15 +132,33 @@ def make_report(
 
     mark = time.perf_counter()
     has_results = any(run.results for run in study.runs)
-    main_tables = []
-    if has_results:
+    main_tables: list[Table] = []
+    parts = study.per_grid() if study.multi_grid else []
+    sections = [_section(part, resamples) for part in parts]
+    summary = None
+    if study.multi_grid:
+        if has_results:
+            summary = tables.summary_table(study, resamples)  # all cells, named <grid>/<cell>: summary.csv
+    elif has_results:
         main_tables = [tables.summary_table(study, resamples), *tables.effect_tables(study, resamples),
                        tables.task_table(study, resamples)]
+        summary = main_tables[0]
     timings["tables_s"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    figures = []
-    if with_plots:
+    figures: list[Figure] = []
+    plot_paths: dict[str, str] = {}
+    if with_plots and not study.multi_grid:
         figures = plots.all_figures(study, resamples) if has_results else plots.loss_curves(study)
+        plot_paths = {figure.id: f"plots/{_safe_name(figure.id)}.svg" for figure in figures}
+    for section, part in zip(sections, parts, strict=True):
+        if not with_plots:
+            break
+        stem = section.id.removeprefix("grid-")  # plots/<grid>-bars-<axis>.svg
+        drawn = plots.all_figures(part, resamples) if any(r.results for r in part.runs) else plots.loss_curves(part)
+        for figure in drawn:
+            renamed = plots.Figure(f"{section.id}-{figure.id}", figure.title, figure.caption, figure.svg)
+            section.figures.append(renamed)
+            plot_paths[renamed.id] = f"plots/{_safe_name(f'{stem}-{figure.id}')}.svg"
     timings["plots_s"] = time.perf_counter() - mark
 
     context = {
@@ -121,6 +171,7 @@ def make_report(
         "cells_count": len(study.groups()),
         "main_tables": main_tables,
         "figures": figures,
+        "sections": sections,
         "repeated": tables.repeated_checkpoints(study),
         "examples": tables.example_outputs(study),
         "metadata": tables.metadata_rows(study),
@@ -131,23 +182,67 @@ def make_report(
         "alpha": alpha,
     }
     mark = time.perf_counter()
-    plot_paths = {figure.id: f"plots/{_safe_name(figure.id)}.svg" for figure in figures}
     page = html.render_html(context)
     markdown = html.render_markdown(context, plot_paths)
     timings["render_s"] = time.perf_counter() - mark
 
-    files = [atomic_write_text(out / plot_paths[f.id], f.svg) for f in figures]
+    all_figures = [*figures, *(f for section in sections for f in section.figures)]
+    files = [atomic_write_text(out / plot_paths[f.id], f.svg) for f in all_figures]
     files.append(atomic_write_text(out / "report.md", markdown))
-    if main_tables:
-        summary = main_tables[0].values.copy()
-        files.append(atomic_write_text(out / "summary.csv", summary.to_csv(index_label="cell")))
+    if summary is not None:
+        files.append(atomic_write_text(out / "summary.csv", tables.csv_frame(summary).to_csv(index_label="cell")))
+    for section in sections:
+        if section.csv_name and section.tables:
+            frame = tables.csv_frame(section.tables[0])
+            files.append(atomic_write_text(out / section.csv_name, frame.to_csv(index_label="cell")))
     files.append(atomic_write_text(out / "index.html", page))
+    _remove_stale(out, files, with_plots)
     if save_baseline is not None:
         atomic_write_text(save_baseline, json.dumps(document, indent=1, sort_keys=False) + "\n")
     for path in [*files, *([save_baseline] if save_baseline is not None else [])]:
         path.chmod(0o644)  # temp files are private; a report is meant to be read (and served)
     timings["total_s"] = time.perf_counter() - start
-    return ReportResult(out, files, comparisons, save_baseline, main_tables[0].values if main_tables else None, timings)
+    return ReportResult(out, files, comparisons, save_baseline, summary.values if summary is not None else None, timings,
+                        sections)
+
+
+def _section(part: Study, resamples: int) -> Section:
+    """The section of one grid (or of the plain run dirs) of a multi-grid study; figures are added later."""
+    from mmbench_cli.report import tables
+
+    grid = part.grids[0] if part.grids else None
+    if grid is not None:
+        name = str(grid["label"])
+        section_id = f"grid-{_safe_name(name)}"
+        description = grid.get("description")
+        description = description.strip() if isinstance(description, str) else ""
+        source = str(grid["path"])
+    else:
+        name, section_id, description = "other runs", "other-runs", "Run dirs given besides the grids."
+        source = ", ".join(str(run.path) for run in part.runs)
+    found: list[Table] = []
+    if any(run.results for run in part.runs):
+        found = [tables.summary_table(part, resamples), *tables.effect_tables(part, resamples),
+                 tables.task_table(part, resamples)]
+    for table in found:
+        table.id = f"{section_id}-{table.id}"
+    return Section(
+        id=section_id, name=name, description=description, source=source, axes=part.axes, runs_count=len(part.runs),
+        cells_count=len(part.groups()), tables=found, figures=[],
+        csv_name=f"summary-{section_id.removeprefix('grid-')}.csv" if grid is not None else None,
+    )
+
+
+def _remove_stale(out: Path, written: list[Path], with_plots: bool) -> None:
+    """Delete summary-<grid>.csv files, and (when plots were drawn) plots/*.svg, of an earlier report in ``out``
+    that this one did not write, so the dir holds exactly this report (--no-plots leaves plots/ alone)."""
+    keep = {path.resolve() for path in written}
+    stale = [p for p in out.iterdir() if GRID_SUMMARY.match(p.name)]
+    if with_plots and (out / "plots").is_dir():
+        stale += list((out / "plots").glob("*.svg"))
+    for path in stale:
+        if path.is_file() and path.resolve() not in keep:
+            path.unlink()
 
 
 def _safe_name(text: str) -> str:

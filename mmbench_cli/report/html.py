@@ -11,11 +11,14 @@ import base64
 import html
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmbench_cli.report.plots import Figure
 from mmbench_cli.report.regress import Comparison
 from mmbench_cli.report.tables import Table, fmt
+
+if TYPE_CHECKING:
+    from mmbench_cli.report.build import Section
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -36,8 +39,15 @@ def render_html(context: dict[str, Any]) -> str:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    figures = [dict(id=f.id, title=f.title, caption=f.caption, data_uri=data_uri(f)) for f in context["figures"]]
-    return env.get_template("report.html.j2").render({**context, "figures": figures, "fmt": fmt})
+    figures = [_figure_item(f) for f in context["figures"]]
+    sections = [
+        {**vars(section), "figures": [_figure_item(f) for f in section.figures]} for section in context.get("sections", [])
+    ]
+    return env.get_template("report.html.j2").render({**context, "figures": figures, "sections": sections, "fmt": fmt})
+
+
+def _figure_item(figure: Figure) -> dict[str, str]:
+    return {"id": figure.id, "title": figure.title, "caption": figure.caption, "data_uri": data_uri(figure)}
 
 
 def md_escape(text: Any) -> str:
@@ -54,7 +64,7 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _table_md(table: Table) -> str:
+def _table_md(table: Table, level: int = 2) -> str:
     headers = [md_escape(name) for name in table.index_names] + [md_escape(c) for c in table.values.columns]
     rows = []
     for row in table.rows():
@@ -65,7 +75,31 @@ def _table_md(table: Table) -> str:
                 text = f"**{text}**"
             cells.append(f"{text} {md_escape(cell['ci'])}".strip())
         rows.append(cells)
-    return f"## {md_escape(table.title)}\n\n{md_escape(table.note)}\n\n{markdown_table(headers, rows)}\n"
+    heading = "#" * level
+    return f"{heading} {md_escape(table.title)}\n\n{md_escape(table.note)}\n\n{markdown_table(headers, rows)}\n"
+
+
+def _figure_md(figure: Figure, path: str, level: int = 2) -> str:
+    heading = "#" * level
+    return f"{heading} {md_escape(figure.title)}\n\n![{md_escape(figure.title)}]({path})\n\n{md_escape(figure.caption)}\n"
+
+
+def _axes_md(axes: dict[str, list[str]]) -> str:
+    return "; ".join(f"{md_escape(a)} ({md_escape(', '.join(v))})" for a, v in axes.items()) or "none"
+
+
+def _section_md(section: Section, plot_paths: dict[str, str]) -> list[str]:
+    """One grid's part of a multi-grid report: an anchored heading, its description, tables and plots."""
+    parts = [f'<a id="{html.escape(section.id)}"></a>\n\n## Grid: {md_escape(section.name)}\n']
+    if section.description:
+        parts.append(f"{md_escape(section.description)}\n")
+    parts.append(f"{section.runs_count} run(s) in {section.cells_count} cell(s) from `{section.source.replace('`', '')}`; "
+                 f"axes: {_axes_md(section.axes)}.\n")
+    if section.csv_name and section.tables:
+        parts.append(f"Numbers of the summary table: [{section.csv_name}]({section.csv_name}).\n")
+    parts += [_table_md(table, level=3) for table in section.tables]
+    parts += [_figure_md(figure, plot_paths[figure.id], level=3) for figure in section.figures]
+    return parts
 
 
 def _comparisons_md(comparisons: list[Comparison], verdict: str) -> str:
@@ -82,7 +116,7 @@ def render_markdown(context: dict[str, Any], plot_paths: dict[str, str]) -> str:
     """The markdown twin of the HTML report; plots are linked as SVG files beside it."""
     parts = [f"# {md_escape(context['title'])}\n"]
     sources = ", ".join(f"`{s}`" for s in context["sources"])
-    axes = "; ".join(f"{md_escape(a)} ({md_escape(', '.join(v))})" for a, v in context["axes"].items()) or "none"
+    axes = _axes_md(context["axes"])
     parts.append(
         f"{context['runs_count']} run(s) in {context['cells_count']} cell(s) from {sources}; axes: {axes}; "
         f"generated {context['generated']} by mmbench {context['version']}.\n"
@@ -90,9 +124,9 @@ def render_markdown(context: dict[str, Any], plot_paths: dict[str, str]) -> str:
     if context["comparisons"] is not None:
         parts.append(_comparisons_md(context["comparisons"], context["verdict"]))
     parts += [_table_md(table) for table in context["main_tables"]]
-    for figure in context["figures"]:
-        parts.append(f"## {md_escape(figure.title)}\n\n![{md_escape(figure.title)}]({plot_paths[figure.id]})\n\n"
-                     f"{md_escape(figure.caption)}\n")
+    parts += [_figure_md(figure, plot_paths[figure.id]) for figure in context["figures"]]
+    for section in context.get("sections", []):
+        parts += _section_md(section, plot_paths)
     parts.append("## Repeated checkpoints\n")
     if context["repeated"]:
         rows = [[f"`{md_escape(r['hash'])}`", md_escape(r["kind"]), md_escape(r["where"])] for r in context["repeated"]]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,8 @@ class Run:
     path: Path
     name: str
     axes: dict[str, str] = field(default_factory=dict)
-    prefix: str = ""  # "<grid>/" when several grids with the same cell ids are reported together
+    prefix: str = ""  # "<grid>/" when several grids are reported together (or run names collide)
+    grid: str | None = None  # the label of the grid dir this run is a cell of (None: a plain run dir)
     config: dict[str, Any] = field(default_factory=dict)
     config_text: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
@@ -112,6 +113,43 @@ class Study:
         for run in self.runs:
             grouped.setdefault(run.group, []).append(run)
         return grouped
+
+    @property
+    def multi_grid(self) -> bool:
+        """Whether the report has one section per grid (more than one grid dir was given)."""
+        return len(self.grids) > 1
+
+    def per_grid(self) -> list[Study]:
+        """One sub-Study per grid, in the given order, then one of the plain run dirs (if any).
+
+        A sub-Study holds only its grid's runs, with their cell names as in the grid (no ``<grid>/``
+        prefix), only that grid's axes, and ``grids == [that grid]`` (``[]`` for the plain runs), so the
+        table and plot functions work on it unchanged.
+        """
+        parts = []
+        for grid in self.grids:
+            runs = [_unprefixed(run) for run in self.runs if run.grid == grid["label"]]
+            parts.append(Study(runs=runs, axes=_study_axes(runs, grid["axis_names"]), sources=[Path(grid["path"])],
+                               grids=[grid]))
+        plain = [run for run in self.runs if run.grid is None]
+        if plain:
+            parts.append(Study(runs=plain, axes=_study_axes(plain, []), sources=[run.path for run in plain], grids=[]))
+        return parts
+
+
+def _unprefixed(run: Run) -> Run:
+    """A copy of a grid run named as in its grid (shares the run's files and its score cache)."""
+    if not run.prefix:
+        return run
+    return replace(run, name=run.name.removeprefix(run.prefix), prefix="")
+
+
+def _study_axes(runs: list[Run], axis_order: list[str]) -> dict[str, list[str]]:
+    """Axis name -> its sorted values over ``runs`` (grid axes first, in the grid's order)."""
+    order = list(axis_order)
+    for run in runs:
+        order += [a for a in run.axes if a not in order]
+    return {name: sorted({run.axes[name] for run in runs if name in run.axes}, key=_axis_sort_key) for name in order}
 
 
 def cell_id(axes: dict[str, Any]) -> str:
@@ -319,14 +357,43 @@ def load_grid(path: Path) -> tuple[list[Run], dict[str, Any]]:
     return runs, grid
 
 
+def is_grid_parent(path: Path) -> bool:
+    """Whether ``path`` holds several grid dirs: no grid.json and not a run dir, but children with grid.json."""
+    if not path.is_dir() or (path / "grid.json").exists() or is_run_dir(path):
+        return False
+    return any((child / "grid.json").is_file() for child in path.iterdir() if child.is_dir())
+
+
+def expand_paths(paths: list[Path]) -> list[Path]:
+    """The paths with each parent of grid dirs replaced by its grid children, sorted by name.
+
+    Children without a ``grid.json`` (say ``runs/mm1-toy/encoders/``, pretrained encoders) are skipped.
+    """
+    expanded: list[Path] = []
+    for path in paths:
+        if path.exists() and is_grid_parent(path):
+            expanded += sorted(
+                (c for c in path.iterdir() if c.is_dir() and not c.name.startswith(".") and (c / "grid.json").is_file()),
+                key=lambda child: child.name,
+            )
+        else:
+            expanded.append(path)
+    return expanded
+
+
 def load_study(paths: list[Path]) -> Study:
-    """Read every grid dir / run dir named on the command line; MMError if there is nothing to report."""
+    """Read every grid dir / run dir named on the command line; MMError if there is nothing to report.
+
+    A dir holding several grid dirs (``runs/mm1-toy/``) stands for its grid children (``expand_paths``).
+    With more than one grid, every cell is named ``<grid>/<cell-id>`` and ``Study.per_grid`` splits the
+    study into one sub-Study per grid.
+    """
     if not paths:
         raise MMError("no grid or run dirs given; pass e.g. runs/<grid> or runs/<run>")
     runs: list[Run] = []
     grids: list[dict[str, Any]] = []
     axis_order: list[str] = []
-    for path in paths:
+    for path in expand_paths(paths):
         if not path.exists():
             raise MMError(f"{path}: no such directory; pass a grid dir (runs/<grid>) or a run dir (runs/<run>)")
         if not path.is_dir():
@@ -335,6 +402,9 @@ def load_study(paths: list[Path]) -> Study:
             grid_runs, grid = load_grid(path)
             if not grid_runs:
                 raise MMError(f"{path}: grid has no cell run dirs yet; run mm ablate first")
+            grid["label"] = _unique_label(path.resolve().name, {g["label"] for g in grids})
+            for run in grid_runs:
+                run.grid = grid["label"]
             grids.append(grid)
             axis_order += [a for a in grid["axis_names"] if a not in axis_order]
             runs += grid_runs
@@ -345,22 +415,32 @@ def load_study(paths: list[Path]) -> Study:
                 f"{path}: not a run dir (no config.yaml, metrics.jsonl or eval/) nor a grid dir (no grid.json); "
                 "pass runs/<grid> or runs/<run>"
             )
+    if len(grids) > 1:
+        for run in runs:
+            if run.grid is not None:
+                run.prefix = f"{run.grid}/"
+                run.name = run.prefix + run.name
     names = [run.name for run in runs]
     if len(set(names)) != len(names):
         for run in runs:
-            run.prefix = f"{run.path.parent.name}/"
-            run.name = run.prefix + run.name
+            if not run.prefix:
+                run.prefix = f"{run.path.parent.name}/"
+                run.name = run.prefix + run.name
     if not any(run.results or run.metrics for run in runs):
         raise MMError(
             f"{', '.join(map(str, paths))}: nothing to report: no eval/step_<N>.json and no metrics.jsonl; "
             "run mm pretrain / mm eval (or mm ablate) first"
         )
-    for run in runs:
-        axis_order += [a for a in run.axes if a not in axis_order]
-    axes = {
-        name: sorted({run.axes[name] for run in runs if name in run.axes}, key=_axis_sort_key) for name in axis_order
-    }
-    return Study(runs=runs, axes=axes, sources=list(paths), grids=grids)
+    return Study(runs=runs, axes=_study_axes(runs, axis_order), sources=list(paths), grids=grids)
+
+
+def _unique_label(name: str, taken: set[str]) -> str:
+    """``name``, or ``name-2``, ``name-3``, ... if another grid of the study already has that label."""
+    label, number = name, 1
+    while label in taken:
+        number += 1
+        label = f"{name}-{number}"
+    return label
 
 
 def _axis_sort_key(value: str) -> tuple[int, float, str]:

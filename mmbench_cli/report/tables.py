@@ -46,6 +46,7 @@ class Table:
     ci: pd.DataFrame
     bold: pd.DataFrame
     index_names: list[str] = field(default_factory=list)
+    seed_std: pd.DataFrame | None = None  # std over each cell's training seeds (NaN: fewer than two seeds)
 
     def rows(self) -> list[dict[str, Any]]:
         """Rows for templates: index labels, then (text, ci, bold) per column."""
@@ -170,6 +171,7 @@ def _make_table(
     values = pd.DataFrame(index=pd.Index(index), columns=labels, dtype=float)
     text = pd.DataFrame(index=pd.Index(index), columns=labels, dtype=object)
     ci = pd.DataFrame(index=pd.Index(index), columns=labels, dtype=object)
+    seed_std = pd.DataFrame(index=pd.Index(index), columns=labels, dtype=float)
     for row in index:
         for column in columns:
             estimate = lookup(row, column)
@@ -177,6 +179,7 @@ def _make_table(
             shown = fmt(estimate.value) if estimate else "—"
             if estimate and estimate.seed_std is not None:
                 shown += f" ±{estimate.seed_std:.3f}"
+                seed_std.at[row, column.label] = estimate.seed_std
             text.at[row, column.label] = shown
             interval = estimate.ci(resamples) if estimate else None
             ci.at[row, column.label] = f"[{fmt(interval[0])}, {fmt(interval[1])}]" if interval else ""
@@ -186,7 +189,19 @@ def _make_table(
         if len(series) > 1 and series.notna().any():
             best = series.min() if column.lower_is_better else series.max()
             bold[column.label] = series == best
-    return Table(table_id, title, note, values, text, ci, bold, index_names)
+    return Table(table_id, title, note, values, text, ci, bold, index_names, seed_std)
+
+
+def csv_frame(table: Table) -> pd.DataFrame:
+    """The table's numbers for a CSV file; where some cell pools several training seeds, each column
+    ``<label>`` is followed by ``<label> seed_std`` (the std over the cell's seeds, empty with one seed)."""
+    if table.seed_std is None or not table.seed_std.notna().any().any():
+        return table.values.copy()
+    frame = pd.DataFrame(index=table.values.index)
+    for label in table.values.columns:
+        frame[label] = table.values[label]
+        frame[f"{label} seed_std"] = table.seed_std[label]
+    return frame
 
 
 def summary_table(study: Study, resamples: int = DEFAULT_RESAMPLES) -> Table:

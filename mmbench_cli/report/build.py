@@ -140,8 +140,7 @@ def make_report(
         if has_results:
             summary = tables.summary_table(study, resamples)  # all cells, named <grid>/<cell>: summary.csv
     elif has_results:
-        main_tables = [tables.summary_table(study, resamples), *tables.effect_tables(study, resamples),
-                       tables.task_table(study, resamples)]
+        main_tables = _study_tables(study, resamples)
         summary = main_tables[0]
     timings["tables_s"] = time.perf_counter() - mark
     mark = time.perf_counter()
@@ -206,10 +205,19 @@ def make_report(
                         sections)
 
 
+def _study_tables(study: Study, resamples: int) -> list[Table]:
+    """The tables of a single-study report or of one grid's section: summary (first: it is the CSV), one effect
+    table per axis, per-task scores, and VQA accuracy by answer type (when per-sample files split it)."""
+    from mmbench_cli.report import answer_types, tables
+
+    found = [tables.summary_table(study, resamples), *tables.effect_tables(study, resamples),
+             tables.task_table(study, resamples)]
+    by_type = answer_types.answer_type_table(study, resamples)
+    return [*found, by_type] if by_type is not None else found
+
+
 def _section(part: Study, resamples: int) -> Section:
     """The section of one grid (or of the plain run dirs) of a multi-grid study; figures are added later."""
-    from mmbench_cli.report import tables
-
     grid = part.grids[0] if part.grids else None
     if grid is not None:
         name = str(grid["label"])
@@ -220,10 +228,7 @@ def _section(part: Study, resamples: int) -> Section:
     else:
         name, section_id, description = "other runs", "other-runs", "Run dirs given besides the grids."
         source = ", ".join(str(run.path) for run in part.runs)
-    found: list[Table] = []
-    if any(run.results for run in part.runs):
-        found = [tables.summary_table(part, resamples), *tables.effect_tables(part, resamples),
-                 tables.task_table(part, resamples)]
+    found = _study_tables(part, resamples) if any(run.results for run in part.runs) else []
     for table in found:
         table.id = f"{section_id}-{table.id}"
     return Section(

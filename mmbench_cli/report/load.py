@@ -276,13 +276,20 @@ def _resolve_sample_path(run: Run, step: int, relative: str) -> Path | None:
     return None
 
 
-def _read_scores(run: Run, step: int, task: str, shots: str) -> dict[str, float] | None:
+def sample_paths(run: Run, step: int, task: str, shots: str) -> list[Path]:
+    """The per-sample files of one task at ``step``: those the results entry lists under ``samples``, else
+    ``eval/samples/step_<N>/<task>.<k>shot.seed*.jsonl`` (one per demo seed; [] when there are none)."""
     entry = run.entry(step, task, shots)
     paths: list[Path] = []
     if entry is not None and isinstance(entry.get("samples"), list):
         paths = [p for p in (_resolve_sample_path(run, step, str(rel)) for rel in entry["samples"]) if p]
     if not paths:
         paths = sorted((run.path / "eval" / "samples" / f"step_{step}").glob(f"{task}.{shots}shot.seed*.jsonl"))
+    return paths
+
+
+def _read_scores(run: Run, step: int, task: str, shots: str) -> dict[str, float] | None:
+    paths = sample_paths(run, step, task, shots)
     if not paths:
         return None
     per_id: dict[str, list[float]] = {}

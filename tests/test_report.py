@@ -235,6 +235,19 @@ def test_bad_input_exits_2_and_overwrites_nothing(grid: Path, tmp_path: Path) ->
     _assert_exit_2([str(copy), "-o", str(tmp_path / "notes")], "holds other files")
     assert {p: p.read_bytes() for p in before} == before
     assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me"
+    (tmp_path / "notes" / "mine.txt").unlink()
+    (tmp_path / "notes" / "README.md").write_text("my notes")
+    _assert_exit_2([str(copy), "-o", str(tmp_path / "notes")], "holds other files")  # README.md alone: not a report
+
+
+def test_notes_readme_next_to_a_report_is_kept(grid: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    assert runner.invoke(app, ["report", str(grid), "-o", str(out), "--no-plots"]).exit_code == 0
+    (out / "README.md").write_text("what this report shows")
+    result = runner.invoke(app, ["report", str(grid), "-o", str(out), "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert (out / "README.md").read_text() == "what this report shows"
+    assert (out / "report.md").is_file()
 
 
 def test_cell_ids_and_grid_layouts() -> None:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the report modules import pandas/matplotlib: loaded only wh
     from mmbench_cli.report.tables import Table
 
 REPORT_FILES = ("index.html", "report.md", "summary.csv", "plots")
+NOTES_FILE = "README.md"  # a human-written page about the report, allowed in an existing report dir
 GRID_SUMMARY = re.compile(r"^summary-.+\.csv$")  # summary-<grid>.csv of a multi-grid report
 
 
@@ -80,9 +81,12 @@ def _check_out_dir(out: Path, paths: list[Path]) -> None:
         if path.exists() and out.resolve() == path.resolve():
             raise MMError(f"{out}: is an input dir; write the report elsewhere with -o reports/NAME")
     if out.is_dir():
+        # A README.md of notes may sit next to an existing report (e.g. reports/mm1-toy/README.md); never touched.
+        notes = {NOTES_FILE} if (out / "report.md").is_file() else set()
         foreign = [
             p.name for p in out.iterdir()
-            if p.name not in REPORT_FILES and not GRID_SUMMARY.match(p.name) and not p.name.startswith(".")
+            if p.name not in REPORT_FILES and p.name not in notes and not GRID_SUMMARY.match(p.name)
+            and not p.name.startswith(".")
         ]
         if foreign:
             raise MMError(f"{out}: exists and holds other files ({foreign[0]}, ...), not an mm report; choose another -o")

@@ -253,9 +253,10 @@ def config_hash(cfg: BaseModel) -> str:
 
 
 def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
-    """Split CLI arguments into (config path or None, overrides): anything with ``=`` is an override."""
-    paths = [arg for arg in args if "=" not in arg]
-    overrides = [arg for arg in args if "=" in arg]
+    """Split CLI arguments into (config path or None, overrides): anything with ``=`` is an override, except an
+    existing file (grid cells' dirs have ``=`` in their names: ``runs/g/tokens=16/config.yaml``)."""
+    paths = [arg for arg in args if "=" not in arg or Path(arg).is_file()]
+    overrides = [arg for arg in args if arg not in paths]
     if len(paths) > 1:
         raise MMError(f"expected at most one config file, got {len(paths)}: {', '.join(paths)}")
     return (paths[0] if paths else None), overrides

@@ -81,6 +81,14 @@ def test_split_config_args() -> None:
         split_config_args(["a.yaml", "b.yaml"])
 
 
+def test_grid_cell_config_path_with_equals_is_a_path(tmp_path: Path) -> None:
+    cell = tmp_path / "resolution=64,tokens=16" / "config.yaml"
+    cell.parent.mkdir()
+    cell.write_text("seed: 3\n")
+    assert split_config_args([str(cell), "train.steps=5"]) == (str(cell), ["train.steps=5"])
+    assert load_config(str(cell), ["train.steps=5"]).seed == 3
+
+
 def test_config_hash_tracks_content() -> None:
     assert config_hash(Config()) == config_hash(load_config(None, []))
     assert config_hash(Config()) != config_hash(load_config(None, ["seed=1"]))

@@ -17,7 +17,7 @@ from typing import Any
 
 from mmbench_cli.report.load import Run, Study, sample_paths
 from mmbench_cli.report.stats import DEFAULT_RESAMPLES, Estimate, from_scores, mean_of
-from mmbench_cli.report.tables import Column, Table, _make_table, _seed_note
+from mmbench_cli.report.tables import Column, Table, make_table, seed_note
 from mmbench_cli.runs import read_jsonl
 
 TYPE_ORDER = ("yes/no", "number", "other")
@@ -131,8 +131,8 @@ def answer_type_table(study: Study, resamples: int = DEFAULT_RESAMPLES) -> Table
     note = (
         "Mean score of each VQA task's queries per answer type (the row's answer_type, else VQAv2's rule on the most "
         "common reference answer: yes/no, number, other) at each cell's last evaluated checkpoint, at the task's fewest "
-        "and most shots; n: queries of that type; [95% bootstrap CI over queries]" + _seed_note(study)
+        "and most shots; n: queries of that type; [95% bootstrap CI over queries]" + seed_note(study)
         + "; best per column in bold."
     )
-    return _make_table("answer-types", "VQA accuracy by answer type", note, list(groups), columns, lookup, ["cell"],
+    return make_table("answer-types", "VQA accuracy by answer type", note, list(groups), columns, lookup, ["cell"],
                        resamples)

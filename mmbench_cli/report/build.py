@@ -153,15 +153,14 @@ def make_report(
     if with_plots and not study.multi_grid:
         figures = plots.all_figures(study, resamples) if has_results else plots.loss_curves(study)
         plot_paths = {figure.id: f"plots/{_safe_name(figure.id)}.svg" for figure in figures}
-    for section, part in zip(sections, parts, strict=True):
-        if not with_plots:
-            break
-        stem = section.id.removeprefix("grid-")  # plots/<grid>-bars-<axis>.svg
-        drawn = plots.all_figures(part, resamples) if any(r.results for r in part.runs) else plots.loss_curves(part)
-        for figure in drawn:
-            renamed = plots.Figure(f"{section.id}-{figure.id}", figure.title, figure.caption, figure.svg)
-            section.figures.append(renamed)
-            plot_paths[renamed.id] = f"plots/{_safe_name(f'{stem}-{figure.id}')}.svg"
+    if with_plots:
+        for section, part in zip(sections, parts, strict=True):
+            stem = section.id.removeprefix("grid-")  # plots/<grid>-bars-<axis>.svg
+            drawn = plots.all_figures(part, resamples) if any(r.results for r in part.runs) else plots.loss_curves(part)
+            for figure in drawn:
+                renamed = plots.Figure(f"{section.id}-{figure.id}", figure.title, figure.caption, figure.svg)
+                section.figures.append(renamed)
+                plot_paths[renamed.id] = f"plots/{_safe_name(f'{stem}-{figure.id}')}.svg"
     timings["plots_s"] = time.perf_counter() - mark
 
     context = {

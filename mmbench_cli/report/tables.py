@@ -157,7 +157,7 @@ def final_loss(run: Run) -> float | None:
     return None
 
 
-def _make_table(
+def make_table(
     table_id: str,
     title: str,
     note: str,
@@ -167,6 +167,8 @@ def _make_table(
     index_names: list[str],
     resamples: int,
 ) -> Table:
+    """A report table: one row per ``index`` entry, one column per ``columns``, each cell the ``lookup`` estimate
+    (value ±seed std, 95% bootstrap CI, best per column in bold)."""
     labels = [c.label for c in columns]
     values = pd.DataFrame(index=pd.Index(index), columns=labels, dtype=float)
     text = pd.DataFrame(index=pd.Index(index), columns=labels, dtype=object)
@@ -217,22 +219,23 @@ def summary_table(study: Study, resamples: int = DEFAULT_RESAMPLES) -> Table:
             return mean_of([Estimate(value=x) for x in losses], pool_seeds=True)
         return cells[group][column.key]
 
-    seeds = _seed_note(study)
+    seeds = seed_note(study)
     note = "Last evaluated checkpoint of each cell; [95% bootstrap CI over queries]" + seeds + "; best per column in bold."
-    return _make_table("summary", "MM1-style summary", note, list(groups), [*columns, loss_column], lookup, ["cell"], resamples)
+    return make_table("summary", "MM1-style summary", note, list(groups), [*columns, loss_column], lookup, ["cell"], resamples)
 
 
 def task_table(study: Study, resamples: int = DEFAULT_RESAMPLES) -> Table:
     """Every task at every shot count, per cell."""
     columns = task_columns(study)
     cells = cell_estimates(study, columns)
-    note = "Per task and shots; [95% bootstrap CI over queries]" + _seed_note(study) + "; best per column in bold."
-    return _make_table(
+    note = "Per task and shots; [95% bootstrap CI over queries]" + seed_note(study) + "; best per column in bold."
+    return make_table(
         "tasks", "Per-task scores", note, list(cells), columns, lambda g, c: cells[g][c.key], ["cell"], resamples
     )
 
 
-def _seed_note(study: Study) -> str:
+def seed_note(study: Study) -> str:
+    """The note's "±: std over training seeds" clause, when some cell pools several seeds ("" otherwise)."""
     if any(len(runs) > 1 for runs in study.groups().values()):
         return "; ±: std over training seeds"
     return ""
@@ -262,7 +265,7 @@ def effect_tables(study: Study, resamples: int = DEFAULT_RESAMPLES) -> list[Tabl
     tables = []
     for axis, by_value in effects.items():
         tables.append(
-            _make_table(
+            make_table(
                 f"effect-{axis}",
                 f"Effect of {axis}",
                 f"Mean over the cells with each {axis} value; [95% bootstrap CI].",

@@ -257,6 +257,9 @@ def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
     existing file (grid cells' dirs have ``=`` in their names: ``runs/g/tokens=16/config.yaml``)."""
     paths = [arg for arg in args if "=" not in arg or Path(arg).is_file()]
     overrides = [arg for arg in args if arg not in paths]
+    for arg in overrides:
+        if arg.endswith((".yaml", ".yml")) and "/" in arg.split("=", 1)[0]:
+            raise MMError(f"{arg}: no such config file")
     if len(paths) > 1:
         raise MMError(f"expected at most one config file, got {len(paths)}: {', '.join(paths)}")
     return (paths[0] if paths else None), overrides

@@ -87,6 +87,8 @@ def test_grid_cell_config_path_with_equals_is_a_path(tmp_path: Path) -> None:
     cell.write_text("seed: 3\n")
     assert split_config_args([str(cell), "train.steps=5"]) == (str(cell), ["train.steps=5"])
     assert load_config(str(cell), ["train.steps=5"]).seed == 3
+    with pytest.raises(MMError, match="no such config file"):
+        split_config_args([str(tmp_path / "tokens=4" / "config.yaml")])
 
 
 def test_config_hash_tracks_content() -> None:

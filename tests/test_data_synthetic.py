@@ -126,6 +126,43 @@ def test_world_from_config() -> None:
     assert world.seed == 3 and world.num_images["val"] == 7
 
 
+def test_world_versions_differ_only_in_interleaved_qa(tmp_path: Path) -> None:
+    """Version 2 adds two whole-scene questions per image and puts every question about a Q&A-style image
+    after it in interleaved documents; everything else is version 1's."""
+    from mmbench_cli.config import load_config
+    from mmbench_cli.errors import MMError
+
+    old = SyntheticWorld(0, 24, 8, 8, cache_dir=str(tmp_path / "c"), version=1)
+    new = SyntheticWorld(0, 24, 8, 8, cache_dir=str(tmp_path / "c"), version=2)
+    assert old.image_dir == new.image_dir  # same renderings: one image cache
+    assert [s.captions for s in old.captions("train")] == [s.captions for s in new.captions("train")]
+    new_vqa = {s.question_id: (s.question, s.answers) for s in new.vqa("test")}
+    assert all(new_vqa[s.question_id] == (s.question, s.answers) for s in old.vqa("test"))  # version 1's kept
+    added = [q for q, _ in new_vqa.values() if q == "how many shapes are there?" or q.endswith(" shape?")]
+    assert len(added) == 2 * 8 and len(new_vqa) == len(old.vqa("test")) + len(added)
+    assert [d.text for d in old.text("train")] == [d.text for d in new.text("train")]
+
+    def qa_per_image(world: SyntheticWorld) -> float:
+        docs = [d for d in world.interleaved("train") if d.meta["style"] == "qa"]
+        texts = [templates.format_interleaved(d) for d in docs]
+        return sum(t.count("Question:") for t, _ in texts) / sum(len(images) for _, images in texts)
+
+    assert qa_per_image(old) == 1.0
+    assert qa_per_image(new) >= 3.0
+    # in version 2 every answer is closed by <|endofchunk|>, like a few-shot demo
+    qa_docs = [templates.format_interleaved(d)[0] for d in new.interleaved("train") if d.meta["style"] == "qa"]
+    assert all(t.count("Short answer:") == t.count(templates.EOC_TOKEN) for t in qa_docs)
+    assert world_from_config(load_config(None, ["data.world_version=2"]).data).version == 2
+    assert world_from_config(load_config(None, []).data).version == 1  # what configs saved before it meant
+    with pytest.raises(MMError, match="world_version"):
+        load_config(None, ["data.world_version=3"])
+
+
+def test_tokenizer_corpus_is_the_same_for_every_world_version() -> None:
+    """The BPE trains on version 1's documents: "<|endofchunk|>Question:" occurs only in version 2's."""
+    assert not any(f"{templates.EOC_TOKEN}Question:" in text for text in tokenizer_corpus(0, num_scenes=50))
+
+
 def _diff_at(scene_a: Scene, scene_b: Scene, size: int) -> float:
     """Mean absolute pixel difference of two scenes rendered natively and downsampled to ``size`` px."""
     a, b = (np.asarray(render_scene(s).resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)

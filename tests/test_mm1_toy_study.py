@@ -16,7 +16,7 @@ from mmbench_cli.ablate.grid import build_plan
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "ablations" / "mm1-toy"
 AXES = REPO / "ablations" / "axes.yaml"
-EXPECTED_CELLS = {"resolution_tokens": 8, "connector": 8, "encoder": 6, "data_mix": 18, "lm_size": 3}
+EXPECTED_CELLS = {"resolution_tokens": 8, "connector": 8, "encoder": 6, "data_mix": 18, "lm_size": 3, "vqa_world": 4}
 
 
 def encoder_names() -> list[str]:
@@ -38,7 +38,8 @@ def test_study_grid_plans(grid: str, study_cwd: Path) -> None:
     plan = build_plan(str(STUDY / f"{grid}.yaml"), [], [], axes_path=AXES)
     assert plan.name == grid
     assert len(plan.cells) == EXPECTED_CELLS[grid]
-    assert "text:textcore" in plan.base.eval.tasks  # findings (c) and (e) need the text benchmark
+    if grid != "vqa_world":  # the VQA-dynamics grid evaluates captioning and VQA only, at every checkpoint
+        assert "text:textcore" in plan.base.eval.tasks  # findings (c) and (e) need the text benchmark
     for cell in plan.cells:
         encoder = cell.config.model.encoder
         if encoder.startswith("runs/"):
@@ -59,3 +60,8 @@ def test_study_axes_change_what_they_say(study_cwd: Path) -> None:
     assert by_label["cap45-int45-txt10"] == {"caption": 0.45, "interleaved": 0.45, "text": 0.10}  # MM1's default
     assert by_label["int100"]["caption"] == 0.0 and by_label["cap100"]["interleaved"] == 0.0
     assert all(sum(mix.values()) == pytest.approx(1.0) for mix in by_label.values())
+    world = build_plan(str(STUDY / "vqa_world.yaml"), [], [], axes_path=AXES).cells
+    assert {(c.config.data.world_version, c.config.model.image_size) for c in world} == {
+        (v, r) for v in (1, 2) for r in (32, 64)
+    }
+    assert all(c.config.eval.all_checkpoints and c.config.train.steps == 1000 for c in world)

@@ -36,11 +36,19 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from mmbench_cli.data.templates import EOC_TOKEN as EOC
 from mmbench_cli.data.templates import text_qa
 from mmbench_cli.data.types import CaptionSample, InterleavedDoc, TextDoc, VQASample
 from mmbench_cli.errors import MMError
 
-WORLD_VERSION = 1  # bump when rendering or text generation changes (invalidates the image cache)
+# The world's versions. A run's config records ``data.world_version``, so a run made with an older world
+# re-runs on the same data. 1: one Q&A pair after a Q&A-style image in interleaved documents. 2: two more
+# questions per image that need no shape recognition ("is there a red shape?", "how many shapes are
+# there?"), and every question about a Q&A-style image after it in interleaved documents (~4x the
+# image-grounded answers). Scenes, images, captions, version 1's questions and text are the same.
+WORLD_VERSIONS = (1, 2)
+WORLD_VERSION = 1  # the default (a saved config without data.world_version was made with version 1)
+RENDER_VERSION = 1  # bump when rendering changes (invalidates the image cache)
 NATIVE_SIZE = 256
 SPLITS = ("train", "val", "test")
 
@@ -287,8 +295,10 @@ def typo(text: str) -> str:
     return text[:-1] if len(text) > 2 else text + text[-1]
 
 
-def scene_questions(scene: Scene, rng: random.Random) -> list[dict[str, Any]]:
-    """VQAv2-style questions about ``scene``: dicts with question, answers (10), answer_type, kind, hard."""
+def scene_questions(scene: Scene, rng: random.Random, version: int = 1) -> list[dict[str, Any]]:
+    """VQAv2-style questions about ``scene``: dicts with question, answers (10), answer_type, kind, hard.
+
+    World version 2 adds two questions that need no shape recognition (``_whole_scene_questions``)."""
     questions: list[dict[str, Any]] = []
     objects = scene.objects
     by_shape: dict[str, list[Shape]] = {}
@@ -348,10 +358,37 @@ def scene_questions(scene: Scene, rng: random.Random) -> list[dict[str, Any]]:
             "confusions": [typo(text)], "noise": 0.4 if scene.text_size == "small" else 0.1,
             "hard": scene.text_size == "small", "kind": "ocr",
         })
+    _annotate_all(questions, rng)
+    if version >= 2:  # drawn after version 1's questions, so those stay exactly as they were
+        extra = _whole_scene_questions(scene, rng)
+        _annotate_all(extra, rng)
+        questions.extend(extra)
+    return questions
+
+
+def _annotate_all(questions: list[dict[str, Any]], rng: random.Random) -> None:
+    """Fix the articles of each question and turn its truth into ten human answers, in place."""
     for item in questions:
         item["question"] = _fix_articles(item["question"])
         item["answers"] = _annotate(item.pop("truth"), item.pop("confusions"), rng, item.pop("noise"))
-    return questions
+
+
+def _whole_scene_questions(scene: Scene, rng: random.Random) -> list[dict[str, Any]]:
+    """World version 2's questions that need no shape recognition: is there a <colour> shape (colour alone,
+    which small models ground first) and how many shapes are there (all objects)."""
+    colors = {obj.color for obj in scene.objects}
+    color = rng.choice(sorted(colors)) if rng.random() < 0.5 else rng.choice([c for c in COLORS if c not in colors])
+    truth = "yes" if color in colors else "no"
+    count = len(scene.objects)
+    return [
+        {"question": f"is there a {color} shape?", "truth": truth, "answer_type": "yes/no",
+         "confusions": ["no" if truth == "yes" else "yes"], "noise": 0.1,
+         "hard": truth == "yes" and all(o.size == "small" for o in scene.objects if o.color == color),
+         "kind": "vqa"},
+        {"question": "how many shapes are there?", "truth": str(count), "answer_type": "number",
+         "confusions": [str(count - 1), str(count + 1)], "noise": 0.25,
+         "hard": any(obj.size == "small" for obj in scene.objects), "kind": "vqa"},
+    ]
 
 
 # ----------------------------------------------------------------------------------------- text world
@@ -504,8 +541,12 @@ class SyntheticWorld:
         num_val_images: int = 200,
         num_test_images: int = 400,
         cache_dir: str | None = None,
+        version: int = WORLD_VERSION,
     ) -> None:
+        if version not in WORLD_VERSIONS:
+            raise MMError(f"data.world_version {version}: unknown; choose from: {', '.join(map(str, WORLD_VERSIONS))}")
         self.seed = seed
+        self.version = version
         self.num_images = {"train": num_train_images, "val": num_val_images, "test": num_test_images}
         self.cache_dir = cache_dir
         self.facts = world_facts(seed)
@@ -520,7 +561,7 @@ class SyntheticWorld:
         """Where this world's rendered images are cached."""
         from mmbench_cli.runs import cache_root
 
-        return cache_root(self.cache_dir) / "synthetic" / f"v{WORLD_VERSION}-seed{self.seed}"
+        return cache_root(self.cache_dir) / "synthetic" / f"v{RENDER_VERSION}-seed{self.seed}"
 
     # images and scenes ---------------------------------------------------------------------------
     def scene(self, split: str, index: int) -> Scene:
@@ -577,7 +618,7 @@ class SyntheticWorld:
         samples = []
         for image in self.images(split):
             index = int(image.path.stem)
-            for number, item in enumerate(scene_questions(image.scene, _rng("vqa", self.seed, split, index))):
+            for number, item in enumerate(scene_questions(image.scene, _rng("vqa", self.seed, split, index), self.version)):
                 if item["kind"] != kind:
                     continue
                 samples.append(VQASample(
@@ -592,8 +633,9 @@ class SyntheticWorld:
     def interleaved(self, split: str) -> list[InterleavedDoc]:
         """MMC4/OBELICS-like documents: 2-4 images sharing a theme (a colour or a shape) with passages.
 
-        The text after each image is a caption in the ``Output:`` format, a ``Question: ... Short answer:``
-        pair, or a free sentence; passages about the theme's things sit between images.
+        The text after each image is a caption in the ``Output:`` format, ``Question: ... Short answer:``
+        pairs (world version 1: one; 2: every question about the image), or a free sentence; passages about
+        the theme's things sit between images.
         """
         images = self.images(split)
         by_theme: dict[str, list[SyntheticImage]] = {}
@@ -624,8 +666,13 @@ class SyntheticWorld:
                 mode = style if style != "mixed" else rng.choice(("caption", "qa", "free"))
                 if mode == "caption":
                     chunks.append("Output: " + scene_captions(image.scene, scene_rng, num=1)[0])
+                elif mode == "qa" and self.version >= 2:  # every question about the image, in random order
+                    questions = scene_questions(image.scene, scene_rng, self.version)
+                    scene_rng.shuffle(questions)
+                    # each answer closed like a few-shot demo's (format_interleaved closes the last one)
+                    chunks.append(EOC.join(text_qa(item["question"], item["answers"][0]) for item in questions))
                 elif mode == "qa":
-                    item = scene_rng.choice(scene_questions(image.scene, scene_rng))
+                    item = scene_rng.choice(scene_questions(image.scene, scene_rng, self.version))
                     chunks.append(text_qa(item["question"], item["answers"][0]))
                 else:
                     chunks.append("here we see " + scene_captions(image.scene, scene_rng, num=1)[0])
@@ -721,6 +768,7 @@ def world_from_config(data_cfg: Any) -> SyntheticWorld:
         num_val_images=data_cfg.num_val_images,
         num_test_images=data_cfg.num_test_images,
         cache_dir=data_cfg.cache_dir,
+        version=data_cfg.world_version,
     )
 
 
@@ -745,7 +793,9 @@ def tokenizer_corpus(world_seed: int = 0, num_scenes: int = 1500) -> list[str]:
             texts.append(text_qa(item["question"], item["answers"][0]))
     for index in range(num_scenes):
         texts.append(text_document(facts, _rng("text", world_seed, "train", index))[1])
-    world = SyntheticWorld(world_seed, num_train_images=min(num_scenes, 400), num_val_images=1, num_test_images=1)
+    # Version 1's documents, whatever the default: the tokenizer of every world version must stay the same.
+    world = SyntheticWorld(world_seed, num_train_images=min(num_scenes, 400), num_val_images=1, num_test_images=1,
+                           version=1)
     texts.extend(format_interleaved(doc)[0] for doc in world.interleaved("train"))  # renders nothing
     vocabulary = [
         *COLORS, *SHAPES, *(_plural(s, 2) for s in SHAPES), *SIZES, *POSITIONS, *NUMBER_WORDS, *WORDS,

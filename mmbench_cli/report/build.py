@@ -210,13 +210,14 @@ def make_report(
 
 def _study_tables(study: Study, resamples: int) -> list[Table]:
     """The tables of a single-study report or of one grid's section: summary (first: it is the CSV), one effect
-    table per axis, per-task scores, and VQA accuracy by answer type (when per-sample files split it)."""
-    from mmbench_cli.report import answer_types, tables
+    table per axis, per-task scores, VQA accuracy by answer type (when per-sample files split it) and caption
+    grounding (synthetic captioning with per-sample files)."""
+    from mmbench_cli.report import answer_types, grounding, tables
 
     found = [tables.summary_table(study, resamples), *tables.effect_tables(study, resamples),
              tables.task_table(study, resamples)]
-    by_type = answer_types.answer_type_table(study, resamples)
-    return [*found, by_type] if by_type is not None else found
+    optional = [answer_types.answer_type_table(study, resamples), grounding.grounding_table(study, resamples)]
+    return found + [table for table in optional if table is not None]
 
 
 def _section(part: Study, resamples: int) -> Section:

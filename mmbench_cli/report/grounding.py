@@ -1,0 +1,108 @@
+"""Caption grounding on the synthetic world: do the generated captions name what is in the image?
+
+CIDEr rewards a caption's template as much as its content: at toy scale a model can gain CIDEr by choosing
+the wording of the references without looking at the image. This table separates the two. For each query of
+a synthetic captioning task it takes the colour words and the shape words the generated caption names and
+those in the image (every synthetic reference caption names every object's colour and shape, so a word is
+in the image when a reference names it):
+
+- **precision**: the share of the named words that are in the image;
+- **chance**: the share of the world's words that are in the image, i.e. the precision of a caption that
+  names words at random (over the same queries).
+
+Precision above chance means the captions are grounded in the image. Queries whose caption names no word of
+a kind are left out of that kind (n counts the rest). Computed from the per-sample files of each cell's last
+evaluated checkpoint at the task's fewest shots; a cell's training seeds are pooled as in the other tables.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from mmbench_cli.data.synthetic import COLORS, SHAPES
+from mmbench_cli.report.load import Run, Study, sample_paths
+from mmbench_cli.report.stats import DEFAULT_RESAMPLES, Estimate, from_scores, mean_of
+from mmbench_cli.report.tables import Column, Table, make_table, seed_note
+from mmbench_cli.runs import read_jsonl
+
+VOCABULARIES: dict[str, dict[str, str]] = {  # kind -> word as written -> the thing it names
+    "colour": {color: color for color in COLORS},
+    "shape": {**{shape: shape for shape in SHAPES}, **{shape + "s": shape for shape in SHAPES}},
+}
+
+
+def named(text: str, kind: str) -> set[str]:
+    """The colours (``kind="colour"``) or shapes (``"shape"``) that ``text`` names."""
+    vocabulary = VOCABULARIES[kind]
+    return {vocabulary[word] for word in re.findall(r"[a-z]+", text.lower()) if word in vocabulary}
+
+
+def query_grounding(record: dict[str, Any], kind: str) -> tuple[float, float] | None:
+    """(precision, chance) in % of one per-sample row, or None when its caption names no word of ``kind``."""
+    said = named(str(record.get("prediction", "")), kind)
+    references = record.get("references")
+    if not said or not isinstance(references, list):
+        return None
+    present = named(" ".join(str(r) for r in references), kind)
+    size = len(set(VOCABULARIES[kind].values()))
+    return 100.0 * len(said & present) / len(said), 100.0 * len(present) / size
+
+
+def run_grounding(run: Run, task: str, shots: str, kind: str) -> tuple[Estimate, Estimate] | None:
+    """(precision, chance) Estimates of one run's captions at its last evaluated checkpoint, or None."""
+    step = run.final_step
+    if step is None:
+        return None
+    precision: dict[str, float] = {}
+    chance: dict[str, float] = {}
+    for seed_file, path in enumerate(sample_paths(run, step, task, shots)):
+        for number, record in enumerate(read_jsonl(path), start=1):
+            found = query_grounding(record, kind) if isinstance(record, dict) else None
+            if found is not None:
+                key = f"{seed_file}:{record.get('id', number)}"
+                precision[key], chance[key] = found
+    if not precision:
+        return None
+    return (from_scores(sum(precision.values()) / len(precision), precision),
+            from_scores(sum(chance.values()) / len(chance), chance))
+
+
+def grounding_table(study: Study, resamples: int = DEFAULT_RESAMPLES) -> Table | None:
+    """Per cell, colour and shape precision of the synthetic captioning tasks' captions against chance; None
+    when no synthetic captioning task has per-sample files."""
+    groups = study.groups()
+    found: dict[tuple[str, str, str], dict[str, tuple[Estimate, Estimate]]] = {}
+    for task, info in study.tasks().items():
+        if info["family"] != "caption" or not task.startswith("synthetic"):
+            continue
+        shots = info["shots"][0]
+        for kind in VOCABULARIES:
+            per_run = {run.name: est for run in study.runs if (est := run_grounding(run, task, shots, kind))}
+            if per_run:
+                found[(task, shots, kind)] = per_run
+    if not found:
+        return None
+    columns: list[Column] = []
+    lookups: dict[str, tuple[tuple[str, str, str], int]] = {}
+    for task, shots, kind in found:
+        for position, what in enumerate(("precision", "chance")):
+            column = Column(f"{task}@{shots}@{kind}@{what}", f"{task} {shots}-shot {kind} {what}", "caption", shots,
+                            task=task)
+            columns.append(column)
+            lookups[column.key] = ((task, shots, kind), position)
+
+    def lookup(group: str, column: Column) -> Estimate | None:
+        key, position = lookups[column.key]
+        per_seed = [found[key][run.name][position] for run in groups[group] if run.name in found[key]]
+        return mean_of(per_seed, pool_seeds=True)
+
+    note = (
+        "Do the generated captions name what is in the image? precision: % of the colour (shape) words a caption "
+        "names that are in the image (named by a reference caption); chance: % of the world's colours (shapes) "
+        "that are in the image, the precision of naming at random. Precision above chance = grounded captions; "
+        "CIDEr alone also rewards the wording. Last evaluated checkpoint, fewest shots; captions naming no word "
+        "of a kind are left out; [95% bootstrap CI over queries]" + seed_note(study) + "; highest per column in bold."
+    )
+    return make_table("caption-grounding", "Caption grounding (synthetic world)", note, list(groups), columns,
+                      lookup, ["cell"], resamples)

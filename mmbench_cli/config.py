@@ -248,9 +248,20 @@ def config_to_yaml(cfg: BaseModel) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
+# Data fields added after runs had been saved, with the value that reproduces those runs. While a field holds
+# that value it is left out of config_hash, so the hashes of earlier runs and grid dirs (which resume checks)
+# stay valid.
+HASH_NEUTRAL_DATA_FIELDS: dict[str, Any] = {"world_version": 1}
+
+
 def config_hash(cfg: BaseModel) -> str:
     """A short stable hash of the resolved config (used to detect a run dir made by another config)."""
-    canonical = json.dumps(config_to_dict(cfg), sort_keys=True)
+    data = config_to_dict(cfg)
+    section = data if isinstance(cfg, DataConfig) else data.get("data") if isinstance(cfg, Config) else None
+    for key, value in HASH_NEUTRAL_DATA_FIELDS.items():
+        if isinstance(section, dict) and section.get(key) == value:
+            del section[key]
+    canonical = json.dumps(data, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
-from mmbench_cli.config import Config, apply_overrides, config_hash, load_config, split_config_args
+from mmbench_cli.config import (
+    Config,
+    DataConfig,
+    apply_overrides,
+    config_hash,
+    config_to_dict,
+    load_config,
+    split_config_args,
+)
 from mmbench_cli.errors import MMError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,3 +104,14 @@ def test_grid_cell_config_path_with_equals_is_a_path(tmp_path: Path) -> None:
 def test_config_hash_tracks_content() -> None:
     assert config_hash(Config()) == config_hash(load_config(None, []))
     assert config_hash(Config()) != config_hash(load_config(None, ["seed=1"]))
+
+
+def test_world_version_1_keeps_the_hashes_of_configs_saved_before_the_field() -> None:
+    """A config saved before data.world_version existed hashes as it did then (grid resume checks hashes)."""
+    cfg = load_config(None, [])
+    old = hashlib.sha256(json.dumps(
+        {**config_to_dict(cfg), "data": {k: v for k, v in config_to_dict(cfg)["data"].items() if k != "world_version"}},
+        sort_keys=True).encode()).hexdigest()[:16]
+    assert config_hash(cfg) == old
+    assert config_hash(load_config(None, ["data.world_version=2"])) != old
+    assert config_hash(DataConfig()) != config_hash(DataConfig(world_version=2))

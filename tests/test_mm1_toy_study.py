@@ -16,7 +16,8 @@ from mmbench_cli.ablate.grid import build_plan
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "ablations" / "mm1-toy"
 AXES = REPO / "ablations" / "axes.yaml"
-EXPECTED_CELLS = {"resolution_tokens": 8, "connector": 8, "encoder": 6, "data_mix": 18, "lm_size": 3, "vqa_world": 4, "data_mix_64px": 4}
+EXPECTED_CELLS = {"resolution_tokens": 8, "connector": 8, "encoder": 6, "data_mix": 18, "lm_size": 3, "vqa_world": 4,
+                  "data_mix_64px": 4}
 
 
 def encoder_names() -> list[str]:

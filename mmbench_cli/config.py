@@ -55,8 +55,8 @@ class DataConfig(_Strict):
 
     source: Literal["synthetic", "local"] = "synthetic"
     world_seed: int = Field(0, description="seed of the synthetic world (independent of the training seed)")
-    world_version: Literal[1, 2] = Field(1, description="synthetic world version (2 adds whole-scene questions and "
-                                              "puts every question after a Q&A image; docs/data.md)")
+    world_version: Literal[1, 2, 3] = Field(1, description="synthetic world version (2, 3: more VQA question "
+                                                 "kinds; docs/data.md)")
     num_train_images: int = Field(4000, gt=0)
     num_val_images: int = Field(200, gt=0)
     num_test_images: int = Field(400, gt=0)

@@ -127,8 +127,8 @@ def test_world_from_config() -> None:
 
 
 def test_world_versions_differ_only_in_interleaved_qa(tmp_path: Path) -> None:
-    """Version 2 adds two whole-scene questions per image and puts every question about a Q&A-style image
-    after it in interleaved documents; everything else is version 1's."""
+    """Versions 2 and 3 add two whole-scene questions per image; 2 also puts every question about a Q&A-style
+    image after it in interleaved documents; everything else is version 1's."""
     from mmbench_cli.config import load_config
     from mmbench_cli.errors import MMError
 
@@ -149,13 +149,16 @@ def test_world_versions_differ_only_in_interleaved_qa(tmp_path: Path) -> None:
 
     assert qa_per_image(old) == 1.0
     assert qa_per_image(new) >= 3.0
+    third = SyntheticWorld(0, 24, 8, 8, cache_dir=str(tmp_path / "c"), version=3)  # 2's questions, 1's documents
+    assert [(s.question, s.answers) for s in third.vqa("test")] == [(s.question, s.answers) for s in new.vqa("test")]
+    assert qa_per_image(third) == 1.0
     # in version 2 every answer is closed by <|endofchunk|>, like a few-shot demo
     qa_docs = [templates.format_interleaved(d)[0] for d in new.interleaved("train") if d.meta["style"] == "qa"]
     assert all(t.count("Short answer:") == t.count(templates.EOC_TOKEN) for t in qa_docs)
     assert world_from_config(load_config(None, ["data.world_version=2"]).data).version == 2
     assert world_from_config(load_config(None, []).data).version == 1  # what configs saved before it meant
     with pytest.raises(MMError, match="world_version"):
-        load_config(None, ["data.world_version=3"])
+        load_config(None, ["data.world_version=4"])
 
 
 def test_tokenizer_corpus_is_the_same_for_every_world_version() -> None:

@@ -16,7 +16,7 @@ from mmbench_cli.ablate.grid import build_plan
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "ablations" / "mm1-toy"
 AXES = REPO / "ablations" / "axes.yaml"
-EXPECTED_CELLS = {"resolution_tokens": 8, "connector": 8, "encoder": 6, "data_mix": 18, "lm_size": 3, "vqa_world": 4,
+EXPECTED_CELLS = {"resolution_tokens": 8, "connector": 8, "encoder": 6, "data_mix": 18, "lm_size": 3, "vqa_world": 6,
                   "data_mix_64px": 4}
 
 
@@ -63,6 +63,6 @@ def test_study_axes_change_what_they_say(study_cwd: Path) -> None:
     assert all(sum(mix.values()) == pytest.approx(1.0) for mix in by_label.values())
     world = build_plan(str(STUDY / "vqa_world.yaml"), [], [], axes_path=AXES).cells
     assert {(c.config.data.world_version, c.config.model.image_size) for c in world} == {
-        (v, r) for v in (1, 2) for r in (32, 64)
+        (v, r) for v in (1, 2, 3) for r in (32, 64)
     }
     assert all(c.config.eval.all_checkpoints and c.config.train.steps == 1000 for c in world)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole toy MM1 study, end to end, on a CPU (about 3 hours on 2 cores: 2 h for the five 300-step grids,
-# 1 h for the three 1000-step grids at the end). Resumable: re-running skips
+# The whole toy MM1 study, end to end, on a CPU (about 4 hours on 2 cores: 2 h for the five 300-step grids,
+# 1 h 45 min for the three 1000-step grids at the end). Resumable: re-running skips
 # finished encoders and finished cells. Run from the repository root:
 #   bash ablations/mm1-toy/run_study.sh
 # Then the report (also what regenerates reports/mm1-toy/ from the committed run files):

@@ -159,6 +159,12 @@ def test_world_versions_differ_only_in_interleaved_qa(tmp_path: Path) -> None:
     assert world_from_config(load_config(None, []).data).version == 1  # what configs saved before it meant
     with pytest.raises(MMError, match="world_version"):
         load_config(None, ["data.world_version=4"])
+    from typing import get_args
+
+    from mmbench_cli.config import DataConfig
+    from mmbench_cli.data.synthetic import WORLD_VERSIONS
+
+    assert get_args(DataConfig.model_fields["world_version"].annotation) == WORLD_VERSIONS  # config knows them all
 
 
 def test_tokenizer_corpus_is_the_same_for_every_world_version() -> None:

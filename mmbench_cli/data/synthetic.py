@@ -43,13 +43,13 @@ from mmbench_cli.errors import MMError
 
 # The world's versions. A run's config records ``data.world_version``, so a run made with an older world
 # re-runs on the same data. Scenes, images, captions, version 1's questions and text are the same in all.
-WORLD_VERSIONS = (1, 2, 3)
-WORLD_VERSION = 1  # the default (a saved config without data.world_version was made with version 1)
-# Version 2 and 3 add two questions per image that need no shape recognition ("is there a red shape?", "how
+# Versions 2 and 3 add two questions per image that need no shape recognition ("is there a red shape?", "how
 # many shapes are there?"); version 2 also follows a Q&A-style image in an interleaved document with every
-# question about it instead of one (which, measured, took the captions' grounding away: docs/data.md).
+# question about it instead of one (docs/data.md has what each measurably changed).
 WHOLE_SCENE_QUESTIONS = {1: False, 2: True, 3: True}
 EVERY_QUESTION_IN_DOCS = {1: False, 2: True, 3: False}
+WORLD_VERSIONS = tuple(WHOLE_SCENE_QUESTIONS)
+WORLD_VERSION = 1  # the default (a saved config without data.world_version was made with version 1)
 RENDER_VERSION = 1  # bump when rendering changes (invalidates the image cache)
 NATIVE_SIZE = 256
 SPLITS = ("train", "val", "test")

@@ -49,23 +49,28 @@ def query_grounding(record: dict[str, Any], kind: str) -> tuple[float, float] | 
     return 100.0 * len(said & present) / len(said), 100.0 * len(present) / size
 
 
-def run_grounding(run: Run, task: str, shots: str, kind: str) -> tuple[Estimate, Estimate] | None:
-    """(precision, chance) Estimates of one run's captions at its last evaluated checkpoint, or None."""
+def run_grounding(run: Run, task: str, shots: str) -> dict[str, tuple[Estimate, Estimate]]:
+    """Kind -> (precision, chance) Estimates of one run's captions at its last evaluated checkpoint (one pass over
+    the per-sample files; a kind no caption names is absent)."""
     step = run.final_step
     if step is None:
-        return None
-    precision: dict[str, float] = {}
-    chance: dict[str, float] = {}
+        return {}
+    precision: dict[str, dict[str, float]] = {kind: {} for kind in VOCABULARIES}
+    chance: dict[str, dict[str, float]] = {kind: {} for kind in VOCABULARIES}
     for seed_file, path in enumerate(sample_paths(run, step, task, shots)):
         for number, record in enumerate(read_jsonl(path), start=1):
-            found = query_grounding(record, kind) if isinstance(record, dict) else None
-            if found is not None:
-                key = f"{seed_file}:{record.get('id', number)}"
-                precision[key], chance[key] = found
-    if not precision:
-        return None
-    return (from_scores(sum(precision.values()) / len(precision), precision),
-            from_scores(sum(chance.values()) / len(chance), chance))
+            if not isinstance(record, dict):
+                continue
+            key = f"{seed_file}:{record.get('id', number)}"
+            for kind in VOCABULARIES:
+                found = query_grounding(record, kind)
+                if found is not None:
+                    precision[kind][key], chance[kind][key] = found
+    return {
+        kind: (from_scores(sum(precision[kind].values()) / len(precision[kind]), precision[kind]),
+               from_scores(sum(chance[kind].values()) / len(chance[kind]), chance[kind]))
+        for kind in VOCABULARIES if precision[kind]
+    }
 
 
 def grounding_table(study: Study, resamples: int = DEFAULT_RESAMPLES) -> Table | None:
@@ -77,8 +82,9 @@ def grounding_table(study: Study, resamples: int = DEFAULT_RESAMPLES) -> Table |
         if info["family"] != "caption" or not task.startswith("synthetic"):
             continue
         shots = info["shots"][0]
+        by_run = {run.name: run_grounding(run, task, shots) for run in study.runs}
         for kind in VOCABULARIES:
-            per_run = {run.name: est for run in study.runs if (est := run_grounding(run, task, shots, kind))}
+            per_run = {name: by_kind[kind] for name, by_kind in by_run.items() if kind in by_kind}
             if per_run:
                 found[(task, shots, kind)] = per_run
     if not found:

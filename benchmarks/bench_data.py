@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from mmbench_cli.config import load_config, split_config_args  # noqa: E402
-from mmbench_cli.runs import atomic_write_json  # noqa: E402
+from mmbench_cli.rundir import atomic_write_json  # noqa: E402
 
 
 def time_stream(cfg, tokenizer, num_image_tokens, mean, std, batches: int) -> dict[str, float]:  # noqa: ANN001

@@ -105,7 +105,7 @@ def main() -> None:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows,
         "note": "naive images_encoded is an upper bound (stops early at a stop token)",
     }
-    from mmbench_cli.runs import atomic_write_json
+    from mmbench_cli.rundir import atomic_write_json
 
     atomic_write_json(args.out, result)
     print(f"wrote {args.out}")

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mmbench_cli.config import load_config, split_config_args  # noqa: E402
-from mmbench_cli.runs import atomic_write_json  # noqa: E402
+from mmbench_cli.rundir import atomic_write_json  # noqa: E402
 
 
 def matmul_ceiling(sizes: tuple[int, ...] = (512, 1024, 2048), repeats: int = 5) -> dict[str, float]:

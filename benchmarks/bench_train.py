@@ -30,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from mmbench_cli.config import load_config  # noqa: E402
-from mmbench_cli.runs import atomic_write_json  # noqa: E402
+from mmbench_cli.rundir import atomic_write_json  # noqa: E402
 from mmbench_cli.train.loop import LogWindow  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mmbench_cli.config import load_config
-from mmbench_cli.runs import read_jsonl, read_status
+from mmbench_cli.rundir import read_jsonl, read_status
 from mmbench_cli.train.loop import pretrain
 
 ENCODER_TINY = [

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from mmbench_cli.cli import app
 from mmbench_cli.config import load_config
-from mmbench_cli.runs import read_jsonl, read_status
+from mmbench_cli.rundir import read_jsonl, read_status
 from mmbench_cli.train.checkpoints import checkpoint_schedule, file_content_hash, list_checkpoints
 from mmbench_cli.train.loop import pretrain
 

@@ -12,7 +12,7 @@ import torch
 
 from mmbench_cli.config import load_config
 from mmbench_cli.errors import MMError
-from mmbench_cli.runs import RunLock, atomic_write_text
+from mmbench_cli.rundir import RunLock, atomic_write_text
 from mmbench_cli.train.checkpoints import (
     checkpoint_schedule,
     content_hash,
@@ -20,7 +20,7 @@ from mmbench_cli.train.checkpoints import (
     load_trainer_state,
     save_trainer_state,
 )
-from mmbench_cli.train.rundir import check_data_inputs, prepare_run_dir, truncate_metrics
+from mmbench_cli.train.resume import check_data_inputs, prepare_run_dir, truncate_metrics
 from mmbench_cli.train.schedule import lr_at, mm1_learning_rate, resolve_lr_and_wd
 
 

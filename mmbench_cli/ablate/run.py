@@ -20,7 +20,7 @@ from mmbench_cli.ablate.executors import CellSpec, build_executor
 from mmbench_cli.ablate.grid import GridPlan
 from mmbench_cli.ablate.store import GridStore
 from mmbench_cli.config import config_hash, config_to_dict
-from mmbench_cli.runs import RunLock
+from mmbench_cli.rundir import RunLock
 
 STATE_STYLE = {"pending": "dim", "partial": "yellow", "running": "cyan", "done": "green", "failed": "red",
                "queued": "dim"}

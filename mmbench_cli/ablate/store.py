@@ -17,7 +17,7 @@ from typing import Any
 
 from mmbench_cli.ablate.grid import SEED_AXIS, GridPlan
 from mmbench_cli.errors import MMError
-from mmbench_cli.runs import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
+from mmbench_cli.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
 
 GRID_FILE = "grid.json"
 CELL_FILE = "ablate.json"

@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from mmbench_cli.data.types import CaptionSample, ImageRef, InterleavedDoc, Sample, VQASample
-from mmbench_cli.runs import atomic_write_bytes, atomic_write_json
+from mmbench_cli.rundir import atomic_write_bytes, atomic_write_json
 
 CELL = 176  # thumbnail size in the contact sheet
 

@@ -561,7 +561,7 @@ class SyntheticWorld:
     @cached_property
     def image_dir(self) -> Path:
         """Where this world's rendered images are cached."""
-        from mmbench_cli.runs import cache_root
+        from mmbench_cli.rundir import cache_root
 
         return cache_root(self.cache_dir) / "synthetic" / f"v{RENDER_VERSION}-seed{self.seed}"
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from mmbench_cli.errors import MMError
 from mmbench_cli.evaluate import fewshot
 from mmbench_cli.evaluate.tasks import TEXT_PREFIX, TaskSpec, load_samples, resolve_task
-from mmbench_cli.runs import atomic_write_json, atomic_write_text, read_jsonl
+from mmbench_cli.rundir import atomic_write_json, atomic_write_text, read_jsonl
 
 if TYPE_CHECKING:
     import torch
@@ -392,7 +392,7 @@ def evaluate(
         if most_demos:
             fewshot.check_pool(task.pool(0, selection == "rices"), most_demos, name)
 
-    from mmbench_cli.runs import RunLock
+    from mmbench_cli.rundir import RunLock
 
     written = []
     results_dir = resolved.run_dir / RESULTS_DIR

@@ -197,7 +197,7 @@ def _main_metric(metrics: dict[str, Any]) -> tuple[str, float] | None:
 
 def cells_from_lm_eval(output: dict[str, Any], samples_dir: Path) -> dict[str, dict[str, Any]]:
     """Turn lm-eval's ``results``/``groups`` and logged samples into our cells (+ per-sample JSONL files)."""
-    from mmbench_cli.runs import atomic_write_text
+    from mmbench_cli.rundir import atomic_write_text
 
     cells: dict[str, dict[str, Any]] = {}
     logged = output.get("samples") or {}

@@ -51,7 +51,7 @@ def build_and_report(cfg: Any, out: Path | None, console: Console) -> Any:
     import torch
 
     from mmbench_cli.model import build_model
-    from mmbench_cli.runs import atomic_dir
+    from mmbench_cli.rundir import atomic_dir
 
     if out is not None and out.exists() and not out.is_dir():
         raise MMError(f"--out {out}: exists and is not a directory; choose another path")

@@ -97,7 +97,7 @@ def synthetic_tokenizer(vocab_size: int, world_seed: int = 0, cache_dir: str | N
     from tokenizers import Tokenizer
 
     from mmbench_cli.data.synthetic import tokenizer_corpus
-    from mmbench_cli.runs import atomic_write_text, cache_root
+    from mmbench_cli.rundir import atomic_write_text, cache_root
 
     key = (vocab_size, world_seed, str(cache_root(cache_dir)))
     if key in _IN_PROCESS:

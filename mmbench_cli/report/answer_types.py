@@ -18,7 +18,7 @@ from typing import Any
 from mmbench_cli.report.load import Run, Study, sample_paths
 from mmbench_cli.report.stats import DEFAULT_RESAMPLES, Estimate, from_scores, mean_of
 from mmbench_cli.report.tables import Column, Table, make_table, seed_note
-from mmbench_cli.runs import read_jsonl
+from mmbench_cli.rundir import read_jsonl
 
 TYPE_ORDER = ("yes/no", "number", "other")
 NUMBER_WORDS = frozenset(

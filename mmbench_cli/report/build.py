@@ -21,7 +21,7 @@ from mmbench_cli import __version__
 from mmbench_cli.errors import MMError
 from mmbench_cli.report.regress import Comparison, baseline_document, collect, compare, read_baseline
 from mmbench_cli.report.stats import DEFAULT_RESAMPLES
-from mmbench_cli.runs import atomic_write_text
+from mmbench_cli.rundir import atomic_write_text
 
 if TYPE_CHECKING:  # the report modules import pandas/matplotlib: loaded only when a report is made
     from mmbench_cli.report.load import Study

@@ -24,7 +24,7 @@ from mmbench_cli.data.synthetic import COLORS, SHAPES
 from mmbench_cli.report.load import Run, Study, sample_paths
 from mmbench_cli.report.stats import DEFAULT_RESAMPLES, Estimate, from_scores, mean_of
 from mmbench_cli.report.tables import Column, Table, make_table, seed_note
-from mmbench_cli.runs import read_jsonl
+from mmbench_cli.rundir import read_jsonl
 
 VOCABULARIES: dict[str, dict[str, str]] = {  # kind -> word as written -> the thing it names
     "colour": {color: color for color in COLORS},

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from mmbench_cli.errors import MMError
-from mmbench_cli.runs import read_jsonl, read_status
+from mmbench_cli.rundir import read_jsonl, read_status
 
 SEED_AXIS = "seed"
 FAMILIES = ("caption", "vqa", "text")

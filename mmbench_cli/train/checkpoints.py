@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmbench_cli.errors import MMError
-from mmbench_cli.runs import atomic_write_json
+from mmbench_cli.rundir import atomic_write_json
 
 if TYPE_CHECKING:
     import torch

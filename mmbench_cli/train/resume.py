@@ -14,7 +14,7 @@ from typing import Any
 
 from mmbench_cli.config import Config, config_hash, config_to_dict, config_to_yaml, load_config
 from mmbench_cli.errors import MMError
-from mmbench_cli.runs import atomic_write_json, atomic_write_text, read_jsonl, run_metadata
+from mmbench_cli.rundir import atomic_write_json, atomic_write_text, read_jsonl, run_metadata
 from mmbench_cli.train.checkpoints import CHECKPOINTS_DIR, TRAINER_STATE_FILE, list_checkpoints
 
 RUN_FILES = ("config.yaml", "meta.json", "metrics.jsonl", "status")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mmbench_cli.errors import MMError
-from mmbench_cli.runs import (
+from mmbench_cli.rundir import (
     RunLock,
     append_jsonl,
     atomic_dir,

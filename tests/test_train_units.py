@@ -20,7 +20,7 @@ from mmbench_cli.train.checkpoints import (
     load_trainer_state,
     save_trainer_state,
 )
-from mmbench_cli.train.resume import check_data_inputs, prepare_run_dir, truncate_metrics
+from mmbench_cli.train.run_setup import check_data_inputs, prepare_run_dir, truncate_metrics
 from mmbench_cli.train.schedule import lr_at, mm1_learning_rate, resolve_lr_and_wd
 
 

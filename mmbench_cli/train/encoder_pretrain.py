@@ -32,7 +32,7 @@ from torch import nn
 from mmbench_cli.config import Config
 from mmbench_cli.errors import MMError
 from mmbench_cli.rundir import RunLock, append_jsonl, atomic_write_json, write_status
-from mmbench_cli.train import resume
+from mmbench_cli.train import run_setup
 from mmbench_cli.train.schedule import lr_at, resolve_lr_and_wd
 
 CAPTION_MAX_TOKENS = 40
@@ -192,13 +192,13 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
     from mmbench_cli.train.distributed import resolve_device
     from mmbench_cli.train.loop import resolve_precision, seed_everything
 
-    resume.check_data_inputs(cfg)
+    run_setup.check_data_inputs(cfg)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise MMError("--stage encoder runs in one process; launch it without torchrun")
     run_dir = Path(out_dir)
     tcfg = cfg.train
     with RunLock(run_dir, "run"):
-        resume.prepare_run_dir(cfg, run_dir, resume, force)
+        run_setup.prepare_run_dir(cfg, run_dir, resume, force)
         device = resolve_device(tcfg.device)
         autocast_dtype = resolve_precision(tcfg.precision, device)
         seed_everything(cfg.seed)
@@ -222,8 +222,8 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
         if len(train.samples) < 2:
             raise MMError("data: --stage encoder needs at least 2 training images")
         val = PairData(_caption_samples(cfg, "val"), image_size, encoder.image_mean, encoder.image_std)
-        resume.truncate_metrics(run_dir, None)
-        resume.write_run_files(cfg, run_dir, {"stage": "encoder", "objective": tcfg.encoder_objective,
+        run_setup.truncate_metrics(run_dir, None)
+        run_setup.write_run_files(cfg, run_dir, {"stage": "encoder", "objective": tcfg.encoder_objective,
                                               "num_params": num_params, "lr": peak_lr, "weight_decay": weight_decay,
                                               "device": str(device)})
         write_status(run_dir, "running")
@@ -263,7 +263,7 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
             write_status(run_dir, "failed")
             raise
         atomic_write_json(run_dir / "encoder_eval.json", scores)
-        resume.update_meta(run_dir, {"wall_time_s": time.perf_counter() - started, **scores})
+        run_setup.update_meta(run_dir, {"wall_time_s": time.perf_counter() - started, **scores})
         write_status(run_dir, "done")
     return run_dir
 

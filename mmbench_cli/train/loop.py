@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from mmbench_cli.config import DATA_TYPES, Config
 from mmbench_cli.errors import MMError
 from mmbench_cli.rundir import RunLock, append_jsonl, atomic_dir, atomic_write_json, write_status
-from mmbench_cli.train import resume
+from mmbench_cli.train import run_setup
 from mmbench_cli.train.checkpoints import (
     CHECKPOINT_JSON,
     checkpoint_dir,
@@ -149,7 +149,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False, force: bool
         from mmbench_cli.train.encoder_pretrain import pretrain_encoder
 
         return pretrain_encoder(cfg, out_dir, resume=resume, force=force, progress=progress)
-    resume.check_data_inputs(cfg)
+    run_setup.check_data_inputs(cfg)
     ctx = init_distributed(cfg.train.device)
     try:
         check_batch_shape(cfg, ctx.world_size)
@@ -165,7 +165,7 @@ def _claim_run_dir(cfg: Config, run_dir: Path, resume: bool, force: bool, ctx: D
         lock = RunLock(run_dir, "run")
         try:
             lock.acquire()
-            start = resume.prepare_run_dir(cfg, run_dir, resume, force)
+            start = run_setup.prepare_run_dir(cfg, run_dir, resume, force)
         except MMError as failure:
             lock.release()
             error = failure.message
@@ -225,8 +225,8 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
         flops_per_image = float(model.image_flops())
         flops_per_step = float(model.flops_per_sample(cfg.data.seq_len)) * tcfg.batch_size  # estimate: 1 image/row
         if ctx.is_main:
-            resume.truncate_metrics(run_dir, start_step)
-            resume.write_run_files(cfg, run_dir, {
+            run_setup.truncate_metrics(run_dir, start_step)
+            run_setup.write_run_files(cfg, run_dir, {
                 "num_params": num_params, "flops_per_step": flops_per_step, "lr": peak_lr,
                 "weight_decay": weight_decay, "world_size": ctx.world_size, "device": str(ctx.device),
                 "precision": str(autocast_dtype or torch.float32).removeprefix("torch."),
@@ -244,7 +244,7 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
                 write_status(run_dir, "failed")
             raise
         if ctx.is_main:
-            resume.update_meta(run_dir, {"wall_time_s": state.elapsed_s, "tokens_seen": state.tokens_seen,
+            run_setup.update_meta(run_dir, {"wall_time_s": state.elapsed_s, "tokens_seen": state.tokens_seen,
                                          "train_flops": state.train_flops,
                                          "flops_per_step": state.train_flops / max(state.step, 1)})
             write_status(run_dir, "done")

@@ -1,8 +1,15 @@
-"""The run store: atomic writes, lock files, run metadata and status of a run directory.
+"""The run directory, the one contract between train, eval, ablate and report: its layout, typed readers
+and writers, the results schema, locks and atomic writes.
 
-Layout of ``runs/<name>/`` (see ../shared/DESIGN.md): ``config.yaml``, ``meta.json``, ``metrics.jsonl``,
-``checkpoints/step_<N>/``, ``eval/step_<N>.json``, ``status``, ``.lock``.
-Every writer of results goes through this module so that a kill -9 never leaves a half-written file.
+Layout of ``runs/<name>/`` (docs/architecture.md)::
+
+    config.yaml  meta.json  metrics.jsonl  status  .lock
+    checkpoints/step_<N>/   model.safetensors, mm_config.json, tokenizer, checkpoint.json, trainer state
+    eval/step_<N>.json      results (``EvalResult``), one per evaluated checkpoint
+    eval/samples/step_<N>/<task>.<k>shot.seed<S>.jsonl   per-query predictions and scores
+
+Train, eval, ablate and report reach a run dir only through this module (``RunDir``), so the layout is
+written down once. Every writer goes through the atomic helpers, so a kill -9 never leaves a half-written file.
 """
 
 from __future__ import annotations
@@ -12,18 +19,24 @@ import errno
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmbench_cli.errors import MMError
+from mmbench_cli.families import FAMILIES, guess_family
+
+if TYPE_CHECKING:
+    import torch
 
 STATUSES = ("pending", "running", "done", "failed")
 TRACKED_PACKAGES = ("mmbench", "torch", "transformers", "tokenizers", "datasets", "lm_eval", "numpy", "pillow")
@@ -234,3 +247,516 @@ def cache_root(configured: str | None = None) -> Path:
     path = Path(root).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# ------------------------------------------------------------------------------------------------ layout
+CONFIG_FILE = "config.yaml"
+META_FILE = "meta.json"
+METRICS_FILE = "metrics.jsonl"
+STATUS_FILE = "status"
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_JSON = "checkpoint.json"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+RNG_FILE = "rng.safetensors"
+TRAINER_STATE_FILE = "trainer_state.json"
+EVAL_DIR = "eval"
+SAMPLES_DIR = "samples"
+RUN_FILES = (CONFIG_FILE, META_FILE, METRICS_FILE, STATUS_FILE)
+RUN_DIRS = (CHECKPOINTS_DIR, EVAL_DIR)
+RUN_MARKERS = (*RUN_FILES, EVAL_DIR, CHECKPOINTS_DIR)
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+_STEP_JSON = re.compile(r"^step_(\d+)\.json$")
+
+
+def step_dir_name(step: int) -> str:
+    """``step_<N>``: the name of a checkpoint dir and of a per-sample dir."""
+    return f"step_{step}"
+
+
+def step_of_dir(name: str) -> int | None:
+    """The step of a ``step_<N>`` name, or None if ``name`` is not one."""
+    match = _STEP_DIR.match(name)
+    return int(match.group(1)) if match else None
+
+
+def step_of_results_file(name: str) -> int | None:
+    """The step of a ``step_<N>.json`` name, or None if ``name`` is not one."""
+    match = _STEP_JSON.match(name)
+    return int(match.group(1)) if match else None
+
+
+def samples_file_name(task: str, shots: int | str, seed: int) -> str:
+    """``<task>.<k>shot.seed<S>.jsonl``: one demo seed's per-sample file of one task and shot count."""
+    return f"{task}.{shots}shot.seed{seed}.jsonl"
+
+
+def content_hash(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """A hash of the weights themselves (names, dtypes, shapes, bytes), independent of file metadata.
+
+    Two checkpoints with equal hashes hold identical weights: a duplicated or stale checkpoint.
+    """
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:32]
+
+
+def file_content_hash(model_file: str | Path) -> str:
+    """``content_hash`` of a saved ``model.safetensors`` (to verify a checkpoint on disk)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return content_hash(load_file(str(model_file)))
+    except (SafetensorError, OSError) as error:
+        raise MMError(f"{model_file}: not a readable safetensors file ({str(error).splitlines()[0][:120]})") from None
+
+
+def read_json_file(path: str | Path, what: str = "file") -> Any:
+    """Parse a JSON file; a missing, unreadable or garbled one is a one-line MMError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MMError(f"{path}: no such {what}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise MMError(f"{path}: not valid JSON ({error.__class__.__name__}); re-run the stage that wrote it") from None
+    except OSError as error:
+        raise MMError(f"{path}: cannot read ({error.strerror})") from None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One complete ``checkpoints/step_<N>/`` (or a model dir saved by ``mm build -o``)."""
+
+    step: int
+    path: Path
+
+    @property
+    def model_file(self) -> Path:
+        """The weights file."""
+        return self.path / MODEL_FILE
+
+    @property
+    def has_trainer_state(self) -> bool:
+        """Whether training can resume from this checkpoint (optimizer, RNG and trainer state saved)."""
+        return all((self.path / name).is_file() for name in (OPTIMIZER_FILE, RNG_FILE, TRAINER_STATE_FILE))
+
+    def info(self) -> dict[str, Any]:
+        """``checkpoint.json``: step, content_hash, tokens_seen, train_flops, wall_time_s (MMError if garbled).
+
+        A model dir without one (``mm build -o``) gets its step and the content hash of its weights.
+        """
+        path = self.path / CHECKPOINT_JSON
+        if not path.is_file():
+            return {"step": self.step, "content_hash": file_content_hash(self.model_file)}
+        info = read_json_file(path, "checkpoint.json")
+        if not isinstance(info, dict):
+            raise MMError(f"{path}: expected a JSON object; delete this checkpoint dir")
+        info = dict(info)
+        info.setdefault("step", self.step)
+        if not info.get("content_hash"):
+            info["content_hash"] = file_content_hash(self.model_file)
+        return info
+
+
+def model_dir_checkpoint(path: str | Path) -> Checkpoint:
+    """A single model dir (``checkpoints/step_<N>/`` or a ``mm build -o`` dir) as a Checkpoint."""
+    path = Path(path)
+    info_path = path / CHECKPOINT_JSON
+    step = step_of_dir(path.name)
+    if info_path.is_file():
+        info = read_json_file(info_path, "checkpoint.json")
+        if not isinstance(info, dict) or isinstance(info.get("step"), bool) or not isinstance(info.get("step"), int):
+            raise MMError(f"{info_path}: damaged checkpoint.json (no integer step); delete this checkpoint dir")
+        step = info["step"]
+    return Checkpoint(step=step if step is not None else 0, path=path)
+
+
+# ----------------------------------------------------------------------------------------- results schema
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_CELL_FIELDS = ("family", "metric", "value", "std", "n", "seeds", "seed_ids", "samples", "demo_selection",
+                "text_only_demos", "fingerprint", "reused")
+
+
+@dataclass
+class ResultCell:
+    """One (task, shot count) entry of a results JSON: the mean over demo seeds and where its samples are.
+
+    ``samples`` are paths relative to ``eval/`` (one per seed); ``extra`` keeps any key this version does not
+    know, so older and newer files round-trip unchanged.
+    """
+
+    family: str
+    metric: str
+    value: float
+    std: float = 0.0
+    n: int | None = None
+    seeds: list[float] = field(default_factory=list)
+    seed_ids: list[int] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
+    demo_selection: str | None = None
+    text_only_demos: bool = False
+    fingerprint: str | None = None
+    reused: list[int] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The cell as written in ``eval/step_<N>.json``."""
+        data = {name: getattr(self, name) for name in _CELL_FIELDS}
+        data.update(self.extra)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any, where: str, task: str = "") -> ResultCell:
+        """Validate and read one cell (MMError naming ``where`` on anything malformed)."""
+        if not isinstance(data, dict) or not _number(data.get("value")):
+            raise MMError(f"{where}: expected an object with a numeric 'value'; re-run mm eval")
+        for name in ("seeds", "seed_ids", "reused"):
+            values = data.get(name, [])
+            if not isinstance(values, list) or not all(_number(v) for v in values):
+                raise MMError(f"{where}.{name}: expected a list of numbers; re-run mm eval")
+        samples = data.get("samples", [])
+        if not isinstance(samples, list) or not all(isinstance(s, str) for s in samples):
+            raise MMError(f"{where}.samples: expected a list of paths; re-run mm eval")
+        if data.get("n") is not None and not _number(data.get("n")):
+            raise MMError(f"{where}.n: expected a number; re-run mm eval")
+        if data.get("std") is not None and not _number(data.get("std")):
+            raise MMError(f"{where}.std: expected a number; re-run mm eval")
+        metric = data.get("metric")
+        family = data.get("family")
+        return cls(
+            family=str(family) if isinstance(family, str) and family else guess_family(task, metric),
+            metric=str(metric) if metric is not None else "",
+            value=float(data["value"]),
+            std=float(data.get("std") or 0.0),
+            n=int(data["n"]) if data.get("n") is not None else None,
+            seeds=[float(v) for v in data.get("seeds", [])],
+            seed_ids=[int(v) for v in data.get("seed_ids", [])],
+            samples=list(samples),
+            demo_selection=data.get("demo_selection"),
+            text_only_demos=bool(data.get("text_only_demos", False)),
+            fingerprint=data.get("fingerprint"),
+            reused=[int(v) for v in data.get("reused", [])],
+            extra={key: value for key, value in data.items() if key not in _CELL_FIELDS},
+        )
+
+
+_RESULT_FIELDS = ("run", "step", "config_hash", "checkpoint_hash", "train_flops", "checkpoint", "tasks", "summary")
+
+
+@dataclass
+class EvalResult:
+    """``eval/step_<N>.json``: every (task, shots) cell of one checkpoint plus MM1's per-shot averages."""
+
+    run: str
+    step: int
+    config_hash: str | None = None
+    checkpoint_hash: str | None = None
+    train_flops: float | None = None
+    checkpoint: str | None = None
+    tasks: dict[str, dict[str, ResultCell]] = field(default_factory=dict)
+    summary: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def cell(self, task: str, shots: int | str) -> ResultCell | None:
+        """The cell of ``task`` at ``shots`` (None if absent)."""
+        return self.tasks.get(task, {}).get(str(shots))
+
+    def set_cell(self, task: str, shots: int | str, cell: ResultCell) -> None:
+        """Add or replace one cell and refresh the summary."""
+        self.tasks.setdefault(task, {})[str(shots)] = cell
+        self.summary = summarize(self.tasks)
+
+    def to_json(self) -> dict[str, Any]:
+        """The results JSON as written (cells via ``ResultCell.to_json``)."""
+        data: dict[str, Any] = {
+            "run": self.run, "step": self.step, "config_hash": self.config_hash,
+            "checkpoint_hash": self.checkpoint_hash, "train_flops": self.train_flops, "checkpoint": self.checkpoint,
+            "tasks": {task: {shots: cell.to_json() for shots, cell in by_shots.items()}
+                      for task, by_shots in self.tasks.items()},
+            "summary": self.summary,
+        }
+        data.update(self.extra)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any, where: str | Path, step: int | None = None) -> EvalResult:
+        """Validate and read a results JSON (MMError naming ``where`` and the bad field)."""
+        if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict):
+            raise MMError(f"{where}: malformed results JSON: expected an object with a 'tasks' mapping; re-run mm eval")
+        tasks: dict[str, dict[str, ResultCell]] = {}
+        for task, by_shots in data["tasks"].items():
+            if not isinstance(by_shots, dict):
+                raise MMError(f"{where}: tasks.{task}: expected a mapping of shot counts; re-run mm eval")
+            for shots, entry in by_shots.items():
+                if not str(shots).isdigit():
+                    raise MMError(f"{where}: tasks.{task}.{shots}: shot count must be a non-negative integer; "
+                                  "re-run mm eval")
+                tasks.setdefault(task, {})[str(shots)] = ResultCell.from_json(entry, f"{where}: tasks.{task}.{shots}",
+                                                                              task)
+        summary = data.get("summary", {})
+        if not isinstance(summary, dict) or not all(isinstance(v, dict) for v in summary.values()):
+            raise MMError(f"{where}: summary: expected a mapping of shot counts to averages; re-run mm eval")
+        found = data.get("step", step)
+        if not isinstance(found, int) or isinstance(found, bool):
+            raise MMError(f"{where}: 'step' must be an integer; re-run mm eval")
+        flops = data.get("train_flops")
+        return cls(
+            run=str(data.get("run", "")), step=found, config_hash=data.get("config_hash"),
+            checkpoint_hash=data.get("checkpoint_hash"), train_flops=flops if _number(flops) else None,
+            checkpoint=data.get("checkpoint"), tasks=tasks, summary=summary,
+            extra={key: value for key, value in data.items() if key not in _RESULT_FIELDS},
+        )
+
+
+def summarize(tasks: Mapping[str, Mapping[str, ResultCell]]) -> dict[str, dict[str, float | None]]:
+    """MM1's averages per shot count: for each family the mean over its tasks (or its summary task's value)."""
+    shot_counts = sorted({shots for by_shots in tasks.values() for shots in by_shots}, key=int)
+    summary: dict[str, dict[str, float | None]] = {}
+    for shots in shot_counts:
+        row: dict[str, float | None] = {}
+        for family in FAMILIES.values():
+            if family.summary_task is not None:
+                cell = tasks.get(family.summary_task, {}).get(shots)
+                row[family.summary_key] = cell.value if cell is not None else None
+                continue
+            values = [by_shots[shots].value for by_shots in tasks.values()
+                      if shots in by_shots and by_shots[shots].family == family.name]
+            row[family.summary_key] = sum(values) / len(values) if values else None
+        summary[shots] = row
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- run dir
+class RunDir:
+    """One run directory: where each file of the contract lives, and typed readers and writers for them."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # paths
+    @property
+    def config_path(self) -> Path:
+        """``config.yaml``: the resolved config the run was trained with."""
+        return self.path / CONFIG_FILE
+
+    @property
+    def meta_path(self) -> Path:
+        """``meta.json``: seed, git commit, package versions, timings."""
+        return self.path / META_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        """``metrics.jsonl``: one training log line per logged step."""
+        return self.path / METRICS_FILE
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """``checkpoints/``."""
+        return self.path / CHECKPOINTS_DIR
+
+    @property
+    def eval_dir(self) -> Path:
+        """``eval/``: results JSON per checkpoint and per-sample files."""
+        return self.path / EVAL_DIR
+
+    def checkpoint_dir(self, step: int) -> Path:
+        """``checkpoints/step_<N>/``."""
+        return self.checkpoints_dir / step_dir_name(step)
+
+    def results_path(self, step: int) -> Path:
+        """``eval/step_<N>.json``."""
+        return self.eval_dir / f"{step_dir_name(step)}.json"
+
+    def samples_relpath(self, step: int, task: str, shots: int | str, seed: int) -> str:
+        """A per-sample file's path relative to ``eval/``, as results cells record it."""
+        return str(Path(SAMPLES_DIR) / step_dir_name(step) / samples_file_name(task, shots, seed))
+
+    def samples_dir(self, step: int) -> Path:
+        """``eval/samples/step_<N>/``."""
+        return self.eval_dir / SAMPLES_DIR / step_dir_name(step)
+
+    # what is there
+    def is_run_dir(self) -> bool:
+        """Whether the dir holds any run-contract file."""
+        return self.path.is_dir() and any((self.path / marker).exists() for marker in RUN_MARKERS)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Complete checkpoints sorted by step (half-written ones live under temp names; a dir without
+        ``checkpoint.json`` is skipped)."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        found = []
+        for child in self.checkpoints_dir.iterdir():
+            step = step_of_dir(child.name)
+            if step is not None and child.is_dir() and (child / CHECKPOINT_JSON).is_file():
+                found.append(Checkpoint(step, child))
+        return sorted(found, key=lambda checkpoint: checkpoint.step)
+
+    def checkpoint_steps(self) -> list[int]:
+        """Steps of the complete checkpoints."""
+        return [checkpoint.step for checkpoint in self.checkpoints()]
+
+    def incomplete_checkpoint_steps(self) -> list[int]:
+        """Steps of ``step_<N>`` dirs that lack ``checkpoint.json`` (damaged or foreign), sorted."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        return sorted(step for child in self.checkpoints_dir.iterdir()
+                      if (step := step_of_dir(child.name)) is not None and child.is_dir()
+                      and not (child / CHECKPOINT_JSON).is_file())
+
+    def duplicate_checkpoints(self) -> list[list[int]]:
+        """Groups of checkpoint steps whose recorded content hashes are equal (each group has ≥ 2 steps)."""
+        by_hash: dict[str, list[int]] = {}
+        for checkpoint in self.checkpoints():
+            by_hash.setdefault(checkpoint.info().get("content_hash", ""), []).append(checkpoint.step)
+        return [steps for digest, steps in by_hash.items() if digest and len(steps) > 1]
+
+    # results
+    def result_steps(self) -> list[int]:
+        """Steps with an ``eval/step_<N>.json``, sorted."""
+        if not self.eval_dir.is_dir():
+            return []
+        return sorted(step for child in self.eval_dir.iterdir()
+                      if (step := step_of_results_file(child.name)) is not None and child.is_file())
+
+    def read_results(self, step: int) -> EvalResult | None:
+        """The validated results of ``step`` (None if never evaluated; MMError if damaged)."""
+        path = self.results_path(step)
+        if not path.is_file():
+            return None
+        return EvalResult.from_json(read_json_file(path, "results file"), path, step)
+
+    def all_results(self) -> dict[int, EvalResult]:
+        """Every checkpoint's results, keyed by the step they record."""
+        found = {}
+        for step in self.result_steps():
+            result = self.read_results(step)
+            if result is not None:
+                found[result.step] = result
+        return found
+
+    def final_results(self) -> EvalResult | None:
+        """The results of the final checkpoint (the highest step), or None if it is not evaluated (yet)
+        or its results file is unreadable."""
+        steps = self.result_steps()
+        checkpoints = self.checkpoint_steps()
+        if not steps or (checkpoints and steps[-1] < checkpoints[-1]):
+            return None
+        try:
+            return self.read_results(steps[-1])
+        except MMError:
+            return None
+
+    def write_results(self, result: EvalResult) -> Path:
+        """Atomically write ``eval/step_<N>.json``."""
+        return atomic_write_json(self.results_path(result.step), result.to_json())
+
+    def sample_paths(self, step: int, task: str, shots: int | str, cell: ResultCell | None = None) -> list[Path]:
+        """The per-sample files of one (task, shots) cell at ``step``: those ``cell.samples`` lists (relative to
+        ``eval/``; files outside the run dir are ignored), else every demo seed's file found on disk."""
+        paths: list[Path] = []
+        root = self.path.resolve()
+        for relative in cell.samples if cell is not None else []:
+            for base in (self.path, self.eval_dir, self.samples_dir(step)):
+                candidate = (base / relative).resolve()
+                if candidate.is_file() and root in candidate.parents:
+                    paths.append(candidate)
+                    break
+        if not paths:
+            paths = sorted(self.samples_dir(step).glob(f"{task}.{shots}shot.seed*.jsonl"))
+        return paths
+
+    def read_samples(self, path: Path) -> list[dict[str, Any]]:
+        """The records of one per-sample file (each an object; MMError naming the line otherwise)."""
+        records = read_jsonl(path)
+        for number, record in enumerate(records, start=1):
+            if not isinstance(record, dict):
+                raise MMError(f"{path}: line {number}: expected a JSON object; re-run mm eval")
+        return records
+
+    def eval_lock(self) -> RunLock:
+        """The lock that keeps two ``mm eval`` from writing one run's results (``eval/.lock``)."""
+        return RunLock(self.eval_dir, "evaluation")
+
+    def write_config(self, text: str) -> None:
+        """Atomically write ``config.yaml``."""
+        atomic_write_text(self.config_path, text)
+
+    # training log, metadata, status
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The training log lines with a numeric step, sorted by step (a torn last line is skipped)."""
+        records = [r for r in read_jsonl(self.metrics_path) if isinstance(r, dict) and _number(r.get("step"))]
+        return sorted(records, key=lambda record: record["step"])
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one training log line (flushed to disk)."""
+        append_jsonl(self.metrics_path, record)
+
+    def truncate_metrics(self, last_step: int | None) -> None:
+        """Keep only log lines up to ``last_step`` (all gone if None) so a resumed curve has no duplicates."""
+        if not self.metrics_path.exists():
+            return
+        kept = [] if last_step is None else [r for r in read_jsonl(self.metrics_path) if r.get("step", 0) <= last_step]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
+
+    def read_meta(self) -> dict[str, Any]:
+        """``meta.json`` ({} if absent; MMError if it is not a JSON object)."""
+        if not self.meta_path.exists():
+            return {}
+        meta = read_json_file(self.meta_path, "meta.json")
+        if not isinstance(meta, dict):
+            raise MMError(f"{self.meta_path}: expected a JSON object")
+        return meta
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        """Atomically write ``meta.json``."""
+        atomic_write_json(self.meta_path, meta)
+
+    def update_meta(self, updates: dict[str, Any]) -> None:
+        """Merge ``updates`` into ``meta.json`` (an unreadable old file is replaced)."""
+        try:
+            meta = self.read_meta()
+        except MMError:
+            meta = {}
+        meta.update(updates)
+        self.write_meta(meta)
+
+    def read_config_text(self) -> str | None:
+        """The saved ``config.yaml`` as text (None if absent)."""
+        if not self.config_path.is_file():
+            return None
+        return self.config_path.read_text(encoding="utf-8", errors="replace")
+
+    def read_status(self) -> str | None:
+        """pending / running / done / failed, or None if the run has no status yet."""
+        return read_status(self.path)
+
+    def write_status(self, status: str) -> None:
+        """Record the run's state atomically."""
+        write_status(self.path, status)
+
+    def lock(self, what: str = "run") -> RunLock:
+        """The run's writer lock (``.lock``); use as a context manager."""
+        return RunLock(self.path, what)
+
+    def wipe(self) -> None:
+        """Delete the files a run wrote (and only those), so the dir can be reused with ``--force``."""
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        for name in RUN_DIRS:
+            shutil.rmtree(self.path / name, ignore_errors=True)

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from mmbench_cli.cli import app
 from mmbench_cli.config import load_config
-from mmbench_cli.rundir import read_jsonl, read_status
-from mmbench_cli.train.checkpoints import checkpoint_schedule, file_content_hash, list_checkpoints
+from mmbench_cli.rundir import RunDir, file_content_hash, read_jsonl, read_status
+from mmbench_cli.train.checkpoints import checkpoint_schedule
 from mmbench_cli.train.loop import pretrain
 
 # The default toy model, shrunk for test speed (smallest LM rung, 32 px images, short rows).
@@ -47,10 +47,10 @@ def test_short_run_writes_the_run_dir_contract(tmp_path: Path) -> None:
     cfg = load_config(None, [*TINY, "train.steps=12"])
     run = pretrain(cfg, tmp_path / "run", progress=False)
 
-    steps = [step for step, _ in list_checkpoints(run)]
+    steps = RunDir(run).checkpoint_steps()
     assert steps == checkpoint_schedule(12, 8) == [0, 1, 2, 4, 8, 12]
     hashes = set()
-    for step, path in list_checkpoints(run):
+    for step, path in [(c.step, c.path) for c in RunDir(run).checkpoints()]:
         info = json.loads((path / "checkpoint.json").read_text())
         assert set(info) == {"step", "content_hash", "tokens_seen", "train_flops", "wall_time_s"}
         assert info["step"] == step and info["content_hash"] == file_content_hash(path / "model.safetensors")
@@ -98,7 +98,7 @@ def test_toy_model_loss_falls_on_every_data_type(tmp_path: Path) -> None:
     for kind in ("caption", "interleaved", "text"):
         curve = [row[f"loss/{kind}"] for row in metrics if f"loss/{kind}" in row]
         assert curve[-1] < 0.6 * curve[0], (kind, curve)
-    assert [step for step, _ in list_checkpoints(run)] == [0, 1, 2, 4, 8, 16, 32, 64, 100, 200]
+    assert RunDir(run).checkpoint_steps() == [0, 1, 2, 4, 8, 16, 32, 64, 100, 200]
 
 
 @pytest.mark.slow
@@ -129,7 +129,7 @@ def test_kill9_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     final_ref = load_file(str(tmp_path / "ref/checkpoints/step_24/model.safetensors"))
     final_new = load_file(str(killed / "checkpoints/step_24/model.safetensors"))
     assert all(torch.equal(final_ref[name], final_new[name]) for name in final_ref)
-    assert [s for s, _ in list_checkpoints(killed)] == [s for s, _ in list_checkpoints(tmp_path / "ref")]
+    assert RunDir(killed).checkpoint_steps() == RunDir(tmp_path / "ref").checkpoint_steps()
 
 
 @pytest.mark.slow

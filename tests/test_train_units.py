@@ -12,15 +12,9 @@ import torch
 
 from mmbench_cli.config import load_config
 from mmbench_cli.errors import MMError
-from mmbench_cli.rundir import RunLock, atomic_write_text
-from mmbench_cli.train.checkpoints import (
-    checkpoint_schedule,
-    content_hash,
-    list_checkpoints,
-    load_trainer_state,
-    save_trainer_state,
-)
-from mmbench_cli.train.run_setup import check_data_inputs, prepare_run_dir, truncate_metrics
+from mmbench_cli.rundir import RunDir, RunLock, atomic_write_text, content_hash
+from mmbench_cli.train.checkpoints import checkpoint_schedule, load_trainer_state, save_trainer_state
+from mmbench_cli.train.run_setup import check_data_inputs, prepare_run_dir
 from mmbench_cli.train.schedule import lr_at, mm1_learning_rate, resolve_lr_and_wd
 
 
@@ -81,7 +75,7 @@ def test_list_checkpoints_skips_incomplete(tmp_path) -> None:
         (tmp_path / "checkpoints" / f"step_{step}" / "checkpoint.json").write_text("{}")
     (tmp_path / "checkpoints" / "step_4").mkdir()  # no checkpoint.json: incomplete
     (tmp_path / "checkpoints" / ".step_8.abc.tmp").mkdir()
-    assert [step for step, _ in list_checkpoints(tmp_path)] == [0, 2, 10]
+    assert RunDir(tmp_path).checkpoint_steps() == [0, 2, 10]
 
 
 def test_run_dir_with_other_config_is_refused(tmp_path) -> None:
@@ -107,7 +101,7 @@ def test_foreign_dir_is_refused(tmp_path) -> None:
 def test_truncate_metrics(tmp_path) -> None:
     lines = [{"step": s, "loss": 1.0 / s} for s in (1, 10, 20, 30)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 4')
-    truncate_metrics(tmp_path, 20)
+    RunDir(tmp_path).truncate_metrics(20)
     assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 10, 20]
 
 

@@ -1,4 +1,4 @@
-"""Pythia-style checkpoints: the schedule, the on-disk layout, content hashes and pickle-free trainer state.
+"""Pythia-style checkpoints: the schedule and the pickle-free trainer state (layout and content hash: rundir.py).
 
 A checkpoint ``checkpoints/step_<N>/`` holds what ``MLLM.save_pretrained`` writes (``model.safetensors``,
 ``mm_config.json``, tokenizer files), ``checkpoint.json`` (``step, content_hash, tokens_seen, train_flops,
@@ -13,25 +13,16 @@ Nothing is pickled: a checkpoint from an untrusted source cannot run code when l
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmbench_cli.errors import MMError
-from mmbench_cli.rundir import atomic_write_json
+from mmbench_cli.rundir import OPTIMIZER_FILE, RNG_FILE, TRAINER_STATE_FILE, atomic_write_json
 
 if TYPE_CHECKING:
     import torch
-
-CHECKPOINTS_DIR = "checkpoints"
-CHECKPOINT_JSON = "checkpoint.json"
-OPTIMIZER_FILE = "optimizer.safetensors"
-RNG_FILE = "rng.safetensors"
-TRAINER_STATE_FILE = "trainer_state.json"
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 def checkpoint_schedule(steps: int, every: int, log_spaced: bool = True) -> list[int]:
@@ -51,73 +42,6 @@ def checkpoint_schedule(steps: int, every: int, log_spaced: bool = True) -> list
             power *= 2
     schedule.update(range(every, steps + 1, every))
     return sorted(schedule)
-
-
-def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
-    """Where the checkpoint of ``step`` lives."""
-    return Path(run_dir) / CHECKPOINTS_DIR / f"step_{step}"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run, as (step, dir) sorted by step.
-
-    Half-written ones cannot appear (they are built under a temp name); a dir without ``checkpoint.json``
-    is skipped.
-    """
-    root = Path(run_dir) / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        match = _STEP_DIR.match(child.name)
-        if match and child.is_dir() and (child / CHECKPOINT_JSON).is_file():
-            found.append((int(match.group(1)), child))
-    return sorted(found)
-
-
-def read_checkpoint_info(ckpt_dir: str | Path) -> dict[str, Any]:
-    """The ``checkpoint.json`` of a checkpoint dir (MMError if it is missing or garbled)."""
-    path = Path(ckpt_dir) / CHECKPOINT_JSON
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MMError(f"{ckpt_dir}: not a checkpoint (no {CHECKPOINT_JSON})") from None
-    except json.JSONDecodeError:
-        raise MMError(f"{path}: not valid JSON; delete this checkpoint dir") from None
-
-
-def content_hash(state_dict: dict[str, torch.Tensor]) -> str:
-    """A hash of the weights themselves (names, dtypes, shapes, bytes), independent of file metadata.
-
-    Two checkpoints with equal hashes hold identical weights: a duplicated or stale checkpoint.
-    """
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(-1).view(_byte_dtype()).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()[:32]
-
-
-def _byte_dtype() -> torch.dtype:
-    import torch
-
-    return torch.uint8
-
-
-def file_content_hash(model_file: str | Path) -> str:
-    """``content_hash`` of a saved ``model.safetensors`` (to verify a checkpoint on disk)."""
-    from safetensors.torch import load_file
-
-    return content_hash(load_file(str(model_file)))
-
-
-def find_duplicate_checkpoints(run_dir: str | Path) -> list[list[int]]:
-    """Groups of checkpoint steps whose recorded content hashes are equal (each group has ≥ 2 steps)."""
-    by_hash: dict[str, list[int]] = {}
-    for step, path in list_checkpoints(run_dir):
-        by_hash.setdefault(read_checkpoint_info(path).get("content_hash", ""), []).append(step)
-    return [steps for digest, steps in by_hash.items() if digest and len(steps) > 1]
 
 
 # --------------------------------------------------------------------------------------------- trainer state

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mmbench_cli.errors import MMError
+from mmbench_cli.model.device import resolve_device
 
 
 @dataclass
@@ -34,30 +34,6 @@ class DistContext:
     def distributed(self) -> bool:
         """True when a process group with more than one rank is running."""
         return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0, field: str = "train.device") -> torch.device:
-    """``auto`` → cuda (this rank's GPU) > mps > cpu; otherwise the named device, checked to exist.
-
-    ``field`` names the option in error messages."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise MMError(f"{field}: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise MMError(f"{field}: {name} requested but CUDA is not available here; use auto")
-        if device.index is None:
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise MMError(f"{field}: {name} requested but MPS is not available here; use auto")
-    return device
 
 
 def init_distributed(device_name: str) -> DistContext:

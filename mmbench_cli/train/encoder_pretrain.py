@@ -31,7 +31,8 @@ from torch import nn
 
 from mmbench_cli.config import Config
 from mmbench_cli.errors import MMError
-from mmbench_cli.rundir import RunLock, append_jsonl, atomic_write_json, write_status
+from mmbench_cli.progress import progress_bar
+from mmbench_cli.rundir import RunDir, RunLock, atomic_write_json
 from mmbench_cli.train import run_setup
 from mmbench_cli.train.schedule import lr_at, resolve_lr_and_wd
 
@@ -222,17 +223,18 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
         if len(train.samples) < 2:
             raise MMError("data: --stage encoder needs at least 2 training images")
         val = PairData(_caption_samples(cfg, "val"), image_size, encoder.image_mean, encoder.image_std)
-        run_setup.truncate_metrics(run_dir, None)
+        RunDir(run_dir).truncate_metrics(None)
         run_setup.write_run_files(cfg, run_dir, {"stage": "encoder", "objective": tcfg.encoder_objective,
                                               "num_params": num_params, "lr": peak_lr, "weight_decay": weight_decay,
                                               "device": str(device)})
-        write_status(run_dir, "running")
+        RunDir(run_dir).write_status("running")
         rng = random.Random(cfg.seed)
         batch_size = min(tcfg.batch_size, len(train.samples))
         order: list[int] = []
         started = time.perf_counter()
         try:
-            with _bar(progress, tcfg.steps, tcfg.encoder_objective) as update:
+            with progress_bar(f"[bold]encoder ({tcfg.encoder_objective})", tcfg.steps, enabled=progress,
+                              stats="loss {loss:.4f}  lr {lr:.2e}") as bar:
                 for step in range(tcfg.steps):
                     lr = lr_at(step, peak_lr, tcfg.steps, tcfg.warmup_steps, tcfg.min_lr_ratio)
                     for group in optimizer.param_groups:
@@ -251,20 +253,20 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
                     optimizer.zero_grad(set_to_none=True)
                     done = step + 1
                     if done % tcfg.log_every == 0 or done in (1, tcfg.steps):
-                        append_jsonl(run_dir / "metrics.jsonl", {
+                        RunDir(run_dir).append_metrics({
                             "step": done, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm,
                             "images_per_s": done * batch_size / (time.perf_counter() - started),
                             "elapsed_s": time.perf_counter() - started,
                         })
-                    update(done, loss.item(), lr)
+                    bar.update(completed=done, loss=loss.item(), lr=lr)
             scores = evaluate_objective(objective, tokenizer, val if val.samples else train, device)
             save_encoder(encoder, image_size, run_dir)
         except BaseException:
-            write_status(run_dir, "failed")
+            RunDir(run_dir).write_status("failed")
             raise
         atomic_write_json(run_dir / "encoder_eval.json", scores)
-        run_setup.update_meta(run_dir, {"wall_time_s": time.perf_counter() - started, **scores})
-        write_status(run_dir, "done")
+        RunDir(run_dir).update_meta({"wall_time_s": time.perf_counter() - started, **scores})
+        RunDir(run_dir).write_status("done")
     return run_dir
 
 
@@ -319,18 +321,3 @@ def save_encoder(encoder: nn.Module, image_size: int, run_dir: Path) -> None:
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _bar(enabled: bool, total: int, objective: str) -> Any:
-    if not enabled:
-        yield lambda *args: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn(f"[bold]encoder ({objective})"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task("encoder", total=total, loss=math.nan, lr=0.0)
-        yield lambda step, loss, lr: bar.update(task, completed=step, loss=loss, lr=lr)

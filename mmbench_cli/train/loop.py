@@ -22,16 +22,10 @@ import torch.nn.functional as F
 
 from mmbench_cli.config import DATA_TYPES, Config
 from mmbench_cli.errors import MMError
-from mmbench_cli.rundir import RunLock, append_jsonl, atomic_dir, atomic_write_json, write_status
+from mmbench_cli.progress import progress_bar
+from mmbench_cli.rundir import CHECKPOINT_JSON, MODEL_FILE, RunDir, RunLock, atomic_dir, atomic_write_json, file_content_hash
 from mmbench_cli.train import run_setup
-from mmbench_cli.train.checkpoints import (
-    CHECKPOINT_JSON,
-    checkpoint_dir,
-    checkpoint_schedule,
-    file_content_hash,
-    load_trainer_state,
-    save_trainer_state,
-)
+from mmbench_cli.train.checkpoints import checkpoint_schedule, load_trainer_state, save_trainer_state
 from mmbench_cli.train.distributed import (
     DistContext,
     all_reduce_sum,
@@ -190,7 +184,7 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
         seed_everything(cfg.seed)
         model = build_model(cfg.model, cfg.data)
         if start_step is not None:
-            _load_weights(model, checkpoint_dir(run_dir, start_step))
+            _load_weights(model, RunDir(run_dir).checkpoint_dir(start_step))
         if tcfg.freeze_encoder:
             model.encoder.requires_grad_(False)
         model.to(ctx.device)
@@ -203,7 +197,7 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
         stream = TrainStream(cfg, model.tokenizer, model.num_image_tokens, model.image_mean, model.image_std)
         state = Progress()
         if start_step is not None:
-            saved = load_trainer_state(checkpoint_dir(run_dir, start_step), optimizer)
+            saved = load_trainer_state(RunDir(run_dir).checkpoint_dir(start_step), optimizer)
             stream.load_state_dict(saved["data"])
             state = Progress(step=saved["step"], tokens_seen=saved["tokens_seen"], train_flops=saved["train_flops"],
                              elapsed_s=saved["elapsed_s"], window=LogWindow(**saved["window"]))
@@ -225,14 +219,14 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
         flops_per_image = float(model.image_flops())
         flops_per_step = float(model.flops_per_sample(cfg.data.seq_len)) * tcfg.batch_size  # estimate: 1 image/row
         if ctx.is_main:
-            run_setup.truncate_metrics(run_dir, start_step)
+            RunDir(run_dir).truncate_metrics(start_step)
             run_setup.write_run_files(cfg, run_dir, {
                 "num_params": num_params, "flops_per_step": flops_per_step, "lr": peak_lr,
                 "weight_decay": weight_decay, "world_size": ctx.world_size, "device": str(ctx.device),
                 "precision": str(autocast_dtype or torch.float32).removeprefix("torch."),
                 "wall_time_s": state.elapsed_s, "resumed_from": start_step,
             })
-            write_status(run_dir, "running")
+            RunDir(run_dir).write_status("running")
         barrier(ctx)
 
         trainer = _Trainer(cfg, ctx, model, train_model, optimizer, scaler, stream, autocast_dtype,
@@ -241,13 +235,13 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
             trainer.run(state, show)
         except BaseException:
             if ctx.is_main:
-                write_status(run_dir, "failed")
+                RunDir(run_dir).write_status("failed")
             raise
         if ctx.is_main:
-            run_setup.update_meta(run_dir, {"wall_time_s": state.elapsed_s, "tokens_seen": state.tokens_seen,
+            RunDir(run_dir).update_meta({"wall_time_s": state.elapsed_s, "tokens_seen": state.tokens_seen,
                                          "train_flops": state.train_flops,
                                          "flops_per_step": state.train_flops / max(state.step, 1)})
-            write_status(run_dir, "done")
+            RunDir(run_dir).write_status("done")
         return run_dir
     finally:
         if lock is not None:
@@ -300,7 +294,8 @@ class _Trainer:
         tcfg = self.cfg.train
         if state.step == 0 and 0 in self.checkpoints:
             self.save(state)
-        with _progress_bar(show and self.ctx.is_main, tcfg.steps, state.step) as bar:
+        with progress_bar("[bold]pretrain", tcfg.steps, completed=state.step, enabled=show and self.ctx.is_main,
+                          stats="loss {loss:.4f}  lr {lr:.2e}  {tps:,.0f} tok/s") as bar:
             while state.step < tcfg.steps:
                 started = time.perf_counter()
                 lr = lr_at(state.step, self.peak_lr, tcfg.steps, tcfg.warmup_steps, tcfg.min_lr_ratio)
@@ -316,7 +311,7 @@ class _Trainer:
                     self.log(state, lr, grad_norm)
                 if state.step in self.checkpoints:
                     self.save(state)
-                bar(state.step, loss, lr, tokens / max(took, 1e-9))
+                bar.update(completed=state.step, loss=loss, lr=lr, tps=tokens / max(took, 1e-9))
 
     def step(self, lr: float, window: LogWindow) -> tuple[float, float, float, float]:
         """One optimizer step over the global batch; returns (mean loss, grad norm, tokens, images) of the step."""
@@ -393,14 +388,14 @@ class _Trainer:
                 "lr": lr, "grad_norm": grad_norm, "tokens_per_s": window.tokens / max(window.time_s, 1e-9),
                 "tokens_seen": state.tokens_seen, "train_flops": state.train_flops, "elapsed_s": state.elapsed_s,
             })
-            append_jsonl(self.run_dir / "metrics.jsonl", record)
+            RunDir(self.run_dir).append_metrics(record)
         state.window = LogWindow()
 
     def save(self, state: Progress) -> None:
         """Write checkpoint ``step_<N>`` atomically (rank 0): weights, tokenizer, trainer state, checkpoint.json."""
         if not self.ctx.is_main:
             return
-        with atomic_dir(checkpoint_dir(self.run_dir, state.step)) as tmp:
+        with atomic_dir(RunDir(self.run_dir).checkpoint_dir(state.step)) as tmp:
             self.model.save_pretrained(tmp)
             extra: dict[str, Any] = {
                 "step": state.step, "tokens_seen": state.tokens_seen, "train_flops": state.train_flops,
@@ -410,29 +405,6 @@ class _Trainer:
             }
             save_trainer_state(tmp, self.optimizer, extra)
             atomic_write_json(tmp / CHECKPOINT_JSON, {
-                "step": state.step, "content_hash": file_content_hash(tmp / "model.safetensors"),
+                "step": state.step, "content_hash": file_content_hash(tmp / MODEL_FILE),
                 "tokens_seen": state.tokens_seen, "train_flops": state.train_flops, "wall_time_s": state.elapsed_s,
             })
-
-
-@contextlib.contextmanager
-def _progress_bar(enabled: bool, total: int, completed: int) -> Any:
-    """A rich progress bar with loss, lr, tokens/s and ETA; yields ``update(step, loss, lr, tokens_per_s)``."""
-    if not enabled:
-        yield lambda *args: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (
-        TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[tps]:,.0f} tok/s"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task("pretrain", total=total, completed=completed, loss=math.nan, lr=0.0, tps=0.0)
-
-        def update(step: int, loss: float, lr: float, tokens_per_s: float) -> None:
-            bar.update(task, completed=step, loss=loss, lr=lr, tps=tokens_per_s)
-
-        yield update

@@ -7,18 +7,13 @@ checkpoint cadence, another device).
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 from mmbench_cli.config import Config, config_hash, config_to_dict, config_to_yaml, load_config
 from mmbench_cli.errors import MMError
-from mmbench_cli.rundir import atomic_write_json, atomic_write_text, read_jsonl, run_metadata
-from mmbench_cli.train.checkpoints import CHECKPOINTS_DIR, TRAINER_STATE_FILE, list_checkpoints
+from mmbench_cli.rundir import RunDir, run_metadata
 
-RUN_FILES = ("config.yaml", "meta.json", "metrics.jsonl", "status")
-RUN_DIRS = (CHECKPOINTS_DIR, "eval")
 # Config keys that may change when a run is continued with --resume (they do not change what was trained).
 RESUMABLE_KEYS = frozenset(
     {
@@ -55,24 +50,17 @@ def _resumable(key: str) -> bool:
     return key in RESUMABLE_KEYS or key.split(".", 1)[0] in RESUMABLE_KEYS
 
 
-def wipe_run(run_dir: Path) -> None:
-    """Delete the files a previous run wrote (and only those) so that the dir can be reused with --force."""
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-    for name in RUN_DIRS:
-        shutil.rmtree(run_dir / name, ignore_errors=True)
-
-
 def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, force: bool) -> int | None:
     """Check the run dir against ``cfg``; return the checkpoint step to resume from, or None to start fresh.
 
     Call with the run's lock held. Raises MMError (touching nothing) when the dir holds another config and
     neither --force nor a compatible --resume was given.
     """
-    config_file = run_dir / "config.yaml"
+    run = RunDir(run_dir)
+    config_file = run.config_path
     if config_file.exists():
         if force:
-            wipe_run(run_dir)
+            run.wipe()
             return None
         try:
             old = load_config(config_file)
@@ -99,42 +87,23 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, force: bool) -> in
                 f"{run_dir}: exists and is not a run directory (no config.yaml; holds {', '.join(others[:3])}); "
                 "choose another --out, or pass --force to write the run into it"
             )
-    steps = [step for step, path in list_checkpoints(run_dir) if step <= cfg.train.steps]
-    steps = [step for step in steps if (run_dir / CHECKPOINTS_DIR / f"step_{step}" / TRAINER_STATE_FILE).exists()]
+    steps = [ckpt.step for ckpt in run.checkpoints() if ckpt.step <= cfg.train.steps and ckpt.has_trainer_state]
     return steps[-1] if steps else None
-
-
-def truncate_metrics(run_dir: Path, last_step: int | None) -> None:
-    """Keep only metric lines up to ``last_step`` (all gone if None) so that a resumed curve has no duplicates."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return
-    kept = [] if last_step is None else [row for row in read_jsonl(path) if row.get("step", 0) <= last_step]
-    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
 
 
 def write_run_files(cfg: Config, run_dir: Path, extra_meta: dict[str, Any]) -> None:
     """Write ``config.yaml`` and ``meta.json`` (keeping the first creation time and listing resumes)."""
-    atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
+    run = RunDir(run_dir)
+    run.write_config(config_to_yaml(cfg))
     meta = run_metadata(cfg.seed, extra_meta)
     meta["config_hash"] = config_hash(cfg)
-    old_path = run_dir / "meta.json"
-    if old_path.exists():
-        try:
-            old = json.loads(old_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            old = {}
-        if old.get("created") and extra_meta.get("resumed_from") is not None:
-            meta["first_created"] = old.get("first_created", old["created"])
-    atomic_write_json(old_path, meta)
-
-
-def update_meta(run_dir: Path, updates: dict[str, Any]) -> None:
-    """Merge ``updates`` into ``meta.json``."""
-    path = run_dir / "meta.json"
-    meta = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    meta.update(updates)
-    atomic_write_json(path, meta)
+    try:
+        old = run.read_meta()
+    except MMError:
+        old = {}
+    if old.get("created") and extra_meta.get("resumed_from") is not None:
+        meta["first_created"] = old.get("first_created", old["created"])
+    run.write_meta(meta)
 
 
 def check_data_inputs(cfg: Config) -> None:

@@ -50,7 +50,8 @@ def main() -> None:
 
     from mmbench_cli.config import load_config
     from mmbench_cli.evaluate import fewshot
-    from mmbench_cli.evaluate.runner import EvalSettings, ImageFeatureCache, TaskData, run_cell
+    from mmbench_cli.evaluate.request import EvalSettings
+    from mmbench_cli.evaluate.runner import ImageFeatureCache, TaskData, run_cell
     from mmbench_cli.evaluate.tasks import resolve_task
     from mmbench_cli.model import build_model, load_model
 

@@ -174,16 +174,25 @@ def evaluate(
     out: Path | None = typer.Option(None, "--out", "-o", help="With --predictions: write per-sample scores here."),
 ) -> None:
     """Few-shot captioning (CIDEr) and VQA (VQA accuracy), and text tasks through lm-evaluation-harness."""
-    from mmbench_cli.evaluate.cli_eval import run_eval_command
+    from mmbench_cli.evaluate import cli_eval
+    from mmbench_cli.evaluate.request import EvalRequest
+    from mmbench_cli.evaluate.tasks import read_task_data
 
-    options = {
-        "seeds": seeds, "all_checkpoints": all_checkpoints, "demo_selection": demo_selection,
-        "num_samples": num_samples, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
-        "text_only_zero_shot": text_only_zero_shot, "task_data": task_data, "force": force, "device": device,
-        "predictions": predictions, "task": task, "annotations": annotations, "questions": questions,
-        "images": images, "format": data_format, "out": out,
-    }
-    run_eval_command(list(args or []), options, console)
+    positional, multi = cli_eval.parse_extra_args(list(args or []))
+    files = cli_eval.AnnotationFiles(annotations, questions, images, data_format)
+    task_map = read_task_data(task_data)
+    if predictions is not None:
+        cli_eval.score_predictions_command(predictions, task, task_map, files, out, positional, console)
+        return
+    tasks = multi.get("--tasks")
+    request = EvalRequest(
+        target=cli_eval.single_target(positional), tasks=tasks, shots=cli_eval.parse_shots(multi.get("--shots")),
+        seeds=seeds, all_checkpoints=all_checkpoints, demo_selection=demo_selection, num_samples=num_samples,
+        batch_size=batch_size, max_new_tokens=max_new_tokens, text_only_zero_shot=text_only_zero_shot,
+        include_paths=[Path(p) for p in multi.get("--include-path", [])],
+        task_data=cli_eval.with_annotations(task_map, tasks, files), force=force, device=device,
+    )
+    cli_eval.run_eval(request, console)
 
 
 @app.command(

@@ -136,9 +136,10 @@ def test_rices_with_model_features_finds_the_same_image(tiny_model_dir: Path) ->
 
 # ------------------------------------------------------------------------------------------- runner
 def test_runner_results_schema_samples_and_reuse(tiny_model_dir: Path) -> None:
+    from mmbench_cli.evaluate.request import EvalRequest
     from mmbench_cli.evaluate.runner import evaluate
 
-    paths = evaluate(tiny_model_dir, ["synthetic-vqa"], [0, 2], 2, num_samples=4, progress=False)
+    paths = evaluate(EvalRequest(tiny_model_dir, ["synthetic-vqa"], [0, 2], 2, num_samples=4, progress=False))
     results = json.loads(paths[0].read_text())
     assert results["step"] == 0 and results["checkpoint_hash"] and "summary" in results
     cell = results["tasks"]["synthetic-vqa"]["2"]
@@ -154,12 +155,13 @@ def test_runner_results_schema_samples_and_reuse(tiny_model_dir: Path) -> None:
 
     sample_file = paths[0].parent / cell["samples"][0]
     before = sample_file.stat().st_mtime_ns
-    again = json.loads(evaluate(tiny_model_dir, ["synthetic-vqa"], [2], 3, num_samples=4, progress=False)[0].read_text())
+    request = EvalRequest(tiny_model_dir, ["synthetic-vqa"], [2], 3, num_samples=4, progress=False)
+    again = json.loads(evaluate(request)[0].read_text())
     cell2 = again["tasks"]["synthetic-vqa"]["2"]
     assert cell2["reused"] == [0, 1] and cell2["seed_ids"] == [0, 1, 2]  # only seed 2 was computed
     assert sample_file.stat().st_mtime_ns == before
-    forced = json.loads(evaluate(tiny_model_dir, ["synthetic-vqa"], [2], 1, num_samples=4, force=True,
-                                 progress=False)[0].read_text())
+    forced = json.loads(evaluate(EvalRequest(tiny_model_dir, ["synthetic-vqa"], [2], 1, num_samples=4, force=True,
+                                             progress=False))[0].read_text())
     assert forced["tasks"]["synthetic-vqa"]["2"]["reused"] == []
 
 
@@ -175,9 +177,10 @@ def _one_line_exit_2(result) -> str:  # noqa: ANN001
 
 
 def test_cli_bad_inputs_exit_2_and_keep_results(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from mmbench_cli.evaluate.request import EvalRequest
     from mmbench_cli.evaluate.runner import evaluate
 
-    results = evaluate(tiny_model_dir, ["synthetic-ocr"], [0], 1, num_samples=2, progress=False)[0]
+    results = evaluate(EvalRequest(tiny_model_dir, ["synthetic-ocr"], [0], 1, num_samples=2, progress=False))[0]
     before = results.read_bytes()
     assert "unknown task" in _one_line_exit_2(runner.invoke(app, ["eval", str(tiny_model_dir), "--tasks", "nope"]))
     assert "no such run" in _one_line_exit_2(runner.invoke(app, ["eval", str(tmp_path / "missing")]))
@@ -244,6 +247,7 @@ def test_trained_toy_checkpoint_beats_untrained_on_captioning_and_vqa(tmp_path: 
     "Short answer:" with caption text), which is why the run is this long.
     """
     from mmbench_cli.config import load_config
+    from mmbench_cli.evaluate.request import EvalRequest
     from mmbench_cli.evaluate.runner import evaluate
     from mmbench_cli.train.loop import pretrain
 
@@ -251,8 +255,8 @@ def test_trained_toy_checkpoint_beats_untrained_on_captioning_and_vqa(tmp_path: 
                              "train.checkpoint_every=1000", "train.log_spaced_checkpoints=false",
                              "data.num_train_images=200", "data.num_val_images=20", "data.num_test_images=40"])
     run = pretrain(cfg, tmp_path / "run", progress=False)
-    paths = evaluate(run, ["synthetic-caption", "synthetic-vqa"], [0, 4], 1, all_checkpoints=True, num_samples=24,
-                     progress=False)
+    paths = evaluate(EvalRequest(run, ["synthetic-caption", "synthetic-vqa"], [0, 4], 1, all_checkpoints=True,
+                                 num_samples=24, progress=False))
     by_step = {json.loads(p.read_text())["step"]: json.loads(p.read_text()) for p in paths}
     untrained, trained = by_step[0]["tasks"], by_step[150]["tasks"]
     for shots in ("0", "4"):

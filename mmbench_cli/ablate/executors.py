@@ -75,6 +75,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     store.write_cell_record(cell.cell_id, record)
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
+        from mmbench_cli.evaluate.request import EvalRequest
         from mmbench_cli.evaluate.runner import evaluate
         from mmbench_cli.train.loop import pretrain
 
@@ -83,10 +84,8 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         pretrain(cfg, run_dir, resume=resume, force=not resume, progress=False)
         record["train_s"] = round(time.perf_counter() - start, 3)
         eval_start = time.perf_counter()
-        evaluate(
-            run_dir, tasks=list(cfg.eval.tasks), shots=list(cfg.eval.shots), seeds=cfg.eval.seeds,
-            all_checkpoints=cfg.eval.all_checkpoints, device=cfg.train.device, progress=False,
-        )
+        evaluate(EvalRequest(run_dir, all_checkpoints=cfg.eval.all_checkpoints, device=cfg.train.device,
+                             progress=False))
         record["eval_s"] = round(time.perf_counter() - eval_start, 3)
         if final_eval(run_dir) is None:
             raise RuntimeError("evaluation wrote no results for the final checkpoint")

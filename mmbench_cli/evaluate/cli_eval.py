@@ -1,4 +1,5 @@
-"""The body of ``mm eval`` (kept out of cli.py so the CLI module stays thin and fast to import).
+"""The pieces of ``mm eval`` between the CLI and the runner (kept out of cli.py so it stays thin and fast to
+import): multi-value option parsing, ``--annotations`` files, and the results table.
 
 ``--tasks``, ``--shots`` and ``--include-path`` take several values (``--shots 0 4 8``); click options take
 one, so they arrive as extra arguments and are parsed here (``--shots 0,4,8`` and repeats work too).
@@ -6,11 +7,18 @@ one, so they arrive as extra arguments and are parsed here (``--shots 0,4,8`` an
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmbench_cli.errors import MMError
+from mmbench_cli.families import FAMILIES
+from mmbench_cli.rundir import EvalResult, ResultCell, read_json_file
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from mmbench_cli.evaluate.request import EvalRequest
 
 MULTI_OPTIONS = ("--tasks", "--shots", "--include-path")
 ALIASES = {"-t": "--tasks"}
@@ -62,93 +70,96 @@ def parse_shots(values: list[str] | None) -> list[int] | None:
     return shots
 
 
-def run_eval_command(args: list[str], options: dict[str, Any], console: Any) -> None:
-    """Run ``mm eval`` from parsed CLI arguments and print a results table per checkpoint."""
-    from mmbench_cli.evaluate.tasks import read_task_data
+@dataclass
+class AnnotationFiles:
+    """``--annotations FILE [--questions FILE] [--images DIR] [--format NAME]``: a task's query set from files."""
 
-    positional, multi = parse_extra_args(args)
-    task_data = read_task_data(options.get("task_data"))
-    annotations = _annotation_spec(options)
-    if options.get("predictions"):
-        _score_predictions(positional, options, task_data, annotations, console)
-        return
+    annotations: Path | None = None
+    questions: Path | None = None
+    images: Path | None = None
+    data_format: str | None = None
+
+    def spec(self) -> dict[str, str] | None:
+        """The task-data ``query`` entry these options describe (None without ``--annotations``)."""
+        if self.annotations is None:
+            for name in ("questions", "images"):
+                if getattr(self, name) is not None:
+                    raise MMError(f"--{name}: only meaningful with --annotations FILE")
+            return None
+        spec = {"path": str(self.annotations)}
+        if self.questions is not None:
+            spec["questions"] = str(self.questions)
+        if self.images is not None:
+            spec["images"] = str(self.images)
+        if self.data_format:
+            spec["format"] = self.data_format
+        return spec
+
+
+def with_annotations(task_data: dict[str, dict[str, Any]], tasks: list[str] | None,
+                     files: AnnotationFiles) -> dict[str, dict[str, Any]]:
+    """``task_data`` with ``--annotations`` as the query set of the one task named by ``--tasks``."""
+    spec = files.spec()
+    if spec is None:
+        return task_data
+    if not tasks or len(tasks) != 1:
+        raise MMError("--annotations: name the one task they belong to with --tasks NAME")
+    return {**task_data, tasks[0]: {**task_data.get(tasks[0], {}), "query": spec}}
+
+
+def single_target(positional: list[str]) -> Path:
+    """The one RUN_OR_CHECKPOINT argument of ``mm eval``."""
     if len(positional) != 1:
         raise MMError("mm eval: pass exactly one RUN_OR_CHECKPOINT (a run dir, checkpoints/step_<N>/ or a "
                       "`mm build -o` dir), or --predictions FILE --task NAME to score another system's outputs")
-    tasks = multi.get("--tasks")
-    if annotations:
-        if not tasks or len(tasks) != 1:
-            raise MMError("--annotations: name the one task they belong to with --tasks NAME")
-        task_data = {**task_data, tasks[0]: {**task_data.get(tasks[0], {}), "query": annotations}}
+    return Path(positional[0])
+
+
+def run_eval(request: EvalRequest, console: Console) -> None:
+    """Evaluate and print a results table per checkpoint."""
     from mmbench_cli.evaluate.runner import evaluate
 
-    paths = evaluate(
-        positional[0], tasks=tasks, shots=parse_shots(multi.get("--shots")), seeds=options.get("seeds"),
-        all_checkpoints=options.get("all_checkpoints", False), demo_selection=options.get("demo_selection"),
-        num_samples=options.get("num_samples"), batch_size=options.get("batch_size"),
-        max_new_tokens=options.get("max_new_tokens"), text_only_zero_shot=options.get("text_only_zero_shot"),
-        include_paths=multi.get("--include-path", []), task_data=task_data, force=options.get("force", False),
-        device=options.get("device", "auto"), console=console,
-    )
-    for path in paths:
-        print_results(json.loads(path.read_text()), path, console)
+    for path in evaluate(request, console=console):
+        print_results(EvalResult.from_json(read_json_file(path, "results file"), path), path, console)
 
 
-def _annotation_spec(options: dict[str, Any]) -> dict[str, Any] | None:
-    if not options.get("annotations"):
-        for key in ("questions", "images"):
-            if options.get(key):
-                raise MMError(f"--{key}: only meaningful with --annotations FILE")
-        return None
-    spec = {"path": str(options["annotations"])}
-    if options.get("questions"):
-        spec["questions"] = str(options["questions"])
-    if options.get("images"):
-        spec["images"] = str(options["images"])
-    if options.get("format"):
-        spec["format"] = options["format"]
-    return spec
-
-
-def _score_predictions(positional: list[str], options: dict[str, Any], task_data: dict[str, Any],
-                       annotations: dict[str, Any] | None, console: Any) -> None:
-    from mmbench_cli.evaluate.runner import score_file
+def score_predictions_command(predictions: Path, task: str | None, task_data: dict[str, dict[str, Any]],
+                              files: AnnotationFiles, out: Path | None, positional: list[str],
+                              console: Console) -> None:
+    """``mm eval --predictions FILE --task NAME``: score another system's outputs and print the value."""
+    from mmbench_cli.evaluate.predictions import score_file
 
     if positional:
         raise MMError("--predictions: scores a file on its own; drop the RUN_OR_CHECKPOINT argument")
-    task = options.get("task")
     if not task:
         raise MMError("--predictions: name the task whose metric and references to use with --task NAME")
-    result = score_file(options["predictions"], task, task_data, annotations, out=options.get("out"))
+    result = score_file(predictions, task, task_data, files.spec(), out=out)
     console.print(f"{result['task']}: {result['metric']} = {result['value']:.2f} (n={result['n']})")
 
 
-def _fmt(cell: dict[str, Any]) -> str:
-    value = cell.get("value")
-    if value is None:
-        return "-"
-    text = f"{value:.2f}"
-    if len(cell.get("seeds", [])) > 1:
-        text += f" ± {cell.get('std', 0.0):.2f}"
+def _fmt(cell: ResultCell) -> str:
+    text = f"{cell.value:.2f}"
+    if len(cell.seeds) > 1:
+        text += f" ± {cell.std:.2f}"
     return text
 
 
-def print_results(results: dict[str, Any], path: Path, console: Any) -> None:
+def print_results(results: EvalResult, path: Path, console: Console) -> None:
     """A rich table: one row per task, one column per shot count, plus MM1's summary rows."""
     from rich.table import Table
 
-    shots = sorted({int(k) for cells in results["tasks"].values() for k in cells})
-    table = Table(title=f"{results['run']} step {results['step']}", title_justify="left")
+    shots = sorted({int(k) for cells in results.tasks.values() for k in cells})
+    table = Table(title=f"{results.run} step {results.step}", title_justify="left")
     table.add_column("task")
     table.add_column("metric")
     for k in shots:
         table.add_column(f"{k}-shot", justify="right")
-    for name, cells in results["tasks"].items():
-        metric = next(iter(cells.values())).get("metric", "")
+    for name, cells in results.tasks.items():
+        metric = next(iter(cells.values())).metric
         table.add_row(name, metric, *[_fmt(cells[str(k)]) if str(k) in cells else "" for k in shots])
-    summary = results.get("summary", {})
-    for key, label in (("caption_avg", "caption avg"), ("vqa_avg", "VQA avg"), ("textcore", "TextCore")):
-        row = [summary.get(str(k), {}).get(key) for k in shots]
+    for family in FAMILIES.values():
+        row = [results.summary.get(str(k), {}).get(family.summary_key) for k in shots]
+        label = family.summary_label
         if any(v is not None for v in row):
             table.add_row(f"[bold]{label}[/]", "", *[f"{v:.2f}" if v is not None else "" for v in row])
     console.print(table)

@@ -84,15 +84,16 @@ def build_prompt(demos: Sequence[Any], query: Any, text_only_demos: bool = False
     return templates.fewshot_prompt(demos, query), [d.image for d in demos] + [query.image]
 
 
-def postprocess(text: str, family: str) -> str:
-    """Cut a generation at the first stop string, then clean it as open_flamingo does for the family.
+def postprocess(text: str, style: str | None) -> str:
+    """Cut a generation at the first stop string, then clean it as open_flamingo does for the prompt style
+    (``families.FAMILIES[family].prompt``: ``vqa`` or ``caption``).
 
     VQA: keep what precedes "Question"/"Answer"/"Short" and the first ", " (``postprocess_vqa_generation``).
     Captioning: keep what precedes "Output" and drop double quotes (``postprocess_captioning_generation``).
     """
     for stop in STOP_STRINGS:
         text = text.split(stop, 1)[0]
-    if family == "vqa":
+    if style == "vqa":
         text = re.split("Question|Answer|Short", text, maxsplit=1)[0]
         text = re.split(", ", text, maxsplit=1)[0]
     else:

@@ -21,7 +21,7 @@ import math
 import random
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from mmbench_cli.errors import MMError
 
@@ -289,3 +289,31 @@ def bootstrap_ci(
     lo = means[int((1 - confidence) / 2 * num_resamples)]
     hi = means[min(num_resamples - 1, int((1 + confidence) / 2 * num_resamples))]
     return lo, hi
+
+
+# ----------------------------------------------------------------- scorers named by families.METRICS
+# Each takes (ids, predictions, references) and returns (corpus value, per-sample values) on the metric's raw
+# scale; the caller multiplies by ``families.METRICS[name].scale``.
+def cider(ids: Sequence[str], predictions: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[float, list[float]]:
+    """Corpus CIDEr (pycocoevalcap, after PTB tokenization) and each sample's CIDEr."""
+    refs = {i: list(r) for i, r in zip(ids, references, strict=True)}
+    cands = dict(zip(ids, predictions, strict=True))
+    corpus, per_sample = caption_scores_per_sample(refs, cands, ("CIDEr",))
+    return corpus["CIDEr"], [per_sample[i]["CIDEr"] for i in ids]
+
+
+def _mean_scorer(score: Callable[[str, Sequence[str]], float]) -> Callable[..., tuple[float, list[float]]]:
+    def scorer(ids: Sequence[str], predictions: Sequence[str],
+               references: Sequence[Sequence[str]]) -> tuple[float, list[float]]:
+        values = [score(p, list(r)) for p, r in zip(predictions, references, strict=True)]
+        return sum(values) / len(values), values
+
+    scorer.__doc__ = f"Mean {score.__name__} over the samples, and each sample's."
+    return scorer
+
+
+score_vqa_accuracy = _mean_scorer(vqa_accuracy)
+score_vizwiz_accuracy = _mean_scorer(vizwiz_accuracy)
+SCORERS: dict[str, Callable[..., tuple[float, list[float]]]] = {
+    "cider": cider, "vqa_accuracy": score_vqa_accuracy, "vizwiz_accuracy": score_vizwiz_accuracy,
+}

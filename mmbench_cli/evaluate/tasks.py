@@ -20,14 +20,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmbench_cli.errors import MMError
+from mmbench_cli.families import FAMILIES, METRICS, PROMPTED_FAMILIES
 from mmbench_cli.registry import TASKS
 
-FAMILIES = ("caption", "vqa")
-METRICS = {"CIDEr": "caption", "vqa_accuracy": "vqa", "vizwiz_accuracy": "vqa"}
-TEXT_PREFIX = "text:"
+if TYPE_CHECKING:
+    from mmbench_cli.config import DataConfig
+    from mmbench_cli.data.types import CaptionSample, VQASample
 
 
 @dataclass(frozen=True)
@@ -109,10 +110,13 @@ def resolve_task(name: str, task_data: dict[str, dict[str, Any]] | None = None) 
         spec: TaskSpec = TASKS.get(name)
     elif entry is not None:
         metric = entry.get("metric")
-        if metric not in METRICS:
-            raise MMError(f"task-data {name}.metric: {metric!r} unknown; choose from: {', '.join(METRICS)}")
-        spec = TaskSpec(name=name, family=entry.get("family", METRICS[metric]), metric=metric,
-                        max_new_tokens=20 if METRICS[metric] == "caption" else 5)
+        scored = [m for m, info in METRICS.items() if info.scorer is not None]
+        if metric not in scored:
+            raise MMError(f"task-data {name}.metric: {metric!r} unknown; choose from: {', '.join(scored)}")
+        family = entry.get("family", METRICS[metric].family)
+        if family not in PROMPTED_FAMILIES:
+            raise MMError(f"task-data {name}.family: {family!r} unknown; choose from: {', '.join(PROMPTED_FAMILIES)}")
+        spec = TaskSpec(name=name, family=family, metric=metric, max_new_tokens=FAMILIES[family].max_new_tokens)
     else:
         raise MMError(f"unknown task {name!r}; choose from: {', '.join(TASKS.names())}, text:<lm-eval task>, "
                       "or declare it in --task-data")
@@ -149,7 +153,20 @@ def _dataset_spec(task: str, role: str, raw: Any, fmt: str | None, family: str) 
         raise MMError(f"task-data {task}.{role}.{where}: {first['msg']}") from None
 
 
-def load_samples(spec: TaskSpec, role: str, data_cfg: Any) -> list[Any]:
+def result_metadata(spec: TaskSpec) -> dict[str, Any]:
+    """What a task's results cells carry besides the numbers, for readers that cannot load the task.
+
+    Synthetic captioning records the world's colour and shape words (``vocabulary``), so a report can check
+    whether captions name what is in the image without importing the data package.
+    """
+    if spec.source == "synthetic" and spec.synthetic_kind == "caption":
+        from mmbench_cli.data.synthetic import COLORS, SHAPES
+
+        return {"vocabulary": {"colour": list(COLORS), "shape": list(SHAPES)}}
+    return {}
+
+
+def load_samples(spec: TaskSpec, role: str, data_cfg: DataConfig) -> list[CaptionSample | VQASample]:
     """Samples for ``role`` ("query" or "demos") of a task: CaptionSample or VQASample objects."""
     if spec.source == "synthetic":
         from mmbench_cli.data.synthetic import world_from_config
@@ -169,7 +186,7 @@ def load_samples(spec: TaskSpec, role: str, data_cfg: Any) -> list[Any]:
     return load_dataset(dataset, spec)
 
 
-def load_dataset(dataset: dict[str, Any], spec: TaskSpec) -> list[Any]:
+def load_dataset(dataset: dict[str, Any], spec: TaskSpec) -> list[CaptionSample | VQASample]:
     """Load a DatasetSpec dict through the data formats registry and check the samples fit the task."""
     from mmbench_cli.config import DatasetSpec
     from mmbench_cli.data.formats import load_dataset_spec

@@ -22,6 +22,8 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
 from mmbench_cli.errors import MMError
+from mmbench_cli.families import FAMILIES, METRICS, TEXT_PREFIX
+from mmbench_cli.rundir import ResultCell, samples_file_name
 
 EVALS_DIR = Path(__file__).resolve().parents[2] / "evals"
 
@@ -29,8 +31,7 @@ EVALS_DIR = Path(__file__).resolve().parents[2] / "evals"
 def _resolve_model_dir(path: str | Path) -> Path:
     from mmbench_cli.evaluate.runner import resolve_target
 
-    target = resolve_target(path)
-    return target.checkpoints[-1][1]
+    return resolve_target(path).checkpoints[-1].path
 
 
 @register_model("mm")
@@ -163,7 +164,7 @@ def task_manager(include_paths: Sequence[str | Path] = (), include_defaults: boo
 
 
 def run_text_tasks(model: Any, names: Sequence[str], include_paths: Sequence[str | Path], data_cfg: Any,
-                   samples_dir: Path, batch_size: int = 16, limit: int | None = None) -> dict[str, dict[str, Any]]:
+                   samples_dir: Path, batch_size: int = 16, limit: int | None = None) -> dict[str, ResultCell]:
     """Run lm-eval tasks on ``model``; returns ``{task: cell}`` in the results-JSON cell format (shots 0).
 
     Our and the user's task dirs are indexed first; a name found in neither is looked up in lm-eval's
@@ -188,30 +189,30 @@ def run_text_tasks(model: Any, names: Sequence[str], include_paths: Sequence[str
 
 
 def _main_metric(metrics: dict[str, Any]) -> tuple[str, float] | None:
-    for name in ("acc", "acc_norm", "exact_match", "word_perplexity", "perplexity"):
+    for name in FAMILIES["text"].metrics:
         for key, value in metrics.items():
             if key.split(",")[0] == name and isinstance(value, int | float):
                 return name, float(value)
     return None
 
 
-def cells_from_lm_eval(output: dict[str, Any], samples_dir: Path) -> dict[str, dict[str, Any]]:
+def cells_from_lm_eval(output: dict[str, Any], samples_dir: Path) -> dict[str, ResultCell]:
     """Turn lm-eval's ``results``/``groups`` and logged samples into our cells (+ per-sample JSONL files)."""
     from mmbench_cli.rundir import atomic_write_text
 
-    cells: dict[str, dict[str, Any]] = {}
+    cells: dict[str, ResultCell] = {}
     logged = output.get("samples") or {}
     for name, metrics in {**output.get("results", {}), **output.get("groups", {})}.items():
         found = _main_metric(metrics)
         if found is None:
             continue
         metric, value = found
-        scale = 100.0 if metric in ("acc", "acc_norm", "exact_match") else 1.0
-        cell: dict[str, Any] = {"family": "text", "metric": metric, "value": scale * value, "std": 0.0,
-                                "n": int(output.get("n-samples", {}).get(name, {}).get("effective", 0)) or None,
-                                "seeds": [scale * value], "seed_ids": [0], "samples": []}
+        scale = METRICS[metric].scale
+        cell = ResultCell(family="text", metric=metric, value=scale * value, std=0.0,
+                          n=int(output.get("n-samples", {}).get(name, {}).get("effective", 0)) or None,
+                          seeds=[scale * value], seed_ids=[0], samples=[])
         if name in logged:
-            rel = Path(f"text:{name}.0shot.seed0.jsonl")
+            rel = samples_file_name(TEXT_PREFIX + name, 0, 0)
             lines = []
             for sample in logged[name]:
                 score = sample.get(metric)
@@ -221,8 +222,8 @@ def cells_from_lm_eval(output: dict[str, Any], samples_dir: Path) -> dict[str, d
                                          "references": [str(sample.get("target"))],
                                          "score": scale * float(score) if isinstance(score, int | float) else None}))
             atomic_write_text(samples_dir / rel, "\n".join(lines) + "\n")
-            cell["samples"] = [str(Path(samples_dir.parent.name, samples_dir.name) / rel)]
-            cell["n"] = len(lines)
+            cell.samples = [str(Path(samples_dir.parent.name, samples_dir.name) / rel)]
+            cell.n = len(lines)
         cells[name] = cell
     return cells
 

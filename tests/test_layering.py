@@ -1,0 +1,95 @@
+"""The package's layering, enforced on the import graph (every import, module-level or inside a function).
+
+    cli → ablate → {train, evaluate} → {data, model} → base (config, rundir, families, registry, progress, errors)
+    report → base only (it reads run directories, never models, training code or datasets)
+
+Plus the contracts that keep the run directory owned by one module and the task families in one table.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "mmbench_cli"
+BASE = {"config", "rundir", "families", "registry", "progress", "errors"}
+# layer -> the top-level parts of mmbench_cli it must not import
+FORBIDDEN = {
+    "model": {"data", "train", "evaluate", "ablate", "report", "cli"},
+    "data": {"model", "train", "evaluate", "ablate", "report", "cli"},
+    "train": {"evaluate", "ablate", "report", "cli"},
+    "evaluate": {"train", "ablate", "report", "cli"},
+    "report": {"model", "train", "data", "evaluate", "ablate", "cli"},
+    "ablate": {"report", "cli"},
+    **{base: {"model", "data", "train", "evaluate", "ablate", "report", "cli"} for base in BASE},
+}
+
+
+def _part(path: Path) -> str:
+    """The top-level part of mmbench_cli a file belongs to: its sub-package, or its module name."""
+    relative = path.relative_to(PACKAGE)
+    return relative.parts[0] if len(relative.parts) > 1 else relative.stem
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, imported mmbench_cli part) for every import in a file, function-local ones included."""
+    found: set[tuple[int, str]] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            modules = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        else:
+            continue
+        for module in modules:
+            parts = module.split(".")
+            if parts[0] == "mmbench_cli" and len(parts) > 1:
+                found.add((node.lineno, parts[1]))
+    return sorted(found)
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_layer_imports_nothing_above_it(layer: str) -> None:
+    violations = [
+        f"{path.relative_to(PACKAGE.parent)}:{line} imports mmbench_cli.{target}"
+        for path in _modules() if _part(path) == layer
+        for line, target in _imports(path) if target in FORBIDDEN[layer]
+    ]
+    assert not violations, "\n".join(violations)
+
+
+def test_checker_sees_function_local_imports(tmp_path: Path) -> None:
+    sample = tmp_path / "x.py"
+    sample.write_text("def f():\n    from mmbench_cli.data.synthetic import COLORS\n    import mmbench_cli.model\n")
+    assert _imports(sample) == [(2, "data"), (3, "model")]
+
+
+def test_only_rundir_parses_the_run_dir_layout() -> None:
+    """The step_<N> patterns and the run-dir file names are spelled out in rundir.py alone."""
+    patterns = re.compile(r"""re\.compile\(r?["']\^?step_|["'](checkpoint\.json|metrics\.jsonl|meta\.json)["']""")
+    offenders = [
+        f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}"
+        for path in _modules() if path.name != "rundir.py"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if patterns.search(line)
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_family_names_and_summary_keys_live_in_the_families_table() -> None:
+    """No module but families.py spells out the MM1 summary keys or a family's display label table."""
+    spelled = re.compile(r"""["'](caption_avg|vqa_avg)["']|FAMILY_LABELS\s*=|SUMMARY_KEYS\s*=\s*[{(]""")
+    offenders = [
+        f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}"
+        for path in _modules() if path.name != "families.py"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if spelled.search(line)
+    ]
+    assert not offenders, "\n".join(offenders)

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmbench_cli.ablate.store import CELL_FILE, GridStore, checkpoint_steps, final_eval
+from mmbench_cli.ablate.store import CELL_FILE, GridStore
 from mmbench_cli.errors import MMError
 from mmbench_cli.registry import EXECUTORS
+from mmbench_cli.rundir import RunDir
 
 LOG_FILE = "ablate.log"
 
@@ -56,7 +57,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     store = GridStore(cell.grid_dir)
     run_dir = store.cell_dir(cell.cell_id)
     previous = store.cell_record(cell.cell_id)
-    if previous.get("state") == "done" and final_eval(run_dir) is not None:
+    if previous.get("state") == "done" and RunDir(run_dir).final_results() is not None:
         return {**previous, "skipped": True}
     if cell.threads > 0:
         import torch
@@ -69,7 +70,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         "attempt": int(previous.get("attempt", 0)) + 1,
         "pid": os.getpid(),
         "started": time.time(),
-        "resumed_from_step": (checkpoint_steps(run_dir) or [None])[-1],
+        "resumed_from_step": (RunDir(run_dir).checkpoint_steps() or [None])[-1],
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     store.write_cell_record(cell.cell_id, record)
@@ -80,14 +81,14 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         from mmbench_cli.train.loop import pretrain
 
         cfg = config_from_dict(cell.config, f"grid cell {cell.cell_id}")
-        resume = bool(checkpoint_steps(run_dir))
+        resume = bool(RunDir(run_dir).checkpoint_steps())
         pretrain(cfg, run_dir, resume=resume, force=not resume, progress=False)
         record["train_s"] = round(time.perf_counter() - start, 3)
         eval_start = time.perf_counter()
         evaluate(EvalRequest(run_dir, all_checkpoints=cfg.eval.all_checkpoints, device=cfg.train.device,
                              progress=False))
         record["eval_s"] = round(time.perf_counter() - eval_start, 3)
-        if final_eval(run_dir) is None:
+        if RunDir(run_dir).final_results() is None:
             raise RuntimeError("evaluation wrote no results for the final checkpoint")
         record["state"] = "done"
     except Exception as error:  # noqa: BLE001 - a failing cell must not stop the grid

@@ -10,7 +10,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
@@ -21,6 +21,9 @@ from mmbench_cli.ablate.grid import GridPlan
 from mmbench_cli.ablate.store import GridStore
 from mmbench_cli.config import config_hash, config_to_dict
 from mmbench_cli.rundir import RunLock
+
+if TYPE_CHECKING:
+    from mmbench_cli.model.mllm import MLLM
 
 STATE_STYLE = {"pending": "dim", "partial": "yellow", "running": "cyan", "done": "green", "failed": "red",
                "queued": "dim"}
@@ -169,7 +172,7 @@ def _model_costs(plan: GridPlan) -> dict[str, dict[str, float]]:
     return costs
 
 
-def measure_throughput(model: Any, seq_len: int, batch_size: int = 4, steps: int = 2) -> float:
+def measure_throughput(model: MLLM, seq_len: int, batch_size: int = 4, steps: int = 2) -> float:
     """Training FLOP/s of this machine on ``model``: time forward+backward steps on random data."""
     import torch
 

@@ -16,10 +16,16 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmbench_cli.data import templates
+from mmbench_cli.data.types import CaptionSample, ImageRef, VQASample
 from mmbench_cli.errors import MMError
+
+if TYPE_CHECKING:
+    import torch
+
+Query = CaptionSample | VQASample  # a few-shot query or demo
 
 STOP_STRINGS = (templates.EOC_TOKEN, templates.EOS_TOKEN, "<|pad|>", templates.IMAGE_TOKEN, "\n")
 FLAMINGO_ZERO_SHOT_DEMOS = 2
@@ -55,7 +61,8 @@ def select_random(pool: Sequence[Any], num_queries: int, shots: int, seed: int) 
     return [rng.sample(list(pool), shots) if shots else [] for _ in range(num_queries)]
 
 
-def select_rices(pool: Sequence[Any], pool_features: Any, query_features: Any, shots: int) -> list[list[Any]]:
+def select_rices(pool: Sequence[Query], pool_features: torch.Tensor, query_features: torch.Tensor,
+                 shots: int) -> list[list[Query]]:
     """RICES: the ``shots`` pool samples whose image features are most similar to each query's.
 
     Features are L2-normalised and compared by dot product; the list is ordered from least to most similar,
@@ -72,7 +79,7 @@ def select_rices(pool: Sequence[Any], pool_features: Any, query_features: Any, s
     return [[pool[int(i)] for i in reversed(row.tolist())] for row in top]
 
 
-def build_prompt(demos: Sequence[Any], query: Any, text_only_demos: bool = False) -> tuple[str, list[Any]]:
+def build_prompt(demos: Sequence[Query], query: Query, text_only_demos: bool = False) -> tuple[str, list[ImageRef]]:
     """(prompt text, images in order of appearance) for ``demos`` then ``query``.
 
     With ``text_only_demos`` the demos keep their text but lose their ``<image>`` markers and images

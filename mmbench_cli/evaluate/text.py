@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,10 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
 from mmbench_cli.errors import MMError
+
+if TYPE_CHECKING:
+    from mmbench_cli.config import DataConfig
+    from mmbench_cli.model.mllm import MLLM
 from mmbench_cli.families import FAMILIES, METRICS, TEXT_PREFIX
 from mmbench_cli.rundir import ResultCell, samples_file_name
 
@@ -38,7 +42,7 @@ def _resolve_model_dir(path: str | Path) -> Path:
 class MMLM(TemplateLM):
     """lm-eval wrapper of an mmbench MLLM (``model_args``: ``path``, ``batch_size``, ``device``, ``max_length``)."""
 
-    def __init__(self, path: str | None = None, model: Any = None, batch_size: int | str = 16,
+    def __init__(self, path: str | None = None, model: MLLM | None = None, batch_size: int | str = 16,
                  device: str = "cpu", max_length: int | None = None, **kwargs: Any) -> None:
         super().__init__()
         if model is None:
@@ -163,7 +167,7 @@ def task_manager(include_paths: Sequence[str | Path] = (), include_defaults: boo
     return TaskManager(include_path=paths, include_defaults=include_defaults, metadata=metadata)
 
 
-def run_text_tasks(model: Any, names: Sequence[str], include_paths: Sequence[str | Path], data_cfg: Any,
+def run_text_tasks(model: MLLM, names: Sequence[str], include_paths: Sequence[str | Path], data_cfg: DataConfig,
                    samples_dir: Path, batch_size: int = 16, limit: int | None = None) -> dict[str, ResultCell]:
     """Run lm-eval tasks on ``model``; returns ``{task: cell}`` in the results-JSON cell format (shots 0).
 

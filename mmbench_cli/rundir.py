@@ -349,6 +349,19 @@ class Checkpoint:
         """Whether training can resume from this checkpoint (optimizer, RNG and trainer state saved)."""
         return all((self.path / name).is_file() for name in (OPTIMIZER_FILE, RNG_FILE, TRAINER_STATE_FILE))
 
+    def recorded_info(self) -> dict[str, Any]:
+        """``checkpoint.json`` as written (its step defaulted to the dir's), computing nothing: no weights are read,
+        so a missing ``content_hash`` stays missing. ``{"step": N}`` without one; MMError if garbled."""
+        path = self.path / CHECKPOINT_JSON
+        if not path.is_file():
+            return {"step": self.step}
+        info = read_json_file(path, "checkpoint.json")
+        if not isinstance(info, dict):
+            raise MMError(f"{path}: expected a JSON object; delete this checkpoint dir")
+        info = dict(info)
+        info.setdefault("step", self.step)
+        return info
+
     def info(self) -> dict[str, Any]:
         """``checkpoint.json``: step, content_hash, tokens_seen, train_flops, wall_time_s (MMError if garbled).
 
@@ -702,6 +715,24 @@ class RunDir:
         """The training log lines with a numeric step, sorted by step (a torn last line is skipped)."""
         records = [r for r in read_jsonl(self.metrics_path) if isinstance(r, dict) and _number(r.get("step"))]
         return sorted(records, key=lambda record: record["step"])
+
+    def last_metrics(self, tail_bytes: int = 4096) -> dict[str, Any]:
+        """The last complete training log line, read from the file's tail only (for live progress displays while
+        training appends); {} if there is none or the file cannot be read."""
+        try:
+            with self.metrics_path.open("rb") as handle:
+                handle.seek(max(0, self.metrics_path.stat().st_size - tail_bytes))
+                lines = handle.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return {}
+        for line in reversed(lines):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                return record
+        return {}
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one training log line (flushed to disk)."""

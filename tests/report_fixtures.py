@@ -15,6 +15,9 @@ import numpy as np
 import yaml
 
 SCRIPT_CAPTION = '<script>document.title="pwned";console.error("xss")</script> a red circle'
+# What mm eval records in a synthetic captioning cell for the caption grounding table (the world's words).
+SYNTHETIC_VOCABULARY = {"colour": ["red", "green", "blue", "yellow", "purple", "orange"],
+                        "shape": ["circle", "square", "triangle", "diamond", "star"]}
 TASKS = {
     "synthetic-caption": ("caption", "CIDEr", ["0", "4", "8"]),
     "synthetic-vqa": ("vqa", "VQA accuracy", ["0", "4", "8"]),
@@ -87,6 +90,8 @@ def write_run(
                     "family": family, "metric": metric, "value": float(np.mean(seed_values)),
                     "std": float(np.std(seed_values)), "n": samples, "seeds": seed_values, "samples": paths,
                 }
+                if task.startswith("synthetic") and family == "caption":
+                    tasks[task][shots]["vocabulary"] = SYNTHETIC_VOCABULARY
         summary = {
             shots: {"caption_avg": tasks["synthetic-caption"][shots]["value"], "vqa_avg": tasks["synthetic-vqa"][shots]["value"]}
             for shots in ("0", "4", "8")

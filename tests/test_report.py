@@ -295,3 +295,33 @@ def test_repeated_hash_is_marked_in_dynamics_plots(tmp_path: Path) -> None:
     assert "repeated checkpoint hash" in figure.svg
     healthy = load.load_study([write_run(tmp_path / "fine", 32, 0, eval_steps=(0, 1, 2, 8), samples=5)])
     assert all("repeated checkpoint hash" not in f.svg for f in plots.dynamics(healthy))
+
+
+def test_results_are_read_as_typed_cells_and_checkpoints_as_recorded(tmp_path: Path) -> None:
+    """Runs are read through mmbench_cli.rundir: results as EvalResult/ResultCell; a checkpoint.json without a
+    content hash stays without one (the report reads no weights: there is no model.safetensors here)."""
+    from mmbench_cli.rundir import EvalResult, ResultCell
+
+    run = write_run(tmp_path / "run", 32, 0, steps=(0, 8), eval_steps=(8,), samples=5)
+    (run / "checkpoints" / "step_8" / "checkpoint.json").write_text(json.dumps({"step": 8, "train_flops": 7.0}))
+    loaded = load.load_study([run]).runs[0]
+    assert isinstance(loaded.results[8], EvalResult)
+    cell = loaded.entry(8, "synthetic-vqa", "4")
+    assert isinstance(cell, ResultCell) and cell.family == "vqa" and cell.n == 5
+    assert [(c.step, c.content_hash, c.train_flops) for c in loaded.checkpoints] == [(0, "hash-32-0-0", 0.0),
+                                                                                  (8, None, 7.0)]
+
+
+def test_lower_is_better_metrics_bold_the_lowest(tmp_path: Path) -> None:
+    """A task's direction comes from the metric table (mmbench_cli.families): perplexity is best when lowest."""
+    runs = []
+    for name, perplexity in (("low", 12.0), ("high", 30.0)):
+        run = write_run(tmp_path / name, 32, 0, eval_steps=(8,), samples=5)
+        path = run / "eval" / "step_8.json"
+        result = json.loads(path.read_text())
+        result["tasks"]["text:wikitext"] = {"0": {"family": "text", "metric": "word_perplexity", "value": perplexity}}
+        path.write_text(json.dumps(result))
+        runs.append(run)
+    table = tables.task_table(load.load_study(runs), resamples=100)
+    column = "text:wikitext 0-shot (word_perplexity)"
+    assert bool(table.bold.at["low", column]) and not bool(table.bold.at["high", column])

@@ -10,8 +10,11 @@ from typer.testing import CliRunner
 
 from mmbench_cli.cli import app
 from mmbench_cli.report import grounding, load
+from mmbench_cli.rundir import ResultCell
 
 runner = CliRunner()
+VOCABULARY = {"colour": ["red", "green", "blue", "yellow", "purple", "orange"],  # as mm eval records it
+              "shape": ["circle", "square", "triangle", "diamond", "star"]}
 REFERENCES = {  # query -> references (an image of a red circle and a blue square; one of a green star)
     "c1": ["a red circle and a blue square.", "there is a blue square and a red circle on a grey background."],
     "c2": ["a large green star.", "a picture of a large green star."],
@@ -24,8 +27,9 @@ PREDICTIONS = {  # run -> query -> generated caption
 }
 
 
-def write_caption_run(run_dir: Path, predictions: dict[str, str]) -> None:
-    """A run evaluated at step 5 on synthetic-caption 0-shot, with per-sample rows."""
+def write_caption_run(run_dir: Path, predictions: dict[str, str], vocabulary: dict | None = VOCABULARY) -> None:
+    """A run evaluated at step 5 on synthetic-caption 0-shot, with per-sample rows (and the world's words in its
+    results cell unless ``vocabulary`` is None)."""
     rows = [{"id": q, "prediction": p, "references": REFERENCES[q], "score": 10.0} for q, p in predictions.items()]
     rel = "eval/samples/step_5/synthetic-caption.0shot.seed0.jsonl"
     (run_dir / rel).parent.mkdir(parents=True)
@@ -33,16 +37,22 @@ def write_caption_run(run_dir: Path, predictions: dict[str, str]) -> None:
     (run_dir / "config.yaml").write_text("name: toy\n")
     (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 5, "loss": 2.0}) + "\n")
     entry = {"family": "caption", "metric": "CIDEr", "value": 10.0, "n": len(rows), "seeds": [10.0], "samples": [rel]}
+    if vocabulary is not None:
+        entry["vocabulary"] = vocabulary
     (run_dir / "eval" / "step_5.json").write_text(json.dumps({"step": 5, "tasks": {"synthetic-caption": {"0": entry}}}))
 
 
 def test_query_grounding_by_hand() -> None:
-    assert grounding.named("Two Green STARS and a star, greenish", "shape") == {"star"}
-    assert grounding.named("Two Green STARS and a star, greenish", "colour") == {"green"}
+    cell = ResultCell(family="caption", metric="CIDEr", value=1.0, extra={"vocabulary": VOCABULARY})
+    kinds = grounding.vocabularies(cell)
+    assert list(kinds) == ["colour", "shape"]
+    assert grounding.named("Two Green STARS and a star, greenish", kinds["shape"]) == {"star"}
+    assert grounding.named("Two Green STARS and a star, greenish", kinds["colour"]) == {"green"}
     row = {"prediction": PREDICTIONS["guessing"]["c1"], "references": REFERENCES["c1"]}
-    assert grounding.query_grounding(row, "colour") == pytest.approx((50.0, 100 * 2 / 6))
-    assert grounding.query_grounding(row, "shape") == pytest.approx((0.0, 100 * 2 / 5))
-    assert grounding.query_grounding({"prediction": "a star.", "references": REFERENCES["c2"]}, "colour") is None
+    assert grounding.query_grounding(row, kinds["colour"]) == pytest.approx((50.0, 100 * 2 / 6))
+    assert grounding.query_grounding(row, kinds["shape"]) == pytest.approx((0.0, 100 * 2 / 5))
+    assert grounding.query_grounding({"prediction": "a star.", "references": REFERENCES["c2"]}, kinds["colour"]) is None
+    assert grounding.vocabularies(ResultCell(family="caption", metric="CIDEr", value=1.0)) == {}
 
 
 def test_grounding_table_in_the_report(tmp_path: Path) -> None:
@@ -71,4 +81,11 @@ def test_no_grounding_table_without_synthetic_caption_samples(tmp_path: Path) ->
     write_caption_run(run_dir, PREDICTIONS["grounded"])
     for path in (run_dir / "eval" / "samples" / "step_5").iterdir():
         path.unlink()
+    assert grounding.grounding_table(load.load_study([run_dir])) is None
+
+
+def test_no_grounding_table_without_a_recorded_vocabulary(tmp_path: Path) -> None:
+    """The world's words come from the results cell (reports do not import the synthetic world): none, no table."""
+    run_dir = tmp_path / "old"
+    write_caption_run(run_dir, PREDICTIONS["grounded"], vocabulary=None)
     assert grounding.grounding_table(load.load_study([run_dir])) is None

@@ -3,36 +3,48 @@
 
 A cell is *done* only when its ``ablate.json`` says so, which the cell runner writes (atomically) after
 training and evaluation both finished; anything else is resumed or re-run. Nothing here touches a done cell.
+
+The grid's own files (``grid.json``, ``ablate.json``, ``summary.*``) are laid out here; a cell's run dir is read
+only through ``mmbench_cli.rundir.RunDir``, and the summary's per-family averages are the families' summary keys
+(``mmbench_cli.families``).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import math
-import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mmbench_cli.ablate.grid import SEED_AXIS, GridPlan
+from mmbench_cli.ablate.grid import SEED_AXIS, Cell, GridPlan
 from mmbench_cli.errors import MMError
-from mmbench_cli.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
+from mmbench_cli.families import SUMMARY_KEYS
+from mmbench_cli.rundir import (
+    EvalResult,
+    RunDir,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_json_file,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 GRID_FILE = "grid.json"
 CELL_FILE = "ablate.json"
 CELL_STATES = ("pending", "partial", "running", "done", "failed")
-SUMMARY_AVERAGES = ("caption_avg", "vqa_avg", "textcore")
-_EVAL_NAME = re.compile(r"^step_(\d+)\.json$")
-_CKPT_NAME = re.compile(r"^step_(\d+)$")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON file's content, or None if it is missing or unreadable."""
+    """A grid file's JSON object (``grid.json``, ``ablate.json``), or None if it is missing, unreadable or not an
+    object."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        data = read_json_file(path)
+    except MMError:
         return None
+    return data if isinstance(data, dict) else None
 
 
 class GridStore:
@@ -44,6 +56,10 @@ class GridStore:
     def cell_dir(self, cell_id: str) -> Path:
         """The run dir of a cell."""
         return self.dir / cell_id
+
+    def cell_run(self, cell_id: str) -> RunDir:
+        """The run dir of a cell, to read its files."""
+        return RunDir(self.cell_dir(cell_id))
 
     def check_compatible(self, plan: GridPlan) -> None:
         """Refuse (MMError) a grid dir made by another base config, or a dir that is not a grid at all."""
@@ -113,21 +129,7 @@ class GridStore:
 
     def progress(self, cell_id: str) -> dict[str, Any]:
         """Latest training progress of a cell from its ``metrics.jsonl`` (step, loss), for the live table."""
-        path = self.cell_dir(cell_id) / "metrics.jsonl"
-        if not path.exists():
-            return {}
-        try:
-            with path.open("rb") as handle:
-                handle.seek(max(0, path.stat().st_size - 4096))
-                lines = handle.read().decode("utf-8", "replace").splitlines()
-        except OSError:
-            return {}
-        for line in reversed(lines):
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                continue
-        return {}
+        return self.cell_run(cell_id).last_metrics()
 
     def write_summary(self, plan: GridPlan) -> dict[str, Path]:
         """Write ``summary.{csv,parquet}`` (one row per cell) and ``summary_seeds.{csv,parquet}`` (over seeds)."""
@@ -144,21 +146,21 @@ class GridStore:
             paths[f"{stem}.parquet"] = atomic_write_bytes(self.dir / f"{stem}.parquet", buffer.getvalue())
         return paths
 
-    def cell_row(self, plan: GridPlan, cell: Any) -> dict[str, Any]:
+    def cell_row(self, plan: GridPlan, cell: Cell) -> dict[str, Any]:
         """One summary row: axis values, state, final loss and every metric per shots of the final checkpoint."""
         row: dict[str, Any] = {"cell": cell.id, "group": cell.group}
         for name, label in cell.labels.items():
             value = cell.values[name]
             row[name] = value if isinstance(value, (int, float, str, bool)) else label
-        run_dir = self.cell_dir(cell.id)
+        run_dir = self.cell_run(cell.id)
         record = self.cell_record(cell.id)
         row["state"] = self.cell_state(cell.id)
-        metrics = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
-        losses = [m for m in metrics if m.get("loss") is not None]
+        losses = [m for m in run_dir.read_metrics() if m.get("loss") is not None]
         row["final_loss"] = losses[-1]["loss"] if losses else math.nan
-        evaluation = final_eval(run_dir)
-        row["step"] = evaluation["step"] if evaluation else (losses[-1]["step"] if losses else math.nan)
-        row["train_flops"] = (evaluation or {}).get("train_flops") or (losses[-1].get("train_flops") if losses else None)
+        evaluation = run_dir.final_results()
+        row["step"] = evaluation.step if evaluation else (losses[-1]["step"] if losses else math.nan)
+        flops = evaluation.train_flops if evaluation else None
+        row["train_flops"] = flops or (losses[-1].get("train_flops") if losses else None)
         row["train_s"] = record.get("train_s", math.nan)
         row["eval_s"] = record.get("eval_s", math.nan)
         if evaluation:
@@ -167,39 +169,34 @@ class GridStore:
 
 
 def checkpoint_steps(run_dir: Path) -> list[int]:
-    """Steps of the complete checkpoints (``checkpoints/step_<N>/``) in a run dir, sorted."""
-    directory = run_dir / "checkpoints"
-    if not directory.is_dir():
-        return []
-    return sorted(int(m.group(1)) for p in directory.iterdir() if (m := _CKPT_NAME.match(p.name)) and p.is_dir())
+    """Steps of the complete checkpoints of a cell's run dir, sorted (``RunDir.checkpoint_steps``)."""
+    return RunDir(run_dir).checkpoint_steps()
 
 
-def final_eval(run_dir: Path) -> dict[str, Any] | None:
-    """The results JSON of the final checkpoint (the highest ``eval/step_<N>.json``), or None."""
-    directory = run_dir / "eval"
-    if not directory.is_dir():
-        return None
-    steps = sorted(int(m.group(1)) for p in directory.iterdir() if (m := _EVAL_NAME.match(p.name)))
-    last_ckpt = checkpoint_steps(run_dir)
-    if not steps or (last_ckpt and steps[-1] < last_ckpt[-1]):
-        return None
-    return read_json(directory / f"step_{steps[-1]}.json")
+def final_eval(run_dir: Path) -> EvalResult | None:
+    """The results of a cell's final checkpoint, or None if it is not evaluated (yet) or its results file is
+    unreadable (``RunDir.final_results``)."""
+    return RunDir(run_dir).final_results()
 
 
-def flatten_eval(evaluation: dict[str, Any]) -> dict[str, float]:
-    """``{"<task>/<k>shot": value, ..., "caption_avg/<k>shot": ...}`` from a results JSON."""
+def flatten_eval(evaluation: EvalResult | dict[str, Any]) -> dict[str, float]:
+    """``{"<task>/<k>shot": value, ..., "caption_avg/<k>shot": ...}`` from a checkpoint's results (an ``EvalResult``,
+    or a results JSON as read; MMError if that is malformed)."""
+    if not isinstance(evaluation, EvalResult):
+        evaluation = EvalResult.from_json(evaluation, "results JSON", step=0)
     row: dict[str, float] = {}
-    for task, by_shots in sorted((evaluation.get("tasks") or {}).items()):
-        for shots, result in sorted(by_shots.items(), key=lambda item: int(item[0])):
-            row[f"{task}/{shots}shot"] = result.get("value", math.nan)
-    for shots, averages in sorted((evaluation.get("summary") or {}).items(), key=lambda item: int(item[0])):
-        for name in SUMMARY_AVERAGES:
-            if averages.get(name) is not None:
-                row[f"{name}/{shots}shot"] = averages[name]
+    for task, by_shots in sorted(evaluation.tasks.items()):
+        for shots, cell in sorted(by_shots.items(), key=lambda item: int(item[0])):
+            row[f"{task}/{shots}shot"] = cell.value
+    for shots, averages in sorted(evaluation.summary.items(), key=lambda item: int(item[0])):
+        for name in SUMMARY_KEYS:
+            value = averages.get(name)
+            if value is not None:
+                row[f"{name}/{shots}shot"] = value
     return row
 
 
-def aggregate_over_seeds(table: Any, axis_names: list[str]) -> Any:
+def aggregate_over_seeds(table: pd.DataFrame, axis_names: list[str]) -> pd.DataFrame:
     """Mean and std over the seed axis of every numeric column, one row per group of the other axes."""
     import pandas as pd
 

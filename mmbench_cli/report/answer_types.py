@@ -15,11 +15,11 @@ import re
 from collections import Counter
 from typing import Any
 
-from mmbench_cli.report.load import Run, Study, sample_paths
+from mmbench_cli.report.load import Run, Study
 from mmbench_cli.report.stats import DEFAULT_RESAMPLES, Estimate, from_scores, mean_of
 from mmbench_cli.report.tables import Column, Table, make_table, seed_note
-from mmbench_cli.rundir import read_jsonl
 
+FAMILY = "vqa"  # answer types are VQAv2's notion: the table covers the VQA family's tasks (mmbench_cli.families)
 TYPE_ORDER = ("yes/no", "number", "other")
 NUMBER_WORDS = frozenset(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
@@ -29,11 +29,11 @@ _NUMBER = re.compile(r"^[+-]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)$")
 _YES_NO_SPELLINGS = {"yes/no", "yes_no", "yes-no", "yesno", "yes no"}
 
 
-def _normalize(answer: Any) -> str:
+def _normalize(answer: object) -> str:
     return " ".join(str(answer).lower().split()).rstrip(".").strip()
 
 
-def infer_answer_type(references: Any) -> str:
+def infer_answer_type(references: object) -> str:
     """VQAv2's answer type of a question from its reference answers (the most common one decides;
     a tie goes to the answer listed first)."""
     answers = [_normalize(r) for r in references] if isinstance(references, list) else []
@@ -60,10 +60,9 @@ def answer_type(record: dict[str, Any]) -> str:
 def query_types(run: Run, step: int, task: str, shots: str) -> dict[str, str]:
     """Query id -> answer type (ids keyed as ``Run.sample_scores`` keys them; the first row of an id decides)."""
     types: dict[str, str] = {}
-    for path in sample_paths(run, step, task, shots):
-        for number, record in enumerate(read_jsonl(path), start=1):
-            if isinstance(record, dict):
-                types.setdefault(str(record.get("id", number)), answer_type(record))
+    for _, records in run.sample_records(step, task, shots):
+        for number, record in enumerate(records, start=1):
+            types.setdefault(str(record.get("id", number)), answer_type(record))
     return types
 
 
@@ -101,9 +100,9 @@ def answer_type_table(study: Study, resamples: int = DEFAULT_RESAMPLES) -> Table
     per_run: dict[tuple[str, str], dict[str, dict[str, Estimate]]] = {}  # (task, shots) -> run name -> type -> est
     split_tasks = set()
     for task, info in study.tasks().items():
-        if info["family"] != "vqa":
+        if info.family != FAMILY:
             continue
-        for shots in dict.fromkeys([info["shots"][0], info["shots"][-1]]):
+        for shots in dict.fromkeys([info.shots[0], info.shots[-1]]):
             found = {run.name: est for run in study.runs if (est := type_estimates(run, task, shots))}
             if found:
                 per_run[(task, shots)] = found
@@ -117,7 +116,7 @@ def answer_type_table(study: Study, resamples: int = DEFAULT_RESAMPLES) -> Table
     for (task, shots), found in per_run.items():
         for kind in sorted({k for by_type in found.values() for k in by_type}, key=_type_key):
             counts = [by_type[kind].n for by_type in found.values() if kind in by_type]
-            column = Column(f"{task}@{shots}@{kind}", f"{task} {shots}-shot {kind} ({_count_label(counts)})", "vqa",
+            column = Column(f"{task}@{shots}@{kind}", f"{task} {shots}-shot {kind} ({_count_label(counts)})", FAMILY,
                             shots, task=task)
             columns.append(column)
             lookups[column.key] = (task, shots, kind)

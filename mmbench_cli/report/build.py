@@ -15,7 +15,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mmbench_cli import __version__
 from mmbench_cli.errors import MMError
@@ -24,6 +24,8 @@ from mmbench_cli.report.stats import DEFAULT_RESAMPLES
 from mmbench_cli.rundir import atomic_write_text
 
 if TYPE_CHECKING:  # the report modules import pandas/matplotlib: loaded only when a report is made
+    import pandas as pd
+
     from mmbench_cli.report.load import Study
     from mmbench_cli.report.plots import Figure
     from mmbench_cli.report.tables import Table
@@ -57,7 +59,7 @@ class ReportResult:
     files: list[Path]
     comparisons: list[Comparison] | None = None
     baseline_saved: Path | None = None
-    summary: Any = None
+    summary: pd.DataFrame | None = None
     timings: dict[str, float] = field(default_factory=dict)
     sections: list[Section] = field(default_factory=list)
 

@@ -13,6 +13,10 @@ in the image when a reference names it):
 Precision above chance means the captions are grounded in the image. Queries whose caption names no word of
 a kind are left out of that kind (n counts the rest). Computed from the per-sample files of each cell's last
 evaluated checkpoint at the task's fewest shots; a cell's training seeds are pooled as in the other tables.
+
+The world's words travel in the results, not in this module: ``mm eval`` records them in the cell of each
+synthetic captioning task as ``"vocabulary": {"colour": [...], "shape": [...]}`` (singular words; a shape's
+plural adds "s"). Tasks whose cells record no vocabulary (COCO, say) get no grounding columns.
 """
 
 from __future__ import annotations
@@ -20,81 +24,103 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from mmbench_cli.data.synthetic import COLORS, SHAPES
-from mmbench_cli.report.load import Run, Study, sample_paths
+from mmbench_cli.report.load import Run, Study
 from mmbench_cli.report.stats import DEFAULT_RESAMPLES, Estimate, from_scores, mean_of
 from mmbench_cli.report.tables import Column, Table, make_table, seed_note
-from mmbench_cli.rundir import read_jsonl
+from mmbench_cli.rundir import ResultCell
 
-VOCABULARIES: dict[str, dict[str, str]] = {  # kind -> word as written -> the thing it names
-    "colour": {color: color for color in COLORS},
-    "shape": {**{shape: shape for shape in SHAPES}, **{shape + "s": shape for shape in SHAPES}},
-}
+VOCABULARY_KEY = "vocabulary"  # the results cell's key (``ResultCell.extra``) holding the world's words per kind
+PLURAL_KINDS = ("shape",)  # kinds named by nouns ("stars" names a star); colour words take no plural
+
+Vocabulary = dict[str, str]  # word as written -> the thing it names
 
 
-def named(text: str, kind: str) -> set[str]:
-    """The colours (``kind="colour"``) or shapes (``"shape"``) that ``text`` names."""
-    vocabulary = VOCABULARIES[kind]
+def vocabularies(cell: ResultCell | None) -> dict[str, Vocabulary]:
+    """Kind -> vocabulary recorded in a results cell ({} when it records none; a malformed kind is left out)."""
+    recorded = cell.extra.get(VOCABULARY_KEY) if cell is not None else None
+    if not isinstance(recorded, dict):
+        return {}
+    found: dict[str, Vocabulary] = {}
+    for kind, words in recorded.items():
+        if not isinstance(words, list) or not words or not all(isinstance(word, str) and word for word in words):
+            continue
+        vocabulary = {word.lower(): word.lower() for word in words}
+        if kind in PLURAL_KINDS:
+            vocabulary |= {word.lower() + "s": word.lower() for word in words}
+        found[str(kind)] = vocabulary
+    return found
+
+
+def named(text: str, vocabulary: Vocabulary) -> set[str]:
+    """The things of one kind (colours, shapes: ``vocabulary``) that ``text`` names."""
     return {vocabulary[word] for word in re.findall(r"[a-z]+", text.lower()) if word in vocabulary}
 
 
-def query_grounding(record: dict[str, Any], kind: str) -> tuple[float, float] | None:
-    """(precision, chance) in % of one per-sample row, or None when its caption names no word of ``kind``."""
-    said = named(str(record.get("prediction", "")), kind)
+def query_grounding(record: dict[str, Any], vocabulary: Vocabulary) -> tuple[float, float] | None:
+    """(precision, chance) in % of one per-sample row, or None when its caption names no word of ``vocabulary``."""
+    said = named(str(record.get("prediction", "")), vocabulary)
     references = record.get("references")
     if not said or not isinstance(references, list):
         return None
-    present = named(" ".join(str(r) for r in references), kind)
-    size = len(set(VOCABULARIES[kind].values()))
+    present = named(" ".join(str(r) for r in references), vocabulary)
+    size = len(set(vocabulary.values()))
     return 100.0 * len(said & present) / len(said), 100.0 * len(present) / size
+
+
+def run_vocabularies(run: Run, task: str, shots: str) -> dict[str, Vocabulary]:
+    """Kind -> vocabulary of ``task``'s cell at the run's last evaluated checkpoint ({} if it records none)."""
+    step = run.final_step
+    return vocabularies(run.entry(step, task, shots)) if step is not None else {}
 
 
 def run_grounding(run: Run, task: str, shots: str) -> dict[str, tuple[Estimate, Estimate]]:
     """Kind -> (precision, chance) Estimates of one run's captions at its last evaluated checkpoint (one pass over
-    the per-sample files; a kind no caption names is absent)."""
+    the per-sample files; a kind no caption names is absent; {} when the task's cell records no vocabulary)."""
     step = run.final_step
-    if step is None:
+    kinds = run_vocabularies(run, task, shots)
+    if step is None or not kinds:
         return {}
-    precision: dict[str, dict[str, float]] = {kind: {} for kind in VOCABULARIES}
-    chance: dict[str, dict[str, float]] = {kind: {} for kind in VOCABULARIES}
-    for seed_file, path in enumerate(sample_paths(run, step, task, shots)):
-        for number, record in enumerate(read_jsonl(path), start=1):
-            if not isinstance(record, dict):
-                continue
+    precision: dict[str, dict[str, float]] = {kind: {} for kind in kinds}
+    chance: dict[str, dict[str, float]] = {kind: {} for kind in kinds}
+    for seed_file, (_, records) in enumerate(run.sample_records(step, task, shots)):
+        for number, record in enumerate(records, start=1):
             key = f"{seed_file}:{record.get('id', number)}"
-            for kind in VOCABULARIES:
-                found = query_grounding(record, kind)
+            for kind, vocabulary in kinds.items():
+                found = query_grounding(record, vocabulary)
                 if found is not None:
                     precision[kind][key], chance[kind][key] = found
     return {
         kind: (from_scores(sum(precision[kind].values()) / len(precision[kind]), precision[kind]),
                from_scores(sum(chance[kind].values()) / len(chance[kind]), chance[kind]))
-        for kind in VOCABULARIES if precision[kind]
+        for kind in kinds if precision[kind]
     }
 
 
 def grounding_table(study: Study, resamples: int = DEFAULT_RESAMPLES) -> Table | None:
     """Per cell, colour and shape precision of the synthetic captioning tasks' captions against chance; None
-    when no synthetic captioning task has per-sample files."""
+    when no task whose results cells record a vocabulary has per-sample files."""
     groups = study.groups()
     found: dict[tuple[str, str, str], dict[str, tuple[Estimate, Estimate]]] = {}
+    families: dict[str, str] = {}
     for task, info in study.tasks().items():
-        if info["family"] != "caption" or not task.startswith("synthetic"):
+        shots = info.shots[0]
+        kinds = dict.fromkeys(kind for run in study.runs for kind in run_vocabularies(run, task, shots))
+        if not kinds:
             continue
-        shots = info["shots"][0]
         by_run = {run.name: run_grounding(run, task, shots) for run in study.runs}
-        for kind in VOCABULARIES:
+        for kind in kinds:
             per_run = {name: by_kind[kind] for name, by_kind in by_run.items() if kind in by_kind}
             if per_run:
                 found[(task, shots, kind)] = per_run
+                families[task] = info.family
     if not found:
         return None
     columns: list[Column] = []
     lookups: dict[str, tuple[tuple[str, str, str], int]] = {}
     for task, shots, kind in found:
         for position, what in enumerate(("precision", "chance")):
-            column = Column(f"{task}@{shots}@{kind}@{what}", f"{task} {shots}-shot {kind} {what}", "caption", shots,
-                            task=task)
+            column = Column(f"{task}@{shots}@{kind}@{what}", f"{task} {shots}-shot {kind} {what}", families[task],
+                            shots, task=task)
             columns.append(column)
             lookups[column.key] = ((task, shots, kind), position)
 

@@ -50,7 +50,7 @@ def _figure_item(figure: Figure) -> dict[str, str]:
     return {"id": figure.id, "title": figure.title, "caption": figure.caption, "data_uri": data_uri(figure)}
 
 
-def md_escape(text: Any) -> str:
+def md_escape(text: object) -> str:
     """Escape a user string for a markdown table cell: HTML specials, pipes, emphasis and newlines."""
     escaped = html.escape(str(text), quote=False)
     escaped = re.sub(r"([\\`*_\[\]|#])", r"\\\1", escaped)

@@ -1,10 +1,10 @@
 """Read run dirs and grid dirs into plain Python objects, validating the file contract as we go.
 
-Reports and regression checks read only run-directory files (docs/architecture.md):
-``config.yaml``, ``meta.json``, ``metrics.jsonl``, ``checkpoints/step_<N>/checkpoint.json``,
-``eval/step_<N>.json`` and ``eval/samples/step_<N>/<task>.<k>shot.seed<S>.jsonl``; a grid dir adds
-``grid.json`` and one run dir per cell (``runs/<grid>/<cell-id>/``, ids like ``resolution=64,tokens=16``).
-Anything malformed becomes a one-line MMError naming the file.
+Reports and regression checks read only run-directory files, and only through ``mmbench_cli.rundir``
+(``RunDir``: ``config.yaml``, ``meta.json``, ``metrics.jsonl``, ``checkpoints/step_<N>/checkpoint.json``,
+``eval/step_<N>.json`` as ``EvalResult`` and its per-sample files); a grid dir adds ``grid.json`` and one run
+dir per cell (``runs/<grid>/<cell-id>/``, ids like ``resolution=64,tokens=16``). Task families come from the
+results cells (``ResultCell.family``). Anything malformed becomes a one-line MMError naming the file.
 """
 
 from __future__ import annotations
@@ -18,13 +18,29 @@ from typing import Any
 import yaml
 
 from mmbench_cli.errors import MMError
-from mmbench_cli.rundir import read_jsonl, read_status
+from mmbench_cli.rundir import Checkpoint, EvalResult, ResultCell, RunDir, read_json_file
 
 SEED_AXIS = "seed"
-FAMILIES = ("caption", "vqa", "text")
-_STEP_FILE = re.compile(r"^step_(\d+)\.json$")
-_STEP_DIR = re.compile(r"^step_(\d+)$")
-_RUN_MARKERS = ("config.yaml", "meta.json", "metrics.jsonl", "eval", "checkpoints", "status")
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """One complete checkpoint of a run and what its ``checkpoint.json`` records (nothing is computed)."""
+
+    checkpoint: Checkpoint
+    step: int
+    content_hash: str | None
+    train_flops: float | None
+
+
+@dataclass
+class TaskInfo:
+    """What a study knows of one task: its family and metric (as its results cells record them) and the shot
+    counts it was evaluated at (sorted shot strings)."""
+
+    family: str
+    metric: str
+    shots: list[str]
 
 
 @dataclass
@@ -41,9 +57,14 @@ class Run:
     meta: dict[str, Any] = field(default_factory=dict)
     status: str | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
-    checkpoints: list[dict[str, Any]] = field(default_factory=list)
-    results: dict[int, dict[str, Any]] = field(default_factory=dict)
+    checkpoints: list[CheckpointRecord] = field(default_factory=list)
+    results: dict[int, EvalResult] = field(default_factory=dict)
     _scores: dict[tuple[int, str, str], dict[str, float] | None] = field(default_factory=dict, repr=False)
+
+    @property
+    def dir(self) -> RunDir:
+        """The run dir's files (``mmbench_cli.rundir``)."""
+        return RunDir(self.path)
 
     @property
     def group(self) -> str:
@@ -54,7 +75,7 @@ class Run:
         return self.prefix + (cell_id(rest) if rest else "all")
 
     @property
-    def seed(self) -> Any:
+    def seed(self) -> object:
         """The training seed (axis value, else meta.json, else config.yaml)."""
         if SEED_AXIS in self.axes:
             return self.axes[SEED_AXIS]
@@ -65,9 +86,19 @@ class Run:
         """The last evaluated step, or None if the run has no results."""
         return max(self.results) if self.results else None
 
-    def entry(self, step: int, task: str, shots: str) -> dict[str, Any] | None:
-        """The results entry ``tasks[task][shots]`` at ``step`` (None if absent)."""
-        return self.results.get(step, {}).get("tasks", {}).get(task, {}).get(shots)
+    def entry(self, step: int, task: str, shots: str) -> ResultCell | None:
+        """The results cell ``tasks[task][shots]`` at ``step`` (None if absent)."""
+        result = self.results.get(step)
+        return result.cell(task, shots) if result is not None else None
+
+    def sample_paths(self, step: int, task: str, shots: str) -> list[Path]:
+        """The per-sample files of one task at ``step``: those its results cell lists, else every demo seed's file
+        on disk ([] when there are none)."""
+        return self.dir.sample_paths(step, task, shots, self.entry(step, task, shots))
+
+    def sample_records(self, step: int, task: str, shots: str) -> list[tuple[Path, list[dict[str, Any]]]]:
+        """Each per-sample file of one task at ``step`` with its records (one pair per demo seed)."""
+        return [(path, self.dir.read_samples(path)) for path in self.sample_paths(step, task, shots)]
 
     def sample_scores(self, step: int, task: str, shots: str) -> dict[str, float] | None:
         """Per-query scores (mean over demo seeds, keyed by query id), or None without sample files."""
@@ -91,21 +122,23 @@ class Study:
         """A short name for titles and the default output dir."""
         return "+".join(source.resolve().name for source in self.sources)
 
-    def tasks(self) -> dict[str, dict[str, Any]]:
-        """Every task seen in any result: name -> {"family", "metric", "shots": sorted shot strings}."""
-        found: dict[str, dict[str, Any]] = {}
+    def tasks(self) -> dict[str, TaskInfo]:
+        """Every task seen in any result, sorted by name: its family and metric (the first cell that records a
+        metric names it) and its sorted shot counts."""
+        families: dict[str, str] = {}
+        metrics: dict[str, str] = {}
+        shots: dict[str, set[str]] = {}
         for run in self.runs:
             for result in run.results.values():
-                for task, by_shots in result.get("tasks", {}).items():
-                    info = found.setdefault(task, {"family": None, "metric": None, "shots": set()})
-                    for shots, entry in by_shots.items():
-                        info["shots"].add(shots)
-                        info["family"] = info["family"] or entry.get("family")
-                        info["metric"] = info["metric"] or entry.get("metric")
-        for task, info in found.items():
-            info["shots"] = sorted(info["shots"], key=int)
-            info["family"] = info["family"] or guess_family(task, info["metric"])
-        return dict(sorted(found.items()))
+                for task, by_shots in result.tasks.items():
+                    shots.setdefault(task, set())
+                    for count, cell in by_shots.items():
+                        shots[task].add(count)
+                        families.setdefault(task, cell.family)
+                        if not metrics.get(task):
+                            metrics[task] = cell.metric
+        return {task: TaskInfo(families[task], metrics.get(task, ""), sorted(shots[task], key=int))
+                for task in sorted(shots)}
 
     def groups(self) -> dict[str, list[Run]]:
         """Runs grouped into cells (training seeds pooled), in first-seen order."""
@@ -152,7 +185,7 @@ def _study_axes(runs: list[Run], axis_order: list[str]) -> dict[str, list[str]]:
     return {name: sorted({run.axes[name] for run in runs if name in run.axes}, key=_axis_sort_key) for name in order}
 
 
-def cell_id(axes: dict[str, Any]) -> str:
+def cell_id(axes: dict[str, object]) -> str:
     """The readable id of a grid cell: ``resolution=64,tokens=16``."""
     return ",".join(f"{key}={value}" for key, value in axes.items())
 
@@ -170,141 +203,58 @@ def parse_cell_id(name: str) -> dict[str, str]:
     return axes
 
 
-def guess_family(task: str, metric: str | None) -> str:
-    """caption / vqa / text from a task's name and metric when the results JSON does not say."""
-    text = f"{task} {metric or ''}".lower()
-    if "caption" in text or "cider" in text or "coco" in text:
-        return "caption"
-    if "vqa" in text or "ocr" in text:
-        return "vqa"
-    return "text"
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise MMError(f"{path}: not valid JSON ({error.__class__.__name__}); re-run the stage that wrote it") from None
-    except OSError as error:
-        raise MMError(f"{path}: cannot read ({error.strerror})") from None
-
-
-def _number(value: Any) -> bool:
+def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_results(path: Path, data: Any) -> dict[str, Any]:
-    """Validate one ``eval/step_<N>.json`` against the results schema."""
-    if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict):
-        raise MMError(f"{path}: malformed results JSON: expected an object with a 'tasks' mapping; re-run mm eval")
-    for task, by_shots in data["tasks"].items():
-        if not isinstance(by_shots, dict):
-            raise MMError(f"{path}: tasks.{task}: expected a mapping of shot counts; re-run mm eval")
-        for shots, entry in by_shots.items():
-            where = f"{path}: tasks.{task}.{shots}"
-            if not str(shots).isdigit():
-                raise MMError(f"{where}: shot count must be a non-negative integer; re-run mm eval")
-            if not isinstance(entry, dict) or not _number(entry.get("value")):
-                raise MMError(f"{where}: expected an object with a numeric 'value'; re-run mm eval")
-            seeds = entry.get("seeds", [])
-            if not isinstance(seeds, list) or not all(_number(s) for s in seeds):
-                raise MMError(f"{where}.seeds: expected a list of numbers; re-run mm eval")
-    summary = data.get("summary", {})
-    if not isinstance(summary, dict) or not all(isinstance(v, dict) for v in summary.values()):
-        raise MMError(f"{path}: summary: expected a mapping of shot counts to averages; re-run mm eval")
-    return data
-
-
-def _step_of(path: Path, data: dict[str, Any], number: int) -> int:
-    step = data.get("step", number)
-    if not isinstance(step, int) or isinstance(step, bool):
-        raise MMError(f"{path}: 'step' must be an integer; re-run mm eval")
-    return step
-
-
 def is_run_dir(path: Path) -> bool:
-    """Whether ``path`` looks like a run directory (holds any run-contract file)."""
-    return path.is_dir() and any((path / marker).exists() for marker in _RUN_MARKERS)
+    """Whether ``path`` looks like a run directory (holds any run-contract file; ``RunDir.is_run_dir``)."""
+    return RunDir(path).is_run_dir()
+
+
+def _checkpoint_record(checkpoint: Checkpoint) -> CheckpointRecord:
+    info = checkpoint.recorded_info()
+    step = info["step"] if _number(info["step"]) else checkpoint.step
+    digest = info.get("content_hash")
+    flops = info.get("train_flops")
+    return CheckpointRecord(checkpoint, int(step), str(digest) if digest else None,
+                            float(flops) if _number(flops) else None)
 
 
 def load_run(path: Path, name: str | None = None, axes: dict[str, str] | None = None) -> Run:
     """Read one run dir (results, samples lazily, log, checkpoints, config, meta)."""
     run = Run(path=path, name=name or path.resolve().name, axes=dict(axes or {}))
-    config_path = path / "config.yaml"
-    if config_path.exists():
-        run.config_text = config_path.read_text(encoding="utf-8", errors="replace")
+    run_dir = run.dir
+    config_text = run_dir.read_config_text()
+    if config_text is not None:
+        run.config_text = config_text
         try:
-            loaded = yaml.safe_load(run.config_text)
+            loaded = yaml.safe_load(config_text)
         except yaml.YAMLError:
-            raise MMError(f"{config_path}: not valid YAML; re-run mm pretrain (or fix the file)") from None
+            raise MMError(f"{run_dir.config_path}: not valid YAML; re-run mm pretrain (or fix the file)") from None
         run.config = loaded if isinstance(loaded, dict) else {}
-    if (path / "meta.json").exists():
-        meta = _read_json(path / "meta.json")
-        if not isinstance(meta, dict):
-            raise MMError(f"{path / 'meta.json'}: expected a JSON object")
-        run.meta = meta
-    run.status = read_status(path)
-    run.metrics = [record for record in read_jsonl(path / "metrics.jsonl") if _number(record.get("step"))]
-    run.metrics.sort(key=lambda record: record["step"])
-    checkpoints = path / "checkpoints"
-    if checkpoints.is_dir():
-        for child in sorted(checkpoints.iterdir()):
-            match = _STEP_DIR.match(child.name)
-            if match and (child / "checkpoint.json").exists():
-                record = _read_json(child / "checkpoint.json")
-                if not isinstance(record, dict):
-                    raise MMError(f"{child / 'checkpoint.json'}: expected a JSON object")
-                record = dict(record)
-                record.setdefault("step", int(match.group(1)))
-                run.checkpoints.append(record)
-        run.checkpoints.sort(key=lambda record: record["step"])
-    eval_dir = path / "eval"
-    if eval_dir.is_dir():
-        for child in sorted(eval_dir.iterdir()):
-            match = _STEP_FILE.match(child.name)
-            if match and child.is_file():
-                data = _check_results(child, _read_json(child))
-                run.results[_step_of(child, data, int(match.group(1)))] = data
+    run.meta = run_dir.read_meta()
+    run.status = run_dir.read_status()
+    run.metrics = run_dir.read_metrics()
+    run.checkpoints = sorted((_checkpoint_record(c) for c in run_dir.checkpoints()), key=lambda record: record.step)
+    run.results = run_dir.all_results()
     return run
 
 
-def _resolve_sample_path(run: Run, step: int, relative: str) -> Path | None:
-    for base in (run.path, run.path / "eval", run.path / "eval" / "samples" / f"step_{step}"):
-        candidate = (base / relative).resolve()
-        if candidate.is_file() and run.path.resolve() in candidate.parents:
-            return candidate
-    return None
-
-
-def sample_paths(run: Run, step: int, task: str, shots: str) -> list[Path]:
-    """The per-sample files of one task at ``step``: those the results entry lists under ``samples``, else
-    ``eval/samples/step_<N>/<task>.<k>shot.seed*.jsonl`` (one per demo seed; [] when there are none)."""
-    entry = run.entry(step, task, shots)
-    paths: list[Path] = []
-    if entry is not None and isinstance(entry.get("samples"), list):
-        paths = [p for p in (_resolve_sample_path(run, step, str(rel)) for rel in entry["samples"]) if p]
-    if not paths:
-        paths = sorted((run.path / "eval" / "samples" / f"step_{step}").glob(f"{task}.{shots}shot.seed*.jsonl"))
-    return paths
-
-
 def _read_scores(run: Run, step: int, task: str, shots: str) -> dict[str, float] | None:
-    paths = sample_paths(run, step, task, shots)
-    if not paths:
-        return None
     per_id: dict[str, list[float]] = {}
-    for path in paths:
-        for number, record in enumerate(read_jsonl(path), start=1):
-            if not isinstance(record, dict) or not _number(record.get("score")):
+    for path, records in run.sample_records(step, task, shots):
+        for number, record in enumerate(records, start=1):
+            if not _number(record.get("score")):
                 raise MMError(f"{path}: line {number}: expected an object with a numeric 'score'; re-run mm eval")
             per_id.setdefault(str(record.get("id", number)), []).append(float(record["score"]))
     return {key: sum(values) / len(values) for key, values in per_id.items()} or None
 
 
 def read_samples(run: Run, step: int, task: str, shots: str, limit: int) -> list[dict[str, Any]]:
-    """The first ``limit`` per-sample records (id, prediction, references, score) of one task, first seed."""
-    paths = sorted((run.path / "eval" / "samples" / f"step_{step}").glob(f"{task}.{shots}shot.seed*.jsonl"))
-    return read_jsonl(paths[0])[:limit] if paths else []
+    """The first ``limit`` per-sample records (id, prediction, references, score) of one task, first demo seed."""
+    paths = run.dir.sample_paths(step, task, shots)
+    return run.dir.read_samples(paths[0])[:limit] if paths else []
 
 
 def _grid_cells(grid: dict[str, Any]) -> dict[str, dict[str, str]]:
@@ -328,7 +278,7 @@ def _grid_cells(grid: dict[str, Any]) -> dict[str, dict[str, str]]:
     return found
 
 
-def _axis_text(value: Any) -> str:
+def _axis_text(value: object) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value, separators=(",", ":"))
     return str(value)
@@ -347,7 +297,7 @@ def load_grid(path: Path) -> tuple[list[Run], dict[str, Any]]:
     """Read a grid dir: ``grid.json`` (optional) plus one run dir per cell."""
     grid: dict[str, Any] = {}
     if (path / "grid.json").exists():
-        data = _read_json(path / "grid.json")
+        data = read_json_file(path / "grid.json", "grid.json")
         if not isinstance(data, dict):
             raise MMError(f"{path / 'grid.json'}: expected a JSON object (the grid plan); re-run mm ablate")
         grid = data

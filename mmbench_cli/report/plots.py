@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
+from mmbench_cli.families import FAMILIES
 from mmbench_cli.report.load import Run, Study
 from mmbench_cli.report.stats import DEFAULT_RESAMPLES
-from mmbench_cli.report.tables import FAMILY_LABELS, axis_effects, repeated_points, summary_columns, task_estimate
+from mmbench_cli.report.tables import axis_effects, repeated_points, summary_columns, task_estimate
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure as MplFigure
 
 LOSS_KEYS = ("loss", "loss/caption", "loss/interleaved", "loss/text")
 
@@ -30,7 +36,7 @@ class Figure:
     svg: str
 
 
-def _pyplot() -> Any:
+def _pyplot() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,7 +46,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def _to_svg(fig: Any) -> str:
+def _to_svg(fig: MplFigure) -> str:
     buffer = io.StringIO()
     # Fixed margins instead of tight layout / bbox "tight": text layout is most of matplotlib's time.
     fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": "mmbench"})
@@ -48,7 +54,7 @@ def _to_svg(fig: Any) -> str:
     return buffer.getvalue()
 
 
-def _colors(study: Study) -> dict[str, Any]:
+def _colors(study: Study) -> dict[str, tuple[float, ...]]:
     plt = _pyplot()
     cycle = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
     return {group: cycle[i % len(cycle)] for i, group in enumerate(study.groups())}
@@ -65,7 +71,7 @@ def axis_bars(study: Study, resamples: int = DEFAULT_RESAMPLES) -> list[Figure]:
     effects = axis_effects(study, columns)
     figures = []
     for axis, by_value in effects.items():
-        families = [f for f in ("caption", "vqa", "text") if any(c.family == f for c in columns)]
+        families = [family for family in FAMILIES.values() if any(c.family == family.name for c in columns)]
         if not families or not by_value:
             continue
         fig, panels = plt.subplots(
@@ -74,7 +80,7 @@ def axis_bars(study: Study, resamples: int = DEFAULT_RESAMPLES) -> list[Figure]:
         )
         values = list(by_value)
         for panel, family in zip(panels[0], families, strict=True):
-            family_columns = [c for c in columns if c.family == family]
+            family_columns = [c for c in columns if c.family == family.name]
             width = 0.8 / len(family_columns)
             for j, column in enumerate(family_columns):
                 heights, low, high = [], [], []
@@ -86,11 +92,11 @@ def axis_bars(study: Study, resamples: int = DEFAULT_RESAMPLES) -> list[Figure]:
                     low.append(height - interval[0] if interval else 0.0)
                     high.append(interval[1] - height if interval else 0.0)
                 positions = [i + (j - (len(family_columns) - 1) / 2) * width for i in range(len(values))]
-                label = f"{column.shots}-shot" if family != "text" else column.label
+                label = f"{column.shots}-shot" if family.summary_task is None else column.label
                 panel.bar(positions, heights, width, yerr=[low, high], capsize=2, label=label)
             panel.set_xticks(range(len(values)), [_short(v, 14) for v in values], rotation=30 if len(values) > 4 else 0)
             panel.set_xlabel(_short(axis))
-            panel.set_title(FAMILY_LABELS[family] + (" avg" if family != "text" else ""))
+            panel.set_title(family.label + (" avg" if family.summary_task is None else ""))
             panel.legend(fontsize=6)
         figures.append(
             Figure(
@@ -105,9 +111,12 @@ def axis_bars(study: Study, resamples: int = DEFAULT_RESAMPLES) -> list[Figure]:
 
 def _step_flops(run: Run, step: int) -> float | None:
     """Training FLOPs at a checkpoint: from the results JSON, else checkpoint.json, else the training log."""
-    for source in (run.results.get(step, {}), *[c for c in run.checkpoints if c.get("step") == step]):
-        if isinstance(source.get("train_flops"), (int, float)):
-            return float(source["train_flops"])
+    result = run.results.get(step)
+    recorded = [result.train_flops if result is not None else None,
+                *(c.train_flops for c in run.checkpoints if c.step == step)]
+    for flops in recorded:
+        if flops is not None:
+            return float(flops)
     for record in run.metrics:
         if record.get("step") == step and isinstance(record.get("train_flops"), (int, float)):
             return float(record["train_flops"])
@@ -120,7 +129,7 @@ def _series(points: dict[float, list[float]]) -> tuple[list[float], list[float],
     return xs, mean, [min(points[x]) for x in xs], [max(points[x]) for x in xs]
 
 
-def _draw_lines(panel: Any, lines: dict[str, dict[float, list[float]]], colors: dict[str, Any]) -> None:
+def _draw_lines(panel: Axes, lines: dict[str, dict[float, list[float]]], colors: dict[str, tuple[float, ...]]) -> None:
     for group, points in lines.items():
         if not points:
             continue
@@ -130,7 +139,7 @@ def _draw_lines(panel: Any, lines: dict[str, dict[float, list[float]]], colors: 
             panel.fill_between(xs, low, high, color=colors[group], alpha=0.2, linewidth=0)
 
 
-def _log_x(panel: Any, xs: list[float], max_ticks: int = 8, rotation: int = 0) -> None:
+def _log_x(panel: Axes, xs: list[float], max_ticks: int = 8, rotation: int = 0) -> None:
     """Log x axis that still shows step 0 (symlog, linear below the first positive x), ticks at the data."""
     positive = sorted({x for x in xs if x > 0})
     if not positive:
@@ -150,8 +159,8 @@ def dynamics(study: Study) -> list[Figure]:
     repeated = repeated_points(study)
     figures = []
     for task, info in study.tasks().items():
-        shots_list = info["shots"]
-        if not any(len(r.results) > 1 for r in study.runs if any(task in x.get("tasks", {}) for x in r.results.values())):
+        shots_list = info.shots
+        if not any(len(r.results) > 1 for r in study.runs if any(task in x.tasks for x in r.results.values())):
             caption_extra = " (one checkpoint per run: evaluate more with `mm eval --all-checkpoints`)"
         else:
             caption_extra = ""
@@ -187,7 +196,7 @@ def dynamics(study: Study) -> list[Figure]:
                                   label="repeated checkpoint hash")
                 _log_x(panel, [x for points in lines.values() for x in points], max_ticks=(8, 4)[row], rotation=25 * row)
                 panel.set_xlabel(xlabel + " (log)")
-                panel.set_ylabel(info["metric"] or "score")
+                panel.set_ylabel(info.metric or "score")
                 panel.set_title(f"{_short(task, 30)}, {shots}-shot")
                 panel.grid(alpha=0.3)
         handles, labels = panels[0][0].get_legend_handles_labels()
@@ -197,7 +206,7 @@ def dynamics(study: Study) -> list[Figure]:
             Figure(
                 f"dynamics-{task}",
                 f"Training dynamics: {task}",
-                f"{task} ({info['metric'] or 'score'}) at each evaluated checkpoint vs. step and vs. training FLOPs; "
+                f"{task} ({info.metric or 'score'}) at each evaluated checkpoint vs. step and vs. training FLOPs; "
                 f"one line per cell, shaded band: min..max over training seeds; red ×: a checkpoint whose content hash "
                 f"repeats (see Repeated checkpoints).{caption_extra}",
                 _to_svg(fig),

@@ -61,16 +61,16 @@ def collect(study: Study) -> dict[str, dict[str, Any]]:
         step = run.final_step
         if step is None:
             continue
-        for task, by_shots in sorted(run.results[step]["tasks"].items()):
-            for shots, entry in sorted(by_shots.items(), key=lambda item: int(item[0])):
+        for task, by_shots in sorted(run.results[step].tasks.items()):
+            for shots, cell in sorted(by_shots.items(), key=lambda item: int(item[0])):
                 record: dict[str, Any] = {
                     "run": run.name,
                     "task": task,
                     "shots": int(shots),
-                    "metric": entry.get("metric"),
-                    "value": float(entry["value"]),
+                    "metric": cell.metric or None,
+                    "value": cell.value,
                     "step": step,
-                    "n": entry.get("n"),
+                    "n": cell.n,
                 }
                 scores = run.sample_scores(step, task, shots)
                 if scores:
@@ -120,7 +120,7 @@ def read_baseline(path: Path) -> dict[str, dict[str, Any]]:
     return data["metrics"]
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

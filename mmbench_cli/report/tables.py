@@ -11,15 +11,22 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import pandas as pd
 
-from mmbench_cli.report.load import SEED_AXIS, Run, Study, read_samples
+from mmbench_cli.families import FAMILIES, Family, higher_is_better
+from mmbench_cli.report.load import SEED_AXIS, Run, Study, TaskInfo, read_samples
 from mmbench_cli.report.stats import DEFAULT_RESAMPLES, Estimate, from_scores, mean_of
 
-FAMILY_LABELS = {"caption": "Caption", "vqa": "VQA", "text": "TextCore"}
-SUMMARY_KEYS = {"caption": "caption_avg", "vqa": "vqa_avg", "text": "textcore"}
+
+class RepeatedCheckpoint(TypedDict):
+    """A content hash shared by several checkpoints, and where (``points``: (run name, step) pairs)."""
+
+    hash: str
+    kind: str
+    where: str
+    points: list[tuple[str, int]]
 
 
 @dataclass(frozen=True)
@@ -70,23 +77,24 @@ def fmt(value: float | None) -> str:
 
 def task_estimate(run: Run, step: int, task: str, shots: str) -> Estimate | None:
     """One task's score at a checkpoint, with its per-sample scores for the bootstrap."""
-    entry = run.entry(step, task, shots)
-    if entry is None:
+    cell = run.entry(step, task, shots)
+    if cell is None:
         return None
-    return from_scores(float(entry["value"]), run.sample_scores(step, task, shots))
+    return from_scores(cell.value, run.sample_scores(step, task, shots))
 
 
-def family_estimate(run: Run, step: int, family: str, shots: str, tasks: dict[str, dict[str, Any]]) -> Estimate | None:
+def family_estimate(run: Run, step: int, family: str, shots: str, tasks: dict[str, TaskInfo]) -> Estimate | None:
     """MM1's average over a family's tasks (captioning avg, VQA avg, TextCore) at one shot count.
 
     The value is the results JSON's ``summary`` number when present (else the mean over tasks); the
     interval comes from the tasks' per-sample scores.
     """
-    members = [m for t, info in tasks.items() if info["family"] == family and (m := task_estimate(run, step, t, shots))]
+    members = [m for t, info in tasks.items() if info.family == family and (m := task_estimate(run, step, t, shots))]
     # A group entry without samples (lm-eval's text:textcore) aggregates the others: leave it out when they have scores.
     scored = [m for m in members if m.parts]
     estimate = mean_of(scored or members)
-    summary = run.results.get(step, {}).get("summary", {}).get(shots, {}).get(SUMMARY_KEYS[family])
+    result, known = run.results.get(step), FAMILIES.get(family)
+    summary = result.summary.get(shots, {}).get(known.summary_key) if result is not None and known else None
     if isinstance(summary, (int, float)) and not isinstance(summary, bool):
         if estimate is None:
             return Estimate(value=float(summary), seed_values=[float(summary)])
@@ -94,26 +102,36 @@ def family_estimate(run: Run, step: int, family: str, shots: str, tasks: dict[st
     return estimate
 
 
-def textcore_shots(study: Study) -> str | None:
-    """TextCore is reported at the fewest shots any text task was run with (0 in MM1)."""
-    shots = {s for info in study.tasks().values() if info["family"] == "text" for s in info["shots"]}
+def family_lower_is_better(family: Family) -> bool:
+    """Whether a lower average is better for ``family`` (all its metrics are lower-is-better, like perplexity)."""
+    return not any(higher_is_better(metric) for metric in family.metrics)
+
+
+def summary_task_shots(study: Study, family: Family) -> str | None:
+    """A family with a summary task (TextCore) is one column, at the fewest shots any of its tasks was run with
+    or its summary recorded (0 in MM1)."""
+    shots = {s for info in study.tasks().values() if info.family == family.name for s in info.shots}
     for run in study.runs:
         for result in run.results.values():
-            shots |= {k for k, v in result.get("summary", {}).items() if v.get("textcore") is not None}
+            shots |= {k for k, v in result.summary.items() if v.get(family.summary_key) is not None}
     return min(shots, key=int) if shots else None
 
 
 def summary_columns(study: Study) -> list[Column]:
-    """The MM1 table's columns: captioning and VQA averages per shot count, then TextCore."""
+    """The MM1 table's columns, family by family (``mmbench_cli.families``): a family averaged over its tasks
+    (captioning, VQA) gets one column per shot count, a family with a summary task (TextCore) one column."""
     tasks = study.tasks()
     columns = []
-    for family in ("caption", "vqa"):
-        shots = sorted({s for info in tasks.values() if info["family"] == family for s in info["shots"]}, key=int)
-        for k in shots:
-            columns.append(Column(f"{family}@{k}", f"{FAMILY_LABELS[family]} {k}-shot", family, k))
-    text_shots = textcore_shots(study)
-    if text_shots is not None:
-        columns.append(Column("textcore", "TextCore", "text", text_shots))
+    for family in FAMILIES.values():
+        lower = family_lower_is_better(family)
+        if family.summary_task is not None:
+            shots = summary_task_shots(study, family)
+            if shots is not None:
+                columns.append(Column(family.summary_key, family.summary_label, family.name, shots, lower_is_better=lower))
+            continue
+        counts = sorted({s for info in tasks.values() if info.family == family.name for s in info.shots}, key=int)
+        for k in counts:
+            columns.append(Column(f"{family.name}@{k}", f"{family.label} {k}-shot", family.name, k, lower_is_better=lower))
     return columns
 
 
@@ -121,13 +139,14 @@ def task_columns(study: Study) -> list[Column]:
     """One column per (task, shots), labelled with the task's metric."""
     columns = []
     for task, info in study.tasks().items():
-        for k in info["shots"]:
-            metric = f" ({info['metric']})" if info["metric"] else ""
-            columns.append(Column(f"{task}@{k}", f"{task} {k}-shot{metric}", info["family"], k, task=task))
+        for k in info.shots:
+            metric = f" ({info.metric})" if info.metric else ""
+            columns.append(Column(f"{task}@{k}", f"{task} {k}-shot{metric}", info.family, k, task=task,
+                                  lower_is_better=not higher_is_better(info.metric)))
     return columns
 
 
-def run_estimate(run: Run, column: Column, tasks: dict[str, dict[str, Any]], step: int | None = None) -> Estimate | None:
+def run_estimate(run: Run, column: Column, tasks: dict[str, TaskInfo], step: int | None = None) -> Estimate | None:
     """A column's metric for one run at ``step`` (default: its last evaluated checkpoint)."""
     step = run.final_step if step is None else step
     if step is None or column.shots is None:
@@ -161,9 +180,9 @@ def make_table(
     table_id: str,
     title: str,
     note: str,
-    index: list[Any],
+    index: list[str],
     columns: list[Column],
-    lookup: Callable[[Any, Column], Estimate | None],
+    lookup: Callable[[str, Column], Estimate | None],
     index_names: list[str],
     resamples: int,
 ) -> Table:
@@ -279,18 +298,18 @@ def effect_tables(study: Study, resamples: int = DEFAULT_RESAMPLES) -> list[Tabl
     return tables
 
 
-def repeated_checkpoints(study: Study) -> list[dict[str, Any]]:
+def repeated_checkpoints(study: Study) -> list[RepeatedCheckpoint]:
     """Checkpoints whose content hash repeats: within a run (training did not move the weights) or
     across runs after step 0 (two cells trained to the same weights)."""
     seen: dict[str, list[tuple[str, int]]] = {}
     for run in study.runs:
-        hashes = {c["step"]: c.get("content_hash") for c in run.checkpoints}
+        hashes = {c.step: c.content_hash for c in run.checkpoints}
         for step, result in run.results.items():
-            hashes.setdefault(step, result.get("checkpoint_hash"))
+            hashes.setdefault(step, result.checkpoint_hash)
         for step, digest in sorted(hashes.items()):
             if digest:
                 seen.setdefault(str(digest), []).append((run.name, int(step)))
-    flagged = []
+    flagged: list[RepeatedCheckpoint] = []
     for digest, where in seen.items():
         runs = {name for name, _ in where}
         within = len(runs) < len(where)
@@ -298,7 +317,7 @@ def repeated_checkpoints(study: Study) -> list[dict[str, Any]]:
         if within or across:
             kind = "same run" if within and len(runs) == 1 else "across runs" if not within else "same run + across runs"
             places = ", ".join(f"{name} @ step {step}" for name, step in where)
-            flagged.append({"hash": digest, "kind": kind, "where": places, "points": where})
+            flagged.append(RepeatedCheckpoint(hash=digest, kind=kind, where=places, points=where))
     return flagged
 
 
@@ -307,7 +326,7 @@ def repeated_points(study: Study) -> set[tuple[str, int]]:
     return {point for row in repeated_checkpoints(study) for point in row["points"]}
 
 
-def metadata_rows(study: Study) -> list[dict[str, Any]]:
+def metadata_rows(study: Study) -> list[dict[str, str]]:
     """Reproducibility facts per run: seed, commit, versions, wall time, size, command, full config."""
     rows = []
     for run in study.runs:
@@ -343,11 +362,11 @@ def _eval_seeds(run: Run) -> str:
     step = run.final_step
     if step is None:
         return "—"
-    counts = {len(entry.get("seeds", [])) for by in run.results[step]["tasks"].values() for entry in by.values()}
+    counts = {len(cell.seeds) for by_shots in run.results[step].tasks.values() for cell in by_shots.values()}
     return ", ".join(str(c) for c in sorted(counts)) or "—"
 
 
-def _count(value: Any) -> str:
+def _count(value: object) -> str:
     if isinstance(value, dict):
         value = value.get("total", sum(v for v in value.values() if isinstance(v, (int, float))))
     if not isinstance(value, (int, float)):
@@ -358,7 +377,7 @@ def _count(value: Any) -> str:
     return f"{value:g}"
 
 
-def example_outputs(study: Study, per_task: int = 3, max_cells: int = 12) -> list[dict[str, Any]]:
+def example_outputs(study: Study, per_task: int = 3, max_cells: int = 12) -> list[dict[str, str]]:
     """A few model outputs per cell and task (final checkpoint, fewest shots), for eyeballing."""
     examples = []
     tasks = study.tasks()
@@ -368,7 +387,7 @@ def example_outputs(study: Study, per_task: int = 3, max_cells: int = 12) -> lis
         if step is None:
             continue
         for task, info in tasks.items():
-            shots = info["shots"][0]
+            shots = info.shots[0]
             for record in read_samples(run, step, task, shots, per_task):
                 refs = record.get("references")
                 refs = [str(r) for r in refs[:3]] + (["…"] if len(refs) > 3 else []) if isinstance(refs, list) else refs

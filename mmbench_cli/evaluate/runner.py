@@ -20,7 +20,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,6 +60,7 @@ class Target:
     checkpoints: list[Checkpoint]
     config: Config
     name: str
+    notes: list[str] = field(default_factory=list)  # what the user should know about the choice made
 
 
 def resolve_target(path: str | Path, all_checkpoints: bool = False) -> Target:
@@ -71,6 +72,7 @@ def resolve_target(path: str | Path, all_checkpoints: bool = False) -> Target:
     if not path.exists():
         raise MMError(f"{path}: no such run dir or checkpoint; pass a run dir (runs/<name>), a "
                       "checkpoints/step_<N>/ dir, or a model saved by `mm build -o`")
+    notes = []
     if (path / MODEL_FILE).is_file():
         run = RunDir(path.parent.parent if path.parent.name == CHECKPOINTS_DIR else path)
         checkpoints = [model_dir_checkpoint(path)]
@@ -80,11 +82,15 @@ def resolve_target(path: str | Path, all_checkpoints: bool = False) -> Target:
         if not checkpoints:
             raise MMError(f"{path}: no checkpoints found (expected checkpoints/step_<N>/ with model.safetensors); "
                           "train with `mm pretrain` or pass a model dir saved by `mm build -o`")
+        skipped = [step for step in run.incomplete_checkpoint_steps() if step > checkpoints[-1].step]
+        if skipped:
+            notes.append(f"{run.checkpoints_dir}: step_{skipped[-1]} has no checkpoint.json (incomplete or damaged) "
+                         f"and is skipped; the last complete checkpoint is step {checkpoints[-1].step}")
         if not all_checkpoints:
             checkpoints = checkpoints[-1:]
     config_path = run.config_path
     config = config_from_dict(read_yaml(config_path), str(config_path)) if config_path.is_file() else Config()
-    return Target(run=run, checkpoints=checkpoints, config=config, name=run.path.resolve().name)
+    return Target(run=run, checkpoints=checkpoints, config=config, name=run.path.resolve().name, notes=notes)
 
 
 # ------------------------------------------------------------------------------------ generation core
@@ -276,6 +282,11 @@ def evaluate(request: EvalRequest, console: Console | None = None) -> list[Path]
 
     device = str(resolve_device(request.device, field="--device"))
     target = resolve_target(request.target, request.all_checkpoints)
+    if target.notes:
+        from rich.console import Console
+
+        for note in target.notes:
+            Console(stderr=True).print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     plan = request.resolve(target.config.eval)
     settings = plan.settings
     mm_tasks = [t for t in plan.tasks if not t.startswith(TEXT_PREFIX)]
@@ -305,7 +316,11 @@ def _evaluate_checkpoint(target: Target, checkpoint: Checkpoint, data: dict[str,
 
     run, step, settings = target.run, checkpoint.step, plan.settings
     info = checkpoint.info()
-    previous = None if request.force else run.read_results(step)
+    try:
+        previous = None if request.force else run.read_results(step)
+    except MMError as error:
+        raise MMError(f"{error.message.split('; re-run')[0]}; delete it or pass --force to recompute "
+                      "this checkpoint's results") from None
     if previous is not None and previous.checkpoint_hash not in (None, info["content_hash"]):
         previous = None  # a different checkpoint now lives at this step: nothing is reusable
     results = EvalResult(run=target.name, step=step, config_hash=config_hash(target.config),

@@ -59,9 +59,10 @@ def time_stream(cfg, tokenizer, num_image_tokens, mean, std, batches: int) -> di
 
 def time_model(cfg, batches: list[dict], steps: int) -> dict[str, float]:  # noqa: ANN001
     """Seconds per optimizer step of the model on in-memory batches (one warm-up step)."""
+    from mmbench_cli.data.synthetic import tokenizer_source
     from mmbench_cli.model import build_model
 
-    model = build_model(cfg.model, cfg.data)
+    model = build_model(cfg.model, tokenizer_source(cfg.data))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
@@ -92,7 +93,7 @@ def main() -> None:
     options = parser.parse_args()
     path, overrides = split_config_args(options.args)
 
-    from mmbench_cli.data.synthetic import world_from_config
+    from mmbench_cli.data.synthetic import tokenizer_source, world_from_config
     from mmbench_cli.model.encoders import build_encoder  # noqa: F401  (fail early if the model stack is broken)
     from mmbench_cli.model.tokenizer import get_tokenizer
 
@@ -101,14 +102,14 @@ def main() -> None:
     start = time.perf_counter()
     rendered = world.materialize()
     render_s = time.perf_counter() - start
-    tokenizer = get_tokenizer(base.model, base.data)
+    tokenizer = get_tokenizer(base.model, tokenizer_source(base.data))
 
     results = []
     for size in options.sizes:
         cfg = load_config(path, [*overrides, f"model.image_size={size}"])
         from mmbench_cli.model import build_model
 
-        probe = build_model(cfg.model, cfg.data)
+        probe = build_model(cfg.model, tokenizer_source(cfg.data))
         mean, std, tokens = probe.image_mean, probe.image_std, probe.num_image_tokens
         del probe
         entry: dict = {"image_size": size, "stream": {}}

@@ -28,7 +28,7 @@ def naive_generate(model, prompt: str, images: list, max_new_tokens: int) -> str
     import torch
 
     from mmbench_cli.data.images import preprocess
-    from mmbench_cli.model.tokenizer import encode_interleaved
+    from mmbench_cli.data.templates import encode_interleaved
 
     pixels = preprocess(images, model.image_size, model.image_mean, model.image_std)
     ids = encode_interleaved(model.tokenizer, prompt, model.num_image_tokens)
@@ -70,7 +70,9 @@ def main() -> None:
         model = load_model(args.model)
     else:
         torch.manual_seed(0)
-        model = build_model(cfg.model, cfg.data).eval()
+        from mmbench_cli.data.synthetic import tokenizer_source
+
+        model = build_model(cfg.model, tokenizer_source(cfg.data)).eval()
     spec = resolve_task("synthetic-vqa")
     data = TaskData(spec, cfg.data, args.num_samples, need_demos=True)
     settings = EvalSettings(num_samples=args.num_samples, demo_selection="random", max_new_tokens=args.max_new_tokens,

@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_model.json")
     opts = parser.parse_args()
 
+    from mmbench_cli.data.synthetic import tokenizer_source
     from mmbench_cli.model import build_model
 
     if opts.threads:
@@ -74,7 +75,7 @@ def main() -> None:
     path, overrides = split_config_args(opts.args)
     cfg = load_config(path, overrides)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.data).train()
+    model = build_model(cfg.model, tokenizer_source(cfg.data)).train()
     if opts.compile:
         for part in (model.encoder, model.connector, model.lm):
             part.compile()

@@ -54,12 +54,13 @@ def matmul_ceiling(seconds: float = 1.5) -> float:
 def build(cfg, tmp: Path):
     """Model, optimizer, stream and a _Trainer for ``cfg`` (single process, CPU)."""
     from mmbench_cli.data.mixture import TrainStream
+    from mmbench_cli.data.synthetic import tokenizer_source
     from mmbench_cli.model import build_model
     from mmbench_cli.train.distributed import DistContext
     from mmbench_cli.train.loop import _Trainer, build_optimizer, seed_everything
 
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, cfg.data)
+    model = build_model(cfg.model, tokenizer_source(cfg.data))
     model.train()
     optimizer = build_optimizer(model, 1e-3, 0.1, torch.device("cpu"))
     stream = TrainStream(cfg, model.tokenizer, model.num_image_tokens, model.image_mean, model.image_std)

@@ -95,9 +95,10 @@ def build(
 
         build_data(cfg, out, console)
     else:
+        from mmbench_cli.data.synthetic import tokenizer_source
         from mmbench_cli.model.anatomy import build_and_report
 
-        build_and_report(cfg, out, console)
+        build_and_report(cfg, tokenizer_source(cfg.data), out, console)
 
 
 @app.command(

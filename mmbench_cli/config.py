@@ -158,20 +158,29 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def set_dotted(data: dict[str, Any], keys: list[str], value: Any, where: str) -> None:
+    """Set ``data[k1][k2]...[kn] = value`` in place (a copy of ``value``), making missing sections.
+
+    ``where`` names the setting in errors (e.g. ``override 'a.b=1'``); a key path through a non-section
+    value is an MMError.
+    """
+    node = data
+    for depth, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise MMError(f"{where}: {'.'.join(keys[: depth + 1])} is not a config section")
+        node = child
+    node[keys[-1]] = json.loads(json.dumps(value))
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of the config dict ``data`` with each ``a.b=value`` override set."""
     result = json.loads(json.dumps(data))
     for text in overrides:
         keys, value = parse_override(text)
-        node = result
-        for depth, key in enumerate(keys[:-1]):
-            child = node.get(key)
-            if child is None:
-                child = node[key] = {}
-            if not isinstance(child, dict):
-                raise MMError(f"override {text!r}: {'.'.join(keys[: depth + 1])} is not a section")
-            node = child
-        node[keys[-1]] = value
+        set_dotted(result, keys, value, f"override {text!r}")
     return result
 
 
@@ -251,7 +260,7 @@ def config_to_yaml(cfg: BaseModel) -> str:
 # Data fields added after runs had been saved, with the value that reproduces those runs. While a field holds
 # that value it is left out of config_hash, so the hashes of earlier runs and grid dirs (which resume checks)
 # stay valid.
-HASH_NEUTRAL_DATA_FIELDS: dict[str, Any] = {"world_version": 1}
+HASH_NEUTRAL_DATA_FIELDS: dict[str, object] = {"world_version": 1}
 
 
 def config_hash(cfg: BaseModel) -> str:

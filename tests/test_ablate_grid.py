@@ -96,7 +96,7 @@ def test_shipped_grid_files_are_valid() -> None:
         (["colour"], "unknown axis 'colour'"),
         (["tokens=15"], "cannot emit 15 tokens"),
         (["resolution=abc"], "model.image_size"),
-        (["resolution=30"], "not a multiple of model.patch_size"),
+        (["resolution=30"], "not a multiple of the patch size 8"),
         (["connector=nope"], "unknown connector 'nope'"),
         (["data_mix={caption: 0.5}"], "sum to 1"),
         (["tokens=4,4"], "repeats the value"),

@@ -10,8 +10,10 @@ import torch
 
 from mmbench_cli.config import load_config
 from mmbench_cli.data.mixture import TrainStream, weighted_round_robin
+from mmbench_cli.data.synthetic import tokenizer_source
+from mmbench_cli.data.templates import IMAGE_TOKEN
 from mmbench_cli.errors import MMError
-from mmbench_cli.model.tokenizer import IMAGE_TOKEN, get_tokenizer
+from mmbench_cli.model.tokenizer import get_tokenizer
 
 NUM_IMAGE_TOKENS = 4
 MEAN = (0.5, 0.5, 0.5)
@@ -26,7 +28,7 @@ def _config(*overrides: str):  # noqa: ANN202
 @pytest.fixture(scope="module")
 def tokenizer():  # noqa: ANN201
     cfg = _config()
-    return get_tokenizer(cfg.model, cfg.data)
+    return get_tokenizer(cfg.model, tokenizer_source(cfg.data))
 
 
 def _stream(tokenizer, *overrides: str) -> TrainStream:  # noqa: ANN001

@@ -8,10 +8,13 @@ import pytest
 import torch
 
 from mmbench_cli.config import ModelConfig
+from mmbench_cli.data.synthetic import tokenizer_source
+from mmbench_cli.data.templates import EOC_TOKEN, IMAGE_TOKEN, encode_interleaved
 from mmbench_cli.errors import MMError
 from mmbench_cli.model import build_model, load_model
-from mmbench_cli.model.tokenizer import EOC_TOKEN, IMAGE_TOKEN, encode_interleaved
 from mmbench_cli.registry import CONNECTORS, ENCODERS, LMS
+
+SOURCE = tokenizer_source()  # the synthetic-world corpus and our special tokens
 
 IMAGE_SIZE = 32  # 4×4 = 16 patches of 8 px
 
@@ -47,7 +50,7 @@ def interleaved_batch(model, texts: list[str]) -> tuple[torch.Tensor, torch.Tens
 def model():
     """One tiny model shared by the read-only tests."""
     torch.manual_seed(0)
-    return build_model(tiny_cfg()).eval()
+    return build_model(tiny_cfg(), SOURCE).eval()
 
 
 def _check_image_tokens(model, cfg: ModelConfig) -> None:
@@ -64,13 +67,13 @@ def _check_image_tokens(model, cfg: ModelConfig) -> None:
 @pytest.mark.parametrize(("encoder", "connector"), list(itertools.product(ENCODERS.names(), CONNECTORS.names())))
 def test_every_encoder_and_connector_emits_declared_tokens(encoder: str, connector: str) -> None:
     cfg = tiny_cfg(encoder=encoder, connector=connector, num_image_tokens=tokens_for(connector))
-    _check_image_tokens(build_model(cfg), cfg)
+    _check_image_tokens(build_model(cfg, SOURCE), cfg)
 
 
 @pytest.mark.parametrize("lm", LMS.names())
 def test_every_lm_builds_and_runs(lm: str) -> None:
     cfg = tiny_cfg(lm=lm)
-    model = build_model(cfg)
+    model = build_model(cfg, SOURCE)
     _check_image_tokens(model, cfg)
     size = lm.removeprefix("pythia-toy-").removesuffix("m")
     # ladder names state the parameter count at a 2048-token vocabulary (input + output embeddings)
@@ -84,7 +87,7 @@ def test_every_lm_builds_and_runs(lm: str) -> None:
                          list(itertools.product(ENCODERS.names(), CONNECTORS.names(), LMS.names())))
 def test_full_registry_product(encoder: str, connector: str, lm: str) -> None:
     cfg = tiny_cfg(encoder=encoder, connector=connector, lm=lm, num_image_tokens=tokens_for(connector))
-    _check_image_tokens(build_model(cfg), cfg)
+    _check_image_tokens(build_model(cfg, SOURCE), cfg)
 
 
 @pytest.mark.parametrize(("connector", "tokens", "expected"), [
@@ -93,17 +96,17 @@ def test_full_registry_product(encoder: str, connector: str, lm: str) -> None:
 ])
 def test_impossible_token_counts_name_the_allowed_values(connector: str, tokens: int, expected: str) -> None:
     with pytest.raises(MMError, match="model.num_image_tokens") as error:
-        build_model(tiny_cfg(connector=connector, num_image_tokens=tokens))
+        build_model(tiny_cfg(connector=connector, num_image_tokens=tokens), SOURCE)
     assert expected in error.value.message
 
 
 def test_unknown_components_are_user_errors() -> None:
     with pytest.raises(MMError, match="model.connector 'nope'; choose from: attnpool"):
-        build_model(tiny_cfg(connector="nope"))
+        build_model(tiny_cfg(connector="nope"), SOURCE)
     with pytest.raises(MMError, match="model.lm"):
-        build_model(tiny_cfg(lm="gpt-17"))
+        build_model(tiny_cfg(lm="gpt-17"), SOURCE)
     with pytest.raises(MMError, match="model.image_size: 30 is not a multiple"):
-        build_model(tiny_cfg(image_size=30))
+        build_model(tiny_cfg(image_size=30), SOURCE)
 
 
 def test_images_fill_slots_in_reading_order(model) -> None:
@@ -135,7 +138,7 @@ def test_loss_counts_text_tokens_only(model) -> None:
 
 def test_save_load_gives_identical_logits(tmp_path) -> None:
     torch.manual_seed(3)
-    model = build_model(tiny_cfg(connector="c-abstractor")).eval()
+    model = build_model(tiny_cfg(connector="c-abstractor"), SOURCE).eval()
     model.save_pretrained(tmp_path / "m")
     assert {"model.safetensors", "mm_config.json", "tokenizer.json"} <= {p.name for p in (tmp_path / "m").iterdir()}
     loaded = load_model(tmp_path / "m")
@@ -191,3 +194,42 @@ def test_param_counts_and_flops(model) -> None:
     # the image path costs at least the encoder's 6·N·patches (ViT matmuls; attention and convs add more)
     patches = (IMAGE_SIZE // 8) ** 2
     assert model.image_flops() >= 6 * (counts["encoder"] - 2 * 10**4) * patches
+
+
+def test_saved_model_names_its_special_tokens_and_old_saves_still_load(tmp_path) -> None:
+    import json
+
+    model = build_model(tiny_cfg(), SOURCE)
+    model.save_pretrained(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "mm_config.json").read_text())
+    assert meta["special_tokens"] == dict(SOURCE.special_tokens)
+    del meta["special_tokens"]  # as saved before format version 2: only the image token's id
+    meta["format_version"] = 1
+    (tmp_path / "m" / "mm_config.json").write_text(json.dumps(meta))
+    old = load_model(tmp_path / "m")
+    assert (old.image_token_id, old.eoc_token_id, old.eos_token_id, old.pad_token_id) == (
+        model.image_token_id, model.eoc_token_id, model.eos_token_id, model.pad_token_id)
+
+
+class _TinySource:
+    """A caller-supplied tokenizer source: the model trains on whatever corpus and special tokens it is given."""
+
+    def __init__(self, cache_dir: str, special_tokens: dict[str, str]) -> None:
+        self.cache_dir = cache_dir
+        self.special_tokens = special_tokens
+
+    def corpus(self) -> list[str]:
+        return ["Output: a red circle above two blue squares", "Question: what colour? Short answer: red"] * 20
+
+
+def test_tokenizer_trains_on_the_callers_corpus_and_special_tokens(tmp_path) -> None:
+    from mmbench_cli.model.tokenizer import SPECIAL_ROLES, get_tokenizer
+
+    ours = _TinySource(str(tmp_path), {"eos": "<e>", "pad": "<p>", "image": "<img>", "eoc": "<c>"})
+    tokenizer = get_tokenizer(ModelConfig(vocab_size=300), ours)
+    assert tokenizer.convert_ids_to_tokens([0, 1, 2, 3]) == [ours.special_tokens[r] for r in SPECIAL_ROLES]
+    assert tokenizer.eos_token == "<e>" and tokenizer.pad_token == "<p>"
+    assert tokenizer("<img>Output:<c>", add_special_tokens=False)["input_ids"][0] == 2
+    # same corpus (same cache entry), other special tokens: the cached tokenizer is not reused
+    other = _TinySource(str(tmp_path), {"eos": "<E>", "pad": "<P>", "image": "<IMG>", "eoc": "<C>"})
+    assert get_tokenizer(ModelConfig(vocab_size=300), other).convert_ids_to_tokens([2, 3]) == ["<IMG>", "<C>"]

@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from mmbench_cli.config import ModelConfig
+from mmbench_cli.data.synthetic import tokenizer_source
+from mmbench_cli.data.templates import EOC_TOKEN, IMAGE_TOKEN, encode_interleaved
 from mmbench_cli.errors import MMError
 from mmbench_cli.model import build_model, load_model
-from mmbench_cli.model.tokenizer import EOC_TOKEN, IMAGE_TOKEN, encode_interleaved
+
+SOURCE = tokenizer_source()  # the synthetic-world corpus and our special tokens
 
 VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
           "image_size": 32, "patch_size": 8}
@@ -64,7 +67,7 @@ def test_hf_vision_checkpoint_loads_and_reloads_from_saved_dir(kind: str, tmp_pa
     _vision_checkpoint(kind, ckpt)
     cfg = ModelConfig(encoder=f"hf:{ckpt}", image_size=32, connector="attnpool", num_image_tokens=4,
                       lm="pythia-toy-1m", max_seq_len=128)
-    model = build_model(cfg).eval()
+    model = build_model(cfg, SOURCE).eval()
     assert model.encoder.hidden_size == 32
     images = torch.randn(2, 3, 32, 32)
     assert model.encode_images(images).shape == (2, 4, model.lm.config.hidden_size)
@@ -81,7 +84,7 @@ def test_hf_encoder_at_another_resolution_interpolates_positions(tmp_path) -> No
     _vision_checkpoint("siglip", tmp_path / "siglip")
     cfg = ModelConfig(encoder=f"hf:{tmp_path / 'siglip'}", image_size=48, connector="mlp", num_image_tokens=36,
                       lm="pythia-toy-1m", max_seq_len=256)
-    model = build_model(cfg)
+    model = build_model(cfg, SOURCE)
     assert model.encode_images(torch.randn(1, 3, 48, 48)).shape[1] == 36
 
 
@@ -89,7 +92,7 @@ def test_hf_lm_and_tokenizer_gain_special_tokens(tmp_path) -> None:
     _lm_checkpoint(tmp_path / "neox")
     cfg = ModelConfig(lm=f"hf:{tmp_path / 'neox'}", tokenizer=f"hf:{tmp_path / 'neox'}", image_size=32,
                       connector="avgpool", num_image_tokens=4, max_seq_len=128)
-    model = build_model(cfg).eval()
+    model = build_model(cfg, SOURCE).eval()
     vocab = model.tokenizer.get_vocab()
     assert IMAGE_TOKEN in vocab and EOC_TOKEN in vocab and model.tokenizer.pad_token is not None
     assert model.lm.get_input_embeddings().num_embeddings >= len(model.tokenizer)
@@ -114,7 +117,7 @@ def test_pickle_only_checkpoint_is_refused(tmp_path) -> None:
     (tmp_path / "vit" / "model.safetensors").rename(tmp_path / "vit" / "pytorch_model.bin")
     with pytest.raises(MMError, match="safetensors"):
         build_model(ModelConfig(encoder=f"hf:{tmp_path / 'vit'}", image_size=32, num_image_tokens=4,
-                                lm="pythia-toy-1m"))
+                                lm="pythia-toy-1m"), SOURCE)
 
 
 def test_bare_encoder_dir_as_encoder_pretraining_saves_it(tmp_path) -> None:
@@ -123,8 +126,8 @@ def test_bare_encoder_dir_as_encoder_pretraining_saves_it(tmp_path) -> None:
         '{"image_mean": [0.1, 0.2, 0.3], "image_std": [0.9, 0.8, 0.7]}')
     cfg = ModelConfig(encoder=str(tmp_path / "run" / "encoder"), image_size=32, connector="linear",
                       num_image_tokens=16, lm="pythia-toy-1m", max_seq_len=128)
-    model = build_model(cfg)
+    model = build_model(cfg, SOURCE)
     assert model.image_mean == (0.1, 0.2, 0.3) and model.image_std == (0.9, 0.8, 0.7)
     assert model.encode_images(torch.randn(1, 3, 32, 32)).shape == (1, 16, model.lm.config.hidden_size)
     with pytest.raises(MMError, match="is not a directory"):
-        build_model(cfg.model_copy(update={"encoder": str(tmp_path / "run" / "missing")}))
+        build_model(cfg.model_copy(update={"encoder": str(tmp_path / "run" / "missing")}), SOURCE)

@@ -39,11 +39,12 @@ def test_encoder_pretraining_learns_and_saves_a_usable_encoder(tmp_path: Path, o
     # The saved dir is a model.encoder value: the MLLM built on it carries exactly the trained ViT weights.
     from safetensors.torch import load_file
 
+    from mmbench_cli.data.synthetic import tokenizer_source
     from mmbench_cli.model import build_model
 
     mllm_cfg = load_config(None, ["model.lm=pythia-toy-1m", "model.image_size=32", "model.num_image_tokens=4",
                                   "data.seq_len=64", f"model.encoder={run}"])
-    model = build_model(mllm_cfg.model, mllm_cfg.data)
+    model = build_model(mllm_cfg.model, tokenizer_source(mllm_cfg.data))
     def tensors(state: dict[str, torch.Tensor]) -> list[bytes]:  # HF renames keys on save: compare values
         return sorted(t.detach().contiguous().numpy().tobytes() for t in state.values())
 

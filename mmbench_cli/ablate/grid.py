@@ -25,6 +25,7 @@ from mmbench_cli.config import (
     config_hash,
     config_to_dict,
     read_yaml,
+    set_dotted,
 )
 from mmbench_cli.errors import MMError
 
@@ -223,17 +224,6 @@ def parse_grid_option(text: str, presets: dict[str, dict[str, Any]]) -> list[Axi
     return [make_axis(name, None, presets, f"--grid {text}") for name in split_values(text)]
 
 
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    node = data
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise MMError(f"axis key {key!r}: {part} is not a config section")
-        node = child
-    node[parts[-1]] = json.loads(json.dumps(value))
-
-
 def _combinations(axes: list[Axis], zipped: bool) -> list[list[int]]:
     """Index tuples (one index per axis, in axis order) of the cells."""
     if not zipped:
@@ -281,21 +271,13 @@ def _check_model_shapes(cell_id: str, config: Config) -> None:
     try:
         if model.encoder not in ENCODERS or model.connector not in CONNECTORS:
             return
-    except ImportError:
+        from mmbench_cli.model.mllm import check_image_tokens
+    except ImportError:  # the model stack is not installed/built: config validation must do
         return
-    if model.image_size % model.patch_size:
-        raise MMError(
-            f"grid cell {cell_id}: model.image_size {model.image_size} is not a multiple of "
-            f"model.patch_size {model.patch_size}; choose a resolution divisible by it"
-        )
-    grid_size = model.image_size // model.patch_size
-    allowed = CONNECTORS.get(model.connector).allowed_tokens(grid_size)
-    if allowed is not None and model.num_image_tokens not in allowed:
-        shown = ", ".join(str(v) for v in allowed[:12]) + (", ..." if len(allowed) > 12 else "")
-        raise MMError(
-            f"grid cell {cell_id}: model.num_image_tokens: connector {model.connector!r} cannot emit "
-            f"{model.num_image_tokens} tokens from {grid_size}x{grid_size} patches; allowed values: {shown}"
-        )
+    try:
+        check_image_tokens(model)
+    except MMError as error:
+        raise MMError(f"grid cell {cell_id}: {error.message}") from None
 
 
 def plan_grid(
@@ -326,7 +308,7 @@ def plan_grid(
         for axis, i in zip(axes, combo, strict=True):
             settings.update(axis.settings(i))
         for key, value in settings.items():
-            _set_dotted(data, key, value)
+            set_dotted(data, key.split("."), value, f"axis key {key!r}")
         data["name"] = f"{name}/{cell_id}"
         config = config_from_dict(data, f"grid cell {cell_id}")
         if check_registries:

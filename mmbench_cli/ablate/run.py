@@ -157,6 +157,7 @@ def run_grid(
 
 def _model_costs(plan: GridPlan) -> dict[str, dict[str, float]]:
     """Per distinct model: parameters and training FLOPs per sequence (``flops_per_sample``: forward+backward)."""
+    from mmbench_cli.data.synthetic import tokenizer_source
     from mmbench_cli.model import build_model
 
     costs: dict[str, dict[str, float]] = {}
@@ -164,7 +165,7 @@ def _model_costs(plan: GridPlan) -> dict[str, dict[str, float]]:
         key = config_hash(cell.config.model) + config_hash(cell.config.data)
         if key in costs:
             continue
-        model = build_model(cell.config.model, cell.config.data)
+        model = build_model(cell.config.model, tokenizer_source(cell.config.data))
         params = model.param_counts()
         total = params.get("total", sum(params.values())) if isinstance(params, dict) else float(params)
         costs[key] = {"params": float(total), "flops_per_sample": float(model.flops_per_sample(cell.config.data.seq_len)),

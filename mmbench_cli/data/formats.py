@@ -31,10 +31,10 @@ unless ``skip_bad`` is set, in which case it is skipped and counted (``SampleLis
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -50,7 +50,15 @@ from mmbench_cli.data.types import (
 from mmbench_cli.errors import MMError
 from mmbench_cli.registry import DATA_FORMATS
 
+if TYPE_CHECKING:  # pragma: no cover
+    from datasets import Dataset
+
+    from mmbench_cli.config import DatasetSpec
+
 VERIFY_LEVELS = ("exists", "header", "decode")
+# The image marker of LLaVA and interleaved-jsonl files: part of those file formats, so it stays "<image>" even
+# if our own image token (templates.IMAGE_TOKEN) changes.
+FILE_IMAGE_MARKER = "<image>"
 
 
 class SampleList(list):
@@ -66,7 +74,7 @@ class SampleList(list):
 class LoadContext:
     """What a loader needs besides the spec: how to treat bad samples and how hard to check images."""
 
-    spec: Any
+    spec: DatasetSpec
     skip_bad: bool = False
     verify: str = "header"
     num_bad: int = 0
@@ -163,7 +171,7 @@ def _list_of_dicts(value: Any, path: Path, key: str) -> list[dict[str, Any]]:
     return value
 
 
-def _images_dir(spec: Any, annotation: Path) -> Path:
+def _images_dir(spec: DatasetSpec, annotation: Path) -> Path:
     return Path(spec.images).expanduser() if spec.images else annotation.parent
 
 
@@ -175,7 +183,8 @@ def _first_existing(candidates: list[Path]) -> Path:
 
 
 # --------------------------------------------------------------------------------------- captions
-def load_coco_karpathy(spec: Any, ctx: LoadContext) -> list[Sample]:
+@DATA_FORMATS.register("coco-karpathy")
+def load_coco_karpathy(spec: DatasetSpec, ctx: LoadContext) -> list[Sample]:
     """Karpathy-split ``dataset_coco.json`` (also Flickr ``dataset_flickr30k.json``); split train = train+restval."""
     path = Path(spec.path)
     images = _list_of_dicts(_require(read_json(path), "images", path, "Karpathy dataset_coco.json"), path, "images")
@@ -200,7 +209,10 @@ def load_coco_karpathy(spec: Any, ctx: LoadContext) -> list[Sample]:
     return samples
 
 
-def load_coco_captions(spec: Any, ctx: LoadContext) -> list[Sample]:
+@DATA_FORMATS.register("coco-captions")
+@DATA_FORMATS.register("nocaps")
+@DATA_FORMATS.register("textcaps")
+def load_coco_captions(spec: DatasetSpec, ctx: LoadContext) -> list[Sample]:
     """Official COCO ``captions_*.json`` (and NoCaps / TextCaps in COCO format); TextCaps's own JSON too."""
     path = Path(spec.path)
     data = read_json(path)
@@ -230,7 +242,7 @@ def load_coco_captions(spec: Any, ctx: LoadContext) -> list[Sample]:
     return samples
 
 
-def _load_textcaps_native(spec: Any, ctx: LoadContext, path: Path, data: dict[str, Any]) -> list[Sample]:
+def _load_textcaps_native(spec: DatasetSpec, ctx: LoadContext, path: Path, data: dict[str, Any]) -> list[Sample]:
     records = _list_of_dicts(data["data"], path, "data")
     root = _images_dir(spec, path)
     by_image: dict[str, tuple[Path, list[str]]] = {}
@@ -261,7 +273,9 @@ def _answer_strings(answers: Any) -> list[str]:
     return [str(a["answer"] if isinstance(a, dict) else a).strip() for a in answers]
 
 
-def load_vqav2(spec: Any, ctx: LoadContext) -> list[Sample]:
+@DATA_FORMATS.register("vqav2")
+@DATA_FORMATS.register("okvqa")
+def load_vqav2(spec: DatasetSpec, ctx: LoadContext) -> list[Sample]:
     """VQAv2 / OK-VQA: ``questions`` JSON + ``path`` annotations JSON; COCO images by id."""
     path = Path(spec.path)
     if not spec.questions:
@@ -306,7 +320,8 @@ def load_vqav2(spec: Any, ctx: LoadContext) -> list[Sample]:
     return samples
 
 
-def load_textvqa(spec: Any, ctx: LoadContext) -> list[Sample]:
+@DATA_FORMATS.register("textvqa")
+def load_textvqa(spec: DatasetSpec, ctx: LoadContext) -> list[Sample]:
     """TextVQA JSON: ``data: [{question, question_id, image_id, answers}]``; images ``<image_id>.jpg``."""
     path = Path(spec.path)
     records = _list_of_dicts(_require(read_json(path), "data", path, "TextVQA"), path, "data")
@@ -339,7 +354,8 @@ def _read_json_list(path: Path, expected: str) -> list[Any]:
     return records
 
 
-def load_vizwiz(spec: Any, ctx: LoadContext) -> list[Sample]:
+@DATA_FORMATS.register("vizwiz")
+def load_vizwiz(spec: DatasetSpec, ctx: LoadContext) -> list[Sample]:
     """VizWiz JSON: a list of ``{image, question, answers: [{answer, answer_confidence}], answerable}``."""
     path = Path(spec.path)
     records = _read_json_list(path, "a VizWiz file is a JSON list of questions")
@@ -368,7 +384,7 @@ def _llava_text(conversations: list[dict[str, Any]]) -> tuple[str, list[tuple[st
     turns: list[tuple[str, str]] = []
     pending = ""
     for turn in conversations:
-        speaker, value = turn["from"], str(turn["value"]).replace("<image>", "").strip()
+        speaker, value = turn["from"], str(turn["value"]).replace(FILE_IMAGE_MARKER, "").strip()
         if speaker in ("human", "user"):
             pending = value
         else:
@@ -378,7 +394,8 @@ def _llava_text(conversations: list[dict[str, Any]]) -> tuple[str, list[tuple[st
     return text, turns
 
 
-def load_llava(spec: Any, ctx: LoadContext) -> list[Sample]:
+@DATA_FORMATS.register("llava")
+def load_llava(spec: DatasetSpec, ctx: LoadContext) -> list[Sample]:
     """LLaVA conversation JSON; a document (image + dialogue) by default, ``kind: caption`` for caption data."""
     path = Path(spec.path)
     records = _read_json_list(path, "a LLaVA file is a JSON list of conversations")
@@ -409,14 +426,14 @@ def load_llava(spec: Any, ctx: LoadContext) -> list[Sample]:
     return samples
 
 
-def _interleaved_record(record: dict[str, Any], root: Path, ctx: LoadContext, where: str) -> list[Any] | None:
+def _interleaved_record(record: dict[str, Any], root: Path, ctx: LoadContext, where: str) -> list[str | ImageRef] | None:
     """Chunks of one interleaved record (our format, MMC4 or OBELICS); None if an image is bad."""
-    chunks: list[Any] = []
+    chunks: list[str | Path] = []
     if "text" in record and "images" in record:
-        pieces = str(record["text"]).split("<image>")
+        pieces = str(record["text"]).split(FILE_IMAGE_MARKER)
         images = record["images"]
         if len(pieces) - 1 != len(images):
-            ctx.bad(f"{where}: {len(pieces) - 1} <image> markers but {len(images)} images")
+            ctx.bad(f"{where}: {len(pieces) - 1} {FILE_IMAGE_MARKER} markers but {len(images)} images")
             return None
         for index, piece in enumerate(pieces):
             chunks.append(piece)
@@ -434,7 +451,7 @@ def _interleaved_record(record: dict[str, Any], root: Path, ctx: LoadContext, wh
             chunks.append(root / image if image else text)
     else:
         raise KeyError("'text'/'images'")
-    resolved: list[Any] = []
+    resolved: list[str | ImageRef] = []
     for chunk in chunks:
         if isinstance(chunk, Path):
             image = ctx.image(chunk)
@@ -446,7 +463,8 @@ def _interleaved_record(record: dict[str, Any], root: Path, ctx: LoadContext, wh
     return resolved
 
 
-def load_interleaved_jsonl(spec: Any, ctx: LoadContext) -> list[Sample]:
+@DATA_FORMATS.register("interleaved-jsonl")
+def load_interleaved_jsonl(spec: DatasetSpec, ctx: LoadContext) -> list[Sample]:
     """Interleaved documents, one JSON object per line (``text`` with ``<image>`` markers + ``images``)."""
     path = Path(spec.path)
     root = _images_dir(spec, path)
@@ -462,7 +480,8 @@ def load_interleaved_jsonl(spec: Any, ctx: LoadContext) -> list[Sample]:
     return samples
 
 
-def load_text(spec: Any, ctx: LoadContext) -> list[Sample]:
+@DATA_FORMATS.register("text")
+def load_text(spec: DatasetSpec, ctx: LoadContext) -> list[Sample]:
     """A text corpus: ``.jsonl`` with ``{"text": ...}`` per line, else plain text split at blank lines."""
     path = Path(spec.path)
     samples: list[Sample] = []
@@ -486,10 +505,10 @@ def load_text(spec: Any, ctx: LoadContext) -> list[Sample]:
 
 
 # ------------------------------------------------------------------------- Hugging Face datasets dirs
-_HF_CACHE: dict[tuple[str, str], Any] = {}
+_HF_CACHE: dict[tuple[str, str], Dataset] = {}
 
 
-def _open_hf(directory: str, split: str) -> Any:
+def _open_hf(directory: str, split: str) -> Dataset:
     """A (memory-mapped) split of a ``save_to_disk`` directory, opened once per process."""
     if (directory, split) not in _HF_CACHE:
         from datasets import DatasetDict, load_from_disk
@@ -543,7 +562,7 @@ def _hf_captions(row: dict[str, Any]) -> list[str]:
     raise KeyError("'caption'/'captions'")
 
 
-def load_hf_directory(spec: Any, ctx: LoadContext) -> list[Sample]:
+def load_hf_directory(spec: DatasetSpec, ctx: LoadContext) -> list[Sample]:
     """Rows of a local ``datasets`` directory, read as the spec's format (same field names as its JSON)."""
     directory = str(Path(spec.path).expanduser())
     dataset = _open_hf(directory, spec.split)
@@ -567,7 +586,7 @@ def load_hf_directory(spec: Any, ctx: LoadContext) -> list[Sample]:
                 ))
             elif family == "llava":
                 text, _ = _llava_text(row["conversations"])
-                chunks: list[Any] = [image, text] if image is not None else [text]
+                chunks: list[str | ImageRef] = [image, text] if image is not None else [text]
                 samples.append(InterleavedDoc(row_id, chunks, {"source": directory}))
             else:
                 samples.append(TextDoc(row_id, str(row["text"]), {"source": directory}))
@@ -582,24 +601,7 @@ FORMAT_FAMILY = {
     "llava": "llava", "interleaved-jsonl": "interleaved", "text": "text",
 }
 
-LOADERS: dict[str, Callable[[Any, LoadContext], list[Sample]]] = {
-    "coco-karpathy": load_coco_karpathy,
-    "coco-captions": load_coco_captions,
-    "nocaps": load_coco_captions,
-    "textcaps": load_coco_captions,
-    "vqav2": load_vqav2,
-    "okvqa": load_vqav2,
-    "textvqa": load_textvqa,
-    "vizwiz": load_vizwiz,
-    "llava": load_llava,
-    "interleaved-jsonl": load_interleaved_jsonl,
-    "text": load_text,
-}
-for _name, _loader in LOADERS.items():
-    DATA_FORMATS.add(_name, _loader)
-
-
-def load_dataset_spec(spec: Any, skip_bad: bool = False, verify: str = "header") -> SampleList:
+def load_dataset_spec(spec: DatasetSpec, skip_bad: bool = False, verify: str = "header") -> SampleList:
     """Load one ``DatasetSpec`` into samples (``SampleList.num_bad`` counts skipped bad samples).
 
     ``verify`` says how hard each image is checked: ``exists``, ``header`` (default: PIL recognises the

@@ -10,7 +10,7 @@ How a global batch of ``num_rows`` rows is made (all of it deterministic from ``
    source walks through a fresh seeded permutation of its samples every epoch.
 3. **Packing**: a row is filled with whole samples of its one type (so per-type loss is measurable),
    each formatted by ``data.templates`` and ended with ``<|endoftext|>``; ``<image>`` becomes
-   ``num_image_tokens`` image tokens (``model.tokenizer.encode_interleaved``). A sample that does not fit
+   ``num_image_tokens`` image tokens (``templates.encode_interleaved``). A sample that does not fit
    in what is left of a row starts the next row of that type; a sample longer than a row is truncated
    (never inside an image's token block). Padding and image tokens get label -100.
 4. **Images** of the rows are decoded and preprocessed in a torch ``DataLoader`` with ``data.num_workers``
@@ -27,14 +27,19 @@ import random
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mmbench_cli.data import templates
-from mmbench_cli.data.templates import data_type_of
+from mmbench_cli.data.templates import data_type_of, encode_interleaved
 from mmbench_cli.data.types import CaptionSample, ImageRef, InterleavedDoc, Sample, VQASample
 from mmbench_cli.errors import MMError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedTokenizerBase
+
+    from mmbench_cli.config import Config
 
 STATE_VERSION = 1
 
@@ -69,7 +74,7 @@ class Source:
     num_bad: int = 0  # bad samples skipped while loading (data.skip_bad)
 
 
-def sources_from_config(cfg: Any) -> list[Source]:
+def sources_from_config(cfg: Config) -> list[Source]:
     """The training sources of a ``Config``: the synthetic world's train split, or ``data.datasets``."""
     data = cfg.data
     if data.source == "synthetic":
@@ -130,15 +135,13 @@ class Planner:
     """Packs rows from the sources (no image decoding): the deterministic half of the stream."""
 
     def __init__(self, sources: list[Source], data_mix: dict[str, float], seq_len: int, seed: int,
-                 tokenizer: Any, num_image_tokens: int, cache_size: int = 50_000) -> None:
-        from mmbench_cli.model.tokenizer import IMAGE_TOKEN
-
+                 tokenizer: PreTrainedTokenizerBase, num_image_tokens: int, cache_size: int = 50_000) -> None:
         self.sources = [source for source in sources if len(source.samples) > 0]
         self.seq_len = seq_len
         self.seed = seed
         self.tokenizer = tokenizer
         self.num_image_tokens = num_image_tokens
-        self.image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.image_id = tokenizer.convert_tokens_to_ids(templates.IMAGE_TOKEN)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.by_type: dict[str, list[int]] = {}
         for index, source in enumerate(self.sources):
@@ -195,8 +198,6 @@ class Planner:
         state["cursors"][str(source)] = [epoch, position]
 
     def _encode(self, source: int, index: int, variant: int) -> tuple[list[int], list[ImageRef], str]:
-        from mmbench_cli.model.tokenizer import encode_interleaved
-
         sample = self.sources[source].samples[index]
         if isinstance(sample, CaptionSample):
             variant %= len(sample.captions)
@@ -322,7 +323,7 @@ class _BatchDataset(torch.utils.data.IterableDataset):
 class TrainStream:
     """The training data stream of a ``Config`` (see the module docstring)."""
 
-    def __init__(self, cfg: Any, tokenizer: Any, num_image_tokens: int, image_mean: Sequence[float],
+    def __init__(self, cfg: Config, tokenizer: PreTrainedTokenizerBase, num_image_tokens: int, image_mean: Sequence[float],
                  image_std: Sequence[float], sources: list[Source] | None = None) -> None:
         self.cfg = cfg
         self.seq_len = cfg.data.seq_len

@@ -6,17 +6,22 @@ import io
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw, ImageFont
 
 from mmbench_cli.data.types import CaptionSample, ImageRef, InterleavedDoc, Sample, VQASample
 from mmbench_cli.rundir import atomic_write_bytes, atomic_write_json
 
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+
+    from mmbench_cli.config import Config
+
 CELL = 176  # thumbnail size in the contact sheet
 
 
-def default_out_dir(cfg: Any) -> Path:
+def default_out_dir(cfg: Config) -> Path:
     """Where the data report goes when ``-o`` is not given."""
     return Path("reports") / f"data-{cfg.name}"
 
@@ -68,7 +73,7 @@ def _save_sheet(path: Path, sheet: Image.Image) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def build_data(cfg: Any, out: Path | None, console: Any) -> dict[str, Any]:
+def build_data(cfg: Config, out: Path | None, console: Console) -> dict[str, Any]:
     """Materialise (render/verify) the configured data, print a table of counts, write a contact sheet.
 
     Returns the summary that is also written to ``<out>/data_summary.json``.
@@ -111,7 +116,7 @@ def build_data(cfg: Any, out: Path | None, console: Any) -> dict[str, Any]:
     return summary
 
 
-def _build_synthetic(cfg: Any, console: Any) -> tuple[dict[str, Any], list[Sample]]:
+def _build_synthetic(cfg: Config, console: Console) -> tuple[dict[str, Any], list[Sample]]:
     from rich.progress import Progress
 
     from mmbench_cli.data.synthetic import world_from_config
@@ -133,7 +138,7 @@ def _build_synthetic(cfg: Any, console: Any) -> tuple[dict[str, Any], list[Sampl
     return summary, samples
 
 
-def _build_local(cfg: Any, console: Any) -> tuple[dict[str, Any], list[Sample]]:
+def _build_local(cfg: Config, console: Console) -> tuple[dict[str, Any], list[Sample]]:
     from mmbench_cli.data.formats import load_dataset_spec
     from mmbench_cli.data.templates import data_type_of
     from mmbench_cli.errors import MMError

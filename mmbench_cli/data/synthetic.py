@@ -25,21 +25,23 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import random
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw, ImageFont
 
 from mmbench_cli.data.templates import EOC_TOKEN as EOC
-from mmbench_cli.data.templates import text_qa
-from mmbench_cli.data.types import CaptionSample, InterleavedDoc, TextDoc, VQASample
+from mmbench_cli.data.templates import SPECIAL_TOKENS, text_qa
+from mmbench_cli.data.types import CaptionSample, ImageRef, InterleavedDoc, TextDoc, VQASample
 from mmbench_cli.errors import MMError
+from mmbench_cli.rundir import atomic_write_bytes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmbench_cli.config import DataConfig
 
 # The world's versions. A run's config records ``data.world_version``, so a run made with an older world
 # re-runs on the same data. Scenes, images, captions, version 1's questions and text are the same in all.
@@ -515,18 +517,10 @@ class SyntheticImage:
 
 
 def _write_png(path: Path, image: Image.Image) -> None:
-    """Write a cache PNG atomically (temp file + rename; a cache file needs no fsync)."""
+    """Write a cache PNG atomically, so a killed renderer never leaves a truncated image in the cache."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 class SyntheticWorld:
@@ -659,7 +653,7 @@ class SyntheticWorld:
             is_color = theme in COLORS
             related = [t for t in THINGS if (self.facts.color[t] if is_color else self.facts.shape[t]) == theme]
             intro = (f"a page about {theme} things." if is_color else f"a page about things shaped like a {theme}.")
-            chunks: list[Any] = [intro]
+            chunks: list[str | ImageRef] = [intro]
             style = rng.choice(("caption", "qa", "mixed"))
             for image in chosen:
                 index = int(image.path.stem)
@@ -762,7 +756,7 @@ class SyntheticWorld:
         }
 
 
-def world_from_config(data_cfg: Any) -> SyntheticWorld:
+def world_from_config(data_cfg: DataConfig) -> SyntheticWorld:
     """The synthetic world described by a ``DataConfig``."""
     return SyntheticWorld(
         seed=data_cfg.world_seed,
@@ -809,3 +803,38 @@ def tokenizer_corpus(world_seed: int = 0, num_scenes: int = 1500) -> list[str]:
     texts.append(" ".join(vocabulary))
     texts.append(" ".join(f"{w}." for w in vocabulary))
     return texts
+
+
+@lru_cache(maxsize=4)
+def _memo_corpus(world_seed: int) -> tuple[str, ...]:
+    return tuple(tokenizer_corpus(world_seed))
+
+
+@dataclass(frozen=True)
+class WorldTokenizerSource:
+    """What the model needs from the data side to make its tokenizer (``model.tokenizer.TokenizerSource``).
+
+    The special tokens every tokenizer gets (``templates.SPECIAL_TOKENS``), the synthetic world's corpus for
+    training the ``synthetic-bpe`` (made only when asked for, then memoised in this process) and where
+    trained tokenizers are cached.
+    """
+
+    world_seed: int = 0
+    cache_dir: str | None = None
+
+    @property
+    def special_tokens(self) -> Mapping[str, str]:
+        """Role → string of the special tokens (``templates.SPECIAL_TOKENS``)."""
+        return SPECIAL_TOKENS
+
+    def corpus(self) -> Sequence[str]:
+        """``tokenizer_corpus(world_seed)``, made once per process."""
+        return _memo_corpus(self.world_seed)
+
+
+def tokenizer_source(data_cfg: DataConfig | None = None) -> WorldTokenizerSource:
+    """The tokenizer source of a ``DataConfig`` (default: world seed 0, the default cache); pass it to
+    ``build_model`` / ``get_tokenizer``. Local datasets use the same synthetic-world tokenizer."""
+    if data_cfg is None:
+        return WorldTokenizerSource()
+    return WorldTokenizerSource(world_seed=data_cfg.world_seed, cache_dir=data_cfg.cache_dir)

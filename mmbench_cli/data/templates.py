@@ -9,18 +9,32 @@ evaluation time exactly the format it was trained on:
 A few-shot prompt is the concatenation of demos followed by the query prompt (the demo format with the
 answer left open). Interleaved documents become text with one ``<image>`` marker per image and an
 ``<|endofchunk|>`` closing the text that follows each image (as open_flamingo's MMC4 loader does).
+
+The special tokens are defined here, once: the model side never imports them, it is handed
+``SPECIAL_TOKENS`` by its caller (through ``mmbench_cli.data.synthetic.tokenizer_source``) and saves them
+with the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from mmbench_cli.data.types import CaptionSample, ImageRef, InterleavedDoc, TextDoc, VQASample
 
-# The same strings as mmbench_cli.model.tokenizer (kept here so this module never imports the model stack).
-IMAGE_TOKEN = "<image>"
-EOC_TOKEN = "<|endofchunk|>"
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedTokenizerBase
+
+IMAGE_TOKEN = "<image>"  # one slot per image token; the MLLM overwrites these positions with connector outputs
+EOC_TOKEN = "<|endofchunk|>"  # ends the text after an image, as in Flamingo
 EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+# Role → string, in the order the BPE gets them (ids 0-3 of the synthetic tokenizer; changing it changes every
+# trained tokenizer). The model side knows the roles (eos, pad, image, eoc), never the strings.
+SPECIAL_TOKENS: Mapping[str, str] = MappingProxyType(
+    {"eos": EOS_TOKEN, "pad": PAD_TOKEN, "image": IMAGE_TOKEN, "eoc": EOC_TOKEN}
+)
 
 
 def caption_demo(caption: str) -> str:
@@ -124,3 +138,20 @@ def data_type_of(sample: CaptionSample | VQASample | InterleavedDoc | TextDoc) -
 def format_text(doc: TextDoc) -> str:
     """A text-only document as a training string."""
     return doc.text.strip()
+
+
+def encode_interleaved(tokenizer: PreTrainedTokenizerBase, text: str, num_image_tokens: int) -> list[int]:
+    """Token ids of ``text`` where each ``<image>`` marker becomes ``num_image_tokens`` image-token ids.
+
+    No BOS/EOS are added; write ``<|endoftext|>`` into the text where a document ends. Special tokens are
+    never split by the tokenizer, so a template's text encodes as is.
+    """
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    expanded: list[int] = []
+    for token_id in ids:
+        if token_id == image_id:
+            expanded.extend([image_id] * num_image_tokens)
+        else:
+            expanded.append(token_id)
+    return expanded

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from mmbench_cli.errors import MMError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmbench_cli.config import Config
+    from mmbench_cli.model.mllm import MLLM
+    from mmbench_cli.model.tokenizer import TokenizerSource
 
 
 def _fmt_params(n: int) -> str:
@@ -19,17 +24,17 @@ def _name(spec: str) -> str:
     return spec if len(spec) <= 40 else "…" + spec[-39:]
 
 
-def shape_check(model: Any, images_per_row: int = 2, rows: int = 2) -> dict[str, Any]:
+def shape_check(model: MLLM, images_per_row: int = 2, rows: int = 2) -> dict[str, tuple[int, ...] | float]:
     """Forward a dummy interleaved batch (``images_per_row`` images per row) and check every shape.
 
     Returns the shapes seen; raises RuntimeError if any disagrees with the declared sizes.
     """
     import torch
 
-    from mmbench_cli.model.tokenizer import EOC_TOKEN, IMAGE_TOKEN, encode_interleaved
-
-    text = "".join(f"{IMAGE_TOKEN}Output: a red circle above {i} blue squares{EOC_TOKEN}" for i in range(images_per_row))
-    ids = encode_interleaved(model.tokenizer, text, model.num_image_tokens)
+    ids: list[int] = []
+    for i in range(images_per_row):  # image slots, then a caption-like text chunk closed by the chunk token
+        text = model.tokenizer(f"Output: a red circle above {i} blue squares", add_special_tokens=False)["input_ids"]
+        ids += [model.image_token_id] * model.num_image_tokens + text + [model.eoc_token_id]
     input_ids = torch.tensor([ids] * rows)
     images = torch.randn(rows * images_per_row, 3, model.image_size, model.image_size)
     model.eval()
@@ -46,8 +51,11 @@ def shape_check(model: Any, images_per_row: int = 2, rows: int = 2) -> dict[str,
             "image_tokens": tuple(image_tokens.shape), "logits": tuple(out.logits.shape), "loss": float(out.loss)}
 
 
-def build_and_report(cfg: Any, out: Path | None, console: Console) -> Any:
-    """Build ``cfg.model``, print a component table, FLOPs and a shape check; save to ``out`` if given."""
+def build_and_report(cfg: Config, tokenizer_source: TokenizerSource, out: Path | None, console: Console) -> MLLM:
+    """Build ``cfg.model``, print a component table, FLOPs and a shape check; save to ``out`` if given.
+
+    ``tokenizer_source``: as for ``build_model`` (``data.synthetic.tokenizer_source(cfg.data)``).
+    """
     import torch
 
     from mmbench_cli.model import build_model
@@ -57,7 +65,7 @@ def build_and_report(cfg: Any, out: Path | None, console: Console) -> Any:
         raise MMError(f"--out {out}: exists and is not a directory; choose another path")
     torch.manual_seed(cfg.seed)
     with console.status("assembling the model (training the tokenizer on first use)…"):
-        model = build_model(cfg.model, cfg.data)
+        model = build_model(cfg.model, tokenizer_source)
     counts = model.param_counts()
     m = cfg.model
     grid = model.encoder.grid_size(m.image_size)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,6 +19,11 @@ from torch import nn
 from mmbench_cli.errors import MMError
 from mmbench_cli.model.tokenizer import hf_path
 from mmbench_cli.registry import ENCODERS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PretrainedConfig
+
+    from mmbench_cli.config import ModelConfig
 
 IMAGENET_HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 CLIP_MEAN_STD = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
@@ -65,19 +70,21 @@ class VisionEncoder(nn.Module):
         return hidden[:, hidden.shape[1] - num_patches :]  # drop CLS (ViT, CLIP); SigLIP has none
 
 
-def _check_divisible(image_size: int, patch_size: int) -> None:
+def patch_grid(image_size: int, patch_size: int) -> int:
+    """Patches per side of an ``image_size`` image; MMError if it is not a whole number of patches."""
     if image_size % patch_size:
         nearest = max(patch_size, round(image_size / patch_size) * patch_size)
         raise MMError(
             f"model.image_size: {image_size} is not a multiple of the patch size {patch_size}; use e.g. {nearest}"
         )
+    return image_size // patch_size
 
 
 def build_vit(spec: ViTSpec, image_size: int, patch_size: int) -> VisionEncoder:
     """A randomly initialised ViT of the given shape (transformers ViTModel, SDPA, no pooler)."""
     from transformers import ViTConfig, ViTModel
 
-    _check_divisible(image_size, patch_size)
+    patch_grid(image_size, patch_size)
     config = ViTConfig(
         image_size=image_size,
         patch_size=patch_size,
@@ -114,7 +121,7 @@ VISION_CLASSES = {
 FULL_TO_VISION = {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel"}
 
 
-def vision_model_from_config(config: Any) -> nn.Module:
+def vision_model_from_config(config: PretrainedConfig) -> nn.Module:
     """An uninitialised vision model for a saved vision config (used when reloading a saved MLLM)."""
     import transformers
 
@@ -161,7 +168,7 @@ def load_hf_encoder(directory: Path) -> VisionEncoder:
     return VisionEncoder(hf_model, mean, std)
 
 
-def build_encoder(model_cfg: Any) -> VisionEncoder:
+def build_encoder(model_cfg: ModelConfig) -> VisionEncoder:
     """The encoder named by ``model.encoder``: a registry name, ``hf:<dir>`` or a saved encoder dir."""
     path = hf_path(model_cfg.encoder)
     if path is not None:

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from mmbench_cli.errors import MMError
 from mmbench_cli.model.tokenizer import hf_path
 from mmbench_cli.registry import LMS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PretrainedConfig
+
+    from mmbench_cli.config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,7 @@ def build_pythia(spec: PythiaSpec, vocab_size: int, max_seq_len: int, eos_id: in
     return GPTNeoXForCausalLM(config)
 
 
-def lm_from_config(config: Any) -> nn.Module:
+def lm_from_config(config: PretrainedConfig) -> nn.Module:
     """An uninitialised causal LM for a saved HF config (used when reloading a saved MLLM)."""
     from transformers import AutoModelForCausalLM
 
@@ -87,7 +92,7 @@ def load_hf_lm(directory: Path) -> nn.Module:
     return model.float()
 
 
-def build_lm(model_cfg: Any, vocab_size: int, eos_id: int = 0, pad_id: int = 1) -> nn.Module:
+def build_lm(model_cfg: ModelConfig, vocab_size: int, eos_id: int = 0, pad_id: int = 1) -> nn.Module:
     """The LM named by ``model.lm``; an hf: LM's embeddings grow when the tokenizer has more tokens."""
     path = hf_path(model_cfg.lm)
     if path is not None:

@@ -9,39 +9,58 @@ own ``generate`` (greedy or beam, KV cache, left padding) on the spliced input e
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from mmbench_cli.errors import MMError
 from mmbench_cli.model.connectors import Connector, build_connector, check_connector
-from mmbench_cli.model.encoders import VisionEncoder, build_encoder
+from mmbench_cli.model.encoders import VisionEncoder, build_encoder, patch_grid
 from mmbench_cli.model.lm import build_lm
-from mmbench_cli.model.tokenizer import get_tokenizer, hf_path, special_token_ids
+from mmbench_cli.model.tokenizer import (
+    TokenizerSource,
+    effective_special_tokens,
+    get_tokenizer,
+    hf_path,
+    special_token_ids,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedTokenizerBase
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    from mmbench_cli.config import ModelConfig
 
 FORMAT = "mmbench-mllm"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: mm_config.json names the special tokens (version 1 saves are still read)
 WEIGHTS = "model.safetensors"
 MM_CONFIG = "mm_config.json"
 
 
 class MLLM(nn.Module):
-    """Encoder + connector + HF causal LM + tokenizer, with splice-in forward, generation and save/load."""
+    """Encoder + connector + HF causal LM + tokenizer, with splice-in forward, generation and save/load.
 
-    def __init__(self, config: Any, encoder: VisionEncoder, connector: Connector, lm: nn.Module, tokenizer: Any) -> None:
+    ``special_tokens`` (role → string: image, eoc, eos, pad) say which of the tokenizer's tokens are the
+    image slots and the stops; they are saved with the model.
+    """
+
+    def __init__(self, config: ModelConfig, encoder: VisionEncoder, connector: Connector, lm: nn.Module,
+                 tokenizer: PreTrainedTokenizerBase, special_tokens: Mapping[str, str]) -> None:
         super().__init__()
         self.config = config
         self.encoder = encoder
         self.connector = connector
         self.lm = lm
         self.tokenizer = tokenizer
+        self.special_tokens = effective_special_tokens(tokenizer, special_tokens)
         self.num_image_tokens: int = config.num_image_tokens
         self.image_size: int = config.image_size
         self.image_mean = encoder.image_mean
         self.image_std = encoder.image_std
-        ids = special_token_ids(tokenizer)
+        ids = special_token_ids(tokenizer, special_tokens)
         self.image_token_id: int = ids["image"]
         self.eoc_token_id: int = ids["eoc"]
         self.eos_token_id: int = ids["eos"]
@@ -74,7 +93,7 @@ class MLLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                image_embeds: torch.Tensor | None = None) -> Any:
+                image_embeds: torch.Tensor | None = None) -> CausalLMOutputWithPast:
         """Causal-LM output (logits [B, L, V]; loss over text tokens when ``labels`` is given)."""
         inputs_embeds = self.embed(input_ids, images, image_embeds)
         position_ids = None
@@ -135,7 +154,8 @@ class MLLM(nn.Module):
         if self._image_flops is None:
             from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-            def cpu_sdpa(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+            def cpu_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any, out_shape: Any = None,
+                         **kwargs: Any) -> int:
                 return sdpa_flop_count(query, key, value)  # the CPU SDPA kernel has no formula of its own
 
             mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
@@ -171,31 +191,44 @@ class MLLM(nn.Module):
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "model": self.config.model_dump(mode="json"),
             "image_mean": list(self.image_mean), "image_std": list(self.image_std),
-            "image_token_id": self.image_token_id, "param_counts": self.param_counts(),
+            "special_tokens": self.special_tokens, "image_token_id": self.image_token_id,
+            "param_counts": self.param_counts(),
         }
         (directory / MM_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
         return directory
 
 
-def build_model(model_cfg: Any, data_cfg: Any = None) -> MLLM:
-    """Assemble the MLLM named by a ModelConfig (random init except for hf: components)."""
-    if hf_path(model_cfg.encoder) is None:  # fail fast on a bad connector/token count before any heavy work
-        check_connector(model_cfg.connector, model_cfg.num_image_tokens, model_cfg.image_size // model_cfg.patch_size)
+def check_image_tokens(model_cfg: ModelConfig, patch_size: int | None = None) -> int:
+    """The encoder's patch grid side at ``model.image_size``; MMError unless the image is a whole number of
+    patches and ``model.connector`` can emit ``model.num_image_tokens`` tokens from that grid.
+
+    ``patch_size`` is the encoder's (default ``model.patch_size``, what built-in encoders use), so a config
+    can be checked without building anything.
+    """
+    grid_size = patch_grid(model_cfg.image_size, patch_size or model_cfg.patch_size)
+    check_connector(model_cfg.connector, model_cfg.num_image_tokens, grid_size)
+    return grid_size
+
+
+def build_model(model_cfg: ModelConfig, tokenizer_source: TokenizerSource) -> MLLM:
+    """Assemble the MLLM named by a ModelConfig (random init except for hf: components).
+
+    ``tokenizer_source`` gives the special tokens and the corpus of the synthetic BPE; the usual one is
+    ``mmbench_cli.data.synthetic.tokenizer_source(cfg.data)``.
+    """
+    if hf_path(model_cfg.encoder) is None:  # fail fast on a bad resolution/token count before any heavy work
+        check_image_tokens(model_cfg)
     encoder = build_encoder(model_cfg)
-    if model_cfg.image_size % encoder.patch_size:
-        raise MMError(f"model.image_size: {model_cfg.image_size} is not a multiple of the encoder's patch size "
-                      f"{encoder.patch_size}")
-    check_connector(model_cfg.connector, model_cfg.num_image_tokens, encoder.grid_size(model_cfg.image_size))
-    tokenizer = get_tokenizer(model_cfg, data_cfg)
-    ids = special_token_ids(tokenizer)
+    grid_size = check_image_tokens(model_cfg, encoder.patch_size)
+    tokenizer = get_tokenizer(model_cfg, tokenizer_source)
+    ids = special_token_ids(tokenizer, tokenizer_source.special_tokens)
     vocab_size = len(tokenizer)
     if hf_path(model_cfg.lm) is None:
         vocab_size = -(-vocab_size // 64) * 64  # nanoGPT: a multiple of 64 keeps the unembedding matmul fast
     lm = build_lm(model_cfg, vocab_size, ids["eos"], ids["pad"])
     lm_dim = lm.get_input_embeddings().embedding_dim
-    connector = build_connector(model_cfg.connector, encoder.hidden_size, lm_dim, model_cfg.num_image_tokens,
-                                encoder.grid_size(model_cfg.image_size))
-    return MLLM(model_cfg, encoder, connector, lm, tokenizer)
+    connector = build_connector(model_cfg.connector, encoder.hidden_size, lm_dim, model_cfg.num_image_tokens, grid_size)
+    return MLLM(model_cfg, encoder, connector, lm, tokenizer, tokenizer_source.special_tokens)
 
 
 def load_model(directory: str | Path, device: str = "cpu") -> MLLM:
@@ -207,7 +240,7 @@ def load_model(directory: str | Path, device: str = "cpu") -> MLLM:
     from mmbench_cli.config import ModelConfig
     from mmbench_cli.model.encoders import VisionEncoder, vision_model_from_config
     from mmbench_cli.model.lm import lm_from_config
-    from mmbench_cli.model.tokenizer import add_special_tokens
+    from mmbench_cli.model.tokenizer import add_special_tokens, legacy_special_tokens
 
     directory = Path(directory)
     meta_path = directory / MM_CONFIG
@@ -221,14 +254,16 @@ def load_model(directory: str | Path, device: str = "cpu") -> MLLM:
         model_cfg = ModelConfig.model_validate(meta["model"])
         encoder_cfg = AutoConfig.from_pretrained(str(directory / "encoder"), local_files_only=True)
         lm_cfg = AutoConfig.from_pretrained(str(directory / "lm"), local_files_only=True)
-        tokenizer = add_special_tokens(AutoTokenizer.from_pretrained(str(directory), local_files_only=True))
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        special_tokens = meta.get("special_tokens") or legacy_special_tokens(tokenizer, meta["image_token_id"])
+        tokenizer = add_special_tokens(tokenizer, special_tokens)
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
         raise MMError(f"{directory}: damaged saved model ({str(error).splitlines()[0][:120]}); re-save it") from None
     encoder = VisionEncoder(vision_model_from_config(encoder_cfg), meta["image_mean"], meta["image_std"])
     lm = lm_from_config(lm_cfg)
     connector = build_connector(model_cfg.connector, encoder.hidden_size, lm.get_input_embeddings().embedding_dim,
                                 model_cfg.num_image_tokens, encoder.grid_size(model_cfg.image_size))
-    model = MLLM(model_cfg, encoder, connector, lm, tokenizer)
+    model = MLLM(model_cfg, encoder, connector, lm, tokenizer, special_tokens)
     try:
         load_weights(model, str(directory / WEIGHTS), strict=True, device=device)
     except (SafetensorError, RuntimeError, OSError) as error:

@@ -206,9 +206,10 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
         encoder = build_encoder(cfg.model)
         image_size = cfg.model.image_size
         if tcfg.encoder_objective == "clip":
+            from mmbench_cli.data.synthetic import tokenizer_source
             from mmbench_cli.model.tokenizer import get_tokenizer
 
-            tokenizer = get_tokenizer(cfg.model, cfg.data)
+            tokenizer = get_tokenizer(cfg.model, tokenizer_source(cfg.data))
             objective: nn.Module = CLIPObjective(encoder, len(tokenizer))
         else:
             tokenizer = None

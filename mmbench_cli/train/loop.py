@@ -171,6 +171,7 @@ def _claim_run_dir(cfg: Config, run_dir: Path, resume: bool, force: bool, ctx: D
 
 def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool, ctx: DistContext) -> Path:
     from mmbench_cli.data.mixture import TrainStream
+    from mmbench_cli.data.synthetic import tokenizer_source
     from mmbench_cli.model import build_model
 
     lock, start_step = _claim_run_dir(cfg, run_dir, resume, force, ctx)
@@ -182,7 +183,7 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
         tcfg = cfg.train
         autocast_dtype = resolve_precision(tcfg.precision, ctx.device)
         seed_everything(cfg.seed)
-        model = build_model(cfg.model, cfg.data)
+        model = build_model(cfg.model, tokenizer_source(cfg.data))
         if start_step is not None:
             _load_weights(model, RunDir(run_dir).checkpoint_dir(start_step))
         if tcfg.freeze_encoder:

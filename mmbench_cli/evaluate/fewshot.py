@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 Query = CaptionSample | VQASample  # a few-shot query or demo
 
-STOP_STRINGS = (templates.EOC_TOKEN, templates.EOS_TOKEN, "<|pad|>", templates.IMAGE_TOKEN, "\n")
+STOP_STRINGS = (templates.EOC_TOKEN, templates.EOS_TOKEN, templates.PAD_TOKEN, templates.IMAGE_TOKEN, "\n")
 FLAMINGO_ZERO_SHOT_DEMOS = 2
 
 

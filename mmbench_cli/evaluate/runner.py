@@ -147,7 +147,7 @@ def generate_batch(
     """Generate continuations of interleaved ``prompts`` (left-padded, KV cache); returns (texts, longest prompt)."""
     import torch
 
-    from mmbench_cli.model.tokenizer import encode_interleaved
+    from mmbench_cli.data.templates import encode_interleaved
 
     encoded = [encode_interleaved(model.tokenizer, text, model.num_image_tokens) for text in prompts]
     longest = max(len(ids) for ids in encoded)

@@ -144,7 +144,7 @@ class MMLM(TemplateLM):
             for r, i in enumerate(batch):
                 text = self.tok_decode(new[r].tolist())
                 until = requests[i].args[1].get("until") or []
-                for stop in ([until] if isinstance(until, str) else until) + ["<|endoftext|>", "<|pad|>"]:
+                for stop in ([until] if isinstance(until, str) else until) + [self.tokenizer.eos_token, self.tokenizer.pad_token]:
                     if stop:
                         text = text.split(stop, 1)[0]
                 outputs[i] = text

@@ -229,11 +229,3 @@ def legacy_special_tokens(tokenizer: PreTrainedTokenizerBase, image_token_id: in
         raise ValueError("cannot tell the image and chunk tokens of this saved tokenizer")
     return {"eos": tokenizer.eos_token, "pad": tokenizer.pad_token, "image": image, "eoc": extras[extras.index(image) + 1]}
 
-
-def __getattr__(name: str) -> object:
-    # TEMP re-export for evaluate/, removed when evaluate is updated (evaluate/runner.py imports it from here)
-    if name == "encode_interleaved":
-        from mmbench_cli.data.templates import encode_interleaved  # TEMP re-export for evaluate/
-
-        return encode_interleaved
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

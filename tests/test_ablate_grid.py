@@ -17,6 +17,7 @@ from mmbench_cli.ablate.grid import build_plan, split_values, value_label
 from mmbench_cli.ablate.store import GridStore, aggregate_over_seeds, flatten_eval
 from mmbench_cli.cli import app
 from mmbench_cli.errors import MMError
+from mmbench_cli.rundir import EvalResult
 
 REPO = Path(__file__).resolve().parents[1]
 AXES = REPO / "ablations" / "axes.yaml"
@@ -156,7 +157,9 @@ def test_summary_rows_and_seed_aggregation(tmp_path: Path) -> None:
 
 
 def test_flatten_eval_skips_missing_averages() -> None:
-    row = flatten_eval({"tasks": {"t": {"8": {"value": 1.0}, "0": {"value": 0.5}}}, "summary": {"0": {"textcore": None}}})
+    results = EvalResult.from_json({"tasks": {"t": {"8": {"value": 1.0}, "0": {"value": 0.5}}},
+                                    "summary": {"0": {"textcore": None}}}, "test", step=0)
+    row = flatten_eval(results)
     assert row == {"t/0shot": 0.5, "t/8shot": 1.0}
     assert aggregate_over_seeds(pd.DataFrame(), []).empty
 

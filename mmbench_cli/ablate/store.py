@@ -119,13 +119,13 @@ class GridStore:
         """pending (nothing yet), partial (has checkpoints, resumable), running, done or failed."""
         record = self.cell_record(cell_id)
         state = record.get("state")
-        if state == "done" and final_eval(self.cell_dir(cell_id)) is not None:
+        if state == "done" and self.cell_run(cell_id).final_results() is not None:
             return "done"
         if state == "failed":
             return "failed"
         if state == "running":
             return "running"
-        return "partial" if checkpoint_steps(self.cell_dir(cell_id)) else "pending"
+        return "partial" if self.cell_run(cell_id).checkpoint_steps() else "pending"
 
     def progress(self, cell_id: str) -> dict[str, Any]:
         """Latest training progress of a cell from its ``metrics.jsonl`` (step, loss), for the live table."""
@@ -168,22 +168,8 @@ class GridStore:
         return row
 
 
-def checkpoint_steps(run_dir: Path) -> list[int]:
-    """Steps of the complete checkpoints of a cell's run dir, sorted (``RunDir.checkpoint_steps``)."""
-    return RunDir(run_dir).checkpoint_steps()
-
-
-def final_eval(run_dir: Path) -> EvalResult | None:
-    """The results of a cell's final checkpoint, or None if it is not evaluated (yet) or its results file is
-    unreadable (``RunDir.final_results``)."""
-    return RunDir(run_dir).final_results()
-
-
-def flatten_eval(evaluation: EvalResult | dict[str, Any]) -> dict[str, float]:
-    """``{"<task>/<k>shot": value, ..., "caption_avg/<k>shot": ...}`` from a checkpoint's results (an ``EvalResult``,
-    or a results JSON as read; MMError if that is malformed)."""
-    if not isinstance(evaluation, EvalResult):
-        evaluation = EvalResult.from_json(evaluation, "results JSON", step=0)
+def flatten_eval(evaluation: EvalResult) -> dict[str, float]:
+    """``{"<task>/<k>shot": value, ..., "caption_avg/<k>shot": ...}`` from a checkpoint's results."""
     row: dict[str, float] = {}
     for task, by_shots in sorted(evaluation.tasks.items()):
         for shots, cell in sorted(by_shots.items(), key=lambda item: int(item[0])):

@@ -39,10 +39,11 @@ class ProgressBar:
 
 @contextlib.contextmanager
 def progress_bar(label: str, total: int, *, completed: int = 0, stats: str = "", enabled: bool = True,
-                 console: Console | None = None, eta: bool = True) -> Iterator[ProgressBar]:
+                 console: Console | None = None, eta: bool = True, transient: bool = False) -> Iterator[ProgressBar]:
     """A progress bar for ``total`` units of work, labelled ``label``, with optional ``stats`` fields.
 
-    Draws on ``console`` (default: a stderr console); ``eta`` shows the time remaining (else time elapsed).
+    Draws on ``console`` (default: a stderr console); ``eta`` shows the time remaining (else time elapsed);
+    a ``transient`` bar disappears when the work is done.
     """
     if not enabled:
         yield ProgressBar()
@@ -55,6 +56,6 @@ def progress_bar(label: str, total: int, *, completed: int = 0, stats: str = "",
     if stats:
         columns.append(TextColumn(_FIELD.sub(r"{task.fields[\1]", stats)))
     columns.append(TimeRemainingColumn() if eta else TimeElapsedColumn())
-    with Progress(*columns, console=console or Console(stderr=True), transient=False) as bar:
+    with Progress(*columns, console=console or Console(stderr=True), transient=transient) as bar:
         task = bar.add_task(label, total=max(total, 1), completed=completed, **{name: math.nan for name in names})
         yield ProgressBar(bar, task)

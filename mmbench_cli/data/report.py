@@ -117,15 +117,13 @@ def build_data(cfg: Config, out: Path | None, console: Console) -> dict[str, Any
 
 
 def _build_synthetic(cfg: Config, console: Console) -> tuple[dict[str, Any], list[Sample]]:
-    from rich.progress import Progress
-
     from mmbench_cli.data.synthetic import world_from_config
+    from mmbench_cli.progress import progress_bar
 
     world = world_from_config(cfg.data)
     total = sum(world.num_images.values())
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("rendering images", total=total)
-        rendered = world.materialize(progress=lambda n: progress.advance(task, n))
+    with progress_bar("rendering images", total, console=console, transient=True, eta=False) as bar:
+        rendered = world.materialize(progress=lambda n: bar.update(advance=n))
     splits = world.counts()
     for split, row in splits.items():
         tasks = world.text_tasks(split)

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,9 @@ from mmbench_cli.progress import progress_bar
 from mmbench_cli.rundir import RunDir, RunLock, atomic_write_json
 from mmbench_cli.train import run_setup
 from mmbench_cli.train.schedule import lr_at, resolve_lr_and_wd
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 CAPTION_MAX_TOKENS = 40
 EVAL_BATCH = 128
@@ -271,7 +274,7 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
     return run_dir
 
 
-def _objective_loss(objective: nn.Module, tokenizer: Any, images: torch.Tensor, captions: list[str],
+def _objective_loss(objective: nn.Module, tokenizer: PreTrainedTokenizerBase, images: torch.Tensor, captions: list[str],
                     device: torch.device) -> torch.Tensor:
     images = images.to(device)
     if isinstance(objective, CLIPObjective):
@@ -281,7 +284,8 @@ def _objective_loss(objective: nn.Module, tokenizer: Any, images: torch.Tensor, 
 
 
 @torch.no_grad()
-def evaluate_objective(objective: nn.Module, tokenizer: Any, data: PairData, device: torch.device) -> dict[str, Any]:
+def evaluate_objective(objective: nn.Module, tokenizer: PreTrainedTokenizerBase, data: PairData,
+                       device: torch.device) -> dict[str, Any]:
     """Held-out quality: CLIP image→text top-1 retrieval accuracy (and chance) or MAE reconstruction loss."""
     objective.eval()
     rng = random.Random(0)
@@ -320,5 +324,5 @@ def save_encoder(encoder: nn.Module, image_size: int, run_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()

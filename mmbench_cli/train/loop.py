@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +36,10 @@ from mmbench_cli.train.distributed import (
 )
 from mmbench_cli.train.schedule import lr_at, resolve_lr_and_wd
 
+if TYPE_CHECKING:
+    from mmbench_cli.data.mixture import TrainStream
+    from mmbench_cli.model.mllm import MLLM
+
 IGNORE_INDEX = -100
 
 
@@ -56,7 +60,7 @@ class LogWindow:
 
 
 @dataclass
-class Progress:
+class TrainState:
     """Counters carried across steps and resumes."""
 
     step: int = 0
@@ -196,11 +200,11 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
         scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
 
         stream = TrainStream(cfg, model.tokenizer, model.num_image_tokens, model.image_mean, model.image_std)
-        state = Progress()
+        state = TrainState()
         if start_step is not None:
             saved = load_trainer_state(RunDir(run_dir).checkpoint_dir(start_step), optimizer)
             stream.load_state_dict(saved["data"])
-            state = Progress(step=saved["step"], tokens_seen=saved["tokens_seen"], train_flops=saved["train_flops"],
+            state = TrainState(step=saved["step"], tokens_seen=saved["tokens_seen"], train_flops=saved["train_flops"],
                              elapsed_s=saved["elapsed_s"], window=LogWindow(**saved["window"]))
             if scaler is not None and saved.get("grad_scaler"):
                 scaler.load_state_dict(saved["grad_scaler"])
@@ -276,8 +280,9 @@ def _load_weights(model: torch.nn.Module, ckpt_dir: Path) -> None:
 class _Trainer:
     """The step loop, split from set-up so that each reads on one screen."""
 
-    def __init__(self, cfg: Config, ctx: DistContext, model: Any, train_model: torch.nn.Module,
-                 optimizer: torch.optim.Optimizer, scaler: Any, stream: Any, autocast_dtype: torch.dtype | None,
+    def __init__(self, cfg: Config, ctx: DistContext, model: MLLM, train_model: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, stream: TrainStream,
+                 autocast_dtype: torch.dtype | None,
                  peak_lr: float, flops: tuple[float, float], run_dir: Path) -> None:
         self.cfg, self.ctx, self.model, self.train_model = cfg, ctx, model, train_model
         self.optimizer, self.scaler, self.stream = optimizer, scaler, stream
@@ -290,7 +295,7 @@ class _Trainer:
         self.checkpoints = set(checkpoint_schedule(tcfg.steps, tcfg.checkpoint_every, tcfg.log_spaced_checkpoints))
         self.log_steps = _log_steps(tcfg.steps, tcfg.log_every)
 
-    def run(self, state: Progress, show: bool) -> None:
+    def run(self, state: TrainState, show: bool) -> None:
         """Train from ``state.step`` to ``train.steps``, logging and checkpointing on schedule."""
         tcfg = self.cfg.train
         if state.step == 0 and 0 in self.checkpoints:
@@ -377,7 +382,7 @@ class _Trainer:
                                       images=batch.get("images"), labels=None)
         return token_losses(output.logits, batch["labels"], self.ignore_ids)
 
-    def log(self, state: Progress, lr: float, grad_norm: float) -> None:
+    def log(self, state: TrainState, lr: float, grad_norm: float) -> None:
         """Append one metrics line for the window that ends at ``state.step`` and reset the window."""
         window = state.window
         if self.ctx.is_main:
@@ -392,7 +397,7 @@ class _Trainer:
             RunDir(self.run_dir).append_metrics(record)
         state.window = LogWindow()
 
-    def save(self, state: Progress) -> None:
+    def save(self, state: TrainState) -> None:
         """Write checkpoint ``step_<N>`` atomically (rank 0): weights, tokenizer, trainer state, checkpoint.json."""
         if not self.ctx.is_main:
             return

@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mmbench_cli.errors import MMError
 from mmbench_cli.evaluate import fewshot
@@ -209,6 +209,28 @@ class TaskData:
         self.spec = spec
         self.queries = fewshot.query_set(load_samples(spec, "query", data_cfg), num_samples)
         self.train = load_samples(spec, "demos", data_cfg) if need_demos else []
+        self.prior = self._answer_prior(data_cfg)
+
+    def _answer_prior(self, data_cfg: DataConfig) -> float | None:
+        """VQA-family tasks: the score of answering with each question type's most common training answer."""
+        if self.spec.family != "vqa":
+            return None
+        from mmbench_cli.evaluate.prior import answer_prior
+
+        try:
+            train = self.train or load_samples(self.spec, "demos", data_cfg)
+        except MMError:  # no training split described (e.g. a 0-shot run on local files): no prior
+            return None
+        return answer_prior(train, self.queries,
+                            lambda ids, predictions, references: score_predictions(self.spec, ids, predictions,
+                                                                                   references))
+
+    def cell_metadata(self) -> dict[str, Any]:
+        """What every results cell of this task carries besides its numbers (vocabulary, answer prior)."""
+        extra = result_metadata(self.spec)
+        if self.prior is not None:
+            extra["prior"] = self.prior
+        return extra
 
     def pool(self, seed: int, rices: bool) -> list[CaptionSample | VQASample]:
         """The demo pool: all train samples for RICES (capped), a per-seed random subset otherwise."""
@@ -358,7 +380,7 @@ def _evaluate_checkpoint(target: Target, checkpoint: Checkpoint, data: dict[str,
                 samples=[run.samples_relpath(step, name, k, s) for s in plan.seed_ids],
                 demo_selection=settings.demo_selection if k else None,
                 text_only_demos=bool(k == 0 and settings.text_only_zero_shot),
-                fingerprint=fingerprint, reused=sorted(reuse), extra=result_metadata(task.spec),
+                fingerprint=fingerprint, reused=sorted(reuse), extra=task.cell_metadata(),
             ))
             run.write_results(results)  # after every cell, so an interrupted eval keeps what it finished
     if text_tasks:

@@ -144,7 +144,8 @@ def pretrain(
     "  mm eval runs/toy --tasks synthetic-vqa --shots 4 --demo-selection rices\n\n"
     "  mm eval runs/toy --tasks text:textcore text:mm_synth_perplexity\n\n"
     "  mm eval runs/toy --tasks vqav2 --task-data evals/real_tasks.example.yaml\n\n"
-    "  mm eval --predictions preds.jsonl --task vqav2 --annotations ann.json --questions q.json --images val2014/",
+    "  mm eval --predictions results.json --task vqav2 --annotations ann.json --questions q.json\n\n"
+    "  mm eval --predictions results.json --task vizwiz --annotations val.json --allow-subset",
 )
 @user_errors_exit_2
 def evaluate(
@@ -173,6 +174,12 @@ def evaluate(
     images: Path | None = typer.Option(None, "--images", help="Image directory of --annotations."),
     data_format: str | None = typer.Option(None, "--format", help="Data format of --annotations (default: the task's)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="With --predictions: write per-sample scores here."),
+    allow_subset: bool = typer.Option(False, "--allow-subset", help="With --predictions: score a file that misses "
+                                      "some questions (refused by default, as the official tools)."),
+    vqa_normalize: str | None = typer.Option(None, "--vqa-normalize", help="VQA accuracy: official (default) or "
+                                             "always (normalise every answer, as LLaVA/lmms-eval)."),
+    rices_encoder: str | None = typer.Option(None, "--rices-encoder", help="RICES similarity from this CLIP-style "
+                                             "encoder (hf:<dir>) instead of the model's features."),
 ) -> None:
     """Few-shot captioning (CIDEr) and VQA (VQA accuracy), and text tasks through lm-evaluation-harness."""
     from mmbench_cli.evaluate import cli_eval
@@ -183,13 +190,17 @@ def evaluate(
     files = cli_eval.AnnotationFiles(annotations, questions, images, data_format)
     task_map = read_task_data(task_data)
     if predictions is not None:
-        cli_eval.score_predictions_command(predictions, task, task_map, files, out, positional, console)
+        cli_eval.score_predictions_command(predictions, task, task_map, files, out, positional, console,
+                                           allow_subset, vqa_normalize)
         return
+    if allow_subset:
+        raise MMError("--allow-subset: only meaningful with --predictions FILE")
     tasks = multi.get("--tasks")
     request = EvalRequest(
         target=cli_eval.single_target(positional), tasks=tasks, shots=cli_eval.parse_shots(multi.get("--shots")),
         seeds=seeds, all_checkpoints=all_checkpoints, demo_selection=demo_selection, num_samples=num_samples,
         batch_size=batch_size, max_new_tokens=max_new_tokens, text_only_zero_shot=text_only_zero_shot,
+        vqa_normalize=vqa_normalize, rices_encoder=rices_encoder,
         include_paths=[Path(p) for p in multi.get("--include-path", [])],
         task_data=cli_eval.with_annotations(task_map, tasks, files), force=force, device=device,
     )

@@ -33,9 +33,23 @@ class ModelConfig(_Strict):
     connector: str = Field("c-abstractor", description="vision-language connector (registry name)")
     num_image_tokens: int = Field(16, gt=0, description="tokens each image becomes in the LM's input")
     lm: str = Field("pythia-toy-2m", description="language model: size-ladder name or hf:<local dir>")
-    tokenizer: str = Field("synthetic-bpe", description="synthetic-bpe (trained on the synthetic corpus) or hf:<local dir>")
+    tokenizer: str = Field("auto", description="auto (an hf: LM's own tokenizer if its dir has one, else synthetic-bpe), "
+                           "synthetic-bpe (trained on the synthetic corpus) or hf:<local dir>")
     vocab_size: int = Field(2048, gt=0, description="vocabulary size of the trained BPE tokenizer")
     max_seq_len: int = Field(256, gt=0, description="longest sequence (text + image tokens) the LM sees")
+    resize_embeddings: bool = Field(False, description="let an hf: LM take a tokenizer that is not its own (its "
+                                    "embedding table is resized to it); off: refused")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_auto_tokenizer(cls, data: Any) -> Any:
+        # ``auto`` with a built-in LM can only mean the synthetic BPE: resolved here, so such a config saves (and
+        # hashes) exactly as configs written before ``auto`` existed; with an hf: LM it is resolved at build time.
+        if isinstance(data, dict) and data.get("tokenizer", "auto") == "auto":
+            lm = data.get("lm", cls.model_fields["lm"].default)
+            if isinstance(lm, str) and not is_local_path(lm):
+                data = {**data, "tokenizer": "synthetic-bpe"}
+        return data
 
 
 class DatasetSpec(_Strict):
@@ -45,6 +59,8 @@ class DatasetSpec(_Strict):
     path: str = Field(..., description="annotation file (or HF datasets directory)")
     images: str | None = Field(None, description="directory holding the images referenced by the annotations")
     questions: str | None = Field(None, description="VQAv2/OK-VQA questions file (annotations go in `path`)")
+    url_map: str | None = Field(None, description="interleaved-jsonl: file mapping image URLs to local files "
+                                "(JSON {url: path}, JSONL, or url<TAB>path lines); see docs/data.md")
     kind: Literal["caption", "vqa", "interleaved", "text"] | None = Field(None, description="override the sample kind")
     split: str = "train"
     weight: float = Field(1.0, gt=0)
@@ -115,6 +131,11 @@ class EvalConfig(_Strict):
     num_beams: int = Field(1, gt=0)
     zero_shot_text_demos: bool = Field(False, description="Flamingo's 0-shot variant: two text-only demos")
     all_checkpoints: bool = Field(False, description="mm ablate: evaluate every checkpoint (dynamics), not only the last")
+    vqa_normalize: Literal["official", "always"] = Field(
+        "official", description="VQA accuracy: official (GT-Vision-Lab's current script: normalise prediction and "
+        "answers only when the 10 answers differ) or always (normalise both always, as LLaVA/lmms-eval)")
+    rices_encoder: str | None = Field(None, description="RICES similarity from this CLIP-style encoder (hf:<dir>) "
+                                      "instead of the model's own image features")
 
     @field_validator("shots")
     @classmethod
@@ -257,19 +278,31 @@ def config_to_yaml(cfg: BaseModel) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
-# Data fields added after runs had been saved, with the value that reproduces those runs. While a field holds
-# that value it is left out of config_hash, so the hashes of earlier runs and grid dirs (which resume checks)
+# Fields added after runs had been saved, by section, with the value that reproduces those runs. While a field
+# holds that value it is left out of config_hash, so the hashes of earlier runs and grid dirs (which resume checks)
 # stay valid.
-HASH_NEUTRAL_DATA_FIELDS: dict[str, object] = {"world_version": 1}
+HASH_NEUTRAL_FIELDS: dict[str, dict[str, object]] = {
+    "data": {"world_version": 1},
+    "model": {"resize_embeddings": False},
+    "eval": {"vqa_normalize": "official", "rices_encoder": None},
+}
+
+
+def is_local_path(spec: str) -> bool:
+    """Whether a model/encoder/tokenizer name means a local directory: ``hf:<dir>`` or anything path-like
+    (registry names never contain ``/``)."""
+    return spec.startswith(("hf:", ".", "~")) or "/" in spec
 
 
 def config_hash(cfg: BaseModel) -> str:
     """A short stable hash of the resolved config (used to detect a run dir made by another config)."""
     data = config_to_dict(cfg)
-    section = data if isinstance(cfg, DataConfig) else data.get("data") if isinstance(cfg, Config) else None
-    for key, value in HASH_NEUTRAL_DATA_FIELDS.items():
-        if isinstance(section, dict) and section.get(key) == value:
-            del section[key]
+    kinds = {"data": DataConfig, "model": ModelConfig, "eval": EvalConfig}
+    for name, neutral in HASH_NEUTRAL_FIELDS.items():
+        section = data if isinstance(cfg, kinds[name]) else data.get(name) if isinstance(cfg, Config) else None
+        for key, value in neutral.items():
+            if isinstance(section, dict) and key in section and section[key] == value:
+                del section[key]
     canonical = json.dumps(data, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

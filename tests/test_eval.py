@@ -218,9 +218,15 @@ def test_score_external_predictions(tmp_path: Path) -> None:
     result = runner.invoke(app, ["eval", "--predictions", str(preds), "--task", "vqav2", "--annotations", str(a),
                                  "--questions", str(q), "--images", str(images), "-o", str(tmp_path / "s.jsonl")])
     assert result.exit_code == 0, result.output
-    assert "vqa_accuracy = 66.67 (n=3)" in result.output  # "zero" → "0" matches; "three" ≠ "2"
+    # the official metric normalises nothing when the 10 answers agree: "zero" does not match ten "0"s
+    assert "vqa_accuracy = 33.33 (n=3, official normalisation)" in result.output
     scores = [json.loads(x)["score"] for x in (tmp_path / "s.jsonl").read_text().splitlines()]
-    assert scores == [100.0, 100.0, 0.0]
+    assert scores == [0.0, 100.0, 0.0]
+    summary = json.loads((tmp_path / "s.summary.json").read_text())
+    assert summary["vqa_normalize"] == "official" and summary["n"] == summary["total"] == 3 and not summary["subset"]
+    lenient = runner.invoke(app, ["eval", "--predictions", str(preds), "--task", "vqav2", "--annotations", str(a),
+                                  "--questions", str(q), "--vqa-normalize", "always"])
+    assert "vqa_accuracy = 66.67 (n=3, always normalisation)" in lenient.output  # "zero" → "0"; "three" ≠ "2"
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

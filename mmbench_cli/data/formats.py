@@ -16,7 +16,9 @@ textvqa            ``data: [{question, question_id, image_id, answers: [10 strin
 vizwiz             ``[{image, question, answers: [{answer, answer_confidence}], answerable}]``
 llava              ``[{id, image, conversations: [{from: human|gpt, value}]}]``
 interleaved-jsonl  one document per line: ``{"text": "... <image> ...", "images": [paths]}``; MMC4
-                   (``text_list`` + ``image_info``) and OBELICS (``texts`` + ``images`` lists) also work
+                   (``text_list`` + ``image_info``) and OBELICS (``texts`` + ``images`` lists) also work;
+                   image URLs (OBELICS, MMC4's ``raw_url``) map to local files through ``url_map`` or
+                   img2dataset's ``<key>.json`` sidecars under ``images`` (``UrlResolver``)
 text               ``.txt`` (documents separated by blank lines) or ``.jsonl`` with ``{"text": ...}``
 =================  ==============================================================================
 
@@ -55,7 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from mmbench_cli.config import DatasetSpec
 
-VERIFY_LEVELS = ("exists", "header", "decode")
+VERIFY_LEVELS = ("none", "exists", "header", "decode")
 # The image marker of LLaVA and interleaved-jsonl files: part of those file formats, so it stays "<image>" even
 # if our own image token (templates.IMAGE_TOKEN) changes.
 FILE_IMAGE_MARKER = "<image>"
@@ -80,6 +82,13 @@ class LoadContext:
     num_bad: int = 0
     problems: list[str] = field(default_factory=list)
     _checked: dict[str, str | None] = field(default_factory=dict)
+    _urls: UrlResolver | None = None
+
+    def urls(self, root: Path) -> UrlResolver:
+        """The dataset's URL → local file mapping (built once, on the first URL met)."""
+        if self._urls is None:
+            self._urls = UrlResolver(Path(self.spec.url_map).expanduser() if self.spec.url_map else None, root)
+        return self._urls
 
     def bad(self, message: str) -> None:
         """A bad sample: raise, or (with skip_bad) count it and keep the first messages."""
@@ -104,9 +113,11 @@ class LoadContext:
 def check_image(path: Path, verify: str = "header") -> str | None:
     """None if the image file is usable, else a one-line problem naming it.
 
-    ``exists``: the file exists; ``header``: PIL recognises it (a non-image or empty file fails);
-    ``decode``: it decodes completely (a truncated file fails).
+    ``none``: nothing is checked (scoring needs no images); ``exists``: the file exists; ``header``: PIL
+    recognises it (a non-image or empty file fails); ``decode``: it decodes completely (a truncated file fails).
     """
+    if verify == "none":
+        return None
     if not path.is_file():
         return f"{path}: image file not found"
     if verify == "exists":
@@ -120,6 +131,77 @@ def check_image(path: Path, verify: str = "header") -> str | None:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         return f"{path}: corrupt or truncated image ({error.__class__.__name__}: {str(error)[:120]})"
     return None
+
+
+def is_url(value: str) -> bool:
+    """Whether an image reference is a web URL (OBELICS and MMC4 releases give those, not files)."""
+    return value.startswith(("http://", "https://"))
+
+
+class UrlResolver:
+    """Local files of image URLs: a ``url_map`` file, or img2dataset's layout under ``images``.
+
+    ``url_map`` is a JSON object ``{url: path}``, a JSON list or JSONL of ``{"url": ..., "path": ...}`` records,
+    or text lines ``url<TAB>path``; relative paths are under ``images``. Without it, the ``images`` dir is read as
+    img2dataset output: every ``<key>.json`` sidecar with a ``url`` names the image ``<key>.<jpg|png|webp>``
+    beside it (img2dataset's default ``files`` layout: ``00000/000000012.jpg`` + ``00000/000000012.json``).
+    """
+
+    IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+    def __init__(self, url_map: Path | None, root: Path) -> None:
+        self.url_map = url_map
+        self.root = root
+        self.paths = self._read_map(url_map) if url_map is not None else self._scan_img2dataset(root)
+
+    def where(self) -> str:
+        """Where the mapping came from, for error messages."""
+        return f"url_map {self.url_map}" if self.url_map else f"img2dataset .json sidecars under {self.root}"
+
+    def __call__(self, url: str) -> Path | None:
+        """The local file of ``url``, or None if the mapping does not list it."""
+        return self.paths.get(url)
+
+    def _read_map(self, path: Path) -> dict[str, Path]:
+        if not path.is_file():
+            raise MMError(f"{path}: url_map file not found; check data.datasets[].url_map")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise MMError(f"{path}: url_map is not UTF-8 text") from None
+        pairs: list[tuple[Any, Any]] = []
+        stripped = text.lstrip()
+        try:
+            if stripped.startswith("{") and path.suffix != ".jsonl":
+                pairs = list(json.loads(text).items())
+            elif stripped.startswith(("{", "[")):
+                records = json.loads(text) if stripped.startswith("[") else [
+                    json.loads(line) for line in text.splitlines() if line.strip()]
+                pairs = [(r.get("url"), r.get("path", r.get("file"))) for r in records if isinstance(r, dict)]
+            else:
+                pairs = [tuple(line.split("\t", 1)) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as error:
+            raise MMError(f"{path}: url_map is not valid JSON/JSONL (line {error.lineno}: {error.msg})") from None
+        bad = next((i for i, pair in enumerate(pairs, 1) if len(pair) != 2 or not all(isinstance(v, str) and v
+                                                                                     for v in pair)), None)
+        if bad is not None:
+            raise MMError(f"{path}: url_map entry {bad} is not a (url, path) pair; write {{url: path}} JSON, "
+                          "{\"url\": ..., \"path\": ...} lines, or url<TAB>path lines")
+        return {url.strip(): self.root / file.strip() for url, file in pairs}
+
+    def _scan_img2dataset(self, root: Path) -> dict[str, Path]:
+        paths: dict[str, Path] = {}
+        for sidecar in sorted(root.rglob("*.json")) if root.is_dir() else []:
+            try:
+                meta = json.loads(sidecar.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            if not isinstance(meta, dict) or not isinstance(meta.get("url"), str):
+                continue
+            image = next((sidecar.with_suffix(s) for s in self.IMAGE_SUFFIXES if sidecar.with_suffix(s).is_file()), None)
+            if image is not None:
+                paths[meta["url"]] = image
+        return paths
 
 
 def read_json(path: Path) -> Any:
@@ -238,7 +320,10 @@ def load_coco_captions(spec: DatasetSpec, ctx: LoadContext) -> list[Sample]:
             continue  # e.g. NoCaps test images without public captions
         image = ctx.image(root / filename)
         if image is not None:
-            samples.append(CaptionSample(str(image_id), image, captions[image_id], {"source": path.name}))
+            meta = {"source": path.name}
+            if isinstance(record.get("domain"), str):
+                meta["domain"] = record["domain"]  # NoCaps: in-domain / near-domain / out-domain
+            samples.append(CaptionSample(str(image_id), image, captions[image_id], meta))
     return samples
 
 
@@ -426,31 +511,60 @@ def load_llava(spec: DatasetSpec, ctx: LoadContext) -> list[Sample]:
     return samples
 
 
+class _MissingImage(Exception):
+    """An image reference with no local file (its message names it)."""
+
+
+def _image_file(value: Any, root: Path, ctx: LoadContext, where: str, url: str | None = None) -> Path:
+    """The local file of one image reference: a path under ``root``, or a URL through ``ctx.urls``.
+
+    MMC4 gives both a file name and the ``raw_url``: the file when it exists, else the URL's mapping.
+    """
+    if isinstance(value, str) and value and not is_url(value):
+        path = root / value
+        if url is None or path.is_file():
+            return path
+    url = value if isinstance(value, str) and is_url(value) else url
+    if not url:
+        raise KeyError("'image'")
+    resolver = ctx.urls(root)
+    found = resolver(url)
+    if found is None:
+        raise _MissingImage(f"{where}: image URL {url} has no local file (not in {resolver.where()}); download it "
+                            "(e.g. with img2dataset) and list it in the dataset's url_map (docs/data.md)")
+    return found
+
+
 def _interleaved_record(record: dict[str, Any], root: Path, ctx: LoadContext, where: str) -> list[str | ImageRef] | None:
     """Chunks of one interleaved record (our format, MMC4 or OBELICS); None if an image is bad."""
     chunks: list[str | Path] = []
-    if "text" in record and "images" in record:
-        pieces = str(record["text"]).split(FILE_IMAGE_MARKER)
-        images = record["images"]
-        if len(pieces) - 1 != len(images):
-            ctx.bad(f"{where}: {len(pieces) - 1} {FILE_IMAGE_MARKER} markers but {len(images)} images")
-            return None
-        for index, piece in enumerate(pieces):
-            chunks.append(piece)
-            if index < len(images):
-                chunks.append(root / images[index])
-    elif "text_list" in record and "image_info" in record:  # MMC4
-        before: dict[int, list[str]] = {}
-        for info in record["image_info"]:
-            before.setdefault(int(info["matched_text_index"]), []).append(info["image_name"])
-        for index, sentence in enumerate(record["text_list"]):
-            chunks.extend(root / name for name in before.get(index, []))
-            chunks.append(sentence)
-    elif "texts" in record and "images" in record:  # OBELICS
-        for text, image in zip(record["texts"], record["images"], strict=False):
-            chunks.append(root / image if image else text)
-    else:
-        raise KeyError("'text'/'images'")
+    try:
+        if "text" in record and "images" in record:
+            pieces = str(record["text"]).split(FILE_IMAGE_MARKER)
+            images = record["images"]
+            if len(pieces) - 1 != len(images):
+                ctx.bad(f"{where}: {len(pieces) - 1} {FILE_IMAGE_MARKER} markers but {len(images)} images")
+                return None
+            for index, piece in enumerate(pieces):
+                chunks.append(piece)
+                if index < len(images):
+                    chunks.append(_image_file(images[index], root, ctx, where))
+        elif "text_list" in record and "image_info" in record:  # MMC4
+            before: dict[int, list[Path]] = {}
+            for info in record["image_info"]:
+                path = _image_file(info.get("image_name"), root, ctx, where, info.get("raw_url"))
+                before.setdefault(int(info["matched_text_index"]), []).append(path)
+            for index, sentence in enumerate(record["text_list"]):
+                chunks.extend(before.get(index, []))
+                chunks.append(sentence)
+        elif "texts" in record and "images" in record:  # OBELICS: aligned lists, an image URL or a text per slot
+            for text, image in zip(record["texts"], record["images"], strict=False):
+                chunks.append(_image_file(image, root, ctx, where) if image else text)
+        else:
+            raise KeyError("'text'/'images'")
+    except _MissingImage as missing:
+        ctx.bad(str(missing))
+        return None
     resolved: list[str | ImageRef] = []
     for chunk in chunks:
         if isinstance(chunk, Path):

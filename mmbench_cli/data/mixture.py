@@ -15,7 +15,10 @@ How a global batch of ``num_rows`` rows is made (all of it deterministic from ``
    (never inside an image's token block). Padding and image tokens get label -100.
 4. **Images** of the rows are decoded and preprocessed in a torch ``DataLoader`` with ``data.num_workers``
    workers (prefetching ahead of the training step); with DDP each rank materialises only its rows
-   ``rank::world_size`` of every global batch.
+   ``rank::world_size`` of every global batch. An image that fails to decode (say a truncated JPEG whose
+   header passed the load-time check) stops training with one line naming it, or, with ``data.skip_bad``,
+   its sample is skipped: its tokens become padding (no loss, no attention) and it is counted
+   (``TrainStream.bad_skipped``, logged as ``bad_skipped`` in metrics.jsonl).
 
 ``state_dict()`` is JSON (row counter, round-robin credits, each source's epoch and position): a stream
 restored from it yields exactly the batch the original would have yielded next.
@@ -26,7 +29,7 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -129,6 +132,7 @@ class RowPlan:
     images: list[ImageRef]
     sample_ids: list[str]
     length: int  # real tokens before the right padding
+    spans: list[tuple[int, int, int]] = field(default_factory=list)  # per sample: (first token, end, its images)
 
 
 class Planner:
@@ -230,6 +234,7 @@ class Planner:
         input_ids: list[int] = []
         images: list[ImageRef] = []
         sample_ids: list[str] = []
+        spans: list[tuple[int, int, int]] = []
         credits = state["source_credits"][data_type]
         while len(input_ids) < self.seq_len:
             # pick the source of the next sample without committing: peek with a copy of the credits
@@ -244,6 +249,7 @@ class Planner:
                 ids, sample_images = self._truncate(ids, sample_images, room)
             credits.update(trial)
             self._advance(state, source)
+            spans.append((len(input_ids), len(input_ids) + len(ids), len(sample_images)))
             input_ids.extend(ids)
             images.extend(sample_images)
             sample_ids.append(sample_id)
@@ -251,7 +257,7 @@ class Planner:
         padding = self.seq_len - len(input_ids)
         state["rows"] += 1
         return RowPlan(data_type, input_ids + [self.pad_id] * padding, labels + [-100] * padding, images, sample_ids,
-                       len(input_ids))
+                       len(input_ids), spans)
 
     def plan_batch(self, state: dict[str, Any], num_rows: int) -> list[RowPlan]:
         """Pack ``num_rows`` rows (a global batch), advancing ``state`` in place."""
@@ -259,8 +265,13 @@ class Planner:
 
 
 def collate_rows(rows: list[RowPlan], image_size: int, mean: Sequence[float], std: Sequence[float],
-                 seq_len: int) -> dict[str, Any]:
-    """Tensors of packed rows: input_ids, attention_mask, labels [B, L], images [N,3,S,S] (or None), data_type."""
+                 seq_len: int, skip_bad: bool = False, pad_id: int = 0) -> dict[str, Any]:
+    """Tensors of packed rows: input_ids, attention_mask, labels [B, L], images [N,3,S,S] (or None), data_type.
+
+    An image that cannot be decoded raises its MMError, or with ``skip_bad`` drops its sample from the row (its
+    tokens become ``pad_id`` with attention 0 and label -100, its images are left out): ``num_bad`` counts those
+    samples and ``bad_problems`` says why.
+    """
     from mmbench_cli.data.images import preprocess
 
     input_ids = torch.tensor([row.input_ids for row in rows], dtype=torch.long).view(len(rows), seq_len)
@@ -269,7 +280,26 @@ def collate_rows(rows: list[RowPlan], image_size: int, mean: Sequence[float], st
     for i, row in enumerate(rows):
         attention_mask[i, : row.length] = 1
     all_images = [image for row in rows for image in row.images]
-    images = preprocess(all_images, image_size, mean, std) if all_images else None
+    problems: list[str] = []
+    if not skip_bad or not all_images:
+        images = preprocess(all_images, image_size, mean, std) if all_images else None
+    else:
+        kept: list[torch.Tensor] = []
+        for i, row in enumerate(rows):
+            first = 0
+            for start, end, count in row.spans:
+                sample_images = row.images[first:first + count]
+                first += count
+                if not sample_images:
+                    continue
+                try:
+                    kept.append(preprocess(sample_images, image_size, mean, std))
+                except MMError as error:
+                    problems.append(error.message)
+                    input_ids[i, start:end] = pad_id
+                    attention_mask[i, start:end] = 0
+                    labels[i, start:end] = -100
+        images = torch.cat(kept) if kept else None
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
@@ -277,6 +307,8 @@ def collate_rows(rows: list[RowPlan], image_size: int, mean: Sequence[float], st
         "images": images,
         "data_type": [row.data_type for row in rows],
         "sample_ids": [row.sample_ids for row in rows],
+        "num_bad": len(problems),
+        "bad_problems": problems,
     }
 
 
@@ -289,8 +321,9 @@ class _BatchDataset(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, planner: Planner, state: dict[str, Any], num_rows: int, rank: int, world_size: int,
-                 image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+                 image_size: int, mean: Sequence[float], std: Sequence[float], skip_bad: bool = False) -> None:
         super().__init__()
+        self.skip_bad = skip_bad
         self.planner = planner
         self.state = state
         self.num_rows = num_rows
@@ -312,7 +345,8 @@ class _BatchDataset(torch.utils.data.IterableDataset):
             if number % num_workers == worker:
                 mine = rows[self.rank :: self.world_size]
                 try:
-                    batch = collate_rows(mine, self.image_size, self.mean, self.std, self.planner.seq_len)
+                    batch = collate_rows(mine, self.image_size, self.mean, self.std, self.planner.seq_len,
+                                         self.skip_bad, self.planner.pad_id)
                 except MMError as error:
                     yield None, copy.deepcopy(state), error.message
                     return
@@ -336,6 +370,9 @@ class TrainStream:
             cfg.seed, tokenizer, num_image_tokens,
         )
         self._state = self.planner.initial_state()
+        self.skip_bad = cfg.data.skip_bad
+        self.bad_skipped = 0  # samples dropped during training because an image failed to decode (skip_bad)
+        self.bad_problems: list[str] = []  # the first few reasons
         self._iterator: Iterator[Any] | None = None
         self._iterator_args: tuple[int, int, int] | None = None
 
@@ -368,14 +405,17 @@ class TrainStream:
         batch, state, error = next(self._iterator)
         if error:
             self._iterator = None
-            raise MMError(f"{error}; run `mm build --data` to check the dataset (data.skip_bad=true skips bad samples)")
+            raise MMError(f"{error}; `mm build --data` decodes every image to find such files, and data.skip_bad=true "
+                          "(mm pretrain --skip-bad) skips and counts bad samples instead of stopping")
         self._state = state
+        self.bad_skipped += batch.pop("num_bad", 0)
+        self.bad_problems.extend(batch.pop("bad_problems", [])[: max(0, 20 - len(self.bad_problems))])
         return batch
 
     def _start(self, args: tuple[int, int, int]) -> None:
         num_rows, rank, world_size = args
         dataset = _BatchDataset(self.planner, self._state, num_rows, rank, world_size, self.image_size,
-                                self.image_mean, self.image_std)
+                                self.image_mean, self.image_std, self.skip_bad)
         if self.num_workers == 0:
             self._iterator = iter(dataset)
         else:
@@ -387,10 +427,14 @@ class TrainStream:
         self._iterator_args = args
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable position of the stream (after the last batch returned)."""
+        """JSON-serialisable position of the stream (after the last batch returned), with the count of samples
+        skipped for bad images so far when there were any."""
         import copy
 
-        return copy.deepcopy(self._state)
+        state = copy.deepcopy(self._state)
+        if self.bad_skipped:
+            state["bad_skipped"] = self.bad_skipped
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (from ``state_dict``): the next batch is the one that followed it."""
@@ -404,6 +448,7 @@ class TrainStream:
             raise MMError(f"data stream state: saved with seed {state.get('seed')}, this run has seed "
                           f"{self.planner.seed}; use the same seed to resume")
         self._state = copy.deepcopy(state)
+        self.bad_skipped = int(self._state.pop("bad_skipped", 0))
         self._iterator = None
 
     def close(self) -> None:

@@ -125,16 +125,42 @@ def run_eval(request: EvalRequest, console: Console) -> None:
 
 def score_predictions_command(predictions: Path, task: str | None, task_data: dict[str, dict[str, Any]],
                               files: AnnotationFiles, out: Path | None, positional: list[str],
-                              console: Console) -> None:
+                              console: Console, allow_subset: bool = False, vqa_normalize: str | None = None) -> None:
     """``mm eval --predictions FILE --task NAME``: score another system's outputs and print the value."""
-    from mmbench_cli.evaluate.predictions import score_file
+    from mmbench_cli.evaluate.predictions import score_file, summary_path
+    from mmbench_cli.evaluate.request import VQA_NORMALIZE
 
     if positional:
         raise MMError("--predictions: scores a file on its own; drop the RUN_OR_CHECKPOINT argument")
     if not task:
         raise MMError("--predictions: name the task whose metric and references to use with --task NAME")
-    result = score_file(predictions, task, task_data, files.spec(), out=out)
-    console.print(f"{result['task']}: {result['metric']} = {result['value']:.2f} (n={result['n']})")
+    if vqa_normalize is not None and vqa_normalize not in VQA_NORMALIZE:
+        raise MMError(f"--vqa-normalize {vqa_normalize!r}: choose {' or '.join(VQA_NORMALIZE)}")
+    result = score_file(predictions, task, task_data, files.spec(), out=out, allow_subset=allow_subset,
+                        vqa_normalize=vqa_normalize or "official")
+    how = f", {result['vqa_normalize']} normalisation" if "vqa_normalize" in result else ""
+    console.print(f"{result['task']}: {result['metric']} = {result['value']:.2f} (n={result['n']}{how})",
+                  highlight=False)
+    if result["subset"]:
+        console.print(f"subset: scored {result['n']} of the {result['total']} annotated items (--allow-subset); "
+                      "not comparable with full-set numbers", highlight=False)
+    for line in extra_metric_lines(result):
+        console.print(line, highlight=False)
+    if out is not None:
+        console.print(f"per-sample scores: {out}\nsummary: {summary_path(Path(out))}", highlight=False, soft_wrap=True)
+
+
+def extra_metric_lines(extra: dict[str, Any]) -> list[str]:
+    """One line per extra metric group of a results cell or summary (VizWiz answerability, NoCaps domains)."""
+    lines = []
+    if isinstance(extra.get("answerability"), dict):
+        scores = extra["answerability"]
+        lines.append(f"answerability: average precision {scores.get('average_precision', 0):.2f}, "
+                     f"F1 {scores.get('f1', 0):.2f}")
+    if isinstance(extra.get("cider_by_domain"), dict):
+        lines.append("CIDEr by domain: " + ", ".join(f"{name} {value:.2f}"
+                                                     for name, value in extra["cider_by_domain"].items()))
+    return lines
 
 
 def _fmt(cell: ResultCell) -> str:
@@ -163,4 +189,8 @@ def print_results(results: EvalResult, path: Path, console: Console) -> None:
         if any(v is not None for v in row):
             table.add_row(f"[bold]{label}[/]", "", *[f"{v:.2f}" if v is not None else "" for v in row])
     console.print(table)
+    for name, cells in results.tasks.items():
+        for k, cell in cells.items():
+            for line in extra_metric_lines(cell.extra):
+                console.print(f"{name} {k}-shot {line}", highlight=False)
     console.print(f"results: {path}")

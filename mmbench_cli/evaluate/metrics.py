@@ -1,14 +1,22 @@
 """Evaluation metrics, pure functions that reproduce the reference implementations exactly.
 
-- ``vqa_accuracy``: the official VQA evaluation (GT-Vision-Lab/VQA ``PythonEvaluationTools/vqaEvaluation/
-  vqaEval.py``, used for VQAv2, OK-VQA and TextVQA): the prediction is normalised (punctuation, "1,000",
-  periods not between digits, number words → digits, articles dropped, contractions restored); the human
-  answers only get the punctuation step, and only when they disagree; the score is min(#matching/3, 1)
-  averaged over the 10 leave-one-out subsets of the human answers.
-- ``vizwiz_accuracy``: VizWiz's official eval (its own punctuation list; human answers compared as given,
-  so "unanswerable" is an ordinary answer string that counts when >= 3 humans gave it).
+- ``vqa_accuracy``: the official VQA evaluation as it is today (GT-Vision-Lab/VQA
+  ``PythonEvaluationTools/vqaEvaluation/vqaEval.py`` at a013f00 "Fixed processing answers bug", which
+  open_flamingo's ``vqa_metric.py`` copies and whose numbers Flamingo and MM1 report; used for VQAv2, OK-VQA
+  and TextVQA). Prediction and human answers are stripped of newlines/tabs; then, *only when the 10 human
+  answers are not all identical*, both the prediction and every human answer are normalised (punctuation,
+  "1,000", periods not before digits, lower case, number words → digits, articles dropped, contractions
+  restored). With 10 identical answers nothing is normalised: "Yes" scores 0 against ten "yes", "two" scores
+  0 against ten "2". The score is min(#matching/3, 1) averaged over the 10 leave-one-out subsets.
+  ``normalize="always"`` is the lenient variant (LLaVA's TextVQA evaluator; lmms-eval normalises the
+  prediction always): prediction and human answers are normalised whatever the answers.
+- ``vizwiz_accuracy``: VizWiz's official eval (its own punctuation list; the prediction is always
+  normalised, human answers compared as given, so "unanswerable" is an ordinary answer string that counts
+  when >= 3 humans gave it); ``vizwiz_answerability``: the average precision and F1 of the ``answerable``
+  prediction, scored as VizWiz's ``evaluate_unanswerability`` (the positive class is *unanswerable*).
 - ``caption_scores``: pycocoevalcap's CIDEr (CIDEr-D), BLEU-4, METEOR and ROUGE-L after its Java PTB
-  tokenizer, with per-sample scores for bootstrap confidence intervals.
+  tokenizer, with per-sample scores for bootstrap confidence intervals; ``cider_by_domain``: NoCaps's
+  in-domain / near-domain / out-domain / entire CIDEr, each domain scored on its own as the nocaps evaluation.
 
 Quirks of the official script are kept on purpose (marked "as the official script") so that numbers match.
 """
@@ -95,10 +103,14 @@ def process_digit_article(text: str) -> str:
     return " ".join(CONTRACTIONS.get(word, word) for word in words)
 
 
+def _strip_whitespace(text: str) -> str:
+    """As the official script does to every answer first: newlines and tabs become spaces, ends stripped."""
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
 def normalize_answer(text: str, punct: Sequence[str] = VQA_PUNCT) -> str:
-    """Normalise a predicted answer exactly as the official script does before matching."""
-    text = text.replace("\n", " ").replace("\t", " ").strip()
-    return process_digit_article(process_punctuation(text, punct))
+    """The official script's full normalisation of an answer (punctuation, then digits/articles/contractions)."""
+    return process_digit_article(process_punctuation(_strip_whitespace(text), punct))
 
 
 def _leave_one_out_accuracy(prediction: str, answers: Sequence[str]) -> float:
@@ -111,18 +123,26 @@ def _leave_one_out_accuracy(prediction: str, answers: Sequence[str]) -> float:
     return sum(per_subset) / len(per_subset)
 
 
-def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
-    """VQA accuracy of one prediction against the human answers, as the official VQA evaluation script.
+VQA_NORMALIZE = ("official", "always")
 
-    The prediction gets the full normalisation; the human answers get only ``process_punctuation`` and only
-    when they are not all identical (as the script, which assumes answers were normalised at collection).
-    Returns the mean over the leave-one-out subsets of min(#humans in the subset giving the answer / 3, 1),
-    in [0, 1] (the script reports 100x this).
+
+def vqa_accuracy(prediction: str, answers: Sequence[str], normalize: str = "official") -> float:
+    """VQA accuracy of one prediction against the human answers, in [0, 1] (the script reports 100x this).
+
+    ``official``: as GT-Vision-Lab's current ``vqaEval.py``: whitespace is cleaned everywhere; prediction and
+    answers are fully normalised only when the answers are not all identical (after the whitespace step).
+    ``always``: prediction and answers are always fully normalised (the lenient variant).
+    Returns the mean over the leave-one-out subsets of min(#humans in the subset giving the answer / 3, 1).
+    The script leaves out one answer *dict* per subset (each has its own ``answer_id``); answers here are
+    positional, which is the same as long as the ids are distinct, as in every released file.
     """
-    prediction = normalize_answer(prediction)
-    answers = list(answers)
-    if len(set(answers)) > 1:
-        answers = [process_punctuation(answer) for answer in answers]
+    prediction = _strip_whitespace(prediction)
+    answers = [_strip_whitespace(answer) for answer in answers]
+    if normalize == "always" or (normalize == "official" and len(set(answers)) > 1):
+        prediction = normalize_answer(prediction)
+        answers = [normalize_answer(answer) for answer in answers]
+    elif normalize != "official":
+        raise MMError(f"eval.vqa_normalize {normalize!r}: choose {' or '.join(VQA_NORMALIZE)}")
     return _leave_one_out_accuracy(prediction, answers)
 
 
@@ -134,6 +154,54 @@ def vizwiz_accuracy(prediction: str, answers: Sequence[str]) -> float:
     """
     prediction = normalize_answer(prediction, VIZWIZ_PUNCT)
     return _leave_one_out_accuracy(prediction, list(answers))
+
+
+def predicted_answerable(prediction: str) -> float:
+    """The ``answerable`` score implied by a generated VizWiz answer: 0 when it says "unanswerable", else 1."""
+    return 0.0 if normalize_answer(prediction, VIZWIZ_PUNCT) == "unanswerable" else 1.0
+
+
+def average_precision(labels: Sequence[int], scores: Sequence[float]) -> float | None:
+    """Average precision of ``scores`` for the binary ``labels`` (1 = positive), as scikit-learn's
+    ``average_precision_score``: sum over score thresholds (high to low, ties together) of
+    (recall gain) x precision. None when there is no positive label (undefined)."""
+    positives = sum(1 for label in labels if label)
+    if positives == 0:
+        return None
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    true_pos = false_pos = 0
+    recall_before = value = 0.0
+    for rank, index in enumerate(order):
+        true_pos += 1 if labels[index] else 0
+        false_pos += 0 if labels[index] else 1
+        if rank + 1 < len(order) and scores[order[rank + 1]] == scores[index]:
+            continue  # a tie: one threshold for all equal scores
+        recall = true_pos / positives
+        value += (recall - recall_before) * true_pos / (true_pos + false_pos)
+        recall_before = recall
+    return value
+
+
+def f1_score(labels: Sequence[int], predicted: Sequence[int]) -> float:
+    """F1 of binary predictions (1 = positive); 0 when there are neither positives nor positive predictions."""
+    true_pos = sum(1 for y, p in zip(labels, predicted, strict=True) if y and p)
+    wrong = sum(1 for y, p in zip(labels, predicted, strict=True) if bool(y) != bool(p))
+    return 2 * true_pos / (2 * true_pos + wrong) if true_pos or wrong else 0.0
+
+
+def vizwiz_answerability(answerable: Sequence[int | bool], predicted: Sequence[float]) -> dict[str, float] | None:
+    """VizWiz's unanswerability scores of the ``answerable`` predictions (scores in [0, 1]), in [0, 1].
+
+    As VizWiz's ``evaluate_unanswerability``: the positive class is *unanswerable* (labels ``1 - answerable``,
+    scores ``1 - predicted``); ``average_precision`` over those scores and ``f1`` of ``1 - predicted > 0.5``.
+    None when no question is unanswerable (average precision is undefined).
+    """
+    labels = [0 if flag else 1 for flag in answerable]
+    scores = [1.0 - float(p) for p in predicted]
+    precision = average_precision(labels, scores)
+    if precision is None:
+        return None
+    return {"average_precision": precision, "f1": f1_score(labels, [int(s > 0.5) for s in scores])}
 
 
 def exact_match(prediction: str, answers: Sequence[str]) -> float:
@@ -256,6 +324,32 @@ def _score_one(name: str, gts: dict[str, list[str]], res: dict[str, list[str]]) 
     return score, list(scores)
 
 
+NOCAPS_DOMAINS = ("in-domain", "near-domain", "out-domain")
+
+
+def cider_by_domain(ids: Sequence[str], predictions: Sequence[str], references: Sequence[Sequence[str]],
+                    domains: Sequence[str | None]) -> dict[str, float]:
+    """NoCaps's CIDEr per domain (``in-domain``, ``near-domain``, ``out-domain``) and ``entire``, on the 0-1 scale.
+
+    Each domain is scored on its own images (CIDEr-D's document frequencies from that domain's references), as
+    the nocaps evaluation runs COCOEvalCap once per domain; one PTB tokenizer call serves every subset (it
+    tokenises each sentence on its own line, so the tokens are the same). Domains with no image are left out.
+    """
+    tagged = {f"r{i}": list(refs) for i, refs in enumerate(references)}
+    tagged.update({f"c{i}": [prediction] for i, prediction in enumerate(predictions)})
+    tokens = ptb_tokenize(tagged)
+    result: dict[str, float] = {}
+    for domain in (*NOCAPS_DOMAINS, "entire"):
+        chosen = [i for i in range(len(ids)) if domain == "entire" or domains[i] == domain]
+        if not chosen:
+            continue
+        gts = {ids[i]: tokens[f"r{i}"] for i in chosen}
+        res = {ids[i]: tokens[f"c{i}"] for i in chosen}
+        with contextlib.redirect_stdout(io.StringIO()):
+            result[domain] = float(_score_one("CIDEr", gts, res)[0])
+    return result
+
+
 def caption_scores(references: dict[str, list[str]], candidates: dict[str, str]) -> dict[str, float]:
     """CIDEr, BLEU-4, METEOR and ROUGE-L of ``candidates`` (id → caption) against ``references`` (id → captions).
 
@@ -302,10 +396,10 @@ def cider(ids: Sequence[str], predictions: Sequence[str], references: Sequence[S
     return corpus["CIDEr"], [per_sample[i]["CIDEr"] for i in ids]
 
 
-def _mean_scorer(score: Callable[[str, Sequence[str]], float]) -> Callable[..., tuple[float, list[float]]]:
-    def scorer(ids: Sequence[str], predictions: Sequence[str],
-               references: Sequence[Sequence[str]]) -> tuple[float, list[float]]:
-        values = [score(p, list(r)) for p, r in zip(predictions, references, strict=True)]
+def _mean_scorer(score: Callable[..., float]) -> Callable[..., tuple[float, list[float]]]:
+    def scorer(ids: Sequence[str], predictions: Sequence[str], references: Sequence[Sequence[str]],
+               **options: str) -> tuple[float, list[float]]:
+        values = [score(p, list(r), **options) for p, r in zip(predictions, references, strict=True)]
         return sum(values) / len(values), values
 
     scorer.__doc__ = f"Mean {score.__name__} over the samples, and each sample's."
@@ -317,3 +411,5 @@ score_vizwiz_accuracy = _mean_scorer(vizwiz_accuracy)
 SCORERS: dict[str, Callable[..., tuple[float, list[float]]]] = {
     "cider": cider, "vqa_accuracy": score_vqa_accuracy, "vizwiz_accuracy": score_vizwiz_accuracy,
 }
+# Scorers that take the ``normalize`` option (eval.vqa_normalize); the others ignore it.
+NORMALIZING_SCORERS = ("vqa_accuracy",)

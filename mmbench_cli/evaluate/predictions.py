@@ -1,7 +1,17 @@
 """``mm eval --predictions``: score another system's outputs with the same metric and references as a task.
 
-Accepted: JSON (a list of records) or JSONL, each record with an id (``question_id``/``image_id``/``id``) and an
-``answer``/``caption``/``prediction`` string.
+Accepted: the official result formats (a JSON list), or the same records as JSONL:
+
+- VQAv2 / OK-VQA / TextVQA: ``[{"question_id": 1, "answer": "2"}]``;
+- VizWiz: ``[{"image": "VizWiz_val_00000000.jpg", "answer": "soup"}]`` (an optional ``answerable`` score in
+  [0, 1] feeds the answerability metrics; without it, answering "unanswerable" means 0);
+- COCO / NoCaps / TextCaps: ``[{"image_id": 9, "caption": "a plate of food"}]``;
+
+and, for any task, ``id`` / ``prediction`` keys. Scoring reads only the annotations (and questions): images
+are never opened, so ``--images`` is not needed. As the official ``VQA.loadRes``, the results must answer
+every question of the annotations exactly once: a file that misses questions, repeats one or answers one
+that is not there is refused with one line naming the count, unless ``allow_subset`` (``--allow-subset``)
+lets a subset be scored; the subset's size is then printed and recorded.
 """
 
 from __future__ import annotations
@@ -11,55 +21,115 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmbench_cli.errors import MMError
-from mmbench_cli.evaluate.runner import references_of, sample_id, score_predictions
+from mmbench_cli.evaluate.runner import (
+    extra_metrics,
+    references_of,
+    sample_fields,
+    sample_id,
+    score_predictions,
+)
 from mmbench_cli.evaluate.tasks import load_samples, resolve_task
-from mmbench_cli.rundir import atomic_write_text
+from mmbench_cli.families import METRICS
+from mmbench_cli.rundir import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     from mmbench_cli.config import DataConfig
+    from mmbench_cli.data.types import CaptionSample, VQASample
+
+ID_KEYS = ("question_id", "image_id", "image", "id")
+TEXT_KEYS = ("answer", "caption", "prediction")
 
 
 def score_file(predictions_path: str | Path, task: str, task_data: dict[str, dict[str, Any]] | None = None,
                annotations: dict[str, Any] | None = None, data_cfg: DataConfig | None = None,
-               out: str | Path | None = None) -> dict[str, Any]:
-    """Score another system's predictions (JSONL/JSON: ``question_id``/``image_id``/``id`` + ``answer``/``caption``)
-    with the same metric as ``task``; the references come from the task's query data.
+               out: str | Path | None = None, allow_subset: bool = False,
+               vqa_normalize: str = "official") -> dict[str, Any]:
+    """Score another system's predictions with the same metric as ``task``; references come from its query data.
+
+    Returns ``{task, metric, value, n, total, subset, vqa_normalize?, <extra metrics>}``; with ``out``, writes
+    the per-sample scores there (JSONL) and this summary beside it (``<out>.summary.json``).
     """
     from mmbench_cli.config import DataConfig
 
+    path = Path(predictions_path)
     if annotations:
         task_data = {**(task_data or {}), task: {**(task_data or {}).get(task, {}), "query": annotations}}
     spec = resolve_task(task, task_data)
-    records = _read_predictions(Path(predictions_path))
-    samples = load_samples(spec, "query", data_cfg or DataConfig())
-    by_id = {sample_id(s): s for s in samples}
-    if spec.family == "caption":
-        by_id.update({str(s.image_id): s for s in samples})
-    ids, preds, refs = [], [], []
-    seen: dict[str, int] = {}
+    records = _read_predictions(path)
+    samples = load_samples(spec, "query", data_cfg or DataConfig(), verify="none")
+    by_id = _index(samples, spec.family)
+    expected = list(dict.fromkeys(sample_id(s) for s in samples))
+
+    chosen: dict[str, tuple[int, str, float | None]] = {}  # sample id → (record number, text, answerable score)
+    repeats: list[tuple[int, Any, int]] = []
+    unknown: list[tuple[int, Any]] = []
     for number, record in enumerate(records, start=1):
-        key = next((record[k] for k in ("question_id", "image_id", "id") if k in record), None)
-        text = next((record[k] for k in ("answer", "caption", "prediction") if k in record), None)
+        key = next((record[k] for k in ID_KEYS if k in record), None)
+        text = next((record[k] for k in TEXT_KEYS if k in record), None)
         if key is None or not isinstance(text, str):
-            raise MMError(f"{predictions_path}: record {number} needs an id (question_id/image_id/id) and an "
-                          "answer/caption/prediction string")
-        if str(key) in seen:
-            raise MMError(f"{predictions_path}: record {number}: id {key!r} repeats record {seen[str(key)]}; "
-                          "give one prediction per id")
-        seen[str(key)] = number
-        sample = by_id.get(str(key))
+            raise MMError(f"{path}: record {number} needs an id ({'/'.join(ID_KEYS)}) and an "
+                          f"{'/'.join(TEXT_KEYS)} string")
+        sample = by_id.get(str(key)) or by_id.get(Path(str(key)).stem)
         if sample is None:
-            raise MMError(f"{predictions_path}: record {number}: id {key!r} is not in the {task} annotations")
-        ids.append(str(key))
-        preds.append(text)
-        refs.append(references_of(sample))
-    value, per_sample = score_predictions(spec, ids, preds, refs)
-    result = {"task": task, "metric": spec.metric, "value": value, "n": len(ids)}
+            unknown.append((number, key))
+            continue
+        sid = sample_id(sample)
+        if sid in chosen:
+            repeats.append((number, key, chosen[sid][0]))
+            continue
+        answerable = record.get("answerable")
+        chosen[sid] = (number, text, float(answerable) if isinstance(answerable, int | float) else None)
+    if repeats:
+        number, key, first = repeats[0]
+        raise MMError(f"{path}: record {number}: id {key!r} repeats record {first} ({len(repeats)} repeated "
+                      f"prediction(s) in all); give one prediction per id")
+    if unknown:
+        number, key = unknown[0]
+        raise MMError(f"{path}: record {number}: id {key!r} is not in the {task} annotations ({len(unknown)} "
+                      "such prediction(s) in all); check the ids and the annotation file")
+    missing = [sid for sid in expected if sid not in chosen]
+    what = "images" if spec.family == "caption" else "questions"
+    if missing and not allow_subset:
+        raise MMError(f"{path}: results miss {len(missing)} of the {len(expected)} {what} in the {task} annotations "
+                      f"(e.g. {missing[0]!r}); the official evaluation refuses that: predict every one, or pass "
+                      f"--allow-subset to score only the {len(chosen)} given")
+
+    ids = [sid for sid in expected if sid in chosen]
+    preds = [chosen[sid][1] for sid in ids]
+    refs = [references_of(by_id[sid]) for sid in ids]
+    value, per_sample = score_predictions(spec, ids, preds, refs, vqa_normalize)
+    lines = []
+    for sid, prediction, references, score in zip(ids, preds, refs, per_sample, strict=True):
+        line = {"id": sid, "prediction": prediction, "references": references, "score": score,
+                **sample_fields(by_id[sid])}
+        if chosen[sid][2] is not None:
+            line["predicted_answerable"] = chosen[sid][2]
+        lines.append(line)
+    result: dict[str, Any] = {"task": task, "metric": spec.metric, "value": value, "n": len(ids),
+                              "total": len(expected), "subset": bool(missing)}
+    if METRICS[spec.metric].scorer == "vqa_accuracy":
+        result["vqa_normalize"] = vqa_normalize
+    result.update(extra_metrics(spec, lines))
     if out:
-        atomic_write_text(Path(out), "".join(
-            json.dumps({"id": i, "prediction": p, "references": r, "score": s}) + "\n"
-            for i, p, r, s in zip(ids, preds, refs, per_sample, strict=True)))
+        out = Path(out)
+        atomic_write_text(out, "".join(json.dumps(line) + "\n" for line in lines))
+        atomic_write_json(summary_path(out), {**result, "predictions": str(path)})
     return result
+
+
+def summary_path(out: Path) -> Path:
+    """Where the summary of ``--predictions ... -o OUT`` goes: ``OUT`` with ``.summary.json`` for its suffix."""
+    return out.with_name(out.stem + ".summary.json")
+
+
+def _index(samples: list[CaptionSample | VQASample], family: str) -> dict[str, CaptionSample | VQASample]:
+    """Sample by every id a result file may use: its own id, the image id of a caption, an image's file name."""
+    by_id: dict[str, CaptionSample | VQASample] = {}
+    for sample in samples:
+        by_id.setdefault(sample_id(sample), sample)
+        if family == "caption":
+            by_id.setdefault(str(sample.image_id), sample)
+    return by_id
 
 
 def _read_predictions(path: Path) -> list[dict[str, Any]]:

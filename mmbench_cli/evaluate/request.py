@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from mmbench_cli.evaluate.tasks import TaskSpec
 
 DEMO_SELECTIONS = ("random", "rices")
+VQA_NORMALIZE = ("official", "always")
 
 
 def _at_least(name: str, value: int | None, low: int) -> None:
@@ -45,6 +46,8 @@ class EvalRequest:
     batch_size: int | None = None
     max_new_tokens: int | None = None
     text_only_zero_shot: bool | None = None
+    vqa_normalize: str | None = None
+    rices_encoder: str | None = None
     include_paths: list[Path] = field(default_factory=list)
     task_data: dict[str, dict[str, Any]] = field(default_factory=dict)
     force: bool = False
@@ -63,6 +66,8 @@ class EvalRequest:
         _at_least("--max-new-tokens", self.max_new_tokens, 1)
         if self.demo_selection is not None and self.demo_selection not in DEMO_SELECTIONS:
             raise MMError(f"--demo-selection {self.demo_selection!r}: choose {' or '.join(DEMO_SELECTIONS)}")
+        if self.vqa_normalize is not None and self.vqa_normalize not in VQA_NORMALIZE:
+            raise MMError(f"--vqa-normalize {self.vqa_normalize!r}: choose {' or '.join(VQA_NORMALIZE)}")
 
     def resolve(self, ecfg: EvalConfig) -> ResolvedEval:
         """Fill every unset option from the run config's ``eval`` section."""
@@ -77,7 +82,13 @@ class EvalRequest:
             text_only_zero_shot=(ecfg.zero_shot_text_demos if self.text_only_zero_shot is None
                                  else self.text_only_zero_shot),
             batch_size=self.batch_size if self.batch_size is not None else ecfg.batch_size,
+            vqa_normalize=self.vqa_normalize if self.vqa_normalize is not None else ecfg.vqa_normalize,
+            rices_encoder=self.rices_encoder if self.rices_encoder is not None else ecfg.rices_encoder,
         )
+        if settings.rices_encoder and selection != "rices":
+            settings.rices_encoder = None  # only RICES looks at it: it must not change other cells' fingerprints
+        if settings.rices_encoder:
+            settings.rices_digest = _weights_digest(settings.rices_encoder)  # a bad path fails before any work
         num_seeds = self.seeds if self.seeds is not None else ecfg.seeds
         return ResolvedEval(
             tasks=list(self.tasks if self.tasks is not None else ecfg.tasks),
@@ -97,14 +108,50 @@ class EvalSettings:
     num_beams: int
     text_only_zero_shot: bool
     batch_size: int
+    vqa_normalize: str = "official"
+    rices_encoder: str | None = None
+    rices_digest: str | None = None  # sha256 of the RICES encoder's weights (set by ``EvalRequest.resolve``)
+
+    def vqa_normalize_for(self, spec: TaskSpec) -> str | None:
+        """The VQA normalisation a task's metric uses (None for metrics it does not apply to)."""
+        from mmbench_cli.families import METRICS
+
+        metric = METRICS.get(spec.metric)
+        return self.vqa_normalize if metric is not None and metric.scorer == "vqa_accuracy" else None
 
     def fingerprint(self, spec: TaskSpec, checkpoint_hash: str) -> str:
-        """A short hash of everything that decides a cell's value (batch size excluded: it does not)."""
+        """A short hash of everything that decides a cell's value (batch size excluded: it does not).
+
+        The VQA normalisation enters only for tasks scored with VQA accuracy, and the RICES encoder (by the
+        bytes of its weights) only when it is used, so other cells keep the fingerprints they had before
+        these settings existed.
+        """
         data = {"num_samples": self.num_samples, "demo_selection": self.demo_selection,
                 "max_new_tokens": self.max_new_tokens or spec.max_new_tokens, "num_beams": self.num_beams,
                 "text_only_zero_shot": self.text_only_zero_shot, "task": spec.fingerprint(),
                 "checkpoint": checkpoint_hash}
+        if self.vqa_normalize_for(spec) is not None:
+            data["vqa_normalize"] = self.vqa_normalize
+        if self.rices_encoder:
+            data["rices_encoder"] = self.rices_digest or _weights_digest(self.rices_encoder)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _weights_digest(spec: str) -> str:
+    """sha256 of the ``*.safetensors`` files of an ``hf:<dir>`` encoder (its identity, wherever it lives)."""
+    from mmbench_cli.config import is_local_path
+
+    directory = Path(spec.removeprefix("hf:")).expanduser() if is_local_path(spec) else None
+    files = sorted(directory.glob("*.safetensors")) if directory is not None and directory.is_dir() else []
+    if not files:
+        raise MMError(f"eval.rices_encoder: {spec} is not a directory with .safetensors weights; pass hf:<dir of a "
+                      "CLIP/SigLIP checkpoint saved by save_pretrained>")
+    digest = hashlib.sha256()
+    for path in files:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 @dataclass

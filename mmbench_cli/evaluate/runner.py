@@ -136,6 +136,36 @@ class ImageFeatureCache:
         return self.stack(images).float().mean(dim=1)
 
 
+class EncoderFeatures:
+    """RICES's similarity space from a separate CLIP-style encoder (``eval.rices_encoder``), as open_flamingo's
+    RICES uses CLIP image embeddings: one vector per image, computed once per image key (shared by checkpoints).
+    """
+
+    def __init__(self, spec: str, device: str, batch_size: int = 64) -> None:
+        from mmbench_cli.model.encoders import load_similarity_encoder
+
+        self.encoder = load_similarity_encoder(spec).to(device).eval()
+        self.device = device
+        self.batch_size = batch_size
+        self.features: dict[str, torch.Tensor] = {}
+
+    def pooled(self, images: Sequence[ImageRef]) -> torch.Tensor:
+        """[N, D] embeddings of ``images`` in order (at the encoder's own resolution and normalisation)."""
+        import torch
+
+        from mmbench_cli.data.images import preprocess
+
+        todo = list({image.key: image for image in images if image.key not in self.features}.values())
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start:start + self.batch_size]
+            pixels = preprocess(chunk, self.encoder.image_size, self.encoder.image_mean, self.encoder.image_std)
+            with torch.no_grad():
+                embeds = self.encoder(pixels.to(self.device))
+            for ref, emb in zip(chunk, embeds, strict=True):
+                self.features[ref.key] = emb.float()
+        return torch.stack([self.features[image.key] for image in images])
+
+
 def generate_batch(
     model: MLLM,
     prompts: Sequence[str],
@@ -177,17 +207,65 @@ def sample_id(sample: CaptionSample | VQASample) -> str:
 
 
 def score_predictions(spec: TaskSpec, ids: Sequence[str], predictions: Sequence[str],
-                      references: Sequence[Sequence[str]]) -> tuple[float, list[float]]:
-    """(corpus score, per-sample scores) with the task's metric, on its reported scale (families.METRICS)."""
-    from mmbench_cli.evaluate.metrics import SCORERS
+                      references: Sequence[Sequence[str]], vqa_normalize: str = "official") -> tuple[float, list[float]]:
+    """(corpus score, per-sample scores) with the task's metric, on its reported scale (families.METRICS).
+
+    ``vqa_normalize`` (``eval.vqa_normalize``) is passed to the scorers that normalise VQA answers.
+    """
+    from mmbench_cli.evaluate.metrics import NORMALIZING_SCORERS, SCORERS
 
     if not predictions:
         raise MMError(f"task {spec.name}: no predictions to score")
     metric = METRICS[spec.metric]
     if metric.scorer is None:
         raise MMError(f"task {spec.name}: metric {spec.metric} is not computed from generated answers")
-    corpus, per_sample = SCORERS[metric.scorer](ids, predictions, references)
+    options = {"normalize": vqa_normalize} if metric.scorer in NORMALIZING_SCORERS else {}
+    corpus, per_sample = SCORERS[metric.scorer](ids, predictions, references, **options)
     return metric.scale * corpus, [metric.scale * value for value in per_sample]
+
+
+def sample_fields(sample: CaptionSample | VQASample) -> dict[str, Any]:
+    """What a per-sample record carries for the task's extra metrics: VizWiz's ``answerable`` label and NoCaps's
+    ``domain``, when the annotations give them."""
+    return {key: sample.meta[key] for key in ("answerable", "domain") if sample.meta.get(key) is not None}
+
+
+def extra_metrics(spec: TaskSpec, records: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """A task's extra metrics from its per-sample records, on the reported scale (x100), as the official evals:
+
+    - ``answerability`` (VizWiz, when every record has an ``answerable`` label): ``average_precision`` and ``f1``
+      of the predicted answerability (a record's ``predicted_answerable``, else 0 if it answered "unanswerable");
+    - ``cider_by_domain`` (NoCaps, when records carry a ``domain``): in-domain / near-domain / out-domain / entire.
+    """
+    from mmbench_cli.evaluate import metrics
+
+    extra: dict[str, dict[str, float]] = {}
+    if not records:
+        return extra
+    if spec.metric == "vizwiz_accuracy" and all(r.get("answerable") is not None for r in records):
+        predicted = [float(r["predicted_answerable"]) if r.get("predicted_answerable") is not None
+                     else metrics.predicted_answerable(str(r["prediction"])) for r in records]
+        scores = metrics.vizwiz_answerability([int(r["answerable"]) for r in records], predicted)
+        if scores is not None:
+            extra["answerability"] = {name: 100.0 * value for name, value in scores.items()}
+    if spec.family == "caption" and any(r.get("domain") for r in records):
+        by_domain = metrics.cider_by_domain([str(r["id"]) for r in records], [str(r["prediction"]) for r in records],
+                                            [list(r["references"]) for r in records],
+                                            [r.get("domain") for r in records])
+        extra["cider_by_domain"] = {name: 100.0 * value for name, value in by_domain.items()}
+    return extra
+
+
+def mean_extra_metrics(per_seed: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """The mean over demo seeds of each extra metric (those every seed has)."""
+    if not per_seed:
+        return {}
+    merged: dict[str, dict[str, float]] = {}
+    for group in per_seed[0]:
+        if all(group in seed for seed in per_seed):
+            names = [n for n in per_seed[0][group] if all(n in seed[group] for seed in per_seed)]
+            merged[group] = {n: sum(seed[group][n] for seed in per_seed) / len(per_seed) for n in names}
+    return merged
 
 
 # --------------------------------------------------------------------------------------------- cells
@@ -205,8 +283,10 @@ class CellResult:
 class TaskData:
     """Queries and demo pools of one task, loaded once and shared by every checkpoint and cell."""
 
-    def __init__(self, spec: TaskSpec, data_cfg: DataConfig, num_samples: int, need_demos: bool) -> None:
+    def __init__(self, spec: TaskSpec, data_cfg: DataConfig, num_samples: int, need_demos: bool,
+                 vqa_normalize: str = "official") -> None:
         self.spec = spec
+        self.vqa_normalize = vqa_normalize
         self.queries = fewshot.query_set(load_samples(spec, "query", data_cfg), num_samples)
         self.train = load_samples(spec, "demos", data_cfg) if need_demos else []
         self.prior = self._answer_prior(data_cfg)
@@ -223,7 +303,7 @@ class TaskData:
             return None
         return answer_prior(train, self.queries,
                             lambda ids, predictions, references: score_predictions(self.spec, ids, predictions,
-                                                                                   references))
+                                                                                   references, self.vqa_normalize))
 
     def cell_metadata(self) -> dict[str, Any]:
         """What every results cell of this task carries besides its numbers (vocabulary, answer prior)."""
@@ -238,8 +318,12 @@ class TaskData:
 
 
 def run_cell(model: MLLM, data: TaskData, shots: int, seed: int, settings: EvalSettings,
-             cache: ImageFeatureCache, samples_path: Path, progress: ProgressBar | None = None) -> CellResult:
-    """Evaluate one (task, shots, seed) cell and write its per-sample JSONL atomically."""
+             cache: ImageFeatureCache, samples_path: Path, progress: ProgressBar | None = None,
+             rices_features: EncoderFeatures | None = None) -> CellResult:
+    """Evaluate one (task, shots, seed) cell and write its per-sample JSONL atomically.
+
+    RICES ranks demos by the model's own pooled image features, or by ``rices_features`` when given.
+    """
     spec = data.spec
     start = time.perf_counter()
     queries = data.queries
@@ -249,8 +333,9 @@ def run_cell(model: MLLM, data: TaskData, shots: int, seed: int, settings: EvalS
         pool = data.pool(seed, settings.demo_selection == "rices")
         fewshot.check_pool(pool, num_demos, spec.name)
         if settings.demo_selection == "rices" and not text_only:
-            demos = fewshot.select_rices(pool, cache.pooled([d.image for d in pool]),
-                                         cache.pooled([q.image for q in queries]), num_demos)
+            space = rices_features if rices_features is not None else cache
+            demos = fewshot.select_rices(pool, space.pooled([d.image for d in pool]),
+                                         space.pooled([q.image for q in queries]), num_demos)
         else:
             demos = fewshot.select_random(pool, len(queries), num_demos, seed)
     else:
@@ -271,11 +356,11 @@ def run_cell(model: MLLM, data: TaskData, shots: int, seed: int, settings: EvalS
             progress.update(advance=len(batch))
     ids = [sample_id(q) for q in queries]
     references = [references_of(q) for q in queries]
-    value, per_sample = score_predictions(spec, ids, predictions, references)
+    value, per_sample = score_predictions(spec, ids, predictions, references, settings.vqa_normalize)
     lines = []
     for i, query in enumerate(queries):
         record = {"id": ids[i], "prediction": predictions[i], "references": references[i], "score": per_sample[i],
-                  "raw": raw[i], "demos": [sample_id(d) for d in demos[i]]}
+                  "raw": raw[i], "demos": [sample_id(d) for d in demos[i]], **sample_fields(query)}
         if hasattr(query, "question"):
             record["question"] = query.question
         lines.append(json.dumps(record))
@@ -316,22 +401,42 @@ def evaluate(request: EvalRequest, console: Console | None = None) -> list[Path]
     specs = {name: resolve_task(name, request.task_data) for name in mm_tasks}  # unknown tasks fail before any work
     zero_shot_demos = settings.text_only_zero_shot and 0 in plan.shots
     needs_demos = any(k > 0 for k in plan.shots) or zero_shot_demos
-    data = {name: TaskData(spec, target.config.data, settings.num_samples, needs_demos)
+    data = {name: TaskData(spec, target.config.data, settings.num_samples, needs_demos, settings.vqa_normalize)
             for name, spec in specs.items()}
     most_demos = max([k for k in plan.shots if k > 0] + ([fewshot.FLAMINGO_ZERO_SHOT_DEMOS] if zero_shot_demos else []),
                      default=0)
     for name, task in data.items():
         if most_demos:
             fewshot.check_pool(task.pool(0, settings.demo_selection == "rices"), most_demos, name)
+    rices = None
+    if settings.rices_encoder and data and any(k > 0 for k in plan.shots):
+        rices = EncoderFeatures(settings.rices_encoder, device)  # loaded once: it does not depend on the checkpoint
     written = []
     with target.run.eval_lock():
         for checkpoint in target.checkpoints:
-            written.append(_evaluate_checkpoint(target, checkpoint, data, plan, text_tasks, request, device, console))
+            written.append(_evaluate_checkpoint(target, checkpoint, data, plan, text_tasks, request, device, console,
+                                                rices))
     return written
 
 
+def _cell_extra(task: TaskData, shots: int, settings: EvalSettings, run: RunDir, samples: list[str]) -> dict[str, Any]:
+    """A results cell's ``extra``: the task's metadata, the VQA normalisation and RICES encoder that produced the
+    numbers (where they apply), and the task's extra metrics (mean over the demo seeds' per-sample files)."""
+    extra = task.cell_metadata()
+    normalize = settings.vqa_normalize_for(task.spec)
+    if normalize is not None:
+        extra["vqa_normalize"] = normalize
+    if shots and settings.rices_encoder:
+        extra["rices_encoder"] = settings.rices_encoder
+    if task.spec.metric == "vizwiz_accuracy" or any(q.meta.get("domain") for q in task.queries):
+        per_seed = [extra_metrics(task.spec, run.read_samples(run.eval_dir / rel)) for rel in samples]
+        extra.update(mean_extra_metrics(per_seed))
+    return extra
+
+
 def _evaluate_checkpoint(target: Target, checkpoint: Checkpoint, data: dict[str, TaskData], plan: ResolvedEval,
-                         text_tasks: list[str], request: EvalRequest, device: str, console: Console | None) -> Path:
+                         text_tasks: list[str], request: EvalRequest, device: str, console: Console | None,
+                         rices: EncoderFeatures | None = None) -> Path:
     from mmbench_cli.config import config_hash
     from mmbench_cli.evaluate.metrics import mean_std
     from mmbench_cli.model import load_model
@@ -367,20 +472,21 @@ def _evaluate_checkpoint(target: Target, checkpoint: Checkpoint, data: dict[str,
                     cache = ImageFeatureCache(model)
                 bar.update(description=f"step {step} {name} {k}-shot seed {seed}")
                 cell = run_cell(model, task, k, seed, settings, cache,
-                                run.eval_dir / run.samples_relpath(step, name, k, seed), progress=bar)
+                                run.eval_dir / run.samples_relpath(step, name, k, seed), progress=bar,
+                                rices_features=rices)
                 values[seed] = cell.value
                 if cell.max_prompt_tokens > model.config.max_seq_len and console is not None:
                     console.print(f"[yellow]note:[/] {name} {k}-shot prompts reach {cell.max_prompt_tokens} tokens, "
                                   f"beyond the model's max_seq_len {model.config.max_seq_len}")
             ordered = [values[s] for s in plan.seed_ids]
             mean, std = mean_std(ordered)
+            samples = [run.samples_relpath(step, name, k, s) for s in plan.seed_ids]
             results.set_cell(name, k, ResultCell(
                 family=task.spec.family, metric=task.spec.metric, value=mean, std=std, n=len(task.queries),
-                seeds=ordered, seed_ids=list(plan.seed_ids),
-                samples=[run.samples_relpath(step, name, k, s) for s in plan.seed_ids],
+                seeds=ordered, seed_ids=list(plan.seed_ids), samples=samples,
                 demo_selection=settings.demo_selection if k else None,
                 text_only_demos=bool(k == 0 and settings.text_only_zero_shot),
-                fingerprint=fingerprint, reused=sorted(reuse), extra=task.cell_metadata(),
+                fingerprint=fingerprint, reused=sorted(reuse), extra=_cell_extra(task, k, settings, run, samples),
             ))
             run.write_results(results)  # after every cell, so an interrupted eval keeps what it finished
     if text_tasks:

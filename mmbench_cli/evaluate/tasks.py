@@ -166,8 +166,12 @@ def result_metadata(spec: TaskSpec) -> dict[str, Any]:
     return {}
 
 
-def load_samples(spec: TaskSpec, role: str, data_cfg: DataConfig) -> list[CaptionSample | VQASample]:
-    """Samples for ``role`` ("query" or "demos") of a task: CaptionSample or VQASample objects."""
+def load_samples(spec: TaskSpec, role: str, data_cfg: DataConfig, verify: str = "header") -> list[CaptionSample | VQASample]:
+    """Samples for ``role`` ("query" or "demos") of a task: CaptionSample or VQASample objects.
+
+    ``verify`` is how hard image files are checked (``none`` when only the annotations are needed, as to score
+    another system's predictions).
+    """
     if spec.source == "synthetic":
         from mmbench_cli.data.synthetic import world_from_config
 
@@ -183,16 +187,16 @@ def load_samples(spec: TaskSpec, role: str, data_cfg: DataConfig) -> list[Captio
                           f"({spec.name}: {{query: {{path: ..., images: ...}}, demos: {{...}}}}) or use --annotations")
         raise MMError(f"task {spec.name}: few-shot needs demos from a train split; add `demos:` to its "
                       "--task-data entry (or evaluate with --shots 0)")
-    return load_dataset(dataset, spec)
+    return load_dataset(dataset, spec, verify)
 
 
-def load_dataset(dataset: dict[str, Any], spec: TaskSpec) -> list[CaptionSample | VQASample]:
+def load_dataset(dataset: dict[str, Any], spec: TaskSpec, verify: str = "header") -> list[CaptionSample | VQASample]:
     """Load a DatasetSpec dict through the data formats registry and check the samples fit the task."""
     from mmbench_cli.config import DatasetSpec
     from mmbench_cli.data.formats import load_dataset_spec
     from mmbench_cli.data.types import CaptionSample, VQASample
 
-    samples = load_dataset_spec(DatasetSpec.model_validate(dataset), False)
+    samples = load_dataset_spec(DatasetSpec.model_validate(dataset), False, verify)
     wanted = CaptionSample if spec.family == "caption" else VQASample
     good = [s for s in samples if isinstance(s, wanted)]
     if not good:

@@ -4,14 +4,20 @@ Built-in encoders are tiny ViTs made from a transformers ``ViTConfig`` (SDPA att
 image and patch size. ``hf:<dir>`` (or a bare directory holding a ``config.json``, as encoder
 pre-training saves) loads a local CLIP / SigLIP / ViT vision checkpoint, or the vision tower of a full
 CLIPModel / SiglipModel, from safetensors. Every encoder knows the image mean/std it expects.
+
+``hf_encoder_patch_size`` reads a checkpoint's patch size from its ``config.json`` alone, so a bad
+resolution is refused before any weights load; ``quiet_transformers`` keeps transformers' loading bars and
+load reports off the terminal. ``load_similarity_encoder`` gives RICES a separate CLIP-style image embedding.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -100,6 +106,24 @@ def build_vit(spec: ViTSpec, image_size: int, patch_size: int) -> VisionEncoder:
     return VisionEncoder(model, *IMAGENET_HALF)
 
 
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Within the block, transformers shows no progress bars ("Loading weights") and logs errors only (its load
+    reports and config warnings would otherwise precede our own one-line messages)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _read_mean_std(directory: Path, model_type: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     processor = directory / "preprocessor_config.json"
     if processor.exists():
@@ -133,20 +157,44 @@ def vision_model_from_config(config: PretrainedConfig) -> nn.Module:
     return cls(config, add_pooling_layer=False) if class_name == "ViTModel" else cls(config)
 
 
-def load_hf_encoder(directory: Path) -> VisionEncoder:
-    """Load a local CLIP / SigLIP / ViT vision checkpoint (or a full CLIP/SigLIP model's vision tower)."""
-    import transformers
+def _hf_vision_config(directory: Path, where: str) -> PretrainedConfig:
+    """The config of a local vision checkpoint (checked: config.json, safetensors weights, a supported model type)."""
     from transformers import AutoConfig
 
-    where = f"model.encoder: {directory}"
+    if not directory.is_dir():
+        raise MMError(f"{where} is not a directory; pass hf:<local checkpoint dir>")
     if not (directory / "config.json").exists():
         raise MMError(f"{where} is not a Hugging Face checkpoint (no config.json); pass hf:<dir saved by save_pretrained>")
     if not any(directory.glob("*.safetensors")):
         raise MMError(f"{where} has no .safetensors weights; only safetensors checkpoints are loaded (never pickles)")
     try:
-        config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError, KeyError) as error:
         raise MMError(f"{where}: unreadable config.json ({str(error).splitlines()[0][:120]})") from None
+    if config.model_type not in FULL_TO_VISION and config.model_type not in VISION_CLASSES:
+        raise MMError(f"{where}: model_type {config.model_type!r} is not a CLIP, SigLIP or ViT vision model")
+    return config
+
+
+def hf_encoder_patch_size(directory: Path) -> int:
+    """The patch size of a local vision checkpoint, from its config.json alone (no weights are read)."""
+    config = _hf_vision_config(directory, f"model.encoder: {directory}")
+    vision = config.vision_config if config.model_type in FULL_TO_VISION else config
+    return int(vision.patch_size)
+
+
+def load_hf_encoder(directory: Path) -> VisionEncoder:
+    """Load a local CLIP / SigLIP / ViT vision checkpoint (or a full CLIP/SigLIP model's vision tower)."""
+    with quiet_transformers():
+        return _load_hf_encoder(directory)
+
+
+def _load_hf_encoder(directory: Path) -> VisionEncoder:
+    import transformers
+
+    where = f"model.encoder: {directory}"
+    config = _hf_vision_config(directory, where)
     model_type = config.model_type
     if model_type in FULL_TO_VISION:
         full_cls = getattr(transformers, model_type.upper().replace("SIGLIP", "Siglip") + "Model")
@@ -157,23 +205,62 @@ def load_hf_encoder(directory: Path) -> VisionEncoder:
             wrapper = public_cls(config.vision_config)
             wrapper.vision_model = hf_model
             hf_model = wrapper
-    elif model_type in VISION_CLASSES:
+    else:
         cls = getattr(transformers, VISION_CLASSES[model_type])
         kwargs = {"add_pooling_layer": False} if model_type == "vit" else {}
         hf_model = cls.from_pretrained(str(directory), use_safetensors=True, attn_implementation="sdpa", **kwargs)
-    else:
-        raise MMError(f"{where}: model_type {model_type!r} is not a CLIP, SigLIP or ViT vision model")
     hf_model = hf_model.float()
     mean, std = _read_mean_std(directory, model_type)
     return VisionEncoder(hf_model, mean, std)
+
+
+class SimilarityEncoder(nn.Module):
+    """One embedding per image from a CLIP-style checkpoint: RICES's similarity space (open_flamingo's RICES
+    ranks demos by CLIP image embeddings). A full CLIP/SigLIP model gives its projected image features
+    (``get_image_features``); a vision tower its pooled output; a ViT its CLS token."""
+
+    def __init__(self, hf_model: nn.Module, full: bool, image_size: int, image_mean: tuple[float, ...],
+                 image_std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.hf_model = hf_model
+        self.full = full
+        self.image_size = image_size
+        self.image_mean = tuple(float(x) for x in image_mean)
+        self.image_std = tuple(float(x) for x in image_std)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """[N, D] embeddings of normalised images [N, 3, S, S] (S = the checkpoint's own image size)."""
+        out: Any = (self.hf_model.get_image_features(pixel_values=images) if self.full
+                    else self.hf_model(pixel_values=images))
+        if isinstance(out, torch.Tensor):  # transformers 4: get_image_features returns the embeddings
+            return out
+        pooled = getattr(out, "pooler_output", None)
+        return pooled if pooled is not None else out.last_hidden_state[:, 0]
+
+
+def load_similarity_encoder(spec: str) -> SimilarityEncoder:
+    """The ``eval.rices_encoder`` named by ``hf:<dir>``: a local CLIP / SigLIP (full or vision tower) or ViT."""
+    import transformers
+
+    directory = hf_path(spec)
+    where = f"eval.rices_encoder: {spec}"
+    if directory is None:
+        raise MMError(f"{where}: pass hf:<local dir of a CLIP/SigLIP checkpoint saved by save_pretrained>")
+    config = _hf_vision_config(directory, where)
+    full = config.model_type in FULL_TO_VISION
+    with quiet_transformers():
+        cls = getattr(transformers, config.model_type.upper().replace("SIGLIP", "Siglip") + "Model" if full
+                      else VISION_CLASSES[config.model_type])
+        hf_model = cls.from_pretrained(str(directory), use_safetensors=True, attn_implementation="sdpa")
+    vision = config.vision_config if full else config
+    mean, std = _read_mean_std(directory, config.model_type)
+    return SimilarityEncoder(hf_model.float().eval(), full, int(vision.image_size), mean, std)
 
 
 def build_encoder(model_cfg: ModelConfig) -> VisionEncoder:
     """The encoder named by ``model.encoder``: a registry name, ``hf:<dir>`` or a saved encoder dir."""
     path = hf_path(model_cfg.encoder)
     if path is not None:
-        if not path.is_dir():
-            raise MMError(f"model.encoder: {path} is not a directory; pass hf:<local checkpoint dir>")
         return load_hf_encoder(path)
     spec = ENCODERS.get(model_cfg.encoder)
     return build_vit(spec, model_cfg.image_size, model_cfg.patch_size)

@@ -18,13 +18,21 @@ from torch import nn
 
 from mmbench_cli.errors import MMError
 from mmbench_cli.model.connectors import Connector, build_connector, check_connector
-from mmbench_cli.model.encoders import VisionEncoder, build_encoder, patch_grid
+from mmbench_cli.model.encoders import (
+    VisionEncoder,
+    build_encoder,
+    hf_encoder_patch_size,
+    patch_grid,
+    quiet_transformers,
+)
 from mmbench_cli.model.lm import build_lm
 from mmbench_cli.model.tokenizer import (
+    SPECIAL_ROLES,
     TokenizerSource,
     effective_special_tokens,
     get_tokenizer,
     hf_path,
+    resolve_tokenizer_spec,
     special_token_ids,
 )
 
@@ -210,18 +218,64 @@ def check_image_tokens(model_cfg: ModelConfig, patch_size: int | None = None) ->
     return grid_size
 
 
+def check_lm_tokenizer(model_cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse (unless ``model.resize_embeddings``) an hf: LM paired with a tokenizer that is not its own.
+
+    Its own: the tokenizer comes from the LM's dir. Another hf: tokenizer passes when it fits the LM's
+    embedding table (at most one row more per special token we may add) and agrees on the EOS id
+    the LM's config names. The synthetic BPE never fits a real LM. Reads only the LM's config.json.
+    """
+    num_added = len(SPECIAL_ROLES)
+    lm_dir = hf_path(model_cfg.lm)
+    if lm_dir is None or model_cfg.resize_embeddings:
+        return
+    spec = resolve_tokenizer_spec(model_cfg)
+    tokenizer_dir = hf_path(spec)
+    if tokenizer_dir is not None and tokenizer_dir.resolve() == lm_dir.resolve():
+        return
+    problem = None
+    if tokenizer_dir is None:
+        problem = "was not trained with it" + (" (auto found no tokenizer in its dir)" if model_cfg.tokenizer == "auto"
+                                               else "")
+    else:
+        from transformers import AutoConfig
+
+        try:
+            lm_config = AutoConfig.from_pretrained(str(lm_dir), local_files_only=True)
+        except (OSError, ValueError, KeyError):
+            return  # the LM loader reports an unreadable config in its own words
+        rows = getattr(lm_config, "vocab_size", None)
+        eos = getattr(lm_config, "eos_token_id", None)
+        eos_ids = set(eos) if isinstance(eos, list) else {eos} if isinstance(eos, int) else set()
+        if isinstance(rows, int) and len(tokenizer) > rows + num_added:
+            problem = f"has {len(tokenizer) - num_added} tokens for its {rows} embedding rows"
+        elif eos_ids and tokenizer.eos_token_id not in eos_ids:
+            problem = f"ends text with token {tokenizer.eos_token_id}, it with {sorted(eos_ids)[0]}"
+    if problem:
+        raise MMError(f"model.tokenizer: {spec} is not the tokenizer of model.lm {model_cfg.lm} (it {problem}); "
+                      f"use its own (model.tokenizer=hf:<dir with its tokenizer files>, or auto when they sit in "
+                      f"{lm_dir}), or set model.resize_embeddings=true to resize its embeddings to this one anyway")
+
+
 def build_model(model_cfg: ModelConfig, tokenizer_source: TokenizerSource) -> MLLM:
     """Assemble the MLLM named by a ModelConfig (random init except for hf: components).
 
     ``tokenizer_source`` gives the special tokens and the corpus of the synthetic BPE; the usual one is
-    ``mmbench_cli.data.synthetic.tokenizer_source(cfg.data)``.
+    ``mmbench_cli.data.synthetic.tokenizer_source(cfg.data)``. Everything that can be checked from configs
+    (resolution against the encoder's patch size, connector tokens, an hf: LM against its tokenizer) is checked
+    before any weights load, and transformers' loading bars stay off the terminal.
     """
-    if hf_path(model_cfg.encoder) is None:  # fail fast on a bad resolution/token count before any heavy work
-        check_image_tokens(model_cfg)
-    encoder = build_encoder(model_cfg)
-    grid_size = check_image_tokens(model_cfg, encoder.patch_size)
+    with quiet_transformers():
+        return _build_model(model_cfg, tokenizer_source)
+
+
+def _build_model(model_cfg: ModelConfig, tokenizer_source: TokenizerSource) -> MLLM:
+    encoder_dir = hf_path(model_cfg.encoder)
+    grid_size = check_image_tokens(model_cfg, hf_encoder_patch_size(encoder_dir) if encoder_dir else None)
     tokenizer = get_tokenizer(model_cfg, tokenizer_source)
     ids = special_token_ids(tokenizer, tokenizer_source.special_tokens)
+    check_lm_tokenizer(model_cfg, tokenizer)
+    encoder = build_encoder(model_cfg)
     vocab_size = len(tokenizer)
     if hf_path(model_cfg.lm) is None:
         vocab_size = -(-vocab_size // 64) * 64  # nanoGPT: a multiple of 64 keeps the unembedding matmul fast

@@ -62,11 +62,26 @@ def hf_path(spec: str) -> Path | None:
     Registry names never contain ``/``, so ``runs/enc/encoder`` is read as a directory (and a missing one is
     reported as such, not as an unknown registry name).
     """
-    if spec.startswith("hf:"):
-        return Path(spec[3:]).expanduser()
-    if "/" in spec or spec.startswith((".", "~")):
-        return Path(spec).expanduser()
-    return None
+    from mmbench_cli.config import is_local_path
+
+    if not is_local_path(spec):
+        return None
+    return Path(spec.removeprefix("hf:")).expanduser()
+
+
+# Files that say a checkpoint dir holds a tokenizer (fast, sentencepiece or GPT-2-style BPE).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def resolve_tokenizer_spec(model_cfg: ModelConfig) -> str:
+    """What ``model.tokenizer`` names once ``auto`` is decided: an hf: LM's own dir when it holds a tokenizer,
+    else ``synthetic-bpe``; any other value as given."""
+    if model_cfg.tokenizer != "auto":
+        return model_cfg.tokenizer
+    lm_dir = hf_path(model_cfg.lm)
+    if lm_dir is not None and any((lm_dir / name).is_file() for name in TOKENIZER_FILES):
+        return f"hf:{lm_dir}"
+    return "synthetic-bpe"
 
 
 def wrap_tokenizer(tokenizer_object: Tokenizer, special_tokens: Mapping[str, str]) -> PreTrainedTokenizerBase:
@@ -189,14 +204,14 @@ def load_hf_tokenizer(directory: str | Path, special_tokens: Mapping[str, str]) 
 
 
 def get_tokenizer(model_cfg: ModelConfig, source: TokenizerSource) -> PreTrainedTokenizerBase:
-    """The tokenizer named by ``model.tokenizer``: ``synthetic-bpe`` (trained on ``source.corpus()``) or
-    ``hf:<local dir>``; either way holding ``source.special_tokens``."""
-    spec = model_cfg.tokenizer
+    """The tokenizer named by ``model.tokenizer``: ``synthetic-bpe`` (trained on ``source.corpus()``),
+    ``hf:<local dir>``, or ``auto`` (``resolve_tokenizer_spec``); either way holding ``source.special_tokens``."""
+    spec = resolve_tokenizer_spec(model_cfg)
     if spec == "synthetic-bpe":
         return synthetic_tokenizer(model_cfg.vocab_size, source)
     path = hf_path(spec)
     if path is None:
-        raise MMError(f"model.tokenizer: unknown tokenizer {spec!r}; use synthetic-bpe or hf:<local dir>")
+        raise MMError(f"model.tokenizer: unknown tokenizer {spec!r}; use auto, synthetic-bpe or hf:<local dir>")
     return load_hf_tokenizer(path, source.special_tokens)
 
 

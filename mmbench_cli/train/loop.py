@@ -243,10 +243,18 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
                 RunDir(run_dir).write_status("failed")
             raise
         if ctx.is_main:
+            bad = stream.num_bad + stream.bad_skipped  # skipped while loading + while training (data.skip_bad)
             RunDir(run_dir).update_meta({"wall_time_s": state.elapsed_s, "tokens_seen": state.tokens_seen,
                                          "train_flops": state.train_flops,
-                                         "flops_per_step": state.train_flops / max(state.step, 1)})
+                                         "flops_per_step": state.train_flops / max(state.step, 1),
+                                         **({"bad_samples_skipped": bad} if bad else {})})
             RunDir(run_dir).write_status("done")
+            if bad and show:
+                from rich.console import Console
+
+                first = (stream.bad_problems or [""])[0]
+                Console(stderr=True).print(f"[yellow]skipped {bad} bad samples[/] (data.skip_bad)"
+                                           f"{'; first: ' + first if first else ''}", highlight=False, soft_wrap=True)
         return run_dir
     finally:
         if lock is not None:
@@ -394,6 +402,9 @@ class _Trainer:
                 "lr": lr, "grad_norm": grad_norm, "tokens_per_s": window.tokens / max(window.time_s, 1e-9),
                 "tokens_seen": state.tokens_seen, "train_flops": state.train_flops, "elapsed_s": state.elapsed_s,
             })
+            bad = self.stream.num_bad + self.stream.bad_skipped
+            if bad:
+                record["bad_skipped"] = bad  # bad samples skipped so far (data.skip_bad)
             RunDir(self.run_dir).append_metrics(record)
         state.window = LogWindow()
 

@@ -173,6 +173,81 @@ def test_interleaved_jsonl_and_text(tmp_path: Path) -> None:
     assert [d.text for d in load_dataset_spec(_spec(format="text", path=corpus))] == ["one doc.", "another doc."]
 
 
+# ----------------------------------------------------------------- OBELICS / MMC4 image URLs (issue 15)
+OBELICS_URLS = ["https://example.org/photos/cat.jpg", "https://cdn.example.com/img/42.png?w=640"]
+
+
+def _obelics_line(urls: list[str]) -> dict[str, Any]:
+    """One OBELICS document as released: aligned ``images``/``texts`` lists, metadata as JSON strings."""
+    return {
+        "images": [urls[0], None, urls[1], None], "texts": [None, "A cat on a mat.", None, "The end."],
+        "metadata": json.dumps([{"document_url": "https://example.org/post", "unformatted_src": urls[0],
+                                 "src": urls[0], "formatted_filename": "cat", "alt_text": "", "original_width": 12,
+                                 "original_height": 10}, None, {"src": urls[1]}, None]),
+        "general_metadata": json.dumps({"url": "https://example.org/post", "warc_filename": "x.warc.gz",
+                                        "warc_record_offset": 1, "warc_record_length": 2}),
+    }
+
+
+def _jsonl(path: Path, lines: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_obelics_urls_map_to_local_files_through_a_url_map(tmp_path: Path) -> None:
+    _image(tmp_path / "images" / "cat.jpg")
+    _image(tmp_path / "images" / "sub" / "42.png", (0, 0, 200))
+    docs = _jsonl(tmp_path / "obelics.jsonl", [_obelics_line(OBELICS_URLS)])
+    url_map = _json(tmp_path / "url_map.json", {OBELICS_URLS[0]: "cat.jpg", OBELICS_URLS[1]: "sub/42.png"})
+    spec = _spec(format="interleaved-jsonl", path=docs, images=tmp_path / "images", url_map=url_map)
+    [doc] = load_dataset_spec(spec)
+    assert [c if isinstance(c, str) else c.path.name for c in doc.chunks] == [
+        "cat.jpg", "A cat on a mat.", "42.png", "The end."]
+    assert doc.chunks[2].load().getpixel((0, 0)) == (0, 0, 200)
+    tsv = tmp_path / "urls.tsv"
+    tsv.write_text(f"{OBELICS_URLS[0]}\tcat.jpg\n{OBELICS_URLS[1]}\tsub/42.png\n")
+    assert len(load_dataset_spec(_spec(format="interleaved-jsonl", path=docs, images=tmp_path / "images",
+                                       url_map=tsv))[0].chunks) == 4
+    del_one = _json(tmp_path / "partial_map.json", {OBELICS_URLS[0]: "cat.jpg"})
+    partial = _spec(format="interleaved-jsonl", path=docs, images=tmp_path / "images", url_map=del_one)
+    with pytest.raises(MMError, match=r"obelics\.jsonl: line 1: image URL https://cdn\.example\.com/img/42\.png\?w=640 "
+                                      r"has no local file \(not in url_map .*partial_map\.json\)"):
+        load_dataset_spec(partial)
+    skipped = load_dataset_spec(partial, skip_bad=True)
+    assert len(skipped) == 0 and skipped.num_bad == 1 and OBELICS_URLS[1] in skipped.problems[0]
+
+
+def test_obelics_urls_in_an_img2dataset_layout(tmp_path: Path) -> None:
+    shard = tmp_path / "downloaded" / "00000"
+    for key, (url, color) in enumerate(zip(OBELICS_URLS, [(200, 30, 30), (0, 0, 200)], strict=True)):
+        _image(shard / f"{key:09d}.jpg", color)
+        _json(shard / f"{key:09d}.json", {"url": url, "key": f"{key:09d}", "status": "success", "error_message": None,
+                                          "width": 12, "height": 10, "original_width": 12, "original_height": 10})
+    _json(tmp_path / "downloaded" / "00000_stats.json", {"count": 2, "successes": 2})  # no url: ignored
+    docs = _jsonl(tmp_path / "obelics.jsonl", [_obelics_line(OBELICS_URLS)])
+    [doc] = load_dataset_spec(_spec(format="interleaved-jsonl", path=docs, images=tmp_path / "downloaded"))
+    assert [c.path.name for c in doc.chunks if not isinstance(c, str)] == ["000000000.jpg", "000000001.jpg"]
+    (shard / "000000001.jpg").unlink()
+    with pytest.raises(MMError, match=r"img2dataset \.json sidecars under"):
+        load_dataset_spec(_spec(format="interleaved-jsonl", path=docs, images=tmp_path / "downloaded"))
+
+
+def test_mmc4_raw_url_is_used_when_the_image_file_is_absent(tmp_path: Path) -> None:
+    _image(tmp_path / "images" / "local.jpg")
+    _image(tmp_path / "images" / "fetched.jpg", (0, 0, 200))
+    line = {"url": "https://example.org/page", "text_list": ["First.", "Second."], "similarity_matrix": [[0.3, 0.1]],
+            "could_have_url_duplicate": 0,
+            "image_info": [{"image_name": "local.jpg", "raw_url": "https://example.org/a.jpg", "matched_text_index": 0,
+                            "matched_sim": 0.3},
+                           {"image_name": "b9040a0dbb22.jpg", "raw_url": "https://example.org/b.jpg",
+                            "matched_text_index": 1, "matched_sim": 0.2}]}
+    docs = _jsonl(tmp_path / "mmc4.jsonl", [line])
+    url_map = _json(tmp_path / "map.json", [{"url": "https://example.org/b.jpg", "path": "fetched.jpg"}])
+    [doc] = load_dataset_spec(_spec(format="interleaved-jsonl", path=docs, images=tmp_path / "images", url_map=url_map))
+    assert [c if isinstance(c, str) else c.path.name for c in doc.chunks] == [
+        "local.jpg", "First.", "fetched.jpg", "Second."]
+
+
 def test_hf_datasets_directory(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     rows = {"image": [Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")],

@@ -131,3 +131,82 @@ def test_bare_encoder_dir_as_encoder_pretraining_saves_it(tmp_path) -> None:
     assert model.encode_images(torch.randn(1, 3, 32, 32)).shape == (1, 16, model.lm.config.hidden_size)
     with pytest.raises(MMError, match="is not a directory"):
         build_model(cfg.model_copy(update={"encoder": str(tmp_path / "run" / "missing")}), SOURCE)
+
+
+# ------------------------------------------------------------------------- model.tokenizer: auto (issue 15)
+def _lm_dir_without_tokenizer(directory) -> None:
+    _lm_checkpoint(directory)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (directory / name).unlink(missing_ok=True)
+
+
+def test_auto_tokenizer_is_an_hf_lms_own(tmp_path) -> None:
+    _lm_checkpoint(tmp_path / "neox")
+    cfg = ModelConfig(lm=f"hf:{tmp_path / 'neox'}", image_size=32, connector="avgpool", num_image_tokens=4,
+                      max_seq_len=128)
+    assert cfg.tokenizer == "auto"
+    model = build_model(cfg, SOURCE)
+    vocab = model.tokenizer.get_vocab()
+    assert "<eos>" in vocab and model.tokenizer.eos_token == "<eos>"  # the LM's own BPE, with its EOS
+    rows = model.lm.get_input_embeddings().num_embeddings
+    assert rows == len(model.tokenizer) and rows - 300 <= 3  # grown only by our image/chunk/pad tokens
+    assert load_model_roundtrip(model, tmp_path).tokenizer.get_vocab() == vocab
+
+
+def load_model_roundtrip(model, tmp_path):  # noqa: ANN001, ANN201
+    model.save_pretrained(tmp_path / "saved")
+    return load_model(tmp_path / "saved")
+
+
+def test_unrelated_tokenizer_for_an_hf_lm_is_refused_unless_asked_for(tmp_path) -> None:
+    _lm_dir_without_tokenizer(tmp_path / "bare")
+    base = {"lm": f"hf:{tmp_path / 'bare'}", "image_size": 32, "connector": "avgpool", "num_image_tokens": 4,
+            "max_seq_len": 128}
+    with pytest.raises(MMError, match=r"auto found no tokenizer.*resize_embeddings=true") as refused:
+        build_model(ModelConfig(**base), SOURCE)
+    assert "\n" not in str(refused.value)
+    with pytest.raises(MMError, match="synthetic-bpe is not the tokenizer of model.lm"):
+        build_model(ModelConfig(**base, tokenizer="synthetic-bpe"), SOURCE)
+    _lm_checkpoint(tmp_path / "own")
+    other = tmp_path / "other-tokenizer"
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "own"))
+    tokenizer.add_tokens([f"extra{i}" for i in range(50)])  # 350 tokens for the 300 embedding rows
+    tokenizer.save_pretrained(str(other))
+    with pytest.raises(MMError, match="has 353 tokens with our special ones, for its 300 embedding rows"):
+        build_model(ModelConfig(**base, tokenizer=f"hf:{other}"), SOURCE)
+    model = build_model(ModelConfig(**base, resize_embeddings=True), SOURCE)  # asked for explicitly
+    assert model.lm.get_input_embeddings().num_embeddings == len(model.tokenizer) > 300  # the synthetic BPE
+    shared = build_model(ModelConfig(**base, tokenizer=f"hf:{tmp_path / 'own'}"), SOURCE)  # the same BPE elsewhere
+    assert shared.lm.get_input_embeddings().num_embeddings == len(shared.tokenizer)
+
+
+# ------------------------------------------------------------- a clean stderr before one-line errors (issue 15)
+def _mm(*args: str):  # noqa: ANN202
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "mmbench_cli.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_bad_resolution_and_tokenizer_are_one_line_before_any_weights_load(tmp_path) -> None:
+    import transformers as tf
+
+    torch.manual_seed(0)
+    tf.CLIPVisionModel(tf.CLIPVisionConfig(**{**VISION, "image_size": 28, "patch_size": 14})).save_pretrained(
+        str(tmp_path / "clip14"))
+    done = _mm("build", f"model.encoder=hf:{tmp_path / 'clip14'}", "model.image_size=64", "model.lm=pythia-toy-1m")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and done.stderr.startswith("error:"), done.stderr
+    assert "patch size 14" in done.stderr and done.stdout == ""
+    _lm_dir_without_tokenizer(tmp_path / "bare")
+    done = _mm("build", f"model.lm=hf:{tmp_path / 'bare'}", "model.image_size=32")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error:"), done.stderr
+    assert "resize_embeddings" in done.stderr
+    built = _mm("build", f"model.encoder=hf:{tmp_path / 'clip14'}", "model.image_size=28", "model.connector=mlp",
+                "model.num_image_tokens=4", "model.lm=pythia-toy-1m")
+    assert built.returncode == 0 and "Loading weights" not in built.stderr + built.stdout, built.stderr

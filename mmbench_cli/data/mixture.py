@@ -17,8 +17,8 @@ How a global batch of ``num_rows`` rows is made (all of it deterministic from ``
    workers (prefetching ahead of the training step); with DDP each rank materialises only its rows
    ``rank::world_size`` of every global batch. An image that fails to decode (say a truncated JPEG whose
    header passed the load-time check) stops training with one line naming it, or, with ``data.skip_bad``,
-   its sample is skipped: its tokens become padding (no loss, no attention) and it is counted
-   (``TrainStream.bad_skipped``, logged as ``bad_skipped`` in metrics.jsonl).
+   its sample is skipped, there and at every later visit: its tokens become padding (no loss, no attention)
+   and it is counted once (``TrainStream.bad_skipped``, logged as ``bad_skipped`` in metrics.jsonl).
 
 ``state_dict()`` is JSON (row counter, round-robin credits, each source's epoch and position): a stream
 restored from it yields exactly the batch the original would have yielded next.
@@ -269,8 +269,8 @@ def collate_rows(rows: list[RowPlan], image_size: int, mean: Sequence[float], st
     """Tensors of packed rows: input_ids, attention_mask, labels [B, L], images [N,3,S,S] (or None), data_type.
 
     An image that cannot be decoded raises its MMError, or with ``skip_bad`` drops its sample from the row (its
-    tokens become ``pad_id`` with attention 0 and label -100, its images are left out): ``num_bad`` counts those
-    samples and ``bad_problems`` says why.
+    tokens become ``pad_id`` with attention 0 and label -100, its images are left out): ``bad_samples`` lists
+    those samples as (sample id, problem).
     """
     from mmbench_cli.data.images import preprocess
 
@@ -280,14 +280,14 @@ def collate_rows(rows: list[RowPlan], image_size: int, mean: Sequence[float], st
     for i, row in enumerate(rows):
         attention_mask[i, : row.length] = 1
     all_images = [image for row in rows for image in row.images]
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []
     if not skip_bad or not all_images:
         images = preprocess(all_images, image_size, mean, std) if all_images else None
     else:
         kept: list[torch.Tensor] = []
         for i, row in enumerate(rows):
             first = 0
-            for start, end, count in row.spans:
+            for (start, end, count), sample_id in zip(row.spans, row.sample_ids, strict=True):
                 sample_images = row.images[first:first + count]
                 first += count
                 if not sample_images:
@@ -295,7 +295,7 @@ def collate_rows(rows: list[RowPlan], image_size: int, mean: Sequence[float], st
                 try:
                     kept.append(preprocess(sample_images, image_size, mean, std))
                 except MMError as error:
-                    problems.append(error.message)
+                    problems.append((sample_id, error.message))
                     input_ids[i, start:end] = pad_id
                     attention_mask[i, start:end] = 0
                     labels[i, start:end] = -100
@@ -307,8 +307,7 @@ def collate_rows(rows: list[RowPlan], image_size: int, mean: Sequence[float], st
         "images": images,
         "data_type": [row.data_type for row in rows],
         "sample_ids": [row.sample_ids for row in rows],
-        "num_bad": len(problems),
-        "bad_problems": problems,
+        "bad_samples": problems,
     }
 
 
@@ -371,8 +370,7 @@ class TrainStream:
         )
         self._state = self.planner.initial_state()
         self.skip_bad = cfg.data.skip_bad
-        self.bad_skipped = 0  # samples dropped during training because an image failed to decode (skip_bad)
-        self.bad_problems: list[str] = []  # the first few reasons
+        self.bad_samples: dict[str, str] = {}  # sample id → why, for samples dropped mid-run (skip_bad)
         self._iterator: Iterator[Any] | None = None
         self._iterator_args: tuple[int, int, int] | None = None
 
@@ -408,9 +406,19 @@ class TrainStream:
             raise MMError(f"{error}; `mm build --data` decodes every image to find such files, and data.skip_bad=true "
                           "(mm pretrain --skip-bad) skips and counts bad samples instead of stopping")
         self._state = state
-        self.bad_skipped += batch.pop("num_bad", 0)
-        self.bad_problems.extend(batch.pop("bad_problems", [])[: max(0, 20 - len(self.bad_problems))])
+        for sample_id, problem in batch.pop("bad_samples", []):
+            self.bad_samples.setdefault(sample_id, problem)
         return batch
+
+    @property
+    def bad_skipped(self) -> int:
+        """Distinct samples dropped during training because an image failed to decode (``data.skip_bad``)."""
+        return len(self.bad_samples)
+
+    @property
+    def bad_problems(self) -> list[str]:
+        """Why, for each sample dropped during training (first seen first)."""
+        return list(self.bad_samples.values())
 
     def _start(self, args: tuple[int, int, int]) -> None:
         num_rows, rank, world_size = args
@@ -427,13 +435,13 @@ class TrainStream:
         self._iterator_args = args
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable position of the stream (after the last batch returned), with the count of samples
-        skipped for bad images so far when there were any."""
+        """JSON-serialisable position of the stream (after the last batch returned), with the samples skipped for
+        bad images so far (when there were any)."""
         import copy
 
         state = copy.deepcopy(self._state)
-        if self.bad_skipped:
-            state["bad_skipped"] = self.bad_skipped
+        if self.bad_samples:
+            state["bad_samples"] = dict(self.bad_samples)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -448,7 +456,7 @@ class TrainStream:
             raise MMError(f"data stream state: saved with seed {state.get('seed')}, this run has seed "
                           f"{self.planner.seed}; use the same seed to resume")
         self._state = copy.deepcopy(state)
-        self.bad_skipped = int(self._state.pop("bad_skipped", 0))
+        self.bad_samples = dict(self._state.pop("bad_samples", {}))
         self._iterator = None
 
     def close(self) -> None:

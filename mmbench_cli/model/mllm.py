@@ -221,9 +221,9 @@ def check_image_tokens(model_cfg: ModelConfig, patch_size: int | None = None) ->
 def check_lm_tokenizer(model_cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> None:
     """Refuse (unless ``model.resize_embeddings``) an hf: LM paired with a tokenizer that is not its own.
 
-    Its own: the tokenizer comes from the LM's dir. Another hf: tokenizer passes when it fits the LM's
-    embedding table (at most one row more per special token we may add) and agrees on the EOS id
-    the LM's config names. The synthetic BPE never fits a real LM. Reads only the LM's config.json.
+    Its own: the tokenizer comes from the LM's dir. Another hf: tokenizer (the same one saved elsewhere, say)
+    passes when it fits the LM's embedding table (at most one row more per special token we may add), so that
+    no row changes meaning. The synthetic BPE is never a real LM's. Reads only the LM's config.json.
     """
     num_added = len(SPECIAL_ROLES)
     lm_dir = hf_path(model_cfg.lm)
@@ -245,12 +245,8 @@ def check_lm_tokenizer(model_cfg: ModelConfig, tokenizer: PreTrainedTokenizerBas
         except (OSError, ValueError, KeyError):
             return  # the LM loader reports an unreadable config in its own words
         rows = getattr(lm_config, "vocab_size", None)
-        eos = getattr(lm_config, "eos_token_id", None)
-        eos_ids = set(eos) if isinstance(eos, list) else {eos} if isinstance(eos, int) else set()
         if isinstance(rows, int) and len(tokenizer) > rows + num_added:
-            problem = f"has {len(tokenizer) - num_added} tokens for its {rows} embedding rows"
-        elif eos_ids and tokenizer.eos_token_id not in eos_ids:
-            problem = f"ends text with token {tokenizer.eos_token_id}, it with {sorted(eos_ids)[0]}"
+            problem = f"has {len(tokenizer)} tokens with our special ones, for its {rows} embedding rows"
     if problem:
         raise MMError(f"model.tokenizer: {spec} is not the tokenizer of model.lm {model_cfg.lm} (it {problem}); "
                       f"use its own (model.tokenizer=hf:<dir with its tokenizer files>, or auto when they sit in "

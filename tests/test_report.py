@@ -46,12 +46,47 @@ def test_summary_table_pools_seeds_and_bolds_best(grid: Path, built: tuple[Path,
     assert summary.at["resolution=64", "TextCore"] == pytest.approx(textcore)
     study = load.load_study([grid])
     table = tables.summary_table(study, resamples=300)
-    for column in table.values.columns:
-        values = table.values[column]
-        best = values.idxmin() if column == "final loss" else values.idxmax()
-        assert table.bold.at[best, column] and table.bold[column].sum() == 1
+    columns = tables.summary_columns(study)
+    cells = tables.cell_estimates(study, columns)
+    for column in columns:
+        values = table.values[column.label]
+        best, runner = values.idxmax(), values.idxmin()  # two cells
+        test = stats.estimate_difference(cells[runner][column.key], cells[best][column.key])
+        # bold only for a best value significantly better than the runner-up
+        assert bool(table.bold.at[best, column.label]) == (test.p_value < 0.05), column.label
+        assert not table.bold.at[runner, column.label]
+    assert table.bold.values.sum() >= 1  # resolution=64 scores higher in the fixture: some columns show it
     row = table.rows()[0]
     assert len(row["cells"]) == 8 and row["cells"][0]["ci"].startswith("[") and "±" in row["cells"][0]["text"]
+
+
+def test_values_are_rounded_to_what_their_ci_supports(grid: Path) -> None:
+    study = load.load_study([grid])
+    table = tables.summary_table(study, resamples=300)
+    for label in table.values.index:
+        for column in table.values.columns:
+            text, ci = table.text.at[label, column], table.ci.at[label, column]
+            if not ci:
+                continue
+            low, high = (float(x) for x in ci.strip("[]").split(", "))
+            decimals = len(text.split()[0].partition(".")[2])
+            assert decimals == stats.decimals_for((high - low) / 2) or high == low, (label, column, text, ci)
+            assert abs(float(text.split()[0]) - table.values.at[label, column]) <= 0.5 * 10 ** -decimals + 1e-9
+
+
+def test_constant_columns_are_left_out_of_the_display(tmp_path: Path) -> None:
+    a = write_run(tmp_path / "run-a", 32, 0, eval_steps=(8,), samples=5)
+    b = write_run(tmp_path / "run-b", 64, 0, eval_steps=(8,), samples=5)
+    for run in (a, b):  # the same VQA 8-shot score everywhere
+        path = run / "eval" / "step_8.json"
+        result = json.loads(path.read_text())
+        result["tasks"]["synthetic-vqa"]["8"].update(value=0.25, samples=[])
+        result["summary"]["8"]["vqa_avg"] = 0.25
+        path.write_text(json.dumps(result))
+    table = tables.summary_table(load.load_study([a, b]), resamples=100)
+    assert table.hidden == ["VQA 8-shot"] and "VQA 8-shot" not in table.shown_columns
+    assert "Left out, the same in every row: VQA 8-shot = 0.25" in table.display_note
+    assert "VQA 8-shot" in table.values.columns  # the CSV keeps it
 
 
 def test_every_metric_has_a_ci_containing_it(grid: Path) -> None:
@@ -117,9 +152,11 @@ def test_user_strings_are_escaped(built: tuple[Path, object]) -> None:
 def test_report_is_self_contained(built: tuple[Path, object]) -> None:
     out, result = built
     page = (out / "index.html").read_text()
-    assert page.count('<img src="data:image/svg+xml;base64,') == 5  # bars, 3 tasks' dynamics, loss
-    assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page
-    for name in ("bars-resolution", "dynamics-synthetic-caption", "dynamics-synthetic-vqa", "dynamics-text-cloze", "loss"):
+    # bars, grounding over training, 3 tasks' dynamics, loss; percent-encoded (no quote, & or < > left to escape)
+    assert page.count('<img src="data:image/svg+xml;charset=utf-8,') == 6
+    assert "http://" not in page.replace("http://www.w3.org", "").replace("http:%2F%2F", "") and "https://" not in page
+    for name in ("bars-resolution", "grounding-steps", "dynamics-synthetic-caption", "dynamics-synthetic-vqa",
+                 "dynamics-text-cloze", "loss"):
         svg = (out / "plots" / f"{name}.svg").read_text()
         assert svg.lstrip().startswith("<?xml") and f"plots/{name}.svg" in (out / "report.md").read_text()
     assert "0123456789abcdef" in page and "torch 2.13.0" in page and "12.5 s" in page  # metadata
@@ -313,7 +350,8 @@ def test_results_are_read_as_typed_cells_and_checkpoints_as_recorded(tmp_path: P
 
 
 def test_lower_is_better_metrics_bold_the_lowest(tmp_path: Path) -> None:
-    """A task's direction comes from the metric table (mmbench_cli.families): perplexity is best when lowest."""
+    """A task's direction comes from the metric table (mmbench_cli.families): perplexity is best when lowest; a
+    value without per-sample scores or seeds has no noise estimate, so nothing is bold."""
     runs = []
     for name, perplexity in (("low", 12.0), ("high", 30.0)):
         run = write_run(tmp_path / name, 32, 0, eval_steps=(8,), samples=5)
@@ -324,4 +362,40 @@ def test_lower_is_better_metrics_bold_the_lowest(tmp_path: Path) -> None:
         runs.append(run)
     table = tables.task_table(load.load_study(runs), resamples=100)
     column = "text:wikitext 0-shot (word_perplexity)"
-    assert bool(table.bold.at["low", column]) and not bool(table.bold.at["high", column])
+    assert not table.bold[column].any()
+    seeds = {"low": stats.Estimate(12.0, seed_values=[11.5, 12.5]), "high": stats.Estimate(30.0, seed_values=[29.0, 31.0])}
+    assert tables.significant_best(seeds, lower_is_better=True) == "low"
+    assert tables.significant_best(seeds, lower_is_better=False) == "high"
+    close = {"a": stats.Estimate(12.0, seed_values=[8.0, 16.0]), "b": stats.Estimate(13.0, seed_values=[9.0, 17.0])}
+    assert tables.significant_best(close) is None
+
+
+def test_text_task_examples_are_described_not_dumped() -> None:
+    choice = {"id": 0, "prediction": [[-1.9, False], [-1.7, False], [-2.1, False], [-1.4, True]], "references": ["3"],
+              "score": 100.0, "choices": ["red", "green", "blue", "yellow"]}
+    assert tables.describe_prediction(choice) == (
+        "ranks choice 4 of 4 'yellow' first (log-likelihood -1.40)", "answer: choice 4 of 4 'yellow'")
+    cloze = {"id": 1, "prediction": [[-2.7, False]], "references": [" river"], "score": 0.0}
+    assert tables.describe_prediction(cloze) == (
+        "' river' is not the model's greedy continuation (log-likelihood -2.70)", "target ' river'")
+    vqa = {"prediction": "left", "references": ["left"] * 9 + ["right"]}
+    assert tables.describe_prediction(vqa) == ("left", "left | right")
+
+
+def test_plots_are_inlined_as_percent_encoded_svg_that_parses() -> None:
+    """The data: URI holds nothing an HTML attribute must escape, and decodes to the same well-formed SVG: labels
+    with quotes, markup, '#', '%' and non-ASCII text survive."""
+    import urllib.parse
+    import xml.etree.ElementTree as ET
+
+    from mmbench_cli.report import html, plots
+
+    label = """cell "a" 'b' <i>x</i> & #1 50% é×Δ"""
+    plt = plots._pyplot()
+    fig, panel = plt.subplots(figsize=(3, 2))
+    panel.plot([0, 1], [1, 2], label=label)
+    panel.set_title(label)
+    uri = str(html.data_uri(plots.Figure("x", "t", "c", plots._to_svg(fig))))
+    assert uri.startswith("data:image/svg+xml;charset=utf-8,") and not any(ch in uri for ch in "\"&<>")
+    root = ET.fromstring(urllib.parse.unquote(uri.split(",", 1)[1]).encode("utf-8"))
+    assert label in ["".join(node.itertext()) for node in root.iter("{http://www.w3.org/2000/svg}text")]

@@ -1,8 +1,9 @@
 """Open the HTML report in headless Chromium (DevTools protocol) and check what a reader would see.
 
-Loads without console errors or exceptions and without any network request, every table and every plot
-renders (tables have rows and size, images decode to a non-zero size), and the caption containing
-``<script>`` shows as text instead of running.
+Loads without console errors or exceptions and without any network request, the Findings table comes first,
+every table and every plot renders (visible tables have rows and size, images decode to a non-zero size), the
+bar charts show each training seed as a point, a 1280 px wide window has no horizontal page overflow (wide tables
+scroll inside their box), and the caption containing ``<script>`` shows as text instead of running.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 import pytest
 from report_fixtures import SCRIPT_CAPTION, write_grid
 
+from mmbench_cli.report import load
+from mmbench_cli.report import tables as tables_module
 from mmbench_cli.report.build import make_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -29,13 +32,18 @@ FLAGS = [
 INSPECT = """JSON.stringify({
   title: document.title,
   tables: [...document.querySelectorAll('table')].map(t => ({
-    id: t.id, rows: t.tBodies.length ? t.tBodies[0].rows.length : 0,
+    id: t.id, rows: t.tBodies.length ? t.tBodies[0].rows.length : 0, visible: t.checkVisibility(),
     width: t.getBoundingClientRect().width, height: t.getBoundingClientRect().height})),
   images: [...document.images].map(i => ({
-    alt: i.alt, complete: i.complete, naturalWidth: i.naturalWidth, width: i.getBoundingClientRect().width})),
+    alt: i.alt, complete: i.complete, naturalWidth: i.naturalWidth, width: i.getBoundingClientRect().width,
+    svg: decodeURIComponent(i.src.slice(i.src.indexOf(',') + 1))})),
   scripts: document.scripts.length,
   predictions: [...document.querySelectorAll('td.prediction')].map(td => td.textContent),
   bold: [...document.querySelectorAll('#table-summary td.best')].length,
+  firstSection: (document.querySelector('body > section') || {}).id,
+  viewport: window.innerWidth,
+  pageWidth: document.documentElement.scrollWidth,
+  verdicts: [...document.querySelectorAll('table.findings td[class*="v-"]')].map(td => td.className),
 })"""
 
 
@@ -73,6 +81,8 @@ async def _inspect(url: str, profile: Path, timeout: float = 60.0) -> dict[str, 
 
                 for domain in ("Runtime", "Log", "Page", "Network"):
                     await call(f"{domain}.enable")
+                await call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1,
+                           mobile=False)
                 await call("Page.navigate", url=url)
                 while not any(e.get("method") == "Page.loadEventFired" for e in events):
                     events.append(await asyncio.wait_for(ws.receive_json(), timeout))
@@ -129,18 +139,29 @@ def test_report_renders_in_chromium(tmp_path: Path) -> None:
     assert dom["title"] == "mm report: toygrid · mm report"  # the <script> caption did not set it
     assert dom["scripts"] == 0
 
+    assert dom["firstSection"] == "findings" and dom["tables"][0]["id"] == "table-findings-toygrid"
+    assert len(dom["verdicts"]) == 8  # resolution 64 vs 32 on caption, VQA at 0/4/8 shots, TextCore, grounding
+    assert dom["viewport"] == 1280 and dom["pageWidth"] <= 1280  # no horizontal page overflow at 1280 px
+
     tables = {t["id"]: t for t in dom["tables"]}
-    expected_rows = {"table-regressions": 4 * 7, "table-summary": 2, "table-effect-resolution": 2, "table-tasks": 2,
+    expected_rows = {"table-findings-toygrid": 8, "table-regressions": 4 * 7, "table-summary": 2,
+                     "table-effect-resolution": 2, "table-tasks": 2,
                      "table-caption-grounding": 2,  # the <script> caption names a red circle, as its references do
-                     "table-repeated": 1, "table-examples": 2 * 3 * 3, "table-metadata": 4}
+                     "table-repeated": 1, "table-examples": 2 * 3 * 2, "table-metadata": 4}
     assert {k: tables[k]["rows"] for k in expected_rows} == expected_rows and len(tables) == len(expected_rows)
-    assert all(t["width"] > 100 and t["height"] > 20 for t in tables.values())
-    assert dom["bold"] == 8  # resolution=64 is best in every column of the fixture's summary
+    assert all(t["width"] > 100 and t["height"] > 20 for t in tables.values() if t["visible"])
+    assert not tables["table-metadata"]["visible"]  # run metadata is collapsed
+    summary = tables_module.summary_table(load.load_study([grid]), 200)
+    bold = int(summary.bold[summary.shown_columns].values.sum())
+    assert dom["bold"] == bold and bold >= 1  # bold only where the best is significantly better than the runner-up
 
     assert [i["alt"] for i in dom["images"]] == [
-        "Bar chart: effect of resolution", "Training dynamics: synthetic-caption", "Training dynamics: synthetic-vqa",
-        "Training dynamics: text-cloze", "Training loss per data type"]
-    assert all(i["complete"] and i["naturalWidth"] > 200 and i["width"] > 200 for i in dom["images"])
+        "Bar chart: effect of resolution", "Caption grounding over training", "Training dynamics: synthetic-caption",
+        "Training dynamics: synthetic-vqa", "Training dynamics: text-cloze", "Training loss per data type"]
+    assert all(i["complete"] and i["naturalWidth"] > 200 and i["width"] > 200 for i in dom["images"]), [
+        (i["alt"], i["complete"], i["naturalWidth"], i["width"]) for i in dom["images"]]
+    bars = dom["images"][0]["svg"]
+    assert "one training seed" in bars and bars.count("<use ") >= 4 * 8  # every seed of every cell, per bar
 
     assert SCRIPT_CAPTION in dom["predictions"]
 

@@ -41,7 +41,10 @@ def test_report_on_real_grid_and_regression_check(tmp_path: Path) -> None:
             assert ours.at[cell, f"VQA {shots}-shot"] == pytest.approx(theirs.at[cell, f"vqa_avg/{shots}shot"])
         assert ours.at[cell, "final loss"] == pytest.approx(theirs.at[cell, "final_loss"])
     page = (out / "index.html").read_text()
-    assert page.count("data:image/svg+xml;base64,") == 4  # resolution bars, 2 tasks' dynamics, loss
+    plots = sorted(path.name for path in (out / "plots").iterdir())
+    assert page.count("data:image/svg+xml;charset=utf-8,") == len(plots)  # every plot inlined
+    assert "bars-resolution.svg" in plots and "loss.svg" in plots
+    assert page.index('id="findings"') < page.index('id="summary"')  # the tested contrasts come first
     assert "resolution=32" in page and "pythia-toy-1m" in page  # per-run config in the metadata section
 
     saved = json.loads(baseline.read_text())

@@ -76,7 +76,7 @@ def test_one_section_per_grid_with_stable_anchors(listed: Path) -> None:
     assert page.index('id="grid-gridA"') < page.index('id="grid-gridB"')  # in the given order
     for anchor in ("grid-gridA-summary", "grid-gridA-effect-resolution", "grid-gridA-tasks",
                    "grid-gridB-summary", "grid-gridB-effect-connector", "grid-gridB-tasks",
-                   "grid-gridA-bars-resolution", "grid-gridB-bars-connector", "grid-gridA-dynamics-synthetic-vqa"):
+                   "grid-gridA-bars-resolution", "grid-gridB-bars-connector", "grid-gridA-loss"):
         assert page.count(f'id="{anchor}"') == 1, anchor
         assert f'href="#{anchor}"' in page, anchor
     assert 'id="summary"' not in page and 'id="effect-resolution"' not in page  # no merged tables
@@ -100,8 +100,10 @@ def test_plots_are_named_per_grid_and_inlined(listed: Path) -> None:
     assert {"gridA-bars-resolution.svg", "gridB-bars-connector.svg", "gridA-loss.svg", "gridB-loss.svg"} <= names
     assert all(name.startswith(("gridA-", "gridB-")) for name in names)
     page = (listed / "index.html").read_text()
-    assert page.count("data:image/svg+xml;base64,") == len(names)  # self-contained: every plot inlined
-    assert "<script" not in page and "http://" not in page and "https://" not in page
+    assert page.count("data:image/svg+xml;charset=utf-8,") == len(names)  # self-contained: every plot inlined
+    assert not any("dynamics" in name for name in names)  # one evaluated checkpoint per run: no dynamics plots
+    text = re.sub(r'src="data:image/svg\+xml;[^"]*"', "", page)  # the plots name the SVG namespace (w3.org)
+    assert "<script" not in text and "http://" not in text and "https://" not in text
 
 
 def test_per_grid_csvs_and_seed_spread(study_dir: Path, listed: Path) -> None:
@@ -121,7 +123,13 @@ def test_per_grid_csvs_and_seed_spread(study_dir: Path, listed: Path) -> None:
     assert grid_b.at["connector=avgpool", "VQA 0-shot"] == pytest.approx(vqa)
 
     page = (listed / "index.html").read_text()
-    shown = f"{np.mean(seeds):.3f} ±{np.std(seeds, ddof=1):.3f}"
+    study = load.load_study([study_dir / "gridA"])
+    from mmbench_cli.report import tables
+
+    shown = tables.summary_table(study, 200).text.at["resolution=32", "Caption 4-shot"]  # rounded to its CI
+    value, spread = (float(x) for x in shown.split(" ±"))
+    assert value == pytest.approx(np.mean(seeds), abs=0.5 * 10 ** -len(shown.split()[0].partition(".")[2]))
+    assert spread == pytest.approx(np.std(seeds, ddof=1), abs=0.05)
     assert shown in _section(page, "gridA")
     assert "±: std over training seeds" in _section(page, "gridA") and "±" not in _section(page, "gridB")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from mmbench_cli.report.load import Run, Study
 from mmbench_cli.report.stats import DEFAULT_RESAMPLES, Estimate, from_scores, mean_of
-from mmbench_cli.report.tables import Column, Table, make_table, seed_note
+from mmbench_cli.report.tables import BOLD_NOTE, Column, Table, make_table, seed_note
 
 FAMILY = "vqa"  # answer types are VQAv2's notion: the table covers the VQA family's tasks (mmbench_cli.families)
 TYPE_ORDER = ("yes/no", "number", "other")
@@ -78,7 +78,8 @@ def type_estimates(run: Run, task: str, shots: str) -> dict[str, Estimate]:
     split: dict[str, dict[str, float]] = {}
     for query, score in scores.items():
         split.setdefault(types.get(query, "other"), {})[query] = score
-    return {kind: from_scores(sum(part.values()) / len(part), part) for kind, part in split.items()}
+    clusters = run.sample_clusters(step, task, shots)
+    return {kind: from_scores(sum(part.values()) / len(part), part, clusters) for kind, part in split.items()}
 
 
 def _type_key(kind: str) -> tuple[int, str]:
@@ -131,7 +132,7 @@ def answer_type_table(study: Study, resamples: int = DEFAULT_RESAMPLES) -> Table
         "Mean score of each VQA task's queries per answer type (the row's answer_type, else VQAv2's rule on the most "
         "common reference answer: yes/no, number, other) at each cell's last evaluated checkpoint, at the task's fewest "
         "and most shots; n: queries of that type; [95% bootstrap CI over queries]" + seed_note(study)
-        + "; best per column in bold."
+        + "; " + BOLD_NOTE
     )
     return make_table("answer-types", "VQA accuracy by answer type", note, list(groups), columns, lookup, ["cell"],
                        resamples)

@@ -105,6 +105,7 @@ def make_report(
     with_plots: bool = True,
 ) -> ReportResult:
     """Build the report for grid/run dirs ``paths`` into ``out`` (default ``reports/<name>``)."""
+    from mmbench_cli.report import findings as findings_module
     from mmbench_cli.report import html, load, plots, tables
 
     if tolerance < 0:
@@ -150,6 +151,9 @@ def make_report(
         summary = main_tables[0]
     timings["tables_s"] = time.perf_counter() - mark
     mark = time.perf_counter()
+    findings = findings_module.study_findings(study, alpha) if has_results else None
+    timings["findings_s"] = time.perf_counter() - mark
+    mark = time.perf_counter()
     figures: list[Figure] = []
     plot_paths: dict[str, str] = {}
     if with_plots and not study.multi_grid:
@@ -165,8 +169,14 @@ def make_report(
                 plot_paths[renamed.id] = f"plots/{_safe_name(f'{stem}-{figure.id}')}.svg"
     timings["plots_s"] = time.perf_counter() - mark
 
+    csv_files = (["summary.csv"] if summary is not None else []) + [
+        section.csv_name for section in sections if section.csv_name and section.tables]
     context = {
         "title": f"mm report: {study.name}",
+        "findings": findings,
+        "unfinished": tables.unfinished_cells(study),
+        "readme": NOTES_FILE if (out / NOTES_FILE).is_file() else "",
+        "csv_files": csv_files,
         "version": __version__,
         "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "sources": [str(p) for p in study.sources],

@@ -26,7 +26,7 @@ from typing import Any
 
 from mmbench_cli.report.load import Run, Study
 from mmbench_cli.report.stats import DEFAULT_RESAMPLES, Estimate, from_scores, mean_of
-from mmbench_cli.report.tables import Column, Table, make_table, seed_note
+from mmbench_cli.report.tables import BOLD_NOTE, Column, Table, make_table, seed_note
 from mmbench_cli.rundir import ResultCell
 
 VOCABULARY_KEY = "vocabulary"  # the results cell's key (``ResultCell.extra``) holding the world's words per kind
@@ -67,32 +67,46 @@ def query_grounding(record: dict[str, Any], vocabulary: Vocabulary) -> tuple[flo
     return 100.0 * len(said & present) / len(said), 100.0 * len(present) / size
 
 
-def run_vocabularies(run: Run, task: str, shots: str) -> dict[str, Vocabulary]:
-    """Kind -> vocabulary of ``task``'s cell at the run's last evaluated checkpoint ({} if it records none)."""
-    step = run.final_step
+def run_vocabularies(run: Run, task: str, shots: str, step: int | None = None) -> dict[str, Vocabulary]:
+    """Kind -> vocabulary of ``task``'s cell at ``step`` (default: the run's last evaluated checkpoint; {} if it
+    records none)."""
+    step = run.final_step if step is None else step
     return vocabularies(run.entry(step, task, shots)) if step is not None else {}
 
 
-def run_grounding(run: Run, task: str, shots: str) -> dict[str, tuple[Estimate, Estimate]]:
-    """Kind -> (precision, chance) Estimates of one run's captions at its last evaluated checkpoint (one pass over
-    the per-sample files; a kind no caption names is absent; {} when the task's cell records no vocabulary)."""
-    step = run.final_step
-    kinds = run_vocabularies(run, task, shots)
+def query_precisions(run: Run, task: str, shots: str, step: int | None = None
+                     ) -> dict[str, tuple[dict[str, float], dict[str, float]]]:
+    """Kind -> (precision, chance) per query id (demo seeds averaged per id; a query whose captions name no word of
+    the kind is absent) at ``step`` (default: the last evaluated checkpoint); {} without a vocabulary."""
+    step = run.final_step if step is None else step
+    kinds = run_vocabularies(run, task, shots, step)
     if step is None or not kinds:
         return {}
-    precision: dict[str, dict[str, float]] = {kind: {} for kind in kinds}
+    precision: dict[str, dict[str, list[float]]] = {kind: {} for kind in kinds}
     chance: dict[str, dict[str, float]] = {kind: {} for kind in kinds}
-    for seed_file, (_, records) in enumerate(run.sample_records(step, task, shots)):
+    for _, records in run.sample_records(step, task, shots):
         for number, record in enumerate(records, start=1):
-            key = f"{seed_file}:{record.get('id', number)}"
+            key = str(record.get("id", number))
             for kind, vocabulary in kinds.items():
                 found = query_grounding(record, vocabulary)
                 if found is not None:
-                    precision[kind][key], chance[kind][key] = found
+                    precision[kind].setdefault(key, []).append(found[0])
+                    chance[kind][key] = found[1]
+    return {kind: ({q: sum(v) / len(v) for q, v in precision[kind].items()}, chance[kind])
+            for kind in kinds if precision[kind]}
+
+
+def run_grounding(run: Run, task: str, shots: str, step: int | None = None) -> dict[str, tuple[Estimate, Estimate]]:
+    """Kind -> (precision, chance) Estimates of one run's captions at ``step`` (default: its last evaluated
+    checkpoint; one pass over the per-sample files; a kind no caption names is absent; {} when the task's cell
+    records no vocabulary). A query's precision is averaged over the demo seeds whose captions name the kind."""
+    step = run.final_step if step is None else step
+    found = query_precisions(run, task, shots, step)
+    clusters = run.sample_clusters(step, task, shots) if found and step is not None else {}
     return {
-        kind: (from_scores(sum(precision[kind].values()) / len(precision[kind]), precision[kind]),
-               from_scores(sum(chance[kind].values()) / len(chance[kind]), chance[kind]))
-        for kind in kinds if precision[kind]
+        kind: (from_scores(sum(precision.values()) / len(precision), precision, clusters),
+               from_scores(sum(chance.values()) / len(chance), chance, clusters))
+        for kind, (precision, chance) in found.items()
     }
 
 
@@ -134,7 +148,7 @@ def grounding_table(study: Study, resamples: int = DEFAULT_RESAMPLES) -> Table |
         "names that are in the image (named by a reference caption); chance: % of the world's colours (shapes) "
         "that are in the image, the precision of naming at random. Precision above chance = grounded captions; "
         "CIDEr alone also rewards the wording. Last evaluated checkpoint, fewest shots; captions naming no word "
-        "of a kind are left out; [95% bootstrap CI over queries]" + seed_note(study) + "; highest per column in bold."
+        "of a kind are left out; [95% bootstrap CI over queries]" + seed_note(study) + "; " + BOLD_NOTE
     )
     return make_table("caption-grounding", "Caption grounding (synthetic world)", note, list(groups), columns,
                       lookup, ["cell"], resamples)

@@ -3,19 +3,24 @@
 The HTML inlines its CSS and embeds every plot as an SVG data URI, so it opens offline and can be mailed
 or attached to a CI run as one file; it has no scripts. Every user string (run names, axis values, task
 names, model outputs, configs) is escaped: by jinja2's autoescape in HTML, by ``md_escape`` in markdown.
+Both lead with the Findings (``findings.py``): the tested contrasts and their verdicts.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
+from markupsafe import Markup
+
+from mmbench_cli.report.findings import Finding, Findings
 from mmbench_cli.report.plots import Figure
 from mmbench_cli.report.regress import Comparison
-from mmbench_cli.report.tables import Table, fmt
+from mmbench_cli.report.stats import DIRECTION, EFFECT, NO_EFFECT
+from mmbench_cli.report.tables import METADATA_COLUMNS, Table, fmt, fmt_p, metadata_layout
 
 if TYPE_CHECKING:
     from mmbench_cli.report.build import Section
@@ -23,9 +28,24 @@ if TYPE_CHECKING:
 TEMPLATES = Path(__file__).parent / "templates"
 
 
-def data_uri(figure: Figure) -> str:
-    """The figure's SVG as a base64 ``data:`` URI (an <img> never runs scripts inside it)."""
-    return "data:image/svg+xml;base64," + base64.b64encode(figure.svg.encode("utf-8")).decode("ascii")
+# Percent-encode what a data: URL or a double-quoted HTML attribute cannot hold as is; '"' becomes "'" (after "'"
+# itself is encoded), so the SVG's attributes stay quoted. A quarter smaller than base64, which matters: the plots
+# are most of a report's bytes.
+_URI_ESCAPES = str.maketrans({"%": "%25", "#": "%23", "<": "%3C", ">": "%3E", "&": "%26", "'": "%27", '"': "'",
+                              "{": "%7B", "}": "%7D", "\n": " ", "\r": " ", "\t": " "})
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+_TEXT_QUOTES = re.compile(r'>[^<]*"[^<]*<')  # a text node with a '"' (a label): kept as &quot;, not turned into "'"
+_ATTRIBUTE = re.compile(r'="[^"]*\'[^"]*"')  # an attribute value holding "'" (a CSS font-family list)
+
+
+def data_uri(figure: Figure) -> Markup:
+    """The figure's SVG as a percent-encoded ``data:`` URI (an <img> never runs scripts inside it). The result holds
+    no ``"``, ``&``, ``<`` or ``>``, so it is safe inside a double-quoted attribute as is (hence ``Markup``)."""
+    svg = _TEXT_QUOTES.sub(lambda m: m.group(0).replace('"', "&quot;"), figure.svg.replace(">\n<", "><"))
+    svg = _ATTRIBUTE.sub(lambda m: m.group(0).replace("'", "&apos;"), svg)  # (its '"' become "'" below)
+    encoded = svg.translate(_URI_ESCAPES)
+    encoded = _NON_ASCII.sub(lambda m: quote(m.group(0)), encoded)
+    return Markup("data:image/svg+xml;charset=utf-8," + encoded)
 
 
 def render_html(context: dict[str, Any]) -> str:
@@ -43,10 +63,85 @@ def render_html(context: dict[str, Any]) -> str:
     sections = [
         {**vars(section), "figures": [_figure_item(f) for f in section.figures]} for section in context.get("sections", [])
     ]
-    return env.get_template("report.html.j2").render({**context, "figures": figures, "sections": sections, "fmt": fmt})
+    shared, varying = metadata_layout(context["metadata"])
+    return env.get_template("report.html.j2").render({
+        **context, "figures": figures, "sections": sections, "fmt": fmt, "findings_view": findings_view(context["findings"]),
+        "findings_note": findings_note(context["findings"]) if context["findings"] is not None else "",
+        "metadata_shared": shared, "metadata_columns": [(key, METADATA_COLUMNS[key]) for key in varying],
+    })
 
 
-def _figure_item(figure: Figure) -> dict[str, str]:
+VERDICT_CLASS = {EFFECT: "effect", DIRECTION: "direction", NO_EFFECT: "none"}
+
+
+def _signed(value: float, decimals: int) -> str:
+    if value != value:
+        return "—"
+    text = f"{value:+.{decimals}f}"
+    return text[1:] if float(text) == 0 else text.replace("-", "−")
+
+
+def finding_cells(row: Finding) -> dict[str, str]:
+    """A Findings row as display strings (rounded to what its CI supports)."""
+    result, decimals = row.result, row.decimals
+    if row.simple_effects is not None and row.simple_labels is not None:
+        here = [f"{row.simple_labels[1]}: Δ {_signed(row.simple_effects[1], decimals)}",
+                f"{row.simple_labels[0]}: Δ {_signed(row.simple_effects[0], decimals)}"]
+    else:
+        here = [f"{fmt(row.base_mean, decimals)} → {fmt(row.value_mean, decimals)}"]
+    seeds = f"{result.seeds} (no seed noise)" if result.se_seeds is None else str(result.seeds)
+    queries = f"{result.n} ({result.clusters} img)" if row.clustered else f"{result.n} (unclustered)"
+    if not result.paired:
+        queries += ", not all shared"
+    mde = f"MDE {abs(row.mde):.{decimals}f}" if row.mde == row.mde else ""
+    return {
+        "measure": row.measure.label, "here": here, "verdict": row.verdict, "mde_text": mde,
+        "effect": _signed(result.diff, decimals),
+        "ci": f"[{fmt(result.ci_low, decimals)}, {fmt(result.ci_high, decimals)}]".replace("-", "−"),
+        "p": fmt_p(row.p_adjusted), "p_raw": fmt_p(result.p_value), "seeds": seeds, "queries": queries,
+        "verdict_class": VERDICT_CLASS.get(row.verdict, "none"),
+        "mde": f"{abs(row.mde):.{decimals}f}" if row.mde == row.mde else "—",
+    }
+
+
+def findings_view(findings: Findings | None) -> list[dict[str, Any]]:
+    """Per grid: its contrasts in order, each with its claim, detail and rows (one per measure)."""
+    if findings is None:
+        return []
+    view = []
+    for grid, rows in findings.by_grid().items():
+        contrasts: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            entry = contrasts.setdefault(row.contrast, {"contrast": row.contrast, "detail": row.detail,
+                                                        "claim": row.claim or "—", "kind": row.kind, "rows": []})
+            entry["rows"].append(finding_cells(row))
+        view.append({"grid": grid or "", "id": f"findings-{_anchor(grid or 'study')}", "contrasts": list(contrasts.values())})
+    return view
+
+
+def _anchor(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)[:120]
+
+
+def findings_note(findings: Findings) -> str:
+    """What the Findings table shows and how it was tested (one paragraph, the same in HTML and markdown)."""
+    counts = findings.counts()
+    total = len(findings.rows)
+    return (
+        f"{total} contrasts: {counts.get(EFFECT, 0)} effect, {counts.get(DIRECTION, 0)} direction, not significant, "
+        f"{counts.get(NO_EFFECT, 0)} no detectable effect. Each grid's axis values against its base value (the one its "
+        "base config has), averaged over the grid's other axes, and for a two-axis grid each interaction (the "
+        "difference of differences), per measure, at each cell's last evaluated checkpoint, from the per-sample "
+        "files: queries paired across cells that answered the same ones, standard errors clustered by image, a "
+        "cell's training seeds pooled with the grid's between-seed variance added (Welch–Satterthwaite t). "
+        f"p: Holm-adjusted over all {total} contrasts of this report; verdict: effect (adjusted p < {findings.alpha}), "
+        f"direction, not significant (only the unadjusted p < {findings.alpha}), else no detectable effect; MDE: "
+        f"the effect this contrast would detect with 80% power at alpha {findings.alpha} (unadjusted). With one seed "
+        "per cell the training-seed noise is not measured and the interval covers the queries only."
+    )
+
+
+def _figure_item(figure: Figure) -> dict[str, object]:
     return {"id": figure.id, "title": figure.title, "caption": figure.caption, "data_uri": data_uri(figure)}
 
 
@@ -65,7 +160,7 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def _table_md(table: Table, level: int = 2) -> str:
-    headers = [md_escape(name) for name in table.index_names] + [md_escape(c) for c in table.values.columns]
+    headers = [md_escape(name) for name in table.index_names] + [md_escape(c) for c in table.shown_columns]
     rows = []
     for row in table.rows():
         cells = [md_escape(label) for label in row["labels"]]
@@ -76,7 +171,7 @@ def _table_md(table: Table, level: int = 2) -> str:
             cells.append(f"{text} {md_escape(cell['ci'])}".strip())
         rows.append(cells)
     heading = "#" * level
-    return f"{heading} {md_escape(table.title)}\n\n{md_escape(table.note)}\n\n{markdown_table(headers, rows)}\n"
+    return f"{heading} {md_escape(table.title)}\n\n{md_escape(table.display_note)}\n\n{markdown_table(headers, rows)}\n"
 
 
 def _figure_md(figure: Figure, path: str, level: int = 2) -> str:
@@ -96,7 +191,8 @@ def _section_md(section: Section, plot_paths: dict[str, str]) -> list[str]:
     parts.append(f"{section.runs_count} run(s) in {section.cells_count} cell(s) from `{section.source.replace('`', '')}`; "
                  f"axes: {_axes_md(section.axes)}.\n")
     if section.csv_name and section.tables:
-        parts.append(f"Numbers of the summary table: [{section.csv_name}]({section.csv_name}).\n")
+        parts.append(f"Numbers of the summary table: [{section.csv_name}]({section.csv_name}). "
+                     f"Tested contrasts: [Findings](#{_anchor('findings-' + section.name)}).\n")
     parts += [_table_md(table, level=3) for table in section.tables]
     parts += [_figure_md(figure, plot_paths[figure.id], level=3) for figure in section.figures]
     return parts
@@ -112,6 +208,40 @@ def _comparisons_md(comparisons: list[Comparison], verdict: str) -> str:
     return f"## Regression check\n\n{md_escape(verdict)}\n\n{markdown_table(headers, rows)}\n"
 
 
+def _findings_md(findings: Findings | None) -> str:
+    """The Findings section in markdown: one table per grid, the claim on each contrast's first row."""
+    if findings is None or not findings.rows:
+        return "## Findings\n\nNo grid axes to contrast (plain run dirs, or one value per axis).\n"
+    parts = ["## Findings\n", md_escape(findings_note(findings)) + "\n"]
+    headers = ["contrast", "measure", "base → value", "effect [95% CI]", "p (Holm)", "seeds", "queries", "verdict",
+               "MM1 says"]
+    for grid in findings_view(findings):
+        rows = []
+        for contrast in grid["contrasts"]:
+            for index, cells in enumerate(contrast["rows"]):
+                first = index == 0
+                verdict = f"**{cells['verdict']}**" if cells["verdict_class"] == "effect" else cells["verdict"]
+                if cells["verdict_class"] == "none":
+                    verdict += f" ({cells['mde_text']})"
+                rows.append([md_escape(contrast["contrast"]) if first else "", md_escape(cells["measure"]),
+                             md_escape("; ".join(cells["here"])), f"{cells['effect']} {cells['ci']}", cells["p"],
+                             md_escape(cells["seeds"]), md_escape(cells["queries"]), verdict,
+                             md_escape(contrast["claim"]) if first else ""])
+        if grid["grid"]:
+            parts.append(f'<a id="{html.escape(grid["id"])}"></a>\n\n### Findings: {md_escape(grid["grid"])}\n')
+        parts.append(markdown_table(headers, rows) + "\n")
+    for note in findings.skipped:
+        parts.append(f"Note: {md_escape(note)}.\n")
+    return "\n".join(parts)
+
+
+def _unfinished_md(rows: list[dict[str, str]]) -> str:
+    table = markdown_table(["cell", "state", "error", "last trained step", "last evaluated step"],
+                           [[md_escape(r[k]) for k in ("cell", "state", "error", "trained", "evaluated")] for r in rows])
+    return ("## Cells that did not finish\n\nmm ablate did not record these cells as done (their ablate.json); they "
+            "are left out of the Findings.\n\n" + table + "\n")
+
+
 def render_markdown(context: dict[str, Any], plot_paths: dict[str, str]) -> str:
     """The markdown twin of the HTML report; plots are linked as SVG files beside it."""
     parts = [f"# {md_escape(context['title'])}\n"]
@@ -121,6 +251,14 @@ def render_markdown(context: dict[str, Any], plot_paths: dict[str, str]) -> str:
         f"{context['runs_count']} run(s) in {context['cells_count']} cell(s) from {sources}; axes: {axes}; "
         f"generated {context['generated']} by mmbench {context['version']}.\n"
     )
+    links = [f"[{md_escape(name)}]({name})" for name in context.get("csv_files", [])]
+    if context.get("readme"):
+        parts.append(f"Notes on this report: [{md_escape(context['readme'])}]({context['readme']}).\n")
+    if links:
+        parts.append("Numbers as CSV: " + ", ".join(links) + ".\n")
+    parts.append(_findings_md(context.get("findings")))
+    if context.get("unfinished"):
+        parts.append(_unfinished_md(context["unfinished"]))
     if context["comparisons"] is not None:
         parts.append(_comparisons_md(context["comparisons"], context["verdict"]))
     parts += [_table_md(table) for table in context["main_tables"]]
@@ -134,13 +272,13 @@ def render_markdown(context: dict[str, Any], plot_paths: dict[str, str]) -> str:
     else:
         parts.append("No checkpoint content hash repeats.\n")
     if context["examples"]:
-        rows = [[md_escape(e[k]) for k in ("cell", "task", "shots", "id", "prediction", "references", "score")]
+        rows = [[md_escape(e[k]) for k in ("cell", "task", "shots", "id", "prompt", "prediction", "references", "score")]
                 for e in context["examples"]]
         parts.append("## Example outputs\n\n" + markdown_table(
-            ["cell", "task", "shots", "id", "prediction", "references", "score"], rows) + "\n")
-    keys = ["run", "status", "seed", "eval_seeds", "commit", "wall_time", "num_params", "flops_per_step", "steps", "versions"]
-    rows = [[md_escape(row[k]) for k in keys] for row in context["metadata"]]
-    parts.append("## Run metadata\n\n" + markdown_table(
-        ["run", "status", "seed", "demo seeds", "commit", "wall time", "params", "FLOPs/step", "evaluated steps", "versions"],
-        rows) + "\n\nFull configs and commands are in index.html.\n")
+            ["cell", "task", "shots", "id", "question / prompt", "prediction", "reference", "score"], rows) + "\n")
+    shared, varying = metadata_layout(context["metadata"])
+    rows = [[md_escape(row[k]) for k in ["run", *varying]] for row in context["metadata"]]
+    common = "; ".join(f"{md_escape(k)}: {md_escape(v)}" for k, v in shared.items())
+    parts.append("## Run metadata\n\n" + (f"Every run: {common}.\n\n" if common else "") + markdown_table(
+        ["run", *(METADATA_COLUMNS[k] for k in varying)], rows) + "\n\nFull configs and commands are in index.html.\n")
     return "\n".join(parts)

@@ -3,8 +3,11 @@
 Reports and regression checks read only run-directory files, and only through ``mmbench_cli.rundir``
 (``RunDir``: ``config.yaml``, ``meta.json``, ``metrics.jsonl``, ``checkpoints/step_<N>/checkpoint.json``,
 ``eval/step_<N>.json`` as ``EvalResult`` and its per-sample files); a grid dir adds ``grid.json`` and one run
-dir per cell (``runs/<grid>/<cell-id>/``, ids like ``resolution=64,tokens=16``). Task families come from the
-results cells (``ResultCell.family``). Anything malformed becomes a one-line MMError naming the file.
+dir per cell (``runs/<grid>/<cell-id>/``, ids like ``resolution=64,tokens=16``), each with the ``ablate.json``
+that ``mm ablate`` keeps (the cell's ``state`` and, for a failed cell, its ``error``; read here by a small reader
+of its own, not through ``mmbench_cli.ablate``). Task families come from the results cells
+(``ResultCell.family``). Anything malformed becomes a one-line MMError naming the file (a damaged
+``ablate.json`` only loses the cell's state).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from mmbench_cli.errors import MMError
 from mmbench_cli.rundir import Checkpoint, EvalResult, ResultCell, RunDir, read_json_file
 
 SEED_AXIS = "seed"
+CELL_RECORD = "ablate.json"  # a grid cell's state as mm ablate records it: {"state": ..., "error": ...}
+_QUESTION_OF_IMAGE = re.compile(r"^(?P<image>.+):q\d+$")  # the synthetic world's question ids: <image id>:q<k>
+IMAGE_FIELDS = ("image_id", "image")  # a per-sample row's image, where the task records it
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,10 @@ class Run:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     checkpoints: list[CheckpointRecord] = field(default_factory=list)
     results: dict[int, EvalResult] = field(default_factory=dict)
+    state: str | None = None  # ablate.json's state for a grid cell (done / failed / running / ...), else None
+    error: str | None = None  # ablate.json's error of a failed cell
     _scores: dict[tuple[int, str, str], dict[str, float] | None] = field(default_factory=dict, repr=False)
+    _clusters: dict[tuple[int, str, str], dict[str, str | None]] = field(default_factory=dict, repr=False)
 
     @property
     def dir(self) -> RunDir:
@@ -104,8 +113,19 @@ class Run:
         """Per-query scores (mean over demo seeds, keyed by query id), or None without sample files."""
         key = (step, task, shots)
         if key not in self._scores:
-            self._scores[key] = _read_scores(self, step, task, shots)
+            self._scores[key], self._clusters[key] = _read_scores(self, step, task, shots)
         return self._scores[key]
+
+    def sample_clusters(self, step: int, task: str, shots: str) -> dict[str, str | None]:
+        """Query id -> the image it is about (``cluster_key``; None where the files do not say), for clustered
+        standard errors ({} without sample files)."""
+        self.sample_scores(step, task, shots)
+        return self._clusters.get((step, task, shots), {})
+
+    @property
+    def failed(self) -> bool:
+        """Whether mm ablate recorded this cell as failed."""
+        return self.state == "failed"
 
 
 @dataclass
@@ -162,8 +182,8 @@ class Study:
         parts = []
         for grid in self.grids:
             runs = [_unprefixed(run) for run in self.runs if run.grid == grid["label"]]
-            parts.append(Study(runs=runs, axes=_study_axes(runs, grid["axis_names"]), sources=[Path(grid["path"])],
-                               grids=[grid]))
+            parts.append(Study(runs=runs, axes=_study_axes(runs, grid["axis_names"], grid.get("value_order")),
+                               sources=[Path(grid["path"])], grids=[grid]))
         plain = [run for run in self.runs if run.grid is None]
         if plain:
             parts.append(Study(runs=plain, axes=_study_axes(plain, []), sources=[run.path for run in plain], grids=[]))
@@ -177,12 +197,19 @@ def _unprefixed(run: Run) -> Run:
     return replace(run, name=run.name.removeprefix(run.prefix), prefix="")
 
 
-def _study_axes(runs: list[Run], axis_order: list[str]) -> dict[str, list[str]]:
-    """Axis name -> its sorted values over ``runs`` (grid axes first, in the grid's order)."""
+def _study_axes(runs: list[Run], axis_order: list[str],
+                value_order: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """Axis name -> its values over ``runs`` (grid axes first, in the grid's order): numbers numerically, words
+    alphabetically, mixtures by their shares (``value_order``)."""
     order = list(axis_order)
     for run in runs:
         order += [a for a in run.axes if a not in order]
-    return {name: sorted({run.axes[name] for run in runs if name in run.axes}, key=_axis_sort_key) for name in order}
+    axes = {}
+    for name in order:
+        values = {run.axes[name] for run in runs if name in run.axes}
+        ranked = (value_order or {}).get(name, [])
+        axes[name] = sorted(values, key=lambda v, r=ranked: (0, r.index(v), 0.0, "") if v in r else (1, *_axis_sort_key(v)))
+    return axes
 
 
 def cell_id(axes: dict[str, object]) -> str:
@@ -221,9 +248,14 @@ def _checkpoint_record(checkpoint: Checkpoint) -> CheckpointRecord:
                             float(flops) if _number(flops) else None)
 
 
-def load_run(path: Path, name: str | None = None, axes: dict[str, str] | None = None) -> Run:
-    """Read one run dir (results, samples lazily, log, checkpoints, config, meta)."""
+def load_run(path: Path, name: str | None = None, axes: dict[str, str] | None = None, cell: bool = False) -> Run:
+    """Read one run dir (results, samples lazily, log, checkpoints, config, meta; a grid ``cell``'s ablate.json)."""
     run = Run(path=path, name=name or path.resolve().name, axes=dict(axes or {}))
+    if cell:
+        record = read_cell_record(path)
+        state, error = record.get("state"), record.get("error")
+        run.state = state if isinstance(state, str) else None
+        run.error = " ".join(str(error).split()) if error not in (None, "") else None
     run_dir = run.dir
     config_text = run_dir.read_config_text()
     if config_text is not None:
@@ -241,14 +273,51 @@ def load_run(path: Path, name: str | None = None, axes: dict[str, str] | None = 
     return run
 
 
-def _read_scores(run: Run, step: int, task: str, shots: str) -> dict[str, float] | None:
+def cluster_key(record: dict[str, Any], family: str | None = None) -> str | None:
+    """The image a per-sample row is about, to cluster standard errors by: the row's ``image_id`` (or ``image``)
+    field; else, for a question id of the form ``<image id>:q<k>`` (the synthetic world's), that image id; else,
+    for a captioning task (one query per image), the query id itself; else None (the query is its own cluster).
+    """
+    for name in IMAGE_FIELDS:
+        value = record.get(name)
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
+            return f"image:{value}"
+    ident = record.get("id")
+    if isinstance(ident, str):
+        match = _QUESTION_OF_IMAGE.match(ident)
+        if match:
+            return f"image:{match.group('image')}"
+    if family == "caption" and isinstance(ident, (str, int)) and not isinstance(ident, bool):
+        return f"image:{ident}"
+    return None
+
+
+def _read_scores(run: Run, step: int, task: str, shots: str) -> tuple[dict[str, float] | None, dict[str, str | None]]:
     per_id: dict[str, list[float]] = {}
+    clusters: dict[str, str | None] = {}
+    cell = run.entry(step, task, shots)
+    family = cell.family if cell is not None else None
     for path, records in run.sample_records(step, task, shots):
         for number, record in enumerate(records, start=1):
             if not _number(record.get("score")):
                 raise MMError(f"{path}: line {number}: expected an object with a numeric 'score'; re-run mm eval")
-            per_id.setdefault(str(record.get("id", number)), []).append(float(record["score"]))
-    return {key: sum(values) / len(values) for key, values in per_id.items()} or None
+            ident = str(record.get("id", number))
+            per_id.setdefault(ident, []).append(float(record["score"]))
+            clusters.setdefault(ident, cluster_key(record, family))
+    return {key: sum(values) / len(values) for key, values in per_id.items()} or None, clusters
+
+
+def read_cell_record(path: Path) -> dict[str, Any]:
+    """A grid cell's ``ablate.json`` (``state``, ``error``, timings), or {} when it has none or it is unreadable
+    (the report then shows the cell without a state rather than failing)."""
+    record_path = path / CELL_RECORD
+    if not record_path.is_file():
+        return {}
+    try:
+        data = read_json_file(record_path, CELL_RECORD)
+    except MMError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def read_samples(run: Run, step: int, task: str, shots: str, limit: int) -> list[dict[str, Any]]:
@@ -304,14 +373,89 @@ def load_grid(path: Path) -> tuple[list[Run], dict[str, Any]]:
     planned = _grid_cells(grid)
     runs = []
     for child in sorted(path.iterdir()):
-        if child.name.startswith(".") or not is_run_dir(child):
+        # A cell that failed before it wrote any run file still has its ablate.json: it is shown, with its error.
+        if child.name.startswith(".") or not (is_run_dir(child) or (child / CELL_RECORD).is_file()):
             continue
         axes = planned.get(child.name) or parse_cell_id(child.name)
-        runs.append(load_run(child, child.name, axes))
+        runs.append(load_run(child, child.name, axes, cell=True))
     order = {ident: index for index, ident in enumerate(planned)}
     runs.sort(key=lambda run: (order.get(run.name, len(order)), run.name))
-    grid = dict(grid, path=str(path), axis_names=_grid_axes(grid))
+    shares = _value_shares(grid)
+    grid = dict(grid, path=str(path), axis_names=_grid_axes(grid), value_shares=shares, value_order=_value_order(shares),
+                base_values=base_values(grid))
     return runs, grid
+
+
+def _axis_specs(grid: dict[str, Any]) -> list[dict[str, Any]]:
+    axes = grid.get("axes")
+    return [a for a in axes if isinstance(a, dict) and isinstance(a.get("name"), str)] if isinstance(axes, list) else []
+
+
+def mixture_shares(value: object) -> tuple[float, ...] | None:
+    """The shares of a mixture axis value (``{caption: .45, interleaved: .45, text: .1}``) in their order, or None
+    when the value is not a mapping of numbers summing to about 1."""
+    if not isinstance(value, dict) or not value or not all(_number(v) for v in value.values()):
+        return None
+    shares = tuple(float(v) for v in value.values())
+    return shares if abs(sum(shares) - 1.0) < 0.02 else None
+
+
+def _value_shares(grid: dict[str, Any]) -> dict[str, dict[str, tuple[float, ...]]]:
+    """Axis -> label -> shares, for the axes whose values are all mixtures."""
+    found: dict[str, dict[str, tuple[float, ...]]] = {}
+    for axis in _axis_specs(grid):
+        labels, values = axis.get("labels"), axis.get("values")
+        if not isinstance(labels, list) or not isinstance(values, list) or len(labels) != len(values):
+            continue
+        shares = {str(label): mixture_shares(value) for label, value in zip(labels, values, strict=True)}
+        if shares and all(share is not None for share in shares.values()):
+            found[axis["name"]] = shares  # type: ignore[assignment]
+    return found
+
+
+def _value_order(shares: dict[str, dict[str, tuple[float, ...]]]) -> dict[str, list[str]]:
+    """Axis -> its labels in display order, for axes whose values are mixtures: by their shares, the first share
+    descending (cap100, cap90-txt10, cap50-int50, ..., int100), as MM1's Fig. 5 orders its mixtures."""
+    return {axis: sorted(by_label, key=lambda label, b=by_label: tuple(-x for x in b[label]))
+            for axis, by_label in shares.items()}
+
+
+def _dotted(config: object, key: str) -> object:
+    for part in key.split("."):
+        if not isinstance(config, dict) or part not in config:
+            return _MISSING
+        config = config[part]
+    return config
+
+
+_MISSING = object()
+
+
+def base_values(grid: dict[str, Any]) -> dict[str, str]:
+    """Axis -> the label of its value that the grid's base config has (the reference a contrast is taken
+    against), else its first label. An axis that sets several keys matches when every key agrees."""
+    base = grid.get("base_config") if isinstance(grid.get("base_config"), dict) else {}
+    found: dict[str, str] = {}
+    for axis in _axis_specs(grid):
+        labels, values = axis.get("labels"), axis.get("values")
+        if not isinstance(labels, list) or not labels:
+            continue
+        found[axis["name"]] = str(labels[0])
+        if not isinstance(values, list) or len(values) != len(labels):
+            continue
+        for label, value in zip(labels, values, strict=True):
+            if _matches_base(base, axis.get("key"), value):
+                found[axis["name"]] = str(label)
+                break
+    return found
+
+
+def _matches_base(base: dict[str, Any], key: object, value: object) -> bool:
+    if isinstance(key, str) and key:
+        return _dotted(base, key) == value
+    if isinstance(value, dict) and value:  # an axis without `key`: each value maps dotted keys to values
+        return all(isinstance(k, str) and _dotted(base, k) == v for k, v in value.items())
+    return False
 
 
 def is_grid_parent(path: Path) -> bool:
@@ -388,7 +532,12 @@ def load_study(paths: list[Path]) -> Study:
             f"{', '.join(map(str, paths))}: nothing to report: no eval/step_<N>.json and no metrics.jsonl; "
             "run mm pretrain / mm eval (or mm ablate) first"
         )
-    return Study(runs=runs, axes=_study_axes(runs, axis_order), sources=list(paths), grids=grids)
+    shares: dict[str, dict[str, tuple[float, ...]]] = {}
+    for grid in grids:
+        for axis, by_label in grid.get("value_shares", {}).items():
+            shares.setdefault(axis, {}).update(by_label)
+    value_order = _value_order(shares)
+    return Study(runs=runs, axes=_study_axes(runs, axis_order, value_order), sources=list(paths), grids=grids)
 
 
 def _unique_label(name: str, taken: set[str]) -> str:

@@ -1,29 +1,45 @@
-"""Matplotlib (Agg) figures as SVG text: MM1-style bars per axis, Pythia-style training dynamics, losses.
+"""Matplotlib (Agg) figures as SVG text, drawn to be read at 1280 px in colour-blind-safe colours (Okabe–Ito).
 
-- ``axis_bars``: like MM1's Figures 3-5, one figure per grid axis: a metric family per panel, the axis
-  values on x, bars grouped by shots, 95% bootstrap intervals as error bars.
-- ``dynamics``: like Pythia, one figure per task: metric vs. training step (log x) and vs. training FLOPs,
-  one line per cell (mean over training seeds, band = min..max over seeds), a panel per shot count.
-- ``loss_curves``: training loss per data type (caption / interleaved / text) vs. step, same lines/bands.
+- ``axis_bars``: like MM1's Figures 3-5, one figure per grid axis: a panel per metric family (and caption
+  grounding, with its chance level), the axis values on x (mixtures ordered by their shares, as in MM1 Fig. 5),
+  bars grouped by shots with 95% bootstrap intervals, and every training seed's value as a point over its bar;
+  a dashed line at the answer prior where the VQA results record one (``extra["prior"]``).
+- ``interaction``: for a grid of two axes, like MM1's Fig. 4: the metric vs. one axis, a line per value of the
+  other, a panel per family and shot count, seeds as points.
+- ``dynamics``: like Pythia, one figure per task whose runs evaluated several checkpoints: metric vs. training
+  step and vs. training compute (FLOPs), one line per cell (mean over its seeds at each step), band = min..max
+  over the seeds; a line only ever joins one cell's checkpoints, in step order.
+- ``grounding_steps``: caption grounding (colour precision) at every evaluated checkpoint, against chance.
+- ``loss_curves``: training loss per data type vs. step, log-log, one line per cell with a band over seeds.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING
 
 from mmbench_cli.families import FAMILIES
-from mmbench_cli.report.load import Run, Study
-from mmbench_cli.report.stats import DEFAULT_RESAMPLES
-from mmbench_cli.report.tables import axis_effects, repeated_points, summary_columns, task_estimate
+from mmbench_cli.report.grounding import query_precisions, run_vocabularies
+from mmbench_cli.report.load import SEED_AXIS, Run, Study
+from mmbench_cli.report.stats import DEFAULT_RESAMPLES, Estimate, from_scores, mean_of
+from mmbench_cli.report.tables import Column, axis_effects, repeated_points, run_estimate, summary_columns, task_estimate
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure as MplFigure
 
 LOSS_KEYS = ("loss", "loss/caption", "loss/interleaved", "loss/text")
+# Okabe & Ito's colour-blind-safe palette (yellow last: weak on white); markers tell lines apart beyond 8.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "--", ":", "-.")
+MAX_LINE_POINTS = 160  # loss curves are thinned to this many points per line (log-spaced), for page size
+GROUNDING_KIND = "colour"
 
 
 @dataclass
@@ -42,8 +58,31 @@ def _pyplot() -> ModuleType:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"svg.hashsalt": "mmbench", "svg.fonttype": "none", "font.size": 8, "axes.titlesize": 9})
+    plt.rcParams.update({
+        "svg.hashsalt": "mmbench", "svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
+        "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8,
+        "axes.spines.top": False, "axes.spines.right": False, "path.simplify": True,
+        # one short font list (matplotlib repeats it on every text element of an SVG)
+        "font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans", "Arial", "Helvetica"],
+    })
     return plt
+
+
+_GEOMETRY = re.compile(r'\b(d|x|y|x1|x2|y1|y2|width|height|transform|points|cx|cy|r)="([^"]*)"')
+_LONG_NUMBER = re.compile(r"(-?\d+\.\d{2})\d+")
+_METADATA = re.compile(r"\s*<metadata>.*?</metadata>", re.S)
+
+
+def compact_svg(svg: str) -> str:
+    """The same picture in fewer bytes: geometry to 0.01 pt, no indentation or metadata block (a report embeds
+    every plot, so this is most of its size). Text content is left alone."""
+
+    def shorten(match: re.Match[str]) -> str:
+        value = _LONG_NUMBER.sub(r"\1", " ".join(match.group(2).split()))
+        return f'{match.group(1)}="{value}"'
+
+    svg = _METADATA.sub("", svg)
+    return re.sub(r">\s*\n\s*<", ">\n<", _GEOMETRY.sub(shorten, svg))
 
 
 def _to_svg(fig: MplFigure) -> str:
@@ -51,38 +90,110 @@ def _to_svg(fig: MplFigure) -> str:
     # Fixed margins instead of tight layout / bbox "tight": text layout is most of matplotlib's time.
     fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": "mmbench"})
     _pyplot().close(fig)
-    return buffer.getvalue()
+    return compact_svg(buffer.getvalue())
 
 
-def _colors(study: Study) -> dict[str, tuple[float, ...]]:
-    plt = _pyplot()
-    cycle = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
-    return {group: cycle[i % len(cycle)] for i, group in enumerate(study.groups())}
+def _style(index: int) -> dict[str, object]:
+    """Colour, marker and line style of the ``index``-th line (colours first, then markers and dashes)."""
+    return {"color": PALETTE[index % len(PALETTE)], "marker": MARKERS[(index // len(PALETTE) + index) % len(MARKERS)],
+            "linestyle": LINESTYLES[(index // len(PALETTE)) % len(LINESTYLES)]}
+
+
+def _styles(study: Study) -> dict[str, dict[str, object]]:
+    return {group: _style(i) for i, group in enumerate(study.groups())}
 
 
 def _short(label: str, width: int = 40) -> str:
     return label if len(label) <= width else label[: width - 1] + "…"
 
 
+def _legend_width(labels: Iterable[str]) -> float:
+    """Inches a legend of ``labels`` needs at legend.fontsize (about 0.062 in per character, plus the handle)."""
+    return 0.75 + 0.062 * max((len(label) for label in labels), default=0)
+
+
+def _tick_labels(panel: Axes, labels: list[str]) -> float:
+    """Set x tick labels, rotated when long or many; returns the inches they need below the axis."""
+    longest = max((len(label) for label in labels), default=0)
+    rotate = longest > 8 or (len(labels) > 4 and longest > 4)
+    panel.set_xticks(range(len(labels)), labels, rotation=40 if rotate else 0, ha="right" if rotate else "center",
+                     rotation_mode="anchor")
+    return 0.25 + (0.65 * 0.062 * longest * 1.1 if rotate else 0.1)
+
+
+def _answer_prior(study: Study, tasks: list[str], shots: str) -> float | None:
+    """The mean answer prior (``extra["prior"]``) of ``tasks`` at ``shots`` over the runs' last checkpoints, when every
+    task records one (another eval version may not: then no line is drawn)."""
+    priors: dict[str, list[float]] = {}
+    for run in study.runs:
+        step = run.final_step
+        for task in tasks:
+            cell = run.entry(step, task, shots) if step is not None else None
+            prior = cell.extra.get("prior") if cell is not None else None
+            if isinstance(prior, (int, float)) and not isinstance(prior, bool) and math.isfinite(prior):
+                priors.setdefault(task, []).append(float(prior))
+    if not tasks or any(task not in priors for task in tasks):
+        return None
+    return sum(sum(v) / len(v) for v in priors.values()) / len(priors)
+
+
+def _grounding_estimates(study: Study) -> tuple[str, str, dict[str, Estimate], float] | None:
+    """(task, shots, run name -> colour-precision Estimate, mean chance) for the first captioning task whose cells
+    record a vocabulary, at its fewest shots and the runs' last checkpoints; None when there is none."""
+    for task, info in study.tasks().items():
+        shots = info.shots[0]
+        if not any(GROUNDING_KIND in run_vocabularies(run, task, shots) for run in study.runs):
+            continue
+        found: dict[str, Estimate] = {}
+        chances: list[float] = []
+        for run in study.runs:
+            kinds = query_precisions(run, task, shots)
+            if GROUNDING_KIND in kinds:
+                precision, chance = kinds[GROUNDING_KIND]
+                found[run.name] = from_scores(sum(precision.values()) / len(precision), precision)
+                chances += list(chance.values())
+        if found:
+            return task, shots, found, sum(chances) / len(chances)
+    return None
+
+
+def _bar_panels(study: Study, columns: list[Column]) -> list[tuple[str, list[Column]]]:
+    return [(family.label + (" avg" if family.summary_task is None else ""),
+             [c for c in columns if c.family == family.name]) for family in FAMILIES.values()
+            if any(c.family == family.name for c in columns)]
+
+
 def axis_bars(study: Study, resamples: int = DEFAULT_RESAMPLES) -> list[Figure]:
-    """MM1 Figures 3-5: per axis, the mean metric per axis value, bars grouped by shots, CI error bars."""
+    """MM1 Figures 3-5: per axis, the mean metric per axis value (bars grouped by shots, 95% CI error bars) with
+    every training seed's value as a point, a panel per family, and caption grounding against chance."""
     plt = _pyplot()
     columns = summary_columns(study)
     effects = axis_effects(study, columns)
+    tasks = study.tasks()
+    panels_spec = _bar_panels(study, columns)
+    grounding = _grounding_estimates(study)
+    shot_colours = {shots: PALETTE[i % len(PALETTE)] for i, shots in enumerate(
+        sorted({c.shots for c in columns if c.shots is not None}, key=int))}
     figures = []
     for axis, by_value in effects.items():
-        families = [family for family in FAMILIES.values() if any(c.family == family.name for c in columns)]
-        if not families or not by_value:
+        if not panels_spec or not by_value:
             continue
-        fig, panels = plt.subplots(
-            1, len(families), figsize=(3.4 * len(families), 3.0), squeeze=False,
-            gridspec_kw={"left": 0.12 / len(families) + 0.03, "right": 0.98, "bottom": 0.2, "top": 0.9, "wspace": 0.3},
-        )
         values = list(by_value)
-        for panel, family in zip(panels[0], families, strict=True):
-            family_columns = [c for c in columns if c.family == family.name]
-            width = 0.8 / len(family_columns)
+        panel_count = len(panels_spec) + (grounding is not None)
+        width = min(12.5, 3.5 * panel_count + 0.6)
+        longest = max(len(v) for v in values)
+        bottom = 0.55 + (0.062 * min(longest, 24) * 0.7 if longest > 8 or len(values) > 4 else 0.0)
+        fig, panels = plt.subplots(1, panel_count, figsize=(width, 3.4 + bottom), squeeze=False,
+                                   gridspec_kw={"left": 0.55 / width, "right": 1 - 0.15 / width,
+                                                "bottom": bottom / (3.4 + bottom), "top": 1 - 0.75 / (3.4 + bottom),
+                                                "wspace": 0.32})
+        members = {value: [r for r in study.runs if r.axes.get(axis) == value and r.final_step is not None]
+                   for value in values}
+        handles: dict[str, object] = {}
+        for panel, (title, family_columns) in zip(panels[0], panels_spec, strict=False):
+            width_each = 0.8 / len(family_columns)
             for j, column in enumerate(family_columns):
+                offset = (j - (len(family_columns) - 1) / 2) * width_each
                 heights, low, high = [], [], []
                 for value in values:
                     estimate = by_value[value][column.key]
@@ -91,22 +202,144 @@ def axis_bars(study: Study, resamples: int = DEFAULT_RESAMPLES) -> list[Figure]:
                     heights.append(height)
                     low.append(height - interval[0] if interval else 0.0)
                     high.append(interval[1] - height if interval else 0.0)
-                positions = [i + (j - (len(family_columns) - 1) / 2) * width for i in range(len(values))]
-                label = f"{column.shots}-shot" if family.summary_task is None else column.label
-                panel.bar(positions, heights, width, yerr=[low, high], capsize=2, label=label)
-            panel.set_xticks(range(len(values)), [_short(v, 14) for v in values], rotation=30 if len(values) > 4 else 0)
+                colour = shot_colours.get(column.shots or "", PALETTE[0])
+                positions = [i + offset for i in range(len(values))]
+                bars = panel.bar(positions, heights, width_each * 0.92, yerr=[low, high], capsize=2, color=colour,
+                                 alpha=0.75, error_kw={"elinewidth": 1.0, "ecolor": "#333333"})
+                handles.setdefault(f"{column.shots}-shot", bars)
+                for i, value in enumerate(values):
+                    points = [e.value for r in members[value] if (e := run_estimate(r, column, tasks)) is not None]
+                    if points:
+                        spread = [positions[i] + width_each * 0.5 * (k / max(len(points) - 1, 1) - 0.5)
+                                  for k in range(len(points))] if len(points) > 1 else [positions[i]]
+                        dots = panel.scatter(spread, points, s=14, facecolor="white", edgecolor="black",
+                                             linewidth=0.8, zorder=4)
+                        handles.setdefault("one training seed (a cell's run)", dots)
+            family = next(f for f in FAMILIES.values() if f.name == family_columns[0].family)
+            if family.name == "vqa":
+                family_tasks = [t for t, info in tasks.items() if info.family == "vqa"]
+                prior = _answer_prior(study, family_tasks, family_columns[0].shots or "0")
+                if prior is not None:
+                    handles.setdefault("answer prior", panel.axhline(prior, color="#555555", linestyle="--", linewidth=1))
+            panel.set_title(title)
+            panel.set_ylabel(_family_unit(family.name, tasks))
+            _tick_labels(panel, [_short(v, 24) for v in values])
             panel.set_xlabel(_short(axis))
-            panel.set_title(family.label + (" avg" if family.summary_task is None else ""))
-            panel.legend(fontsize=6)
-        figures.append(
-            Figure(
-                f"bars-{axis}",
-                f"Bar chart: effect of {axis}",
-                f"Mean metric per {axis} value over the other axes, grouped by shots; error bars: 95% bootstrap CI.",
-                _to_svg(fig),
-            )
-        )
+            panel.grid(axis="y", alpha=0.3)
+        if grounding is not None:
+            panel = panels[0][-1]
+            _, _, by_run, chance = grounding
+            names = {value: [r.name for r in members[value] if r.name in by_run] for value in values}
+            heights, low, high = [], [], []
+            for value in values:
+                estimate = mean_of([by_run[n] for n in names[value]]) if names[value] else None
+                interval = estimate.ci(resamples) if estimate else None
+                heights.append(estimate.value if estimate else float("nan"))
+                low.append(estimate.value - interval[0] if estimate and interval else 0.0)
+                high.append(interval[1] - estimate.value if estimate and interval else 0.0)
+            panel.bar(range(len(values)), heights, 0.6, yerr=[low, high], capsize=2, alpha=0.75,
+                      color=shot_colours.get(grounding[1], PALETTE[0]), error_kw={"elinewidth": 1.0, "ecolor": "#333333"})
+            for i, value in enumerate(values):
+                points = [by_run[n].value for n in names[value]]
+                spread = [i + 0.3 * (k / max(len(points) - 1, 1) - 0.5) for k in range(len(points))] if len(points) > 1 else [i]
+                if points:
+                    panel.scatter(spread, points, s=14, facecolor="white", edgecolor="black", linewidth=0.8, zorder=4)
+            handles["chance (colours named at random)"] = panel.axhline(chance, color="#555555", linestyle=":",
+                                                                        linewidth=1.2)
+            panel.set_title("Caption grounding, 0-shot" if grounding[1] == "0" else f"Caption grounding, {grounding[1]}-shot")
+            panel.set_ylabel("colour precision (%)")
+            panel.set_ylim(0, 100)
+            _tick_labels(panel, [_short(v, 24) for v in values])
+            panel.set_xlabel(_short(axis))
+            panel.grid(axis="y", alpha=0.3)
+        ordered = sorted(handles, key=lambda name: (not name.endswith("-shot"), name))
+        fig.legend([handles[name] for name in ordered], ordered, loc="upper center", ncol=min(len(handles), 6),
+                   frameon=False, bbox_to_anchor=(0.5, 1.0))
+        order_note = " Mixtures are ordered by their shares (caption, interleaved, text), as in MM1 Fig. 5." if (
+            any(axis in grid.get("value_order", {}) for grid in study.grids)) else ""
+        figures.append(Figure(
+            f"bars-{axis}", f"Bar chart: effect of {axis}",
+            f"Mean metric per {axis} value over the other axes, bars grouped by shots; error bars: 95% bootstrap CI over "
+            "queries; points: each training seed of each cell with that value (the spread the CI does not show)."
+            + (" Grounding panel: share of the colours the 0-shot captions name that are in the image; dotted: chance."
+               if grounding is not None else "") + order_note,
+            _to_svg(fig)))
     return figures
+
+
+def _family_unit(family: str, tasks: dict[str, object]) -> str:
+    metrics = sorted({info.metric for info in tasks.values() if getattr(info, "family", None) == family and info.metric})  # type: ignore[attr-defined]
+    return metrics[0] if len(metrics) == 1 else "score"
+
+
+def interaction(study: Study, resamples: int = DEFAULT_RESAMPLES) -> list[Figure]:
+    """MM1 Fig. 4 style, for a grid of two axes: each family × shots measure vs. the first axis, one line per value
+    of the second, 95% CI error bars and each training seed as a point."""
+    axes = [a for a, values in study.axes.items() if a != SEED_AXIS and len(values) > 1]
+    if len(axes) != 2:
+        return []
+    plt = _pyplot()
+    first, second = axes
+    columns = summary_columns(study)
+    if not columns:
+        return []
+    tasks = study.tasks()
+    groups = study.groups()
+    cols = min(4, len(columns))
+    rows = math.ceil(len(columns) / cols)
+    legend_w = _legend_width([f"{second}={v}" for v in study.axes[second]] + ["one training seed"])
+    width = min(13.0, 3.0 * cols + legend_w + 0.6)
+    height = 2.9 * rows + 0.5
+    fig, panels = plt.subplots(rows, cols, figsize=(width, height), squeeze=False,
+                               gridspec_kw={"left": 0.6 / width, "right": 1 - legend_w / width, "bottom": 0.75 / height,
+                                            "top": 1 - 0.4 / height, "wspace": 0.35, "hspace": 0.65})
+    xs = study.axes[first]
+    seen: dict[str, object] = {}
+    has_seeds = False
+    for index, column in enumerate(columns):
+        panel = panels[index // cols][index % cols]
+        for k, value in enumerate(study.axes[second]):
+            style = _style(k)
+            shift = (k - (len(study.axes[second]) - 1) / 2) * 0.06
+            means, low, high, dots_x, dots_y = [], [], [], [], []
+            for i, x in enumerate(xs):
+                runs = next((r for g, r in groups.items() if r[0].axes.get(first) == x and r[0].axes.get(second) == value),
+                            [])
+                per_seed = [e for e in (run_estimate(r, column, tasks) for r in runs) if e is not None]
+                estimate = mean_of(per_seed, pool_seeds=True)
+                interval = estimate.ci(resamples) if estimate else None
+                means.append(estimate.value if estimate else float("nan"))
+                low.append(estimate.value - interval[0] if estimate and interval else 0.0)
+                high.append(interval[1] - estimate.value if estimate and interval else 0.0)
+                dots_x += [i + shift] * len(per_seed)
+                dots_y += [e.value for e in per_seed]
+            line = panel.errorbar([i + shift for i in range(len(xs))], means, yerr=[low, high], color=style["color"],
+                                  marker=style["marker"], linestyle=style["linestyle"], markersize=4, capsize=2,
+                                  linewidth=1.3)
+            seen.setdefault(f"{second}={value}", line)
+            if len(dots_y) > len(xs):  # several seeds: show them
+                panel.scatter(dots_x, dots_y, s=10, facecolor="none", edgecolor=style["color"], linewidth=0.8, zorder=4)
+                has_seeds = True
+        panel.set_ylabel(_family_unit(column.family, tasks))
+        panel.set_xticks(range(len(xs)), [_short(x, 12) for x in xs])
+        panel.set_xlim(-0.5, len(xs) - 0.5)
+        panel.set_xlabel(_short(first))
+        panel.set_title(column.label)
+        panel.grid(alpha=0.3)
+    for index in range(len(columns), rows * cols):
+        panels[index // cols][index % cols].set_visible(False)
+    if has_seeds:
+        from matplotlib.lines import Line2D
+
+        seen["one training seed"] = Line2D([], [], marker="o", linestyle="none", markerfacecolor="none",
+                                           markeredgecolor="#333333", markersize=4)
+    fig.legend(list(seen.values()), list(seen), loc="center left", bbox_to_anchor=(1 - (legend_w - 0.1) / width, 0.5),
+               frameon=False)
+    return [Figure(
+        "interaction", f"Interaction: {first} × {second}",
+        f"Each measure vs. {first}, one line per {second} value (MM1 Fig. 4 style): parallel lines mean the two axes "
+        "add up, crossing lines an interaction (tested in Findings). Error bars: 95% bootstrap CI over queries; "
+        "hollow points: the cell's training seeds.", _to_svg(fig))]
 
 
 def _step_flops(run: Run, step: int) -> float | None:
@@ -123,56 +356,98 @@ def _step_flops(run: Run, step: int) -> float | None:
     return None
 
 
-def _series(points: dict[float, list[float]]) -> tuple[list[float], list[float], list[float], list[float]]:
-    xs = sorted(points)
-    mean = [sum(points[x]) / len(points[x]) for x in xs]
-    return xs, mean, [min(points[x]) for x in xs], [max(points[x]) for x in xs]
+@dataclass
+class _Series:
+    """One cell's curve: per step (in order), the x of each seed and the y of each seed."""
+
+    steps: list[float]
+    xs: list[list[float]]
+    ys: list[list[float]]
+
+    def mean_line(self) -> tuple[list[float], list[float], list[float], list[float]]:
+        """x (mean over seeds), mean y, min y and max y at each step."""
+        x = [sum(v) / len(v) for v in self.xs]
+        return x, [sum(v) / len(v) for v in self.ys], [min(v) for v in self.ys], [max(v) for v in self.ys]
 
 
-def _draw_lines(panel: Axes, lines: dict[str, dict[float, list[float]]], colors: dict[str, tuple[float, ...]]) -> None:
-    for group, points in lines.items():
-        if not points:
+def _series(points: dict[float, list[tuple[float, float]]]) -> _Series:
+    """From step -> [(x, y) per seed] to a series in step order (so a line never joins seeds' endpoints)."""
+    steps = sorted(points)
+    return _Series(steps, [[x for x, _ in points[s]] for s in steps], [[y for _, y in points[s]] for s in steps])
+
+
+def _draw_lines(panel: Axes, lines: dict[str, _Series], styles: dict[str, dict[str, object]]) -> None:
+    for group, series in lines.items():
+        if not series.steps:
             continue
-        xs, mean, low, high = _series(points)
-        panel.plot(xs, mean, marker="o", markersize=2.5, linewidth=1.2, color=colors[group], label=_short(group))
-        if any(len(points[x]) > 1 for x in xs):
-            panel.fill_between(xs, low, high, color=colors[group], alpha=0.2, linewidth=0)
+        x, mean, low, high = series.mean_line()
+        style = styles[group]
+        single = len(x) == 1
+        panel.plot(x, mean, marker=style["marker"], markersize=3.5 if not single else 5,
+                   linestyle="none" if single else style["linestyle"], linewidth=1.3, color=style["color"],
+                   label=_short(group))
+        if any(len(v) > 1 for v in series.ys):
+            if single:
+                panel.errorbar(x, mean, yerr=[[mean[0] - low[0]], [high[0] - mean[0]]], color=style["color"], capsize=3)
+            else:
+                panel.fill_between(x, low, high, color=style["color"], alpha=0.18, linewidth=0)
 
 
-def _log_x(panel: Axes, xs: list[float], max_ticks: int = 8, rotation: int = 0) -> None:
-    """Log x axis that still shows step 0 (symlog, linear below the first positive x), ticks at the data."""
+def _engineering(value: float, unit: str = "") -> str:
+    if value == 0:
+        return "0"
+    for prefix, size in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}".strip()
+
+
+def _log_x(panel: Axes, xs: list[float], max_ticks: int = 8, unit: str = "") -> None:
+    """Log x axis that still shows 0 (symlog, linear below the first positive x), ticks at the data (thinned);
+    with ``unit``, tick labels in engineering notation ("7.8 TFLOP")."""
     positive = sorted({x for x in xs if x > 0})
     if not positive:
         return
     panel.set_xscale("symlog", linthresh=positive[0])
-    if len(positive) > max_ticks:  # evenly spaced in rank, which is roughly log-spaced for Pythia's checkpoints
-        positive = sorted({positive[round(i * (len(positive) - 1) / (max_ticks - 1))] for i in range(max_ticks)})
+    if len(positive) > 1:  # ticks at data points at least a fixed log distance apart (from the last down)
+        gap = math.log10(positive[-1] / positive[0]) / max(max_ticks - 1, 1)
+        kept = [positive[-1]]
+        for x in reversed(positive[:-1]):
+            if math.log10(kept[-1] / x) >= gap * 0.999:
+                kept.append(x)
+        positive = sorted(kept)
     ticks = ([0.0] if min(xs) <= 0 else []) + positive
-    panel.set_xticks(ticks, [f"{x:.3g}" for x in ticks], rotation=rotation)
+    labels = [_engineering(x, unit) if unit else f"{x:.4g}" for x in ticks]
+    panel.set_xticks(ticks, labels, rotation=30 if unit else 0, ha="right" if unit else "center",
+                     rotation_mode="anchor")
     panel.minorticks_off()
 
 
 def dynamics(study: Study) -> list[Figure]:
-    """Pythia-style: each task's metric vs. step (log x) and vs. FLOPs, one line per cell, band over seeds."""
+    """Pythia-style, for tasks evaluated at several checkpoints: metric vs. step (log) and vs. training compute,
+    one line per cell (mean over its seeds at each step, band min..max over seeds), the answer prior dashed."""
     plt = _pyplot()
-    colors = _colors(study)
+    styles = _styles(study)
     repeated = repeated_points(study)
     figures = []
+    legend_w = _legend_width(_short(g) for g in study.groups())
     for task, info in study.tasks().items():
+        if not any(len([s for s in r.results if task in r.results[s].tasks]) > 1 for r in study.runs):
+            continue  # one evaluated checkpoint per run: nothing to show over training
         shots_list = info.shots
-        if not any(len(r.results) > 1 for r in study.runs if any(task in x.tasks for x in r.results.values())):
-            caption_extra = " (one checkpoint per run: evaluate more with `mm eval --all-checkpoints`)"
-        else:
-            caption_extra = ""
-        width = 3.2 * len(shots_list) + 1.6
-        fig, panels = plt.subplots(
-            2, len(shots_list), figsize=(width, 5.4), squeeze=False,
-            gridspec_kw={"left": 0.65 / width, "right": 1 - 1.7 / width, "bottom": 0.12, "top": 0.94,
-                         "wspace": 0.35, "hspace": 0.55},
+        side_by_side = len(shots_list) == 1  # one shot count: step and compute panels in one row
+        columns = 2 if side_by_side else len(shots_list)
+        width = min(13.0, (4.2 if side_by_side else 3.3) * columns + legend_w + 0.7)
+        height = 3.6 if side_by_side else 6.2
+        fig, grid = plt.subplots(
+            1 if side_by_side else 2, columns, figsize=(width, height), squeeze=False,
+            gridspec_kw={"left": 0.7 / width, "right": 1 - legend_w / width, "bottom": 1.0 / height,
+                         "top": 1 - 0.35 / height, "wspace": 0.35, "hspace": 0.75},
         )
+        panels = [[grid[0][0]], [grid[0][1]]] if side_by_side else grid
         for j, shots in enumerate(shots_list):
-            by_step: dict[str, dict[float, list[float]]] = {}
-            by_flops: dict[str, dict[float, list[float]]] = {}
+            by_step: dict[str, dict[float, list[tuple[float, float]]]] = {}
+            by_flops: dict[str, dict[float, list[tuple[float, float]]]] = {}
             flagged: list[tuple[float, float | None, float]] = []  # (step, flops, value) of repeated-hash checkpoints
             for group, runs in study.groups().items():
                 by_step[group], by_flops[group] = {}, {}
@@ -181,73 +456,166 @@ def dynamics(study: Study) -> list[Figure]:
                         estimate = task_estimate(run, step, task, shots)
                         if estimate is None:
                             continue
-                        by_step[group].setdefault(float(step), []).append(estimate.value)
+                        by_step[group].setdefault(float(step), []).append((float(step), estimate.value))
                         flops = _step_flops(run, step)
                         if flops is not None:
-                            by_flops[group].setdefault(flops, []).append(estimate.value)
+                            by_flops[group].setdefault(float(step), []).append((flops, estimate.value))
                         if (run.name, step) in repeated:
                             flagged.append((float(step), flops, estimate.value))
-            for row, (lines, xlabel) in enumerate(((by_step, "training step"), (by_flops, "training FLOPs"))):
+            prior = _answer_prior(study, [task], shots) if info.family == "vqa" else None
+            for row, (lines, xlabel, unit) in enumerate(((by_step, "training step (log)", ""),
+                                                         (by_flops, "training compute (log)", "FLOP"))):
                 panel = panels[row][j]
-                _draw_lines(panel, lines, colors)
+                _draw_lines(panel, {g: _series(p) for g, p in lines.items()}, styles)
                 marks = [(p[row], p[2]) for p in flagged if p[row] is not None]
                 if marks:
-                    panel.scatter(*zip(*marks, strict=True), marker="x", s=40, color="red", zorder=5,
+                    panel.scatter(*zip(*marks, strict=True), marker="x", s=40, color="#D55E00", zorder=5,
                                   label="repeated checkpoint hash")
-                _log_x(panel, [x for points in lines.values() for x in points], max_ticks=(8, 4)[row], rotation=25 * row)
-                panel.set_xlabel(xlabel + " (log)")
+                if prior is not None:
+                    panel.axhline(prior, color="#555555", linestyle="--", linewidth=1, label="answer prior")
+                _log_x(panel, [x for points in lines.values() for seeds in points.values() for x, _ in seeds],
+                       max_ticks=(8, 5)[row], unit=unit)
+                panel.set_xlabel(xlabel)
                 panel.set_ylabel(info.metric or "score")
                 panel.set_title(f"{_short(task, 30)}, {shots}-shot")
                 panel.grid(alpha=0.3)
         handles, labels = panels[0][0].get_legend_handles_labels()
         if handles:
-            fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1 - 1.6 / width, 0.5), fontsize=6)
-        figures.append(
-            Figure(
-                f"dynamics-{task}",
-                f"Training dynamics: {task}",
-                f"{task} ({info.metric or 'score'}) at each evaluated checkpoint vs. step and vs. training FLOPs; "
-                f"one line per cell, shaded band: min..max over training seeds; red ×: a checkpoint whose content hash "
-                f"repeats (see Repeated checkpoints).{caption_extra}",
-                _to_svg(fig),
-            )
-        )
+            fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1 - (legend_w - 0.1) / width, 0.5),
+                       frameon=False)
+        figures.append(Figure(
+            f"dynamics-{task}", f"Training dynamics: {task}",
+            f"{task} ({info.metric or 'score'}) at each evaluated checkpoint vs. training step and vs. training compute "
+            "(FLOPs); one line per cell through its checkpoints in step order (mean over its training seeds), shaded: "
+            "min..max over the seeds; × a checkpoint whose content hash repeats (see Repeated checkpoints)"
+            + ("; dashed: the answer prior" if info.family == "vqa" else "") + ".", _to_svg(fig)))
     return figures
 
 
+def grounding_steps(study: Study) -> list[Figure]:
+    """Caption grounding (colour precision) at every evaluated checkpoint, one line per cell, band over seeds,
+    chance dotted; only when some run evaluated several checkpoints of a captioning task with a vocabulary."""
+    for task, info in study.tasks().items():
+        shots = info.shots[0]
+        runs = [r for r in study.runs if len(r.results) > 1 and any(
+            GROUNDING_KIND in run_vocabularies(r, task, shots, step) for step in r.results)]
+        if not runs:
+            continue
+        plt = _pyplot()
+        styles = _styles(study)
+        legend_w = _legend_width(_short(g) for g in study.groups())
+        width = min(11.0, 5.5 + legend_w)
+        fig, panels = plt.subplots(1, 1, figsize=(width, 3.6), squeeze=False,
+                                   gridspec_kw={"left": 0.75 / width, "right": 1 - legend_w / width, "bottom": 0.16,
+                                                "top": 0.9})
+        panel = panels[0][0]
+        lines: dict[str, dict[float, list[tuple[float, float]]]] = {}
+        chances: list[float] = []
+        for group, members in study.groups().items():
+            lines[group] = {}
+            for run in members:
+                for step in sorted(run.results):
+                    found = query_precisions(run, task, shots, step).get(GROUNDING_KIND)
+                    if found:
+                        precision, chance = found
+                        lines[group].setdefault(float(step), []).append((float(step),
+                                                                         sum(precision.values()) / len(precision)))
+                        chances += list(chance.values())
+        _draw_lines(panel, {g: _series(p) for g, p in lines.items()}, styles)
+        if chances:
+            panel.axhline(sum(chances) / len(chances), color="#555555", linestyle=":", linewidth=1.2,
+                          label="chance (colours named at random)")
+        _log_x(panel, [x for points in lines.values() for x in points])
+        panel.set_ylim(0, 100)
+        panel.set_xlabel("training step (log)")
+        panel.set_ylabel("colour precision (%)")
+        panel.set_title(f"Caption grounding over training: {_short(task, 30)}, {shots}-shot")
+        panel.grid(alpha=0.3)
+        handles, labels = panel.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1 - (legend_w - 0.1) / width, 0.5), frameon=False)
+        return [Figure(
+            "grounding-steps", "Caption grounding over training",
+            f"Share of the colours {task}'s {shots}-shot captions name that are in the image, at every evaluated "
+            "checkpoint; one line per cell (mean over its seeds), shaded: min..max over seeds; dotted: chance. Cells "
+            "evaluated at one checkpoint only show as a single point.", _to_svg(fig))]
+    return []
+
+
+def _thin(points: dict[float, list[float]], limit: int = MAX_LINE_POINTS) -> dict[float, list[float]]:
+    """At most ``limit`` steps, spaced evenly in log(step) (the axis is log), always keeping the first and last."""
+    steps = sorted(points)
+    if len(steps) <= limit:
+        return points
+    logs = [math.log10(max(s, 1.0)) for s in steps]
+    targets = [logs[0] + (logs[-1] - logs[0]) * i / (limit - 1) for i in range(limit)]
+    keep, cursor = set(), 0
+    for target in targets:
+        while cursor < len(steps) - 1 and abs(logs[cursor + 1] - target) <= abs(logs[cursor] - target):
+            cursor += 1
+        keep.add(steps[cursor])
+    keep |= {steps[0], steps[-1]}
+    return {s: points[s] for s in steps if s in keep}
+
+
 def loss_curves(study: Study) -> list[Figure]:
-    """Training loss per data type vs. step (log x): one line per cell, band over training seeds."""
+    """Training loss per data type vs. step, log-log: one line per cell (mean over seeds), band over seeds."""
     keys = [k for k in LOSS_KEYS if any(k in record for run in study.runs for record in run.metrics)]
     if not keys:
         return []
     plt = _pyplot()
-    colors = _colors(study)
-    width = 3.0 * len(keys) + 1.6
-    fig, panels = plt.subplots(
-        1, len(keys), figsize=(width, 3.0), squeeze=False,
-        gridspec_kw={"left": 0.6 / width, "right": 1 - 1.7 / width, "bottom": 0.17, "top": 0.9, "wspace": 0.3},
-    )
-    for panel, key in zip(panels[0], keys, strict=True):
-        lines: dict[str, dict[float, list[float]]] = {}
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    styles = _styles(study)
+    legend_w = _legend_width(_short(g) for g in study.groups())
+    cols = min(len(keys), 2)
+    rows = math.ceil(len(keys) / cols)
+    width = min(13.0, 4.6 * cols + legend_w + 0.5)
+    height = 3.1 * rows + 0.3
+    fig, panels = plt.subplots(rows, cols, figsize=(width, height), squeeze=False,
+                               gridspec_kw={"left": 0.65 / width, "right": 1 - legend_w / width,
+                                            "bottom": 0.6 / height, "top": 1 - 0.35 / height, "wspace": 0.25,
+                                            "hspace": 0.55})
+    for index, key in enumerate(keys):
+        panel = panels[index // cols][index % cols]
+        lines: dict[str, _Series] = {}
         for group, runs in study.groups().items():
-            lines[group] = {}
+            points: dict[float, list[float]] = {}
             for run in runs:
                 for record in run.metrics:
-                    if isinstance(record.get(key), (int, float)):
-                        lines[group].setdefault(float(record["step"]), []).append(float(record[key]))
-        _draw_lines(panel, lines, colors)
-        _log_x(panel, [x for points in lines.values() for x in points])
+                    value, step = record.get(key), record.get("step")
+                    if isinstance(value, (int, float)) and value > 0 and isinstance(step, (int, float)) and step > 0:
+                        points.setdefault(float(step), []).append(float(value))
+            thinned = _thin(points)
+            lines[group] = _Series(sorted(thinned), [[s] * len(thinned[s]) for s in sorted(thinned)],
+                                   [thinned[s] for s in sorted(thinned)])
+        for group, series in lines.items():
+            if series.steps:
+                x, mean, low, high = series.mean_line()
+                style = styles[group]
+                panel.plot(x, mean, linewidth=1.1, color=style["color"], linestyle=style["linestyle"], label=_short(group))
+                if any(len(v) > 1 for v in series.ys):
+                    panel.fill_between(x, low, high, color=style["color"], alpha=0.18, linewidth=0)
+        panel.set_xscale("log")
+        panel.set_yscale("log")
+        panel.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        panel.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        panel.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        panel.yaxis.set_minor_formatter(NullFormatter())
         panel.set_xlabel("training step (log)")
+        panel.set_ylabel("loss (log)")
         panel.set_title("total loss" if key == "loss" else key.replace("loss/", "") + " loss")
-        panel.grid(alpha=0.3)
+        panel.grid(alpha=0.3, which="major")
+    for index in range(len(keys), rows * cols):
+        panels[index // cols][index % cols].set_visible(False)
     handles, labels = panels[0][0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1 - 1.6 / width, 0.5), fontsize=6)
-    caption = "Training loss from metrics.jsonl, total and per data type; band: min..max over training seeds."
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1 - (legend_w - 0.1) / width, 0.5), frameon=False)
+    caption = ("Training loss from metrics.jsonl, total and per data type, log-log; one line per cell (mean over its "
+               "training seeds), shaded: min..max over seeds.")
     return [Figure("loss", "Training loss per data type", caption, _to_svg(fig))]
 
 
 def all_figures(study: Study, resamples: int = DEFAULT_RESAMPLES) -> list[Figure]:
     """Every plot of the report, in reading order."""
-    return [*axis_bars(study, resamples), *dynamics(study), *loss_curves(study)]
-
+    return [*axis_bars(study, resamples), *interaction(study, resamples), *grounding_steps(study), *dynamics(study),
+            *loss_curves(study)]

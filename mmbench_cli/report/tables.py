@@ -2,7 +2,11 @@
 
 Numbers come from each run's last evaluated checkpoint. A cell pools its training seeds (a ``seed`` grid
 axis) into a mean with the seeds' spread; every number carries a 95% bootstrap interval from per-sample
-scores (see ``stats.py``). Best per column is marked for bold (highest, or lowest for losses).
+scores (see ``stats.py``). What a table *shows* is rounded to what that interval supports
+(``stats.decimals_for``; the CSVs keep every digit); the best value of a column is bold only when it is
+significantly better than the runner-up (``stats.estimate_difference``: paired over queries, clustered by
+image, the seeds' spread added; p < ``BOLD_ALPHA``); a column with the same value in every row is left out of
+the display and named in the table's note.
 """
 
 from __future__ import annotations
@@ -17,7 +21,17 @@ import pandas as pd
 
 from mmbench_cli.families import FAMILIES, Family, higher_is_better
 from mmbench_cli.report.load import SEED_AXIS, Run, Study, TaskInfo, read_samples
-from mmbench_cli.report.stats import DEFAULT_RESAMPLES, Estimate, from_scores, mean_of
+from mmbench_cli.report.stats import (
+    DEFAULT_RESAMPLES,
+    Estimate,
+    decimals_for,
+    estimate_difference,
+    from_scores,
+    mean_of,
+    welch_difference,
+)
+
+BOLD_ALPHA = 0.05  # a column's best value is bold when better than the runner-up at this level
 
 
 class RepeatedCheckpoint(TypedDict):
@@ -54,33 +68,54 @@ class Table:
     bold: pd.DataFrame
     index_names: list[str] = field(default_factory=list)
     seed_std: pd.DataFrame | None = None  # std over each cell's training seeds (NaN: fewer than two seeds)
+    hidden: list[str] = field(default_factory=list)  # columns left out of the display: the same in every row
+
+    @property
+    def shown_columns(self) -> list[str]:
+        """The columns the HTML and markdown tables show (constant ones are only named in the note)."""
+        return [c for c in self.values.columns if c not in self.hidden]
+
+    @property
+    def display_note(self) -> str:
+        """The note, plus which constant columns were left out and their value."""
+        if not self.hidden:
+            return self.note
+        constant = "; ".join(f"{c} = {self.text.at[self.values.index[0], c]}" for c in self.hidden)
+        return f"{self.note} Left out, the same in every row: {constant}."
 
     def rows(self) -> list[dict[str, Any]]:
-        """Rows for templates: index labels, then (text, ci, bold) per column."""
+        """Rows for templates: index labels, then (text, ci, bold) per shown column."""
         out = []
         for label in self.values.index:
             labels = list(label) if isinstance(label, tuple) else [label]
             cells = [
                 {"text": self.text.at[label, c], "ci": self.ci.at[label, c], "bold": bool(self.bold.at[label, c])}
-                for c in self.values.columns
+                for c in self.shown_columns
             ]
             out.append({"labels": [str(x) for x in labels], "cells": cells})
         return out
 
 
-def fmt(value: float | None) -> str:
-    """A metric value with 3 significant decimals ('—' when missing)."""
+def fmt(value: float | None, decimals: int = 3) -> str:
+    """A metric value with ``decimals`` decimals ('—' when missing; 4 significant digits from 1000 up)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
-    return f"{value:.3f}" if abs(value) < 1000 else f"{value:.4g}"
+    return f"{value:.{decimals}f}" if abs(value) < 1000 else f"{value:.4g}"
+
+
+def fmt_p(p: float | None) -> str:
+    """A p-value with two significant digits ('<0.001' below that, '—' when missing)."""
+    if p is None or math.isnan(p):
+        return "—"
+    return "<0.001" if p < 0.001 else f"{p:.2g}"
 
 
 def task_estimate(run: Run, step: int, task: str, shots: str) -> Estimate | None:
-    """One task's score at a checkpoint, with its per-sample scores for the bootstrap."""
+    """One task's score at a checkpoint, with its per-sample scores (and images) for intervals and tests."""
     cell = run.entry(step, task, shots)
     if cell is None:
         return None
-    return from_scores(cell.value, run.sample_scores(step, task, shots))
+    return from_scores(cell.value, run.sample_scores(step, task, shots), run.sample_clusters(step, task, shots))
 
 
 def family_estimate(run: Run, step: int, family: str, shots: str, tasks: dict[str, TaskInfo]) -> Estimate | None:
@@ -187,30 +222,65 @@ def make_table(
     resamples: int,
 ) -> Table:
     """A report table: one row per ``index`` entry, one column per ``columns``, each cell the ``lookup`` estimate
-    (value ±seed std, 95% bootstrap CI, best per column in bold)."""
+    (value ±seed std, 95% bootstrap CI, rounded to what the CI supports; a column's best value in bold when it is
+    significantly better than the runner-up; constant columns hidden from the display)."""
     labels = [c.label for c in columns]
     values = pd.DataFrame(index=pd.Index(index), columns=labels, dtype=float)
     text = pd.DataFrame(index=pd.Index(index), columns=labels, dtype=object)
     ci = pd.DataFrame(index=pd.Index(index), columns=labels, dtype=object)
     seed_std = pd.DataFrame(index=pd.Index(index), columns=labels, dtype=float)
+    estimates: dict[str, dict[str, Estimate | None]] = {c.label: {} for c in columns}
     for row in index:
         for column in columns:
             estimate = lookup(row, column)
+            estimates[column.label][row] = estimate
             values.at[row, column.label] = estimate.value if estimate else float("nan")
-            shown = fmt(estimate.value) if estimate else "—"
+            interval = estimate.ci(resamples) if estimate else None
+            decimals = _decimals(estimate, interval)
+            shown = fmt(estimate.value, decimals) if estimate else "—"
             if estimate and estimate.seed_std is not None:
-                shown += f" ±{estimate.seed_std:.3f}"
+                spread = estimate.seed_std  # at least its first significant digit: "±0.4", not "±0"
+                shown += f" ±{fmt(spread, max(decimals, decimals_for(spread)) if spread > 0 else 0)}"
                 seed_std.at[row, column.label] = estimate.seed_std
             text.at[row, column.label] = shown
-            interval = estimate.ci(resamples) if estimate else None
-            ci.at[row, column.label] = f"[{fmt(interval[0])}, {fmt(interval[1])}]" if interval else ""
+            ci.at[row, column.label] = f"[{fmt(interval[0], decimals)}, {fmt(interval[1], decimals)}]" if interval else ""
     bold = pd.DataFrame(False, index=values.index, columns=values.columns)
     for column in columns:
-        series = values[column.label]
-        if len(series) > 1 and series.notna().any():
-            best = series.min() if column.lower_is_better else series.max()
-            bold[column.label] = series == best
-    return Table(table_id, title, note, values, text, ci, bold, index_names, seed_std)
+        best = significant_best(estimates[column.label], column.lower_is_better)
+        if best is not None:
+            bold.at[best, column.label] = True
+    hidden = [c.label for c in columns if len(index) > 1 and text[c.label].nunique() == 1 and values[c.label].notna().all()
+              and values[c.label].nunique() == 1]
+    return Table(table_id, title, note, values, text, ci, bold, index_names, seed_std, hidden)
+
+
+def _decimals(estimate: Estimate | None, interval: tuple[float, float] | None) -> int:
+    """Decimals to show: from the CI's half-width (an exact value, whose CI has no width, with the decimals it has, up
+    to 3), else from the seeds' standard error, else 3."""
+    if interval is not None and interval[1] - interval[0] <= 1e-12 and estimate is not None:
+        return len(f"{estimate.value:.3f}".rstrip("0").partition(".")[2])
+    if interval is not None:
+        return decimals_for((interval[1] - interval[0]) / 2)
+    if estimate is not None and estimate.seed_std is not None:
+        return decimals_for(1.96 * estimate.seed_std / math.sqrt(len(estimate.seed_values)))
+    return 3
+
+
+def significant_best(estimates: dict[str, Estimate | None], lower_is_better: bool = False,
+                     alpha: float = BOLD_ALPHA) -> str | None:
+    """The row whose value is best and significantly better than the runner-up's (two-sided p < ``alpha``; per-query
+    scores paired and clustered with the seeds' spread added, else Welch over the seeds), or None."""
+    known = [(row, e) for row, e in estimates.items() if e is not None and not math.isnan(e.value)]
+    if len(known) < 2:
+        return None
+    known.sort(key=lambda item: item[1].value, reverse=not lower_is_better)
+    (best, top), (_, runner) = known[0], known[1]
+    if top.value == runner.value:
+        return None
+    test = estimate_difference(runner, top)
+    if test is None:
+        test = welch_difference(runner.seed_values, top.seed_values)
+    return best if test is not None and test.p_value < alpha else None
 
 
 def csv_frame(table: Table) -> pd.DataFrame:
@@ -239,7 +309,7 @@ def summary_table(study: Study, resamples: int = DEFAULT_RESAMPLES) -> Table:
         return cells[group][column.key]
 
     seeds = seed_note(study)
-    note = "Last evaluated checkpoint of each cell; [95% bootstrap CI over queries]" + seeds + "; best per column in bold."
+    note = "Last evaluated checkpoint of each cell; [95% bootstrap CI over queries]" + seeds + "; " + BOLD_NOTE
     return make_table("summary", "MM1-style summary", note, list(groups), [*columns, loss_column], lookup, ["cell"], resamples)
 
 
@@ -247,10 +317,13 @@ def task_table(study: Study, resamples: int = DEFAULT_RESAMPLES) -> Table:
     """Every task at every shot count, per cell."""
     columns = task_columns(study)
     cells = cell_estimates(study, columns)
-    note = "Per task and shots; [95% bootstrap CI over queries]" + seed_note(study) + "; best per column in bold."
+    note = "Per task and shots; [95% bootstrap CI over queries]" + seed_note(study) + "; " + BOLD_NOTE
     return make_table(
         "tasks", "Per-task scores", note, list(cells), columns, lambda g, c: cells[g][c.key], ["cell"], resamples
     )
+
+
+BOLD_NOTE = "bold: the best value of a column, only when significantly better than the runner-up (p < 0.05)."
 
 
 def seed_note(study: Study) -> str:
@@ -287,7 +360,8 @@ def effect_tables(study: Study, resamples: int = DEFAULT_RESAMPLES) -> list[Tabl
             make_table(
                 f"effect-{axis}",
                 f"Effect of {axis}",
-                f"Mean over the cells with each {axis} value; [95% bootstrap CI].",
+                f"Mean over the cells with each {axis} value; [95% bootstrap CI]; {BOLD_NOTE} "
+                "The tested contrasts are in Findings.",
                 list(by_value),
                 columns,
                 lambda v, c, by_value=by_value: by_value[v][c.key],
@@ -340,7 +414,7 @@ def metadata_rows(study: Study) -> list[dict[str, str]]:
             {
                 "run": run.name,
                 "path": str(run.path),
-                "status": run.status or "—",
+                "status": (run.status or "—") + (f" (ablate: {run.state})" if run.state and run.state != run.status else ""),
                 "seed": "—" if run.seed is None else str(run.seed),
                 "eval_seeds": _eval_seeds(run),
                 "commit": str(meta.get("git_commit") or "—"),
@@ -351,11 +425,53 @@ def metadata_rows(study: Study) -> list[dict[str, str]]:
                 "host": str(meta.get("host") or "—"),
                 "created": str(meta.get("created") or "—"),
                 "command": " ".join(map(str, command)) if isinstance(command, list) else str(command or "—"),
-                "steps": ", ".join(str(s) for s in sorted(run.results)) or "—",
+                "steps": _steps(run),
                 "config": run.config_text or json.dumps(run.config, indent=2),
             }
         )
     return rows
+
+
+METADATA_COLUMNS = {  # field -> heading, in table order
+    "status": "status", "seed": "seed", "eval_seeds": "demo seeds", "commit": "commit", "wall_time": "wall time",
+    "num_params": "params", "flops_per_step": "FLOPs/step", "steps": "evaluated steps", "versions": "versions",
+    "host": "host",
+}
+
+
+def metadata_layout(rows: list[dict[str, str]]) -> tuple[dict[str, str], list[str]]:
+    """(heading -> value of the facts every run shares, the fields that vary: the table's columns), so the run
+    metadata table shows each shared fact once."""
+    shared: dict[str, str] = {}
+    varying: list[str] = []
+    for key, heading in METADATA_COLUMNS.items():
+        values = {row[key] for row in rows}
+        if len(rows) > 1 and len(values) == 1:
+            shared[heading] = values.pop()
+        else:
+            varying.append(key)
+    return shared, varying
+
+
+def unfinished_cells(study: Study) -> list[dict[str, str]]:
+    """Grid cells mm ablate did not record as done (failed, running, never finished), with the error it recorded,
+    the last training step logged and the last evaluated step."""
+    rows = []
+    for run in study.runs:
+        if run.grid is None or run.state in (None, "done") and run.results:
+            continue
+        last = run.metrics[-1].get("step") if run.metrics else None
+        rows.append({"cell": run.name, "state": run.state or "no ablate.json", "error": run.error or "—",
+                     "trained": str(last) if last is not None else "—",
+                     "evaluated": str(run.final_step) if run.final_step is not None else "—"})
+    return rows
+
+
+def _steps(run: Run) -> str:
+    steps = sorted(run.results)
+    if len(steps) > 6:
+        return f"{len(steps)} checkpoints, {steps[0]}–{steps[-1]}"
+    return ", ".join(str(s) for s in steps) or "—"
 
 
 def _eval_seeds(run: Run) -> str:
@@ -377,8 +493,9 @@ def _count(value: object) -> str:
     return f"{value:g}"
 
 
-def example_outputs(study: Study, per_task: int = 3, max_cells: int = 12) -> list[dict[str, str]]:
-    """A few model outputs per cell and task (final checkpoint, fewest shots), for eyeballing."""
+def example_outputs(study: Study, per_task: int = 2, max_cells: int = 8) -> list[dict[str, str]]:
+    """A few model outputs per cell and task (final checkpoint, fewest shots), for eyeballing; a text task's
+    log-likelihood predictions are described (which choice the model picked, the answer), not dumped."""
     examples = []
     tasks = study.tasks()
     for group, runs in list(study.groups().items())[:max_cells]:
@@ -389,21 +506,61 @@ def example_outputs(study: Study, per_task: int = 3, max_cells: int = 12) -> lis
         for task, info in tasks.items():
             shots = info.shots[0]
             for record in read_samples(run, step, task, shots, per_task):
-                refs = record.get("references")
-                refs = [str(r) for r in refs[:3]] + (["…"] if len(refs) > 3 else []) if isinstance(refs, list) else refs
+                prediction, references = describe_prediction(record)
                 examples.append(
                     {
                         "cell": group,
                         "task": task,
                         "shots": shots,
                         "id": str(record.get("id", "")),
-                        "prediction": _clip(str(record.get("prediction", ""))),
-                        "references": _clip(" | ".join(refs) if isinstance(refs, list) else str(refs or "")),
-                        "score": fmt(record["score"]) if isinstance(record.get("score"), (int, float)) else "—",
+                        "prompt": _clip(str(record.get("prompt") or record.get("question") or ""), 200),
+                        "prediction": _clip(prediction),
+                        "references": _clip(references),
+                        "score": fmt(record["score"], 1) if isinstance(record.get("score"), (int, float)) else "—",
                     }
                 )
     return examples
 
+
+def _loglikelihoods(prediction: object) -> list[tuple[float, bool]] | None:
+    """lm-eval's per-choice ``[log-likelihood, is-greedy]`` pairs, or None when the prediction is not that."""
+    if not isinstance(prediction, list) or not prediction:
+        return None
+    pairs = []
+    for item in prediction:
+        if isinstance(item, list) and item and isinstance(item[0], list):  # [[ll, greedy]] nested once more
+            item = item[0]
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], (int, float))):
+            return None
+        pairs.append((float(item[0]), bool(item[1])))
+    return pairs
+
+
+def describe_prediction(record: dict[str, Any]) -> tuple[str, str]:
+    """(what the model answered, the reference) of a per-sample row, readable: a multiple-choice text task shows the
+    choice the model ranks first and the gold choice (with their text when the row records ``choices``), a
+    log-likelihood task whether the target is the model's greedy continuation."""
+    references = record.get("references")
+    refs = [str(r) for r in references] if isinstance(references, list) else ([str(references)] if references else [])
+    choices = record.get("choices") if isinstance(record.get("choices"), list) else None
+    pairs = _loglikelihoods(record.get("prediction"))
+    if pairs is None:
+        distinct = list(dict.fromkeys(refs))  # VQA's ten annotators mostly agree: each answer once
+        shown = distinct[:3] + (["…"] if len(distinct) > 3 else [])
+        return str(record.get("prediction", "")), " | ".join(shown)
+    if len(pairs) == 1:
+        target = refs[0] if refs else "the target"
+        greedy = "the model's greedy continuation" if pairs[0][1] else "not the model's greedy continuation"
+        return f"{target!r} is {greedy} (log-likelihood {pairs[0][0]:.2f})", f"target {target!r}"
+
+    def choice(index: int) -> str:
+        text = f" {str(choices[index])!r}" if choices and 0 <= index < len(choices) else ""
+        return f"choice {index + 1} of {len(pairs)}{text}"
+
+    picked = max(range(len(pairs)), key=lambda i: pairs[i][0])
+    gold = int(refs[0]) if refs and refs[0].strip().lstrip("-").isdigit() else None
+    answer = choice(gold) if gold is not None else " | ".join(refs)
+    return f"ranks {choice(picked)} first (log-likelihood {pairs[picked][0]:.2f})", f"answer: {answer}"
 
 
 def _clip(text: str, limit: int = 300) -> str:

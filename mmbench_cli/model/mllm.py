@@ -227,8 +227,8 @@ def check_lm_tokenizer(model_cfg: ModelConfig, tokenizer: PreTrainedTokenizerBas
     """
     num_added = len(SPECIAL_ROLES)
     lm_dir = hf_path(model_cfg.lm)
-    if lm_dir is None or model_cfg.resize_embeddings:
-        return
+    if lm_dir is None or model_cfg.resize_embeddings or not (lm_dir / "config.json").is_file():
+        return  # no hf: LM, asked for, or not a checkpoint at all (which the LM loader reports in its own words)
     spec = resolve_tokenizer_spec(model_cfg)
     tokenizer_dir = hf_path(spec)
     if tokenizer_dir is not None and tokenizer_dir.resolve() == lm_dir.resolve():

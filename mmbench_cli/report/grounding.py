@@ -79,8 +79,14 @@ def query_precisions(run: Run, task: str, shots: str, step: int | None = None
     """Kind -> (precision, chance) per query id (demo seeds averaged per id; a query whose captions name no word of
     the kind is absent) at ``step`` (default: the last evaluated checkpoint); {} without a vocabulary."""
     step = run.final_step if step is None else step
+    if step is None:
+        return {}
+    return run.memo(("grounding", task, shots, step), lambda: _query_precisions(run, task, shots, step))
+
+
+def _query_precisions(run: Run, task: str, shots: str, step: int) -> dict[str, tuple[dict[str, float], dict[str, float]]]:
     kinds = run_vocabularies(run, task, shots, step)
-    if step is None or not kinds:
+    if not kinds:
         return {}
     precision: dict[str, dict[str, list[float]]] = {kind: {} for kind in kinds}
     chance: dict[str, dict[str, float]] = {kind: {} for kind in kinds}

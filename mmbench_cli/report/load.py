@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,8 @@ class Run:
     error: str | None = None  # ablate.json's error of a failed cell
     _scores: dict[tuple[int, str, str], dict[str, float] | None] = field(default_factory=dict, repr=False)
     _clusters: dict[tuple[int, str, str], dict[str, str | None]] = field(default_factory=dict, repr=False)
+    _records: dict[tuple[int, str, str], list[tuple[Path, list[dict[str, Any]]]]] = field(default_factory=dict, repr=False)
+    _memo: dict[Hashable, Any] = field(default_factory=dict, repr=False)
 
     @property
     def dir(self) -> RunDir:
@@ -106,8 +109,17 @@ class Run:
         return self.dir.sample_paths(step, task, shots, self.entry(step, task, shots))
 
     def sample_records(self, step: int, task: str, shots: str) -> list[tuple[Path, list[dict[str, Any]]]]:
-        """Each per-sample file of one task at ``step`` with its records (one pair per demo seed)."""
-        return [(path, self.dir.read_samples(path)) for path in self.sample_paths(step, task, shots)]
+        """Each per-sample file of one task at ``step`` with its records (one pair per demo seed; read once)."""
+        key = (step, task, shots)
+        if key not in self._records:
+            self._records[key] = [(path, self.dir.read_samples(path)) for path in self.sample_paths(step, task, shots)]
+        return self._records[key]
+
+    def memo(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per run and ``key`` (what tables, findings and plots all derive from the same files)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def sample_scores(self, step: int, task: str, shots: str) -> dict[str, float] | None:
         """Per-query scores (mean over demo seeds, keyed by query id), or None without sample files."""
@@ -136,6 +148,13 @@ class Study:
     axes: dict[str, list[str]]
     sources: list[Path]
     grids: list[dict[str, Any]]
+    _memo: dict[Hashable, Any] = field(default_factory=dict, repr=False)
+
+    def memo(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per study and ``key`` (estimates the tables and plots of one study share)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     @property
     def name(self) -> str:

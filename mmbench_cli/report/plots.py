@@ -27,7 +27,7 @@ from mmbench_cli.families import FAMILIES
 from mmbench_cli.report.grounding import query_precisions, run_vocabularies
 from mmbench_cli.report.load import SEED_AXIS, Run, Study
 from mmbench_cli.report.stats import DEFAULT_RESAMPLES, Estimate, from_scores, mean_of
-from mmbench_cli.report.tables import Column, axis_effects, repeated_points, run_estimate, summary_columns, task_estimate
+from mmbench_cli.report.tables import Column, axis_effects, repeated_points, run_estimate, summary_columns
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -453,15 +453,15 @@ def dynamics(study: Study) -> list[Figure]:
                 by_step[group], by_flops[group] = {}, {}
                 for run in runs:
                     for step in sorted(run.results):
-                        estimate = task_estimate(run, step, task, shots)
-                        if estimate is None:
+                        cell = run.entry(step, task, shots)  # the value only: no intervals drawn per checkpoint
+                        if cell is None:
                             continue
-                        by_step[group].setdefault(float(step), []).append((float(step), estimate.value))
+                        by_step[group].setdefault(float(step), []).append((float(step), cell.value))
                         flops = _step_flops(run, step)
                         if flops is not None:
-                            by_flops[group].setdefault(float(step), []).append((flops, estimate.value))
+                            by_flops[group].setdefault(float(step), []).append((flops, cell.value))
                         if (run.name, step) in repeated:
-                            flagged.append((float(step), flops, estimate.value))
+                            flagged.append((float(step), flops, cell.value))
             prior = _answer_prior(study, [task], shots) if info.family == "vqa" else None
             for row, (lines, xlabel, unit) in enumerate(((by_step, "training step (log)", ""),
                                                          (by_flops, "training compute (log)", "FLOP"))):

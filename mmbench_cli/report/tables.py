@@ -111,19 +111,25 @@ def fmt_p(p: float | None) -> str:
 
 
 def task_estimate(run: Run, step: int, task: str, shots: str) -> Estimate | None:
-    """One task's score at a checkpoint, with its per-sample scores (and images) for intervals and tests."""
+    """One task's score at a checkpoint, with its per-sample scores (and images) for intervals and tests (made once
+    per run: tables, findings and plots share it)."""
     cell = run.entry(step, task, shots)
     if cell is None:
         return None
-    return from_scores(cell.value, run.sample_scores(step, task, shots), run.sample_clusters(step, task, shots))
+    return run.memo(("task", step, task, shots), lambda: from_scores(
+        cell.value, run.sample_scores(step, task, shots), run.sample_clusters(step, task, shots)))
 
 
 def family_estimate(run: Run, step: int, family: str, shots: str, tasks: dict[str, TaskInfo]) -> Estimate | None:
     """MM1's average over a family's tasks (captioning avg, VQA avg, TextCore) at one shot count.
 
     The value is the results JSON's ``summary`` number when present (else the mean over tasks); the
-    interval comes from the tasks' per-sample scores.
+    interval comes from the tasks' per-sample scores. Made once per run (``tasks`` must hold every task of the run).
     """
+    return run.memo(("family", step, family, shots), lambda: _family_estimate(run, step, family, shots, tasks))
+
+
+def _family_estimate(run: Run, step: int, family: str, shots: str, tasks: dict[str, TaskInfo]) -> Estimate | None:
     members = [m for t, info in tasks.items() if info.family == family and (m := task_estimate(run, step, t, shots))]
     # A group entry without samples (lm-eval's text:textcore) aggregates the others: leave it out when they have scores.
     scored = [m for m in members if m.parts]
@@ -192,7 +198,11 @@ def run_estimate(run: Run, column: Column, tasks: dict[str, TaskInfo], step: int
 
 
 def cell_estimates(study: Study, columns: list[Column]) -> dict[str, dict[str, Estimate | None]]:
-    """cell -> column key -> Estimate, pooling each cell's training seeds."""
+    """cell -> column key -> Estimate, pooling each cell's training seeds (once per study and columns)."""
+    return study.memo(("cells", tuple(columns)), lambda: _cell_estimates(study, columns))
+
+
+def _cell_estimates(study: Study, columns: list[Column]) -> dict[str, dict[str, Estimate | None]]:
     tasks = study.tasks()
     cells: dict[str, dict[str, Estimate | None]] = {}
     for group, runs in study.groups().items():
@@ -334,7 +344,12 @@ def seed_note(study: Study) -> str:
 
 
 def axis_effects(study: Study, columns: list[Column]) -> dict[str, dict[str, dict[str, Estimate | None]]]:
-    """axis -> axis value -> column key -> mean over the cells with that value (MM1's per-axis effect)."""
+    """axis -> axis value -> column key -> mean over the cells with that value (MM1's per-axis effect; once per study
+    and columns, so the effect tables and bar charts share their intervals)."""
+    return study.memo(("effects", tuple(columns)), lambda: _axis_effects(study, columns))
+
+
+def _axis_effects(study: Study, columns: list[Column]) -> dict[str, dict[str, dict[str, Estimate | None]]]:
     cells = cell_estimates(study, columns)
     groups = study.groups()
     effects: dict[str, dict[str, dict[str, Estimate | None]]] = {}

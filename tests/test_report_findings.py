@@ -1,0 +1,167 @@
+"""mm report's Findings: contrasts against the grid's base value and interactions, computed from hand-made
+per-sample files, clustered by image; failed cells shown with their error; mixtures ordered by their shares."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from report_fixtures import write_grid
+from typer.testing import CliRunner
+
+from mmbench_cli.cli import app
+from mmbench_cli.report import findings, load, stats
+
+runner = CliRunner()
+IMAGES, QUESTIONS = 10, 2
+# score = 40 + 10·[64 px] + 5·[4 tokens] + 20·[64 px and 4 tokens] + seed offset + a per-query pattern
+SEED_OFFSET = {0: -1.0, 1: 1.0}
+
+
+def _score(resolution: int, tokens: int, seed: int, image: int, question: int) -> float:
+    effect = 10.0 * (resolution == 64) + 5.0 * (tokens == 4) + 20.0 * (resolution == 64 and tokens == 4)
+    return 40.0 + effect + SEED_OFFSET[seed] + ((image * 7 + question * 3 + resolution + seed) % 5) - 2.0
+
+
+def _write_cell(run_dir: Path, resolution: int, tokens: int, seed: int) -> None:
+    """A run dir evaluated at step 10: synthetic-vqa (ids <image>:q<k>) and synthetic-caption (ids = images), 0-shot."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(f"seed: {seed}\nmodel: {{image_size: {resolution}, num_image_tokens: {tokens}}}\n")
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 3.0 / s}) + "\n" for s in (1, 5, 10)))
+    tasks = {}
+    for task, family, ids in (
+        ("synthetic-vqa", "vqa", [(i, q, f"synthetic:0:test:{i}:q{q}") for i in range(IMAGES) for q in range(QUESTIONS)]),
+        ("synthetic-caption", "caption", [(i, 0, f"synthetic:0:test:{i}") for i in range(IMAGES)]),
+    ):
+        rows = [{"id": ident, "prediction": "x", "references": ["x"], "score": _score(resolution, tokens, seed, i, q)}
+                for i, q, ident in ids]
+        rel = f"eval/samples/step_10/{task}.0shot.seed0.jsonl"
+        (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / rel).write_text("".join(json.dumps(row) + "\n" for row in rows))
+        value = sum(row["score"] for row in rows) / len(rows)
+        tasks[task] = {"0": {"family": family, "metric": "CIDEr" if family == "caption" else "vqa_accuracy",
+                             "value": value, "n": len(rows), "seeds": [value], "samples": [rel]}}
+    (run_dir / "eval" / "step_10.json").write_text(json.dumps({"run": run_dir.name, "step": 10, "tasks": tasks}))
+    (run_dir / "ablate.json").write_text(json.dumps({"cell": run_dir.name, "state": "done"}))
+
+
+def write_two_axis_grid(grid_dir: Path) -> Path:
+    """resolution (32, 64) × tokens (4, 16) × seeds (0, 1); the base config has 32 px and 16 tokens."""
+    cells = []
+    for resolution in (32, 64):
+        for tokens in (4, 16):
+            for seed in (0, 1):
+                labels = {"resolution": str(resolution), "tokens": str(tokens), "seed": str(seed)}
+                cell = ",".join(f"{k}={v}" for k, v in labels.items())
+                _write_cell(grid_dir / cell, resolution, tokens, seed)
+                cells.append({"id": cell, "labels": labels})
+    axes = [{"name": "resolution", "key": "model.image_size", "labels": ["32", "64"], "values": [32, 64]},
+            {"name": "tokens", "key": "model.num_image_tokens", "labels": ["4", "16"], "values": [4, 16]},
+            {"name": "seed", "key": "seed", "labels": ["0", "1"], "values": [0, 1]}]
+    base = {"seed": 0, "model": {"image_size": 32, "num_image_tokens": 16}}
+    (grid_dir / "grid.json").write_text(json.dumps({"name": grid_dir.name, "axes": axes, "cells": cells,
+                                                    "base_config": base}))
+    return grid_dir
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_two_axis_grid(tmp_path_factory.mktemp("runs") / "res_tokens")
+
+
+def _mean(resolution: int, tokens: int, task: str) -> float:
+    queries = [(i, q) for i in range(IMAGES) for q in range(QUESTIONS if task == "vqa" else 1)]
+    return sum(_score(resolution, tokens, s, i, q) for s in (0, 1) for i, q in queries) / (2 * len(queries))
+
+
+def test_contrasts_against_the_base_value_and_the_interaction(grid: Path) -> None:
+    study = load.load_study([grid])
+    assert study.grids[0]["base_values"] == {"resolution": "32", "tokens": "16", "seed": "0"}
+    found = findings.study_findings(study, claims={"resolution": "higher is better"})
+    rows = {(row.contrast, row.measure.key): row for row in found.rows}
+    assert {contrast for contrast, _ in rows} == {"resolution 64 vs 32", "tokens 4 vs 16",
+                                                  "resolution 64 vs 32 × tokens 4 vs 16"}
+    for task in ("vqa", "caption"):
+        resolution = rows[("resolution 64 vs 32", f"{task}@0")]
+        by_hand = ((_mean(64, 4, task) - _mean(32, 4, task)) + (_mean(64, 16, task) - _mean(32, 16, task))) / 2
+        assert resolution.result.diff == pytest.approx(by_hand) and by_hand == pytest.approx(20.0, abs=1.0)
+        assert resolution.base_mean == pytest.approx((_mean(32, 4, task) + _mean(32, 16, task)) / 2)
+        interaction = rows[("resolution 64 vs 32 × tokens 4 vs 16", f"{task}@0")]
+        by_hand = (_mean(64, 4, task) - _mean(32, 4, task)) - (_mean(64, 16, task) - _mean(32, 16, task))
+        assert interaction.result.diff == pytest.approx(by_hand)
+        assert interaction.simple_labels == ("tokens=16", "tokens=4")
+        assert resolution.claim == "higher is better" and interaction.claim is None
+        assert resolution.result.seeds == 2 and resolution.result.paired and resolution.clustered
+    vqa = rows[("resolution 64 vs 32", "vqa@0")].result
+    assert vqa.n == IMAGES * QUESTIONS and vqa.clusters == IMAGES  # two questions per image: one cluster
+    assert rows[("resolution 64 vs 32", "caption@0")].result.clusters == IMAGES
+    # Holm over every contrast of the report; a 20-point effect on these queries is an effect
+    assert [row.p_adjusted for row in found.rows] == pytest.approx(stats.holm([row.result.p_value for row in found.rows]))
+    assert rows[("resolution 64 vs 32", "vqa@0")].verdict == stats.EFFECT
+    assert all(row.mde > 0 for row in found.rows)
+
+
+def test_seed_noise_widens_the_interval(grid: Path) -> None:
+    """The seeds' offsets (±1) are training noise: the seed-aware contrast is wider than the queries alone."""
+    study = load.load_study([grid])
+    row = next(r for r in findings.study_findings(study, claims={}).rows if r.measure.key == "caption@0")
+    assert row.result.se_seeds is not None and row.result.se_seeds > 0
+    assert row.result.se > row.result.se_queries
+
+
+def test_findings_come_first_in_html_and_markdown(grid: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["report", str(grid), "-o", str(out), "--resamples", "200", "--no-plots"])
+    assert result.exit_code == 0, result.output
+    page = (out / "index.html").read_text()
+    assert page.index('<section id="findings">') < page.index('<nav>') < page.index('id="summary"')
+    assert page[page.index("<table"):].startswith('<table class="data findings" id="table-findings-res_tokens"')
+    assert "MM1 says" in page and "averaged over tokens" in page
+    markdown = (out / "report.md").read_text()
+    assert markdown.index("## Findings") < markdown.index("## MM1-style summary")
+    assert "| resolution 64 vs 32 |" in markdown and "**effect**" in markdown
+    assert '<a href="summary.csv" download>summary.csv</a>' in page
+
+
+def test_failed_cells_are_shown_with_their_error(tmp_path: Path) -> None:
+    grid = write_grid(tmp_path / "runs" / "g", resolutions=(32, 64), seeds=(0,), eval_steps=(8,), samples=8)
+    plan = json.loads((grid / "grid.json").read_text())
+    failed = grid / "resolution=96,seed=0"
+    failed.mkdir()  # failed before it wrote any run file: only mm ablate's record
+    (failed / "ablate.json").write_text(json.dumps({"state": "failed", "error": "RuntimeError: <out of memory>"}))
+    crashed_eval = grid / "resolution=64,seed=0"  # trained, but the evaluation failed
+    (crashed_eval / "ablate.json").write_text(json.dumps({"state": "failed", "error": "eval crashed"}))
+    plan["cells"].append({"id": failed.name, "labels": {"resolution": "96", "seed": "0"}})
+    (grid / "grid.json").write_text(json.dumps(plan))
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["report", str(grid), "-o", str(out), "--resamples", "200", "--no-plots"])
+    assert result.exit_code == 0, result.output
+    page = (out / "index.html").read_text()
+    section = page[page.index('<section id="unfinished">'):page.index("<nav>")]
+    assert "resolution=96,seed=0" in section and "RuntimeError: &lt;out of memory&gt;" in section
+    assert "resolution=64,seed=0" in section and "eval crashed" in section
+    study = load.load_study([grid])
+    found = findings.study_findings(study, claims={})
+    assert found.rows == [] and "failed cell(s) left out" in found.skipped[0]  # only the base cell is left
+    markdown = (out / "report.md").read_text()
+    assert "## Cells that did not finish" in markdown and "eval crashed" in markdown
+
+
+def test_mixtures_are_ordered_by_their_shares(tmp_path: Path) -> None:
+    grid = write_grid(tmp_path / "mix", resolutions=(32, 64), seeds=(0,), eval_steps=(8,), samples=5)
+    plan = json.loads((grid / "grid.json").read_text())
+    mixes = {"int100": {"caption": 0.0, "interleaved": 1.0, "text": 0.0},
+             "cap100": {"caption": 1.0, "interleaved": 0.0, "text": 0.0},
+             "cap45-int45-txt10": {"caption": 0.45, "interleaved": 0.45, "text": 0.1}}
+    plan["axes"].append({"name": "data_mix", "key": "data.data_mix", "labels": list(mixes), "values": list(mixes.values())})
+    (grid / "grid.json").write_text(json.dumps(plan))
+    loaded = load.load_study([grid]).grids[0]
+    assert loaded["value_order"]["data_mix"] == ["cap100", "cap45-int45-txt10", "int100"]
+
+
+def test_claims_come_from_the_axes_file(tmp_path: Path) -> None:
+    repo_axes = findings.axis_claims(Path(__file__).resolve().parents[1] / "ablations" / "axes.yaml")
+    assert {"resolution", "tokens", "connector", "encoder", "data_mix", "lm_size"} <= set(repo_axes)
+    assert "seed" not in repo_axes
+    assert findings.axis_claims(tmp_path / "missing.yaml") == {}

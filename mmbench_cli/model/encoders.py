@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from mmbench_cli.errors import MMError
+from mmbench_cli.model.lm import check_hf_dir, hf_load_errors
 from mmbench_cli.model.tokenizer import hf_path
 from mmbench_cli.registry import ENCODERS
 
@@ -161,12 +162,7 @@ def _hf_vision_config(directory: Path, where: str) -> PretrainedConfig:
     """The config of a local vision checkpoint (checked: config.json, safetensors weights, a supported model type)."""
     from transformers import AutoConfig
 
-    if not directory.is_dir():
-        raise MMError(f"{where} is not a directory; pass hf:<local checkpoint dir>")
-    if not (directory / "config.json").exists():
-        raise MMError(f"{where} is not a Hugging Face checkpoint (no config.json); pass hf:<dir saved by save_pretrained>")
-    if not any(directory.glob("*.safetensors")):
-        raise MMError(f"{where} has no .safetensors weights; only safetensors checkpoints are loaded (never pickles)")
+    check_hf_dir(where, directory)
     try:
         with quiet_transformers():
             config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
@@ -198,7 +194,8 @@ def _load_hf_encoder(directory: Path) -> VisionEncoder:
     model_type = config.model_type
     if model_type in FULL_TO_VISION:
         full_cls = getattr(transformers, model_type.upper().replace("SIGLIP", "Siglip") + "Model")
-        full = full_cls.from_pretrained(str(directory), use_safetensors=True, attn_implementation="sdpa")
+        with hf_load_errors(where, "vision checkpoint"):
+            full = full_cls.from_pretrained(str(directory), use_safetensors=True, attn_implementation="sdpa")
         hf_model = full.vision_model
         public_cls = getattr(transformers, FULL_TO_VISION[model_type])
         if not isinstance(hf_model, public_cls):  # older transformers: a bare *VisionTransformer; wrap it
@@ -208,7 +205,8 @@ def _load_hf_encoder(directory: Path) -> VisionEncoder:
     else:
         cls = getattr(transformers, VISION_CLASSES[model_type])
         kwargs = {"add_pooling_layer": False} if model_type == "vit" else {}
-        hf_model = cls.from_pretrained(str(directory), use_safetensors=True, attn_implementation="sdpa", **kwargs)
+        with hf_load_errors(where, "vision checkpoint"):
+            hf_model = cls.from_pretrained(str(directory), use_safetensors=True, attn_implementation="sdpa", **kwargs)
     hf_model = hf_model.float()
     mean, std = _read_mean_std(directory, model_type)
     return VisionEncoder(hf_model, mean, std)

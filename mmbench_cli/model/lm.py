@@ -7,6 +7,8 @@ quarter of each head, GELU MLP of 4× width.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,24 +73,42 @@ def lm_from_config(config: PretrainedConfig) -> nn.Module:
     return AutoModelForCausalLM.from_config(config)
 
 
-def load_hf_lm(directory: Path) -> nn.Module:
-    """Load a local causal-LM checkpoint from safetensors (never a pickle)."""
-    from transformers import AutoModelForCausalLM
+def check_hf_dir(where: str, directory: Path) -> None:
+    """MMError unless ``directory`` is a local Hugging Face checkpoint with safetensors weights (never a pickle).
 
-    where = f"model.lm: {directory}"
+    Shared by every ``hf:<dir>`` loader (LM, encoder); ``where`` names the config field and the path.
+    """
     if not directory.is_dir():
         raise MMError(f"{where} is not a directory; pass hf:<local checkpoint dir>")
     if not (directory / "config.json").exists():
         raise MMError(f"{where} is not a Hugging Face checkpoint (no config.json); pass hf:<dir saved by save_pretrained>")
     if not any(directory.glob("*.safetensors")):
         raise MMError(f"{where} has no .safetensors weights; only safetensors checkpoints are loaded (never pickles)")
+
+
+@contextlib.contextmanager
+def hf_load_errors(where: str, what: str) -> Iterator[None]:
+    """Turn a failing ``from_pretrained`` (unreadable config, weights that are not safetensors, wrong shapes) into
+    one MMError naming ``where``; MMErrors pass through."""
     try:
+        yield
+    except MMError:
+        raise
+    except Exception as error:  # noqa: BLE001 - OSError, ValueError, KeyError, SafetensorError, RuntimeError, ...
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise MMError(f"{where}: not a loadable {what} ({first[:160]})") from None
+
+
+def load_hf_lm(directory: Path) -> nn.Module:
+    """Load a local causal-LM checkpoint from safetensors (never a pickle)."""
+    from transformers import AutoModelForCausalLM
+
+    where = f"model.lm: {directory}"
+    check_hf_dir(where, directory)
+    with hf_load_errors(where, "causal LM"):
         model = AutoModelForCausalLM.from_pretrained(
             str(directory), use_safetensors=True, attn_implementation="sdpa", local_files_only=True, dtype="float32"
         )
-    except (OSError, ValueError, KeyError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise MMError(f"{where}: not a loadable causal LM ({first[:160]})") from None
     return model.float()
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -116,6 +118,20 @@ class TrainConfig(_Strict):
     log_spaced_checkpoints: bool = True
     log_every: int = Field(10, gt=0)
     encoder_objective: Literal["clip", "mae"] = Field("clip", description="objective of --stage encoder")
+
+    @field_validator("lr")
+    @classmethod
+    def _check_lr(cls, lr: float | str) -> float | str:
+        if isinstance(lr, float) and not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"must be a positive finite number or mm1-rule, got {lr!r}")
+        return lr
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _check_weight_decay(cls, weight_decay: float | str) -> float | str:
+        if isinstance(weight_decay, float) and not (math.isfinite(weight_decay) and weight_decay >= 0):
+            raise ValueError(f"must be a finite number >= 0 or mm1-rule, got {weight_decay!r}")
+        return weight_decay
 
 
 class EvalConfig(_Strict):
@@ -238,6 +254,9 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
         raise MMError(_format_validation_error(error, source)) from None
 
 
+_UNKNOWN_TAG = re.compile(r"constructor for the tag '([^']*)'")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping with safe_load; missing, unreadable or garbled files are MMErrors."""
     path = Path(path)
@@ -250,6 +269,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
+        tag = _UNKNOWN_TAG.search(str(getattr(error, "problem", "") or ""))
+        if isinstance(error, yaml.constructor.ConstructorError) and tag:
+            kind = "unsafe" if "python/" in tag.group(1) else "unsupported"
+            raise MMError(f"{path}: {kind} YAML tag {tag.group(1)!r}{where}; configs are plain YAML "
+                          "(mappings, lists, numbers, strings): remove the tag") from None
         raise MMError(f"{path}: not valid YAML{where}") from None
     if data is None:
         return {}

@@ -105,21 +105,37 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL file, ignoring a torn final line left by a killed writer."""
+    """Read a JSONL file of objects, ignoring a torn final line left by a killed writer.
+
+    Anything else that is not one JSON object per line (bad JSON, non-UTF-8 bytes, an array or a number) is a
+    one-line MMError naming the file and the line; blank lines are skipped.
+    """
     path = Path(path)
     if not path.exists():
         return []
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as error:
+        raise MMError(f"{path}: cannot read ({error.strerror})") from None
     records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
             continue
+        last = number == len(lines)
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            if last:
                 break
-            raise MMError(f"{path}: line {number} is not valid JSON") from None
+            raise MMError(f"{path}: line {number} is not UTF-8 text; delete or fix that line") from None
+        except json.JSONDecodeError:
+            if last:
+                break
+            raise MMError(f"{path}: line {number} is not valid JSON; delete or fix that line") from None
+        if not isinstance(record, dict):
+            raise MMError(f"{path}: line {number}: expected a JSON object, got {type(record).__name__}; "
+                          "delete or fix that line")
+        records.append(record)
     return records
 
 
@@ -134,8 +150,13 @@ def _pid_alive(pid: int) -> bool:
 class RunLock:
     """An exclusive lock file (``<dir>/.lock``) holding the owner's pid and host.
 
-    A second process trying to take it gets an MMError; a lock left by a dead process (kill -9) is reclaimed.
+    A second process trying to take it gets an MMError. A lock left by a dead process on this host (kill -9) is
+    reclaimed; so is an empty or garbled one (with a warning on stderr), since no live writer leaves one: the lock
+    file is created with its content in one step.
     """
+
+    # An unreadable lock younger than this may be one being created by an older mmbench (create, then write).
+    UNREADABLE_GRACE_S = 2.0
 
     def __init__(self, directory: str | Path, what: str = "run") -> None:
         self.path = Path(directory) / ".lock"
@@ -145,30 +166,74 @@ class RunLock:
     def acquire(self) -> RunLock:
         """Take the lock or raise MMError naming the holder."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder and holder.get("host") == socket.gethostname() and not _pid_alive(int(holder["pid"])):
-                    self.path.unlink(missing_ok=True)
-                    continue
-                who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
-                raise MMError(
-                    f"{self.path.parent}: this {self.what} is being written by {who}; "
-                    f"wait for it to finish (or delete {self.path} if that process is gone)"
-                ) from None
-            with os.fdopen(fd, "w") as handle:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}, handle)
-            self._held = True
-            return self
-        raise MMError(f"{self.path}: could not take the lock")
+        for _ in range(3):
+            if self._create():
+                self._held = True
+                return self
+            holder, problem = self._holder()
+            if problem is not None:
+                self._reclaim(f"warning: {self.path}: {problem}; reclaimed it")
+                continue
+            if holder is None:  # released meanwhile: try again
+                continue
+            if holder["host"] == socket.gethostname() and not _pid_alive(holder["pid"]):
+                self._reclaim(None)
+                continue
+            raise MMError(
+                f"{self.path.parent}: this {self.what} is being written by pid {holder['pid']} on {holder['host']}; "
+                f"wait for it to finish (or delete {self.path} if that process is gone)"
+            )
+        raise MMError(f"{self.path}: could not take the lock; delete it if no mmbench process is running")
 
-    def _holder(self) -> dict[str, Any] | None:
+    def _create(self) -> bool:
+        """Create the lock file with its content in one step (a hard link of a written temp file); False if taken."""
+        content = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode()
+        fd, tmp = tempfile.mkstemp(prefix=".lock.", suffix=".tmp", dir=self.path.parent)
         try:
-            return json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, self.path)
+                return True
+            except FileExistsError:
+                return False
+            except OSError:  # a file system without hard links: exclusive create, then write
+                try:
+                    lock_fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(lock_fd, "wb") as handle:
+                    handle.write(content)
+                return True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def _holder(self) -> tuple[dict[str, Any] | None, str | None]:
+        """(holder, None) for a readable lock, (None, problem) for an unreadable one, (None, None) if it vanished."""
+        deadline = time.monotonic() + self.UNREADABLE_GRACE_S
+        while True:
+            try:
+                raw = self.path.read_bytes()
+                age = time.time() - self.path.stat().st_mtime
+            except FileNotFoundError:
+                return None, None
+            except OSError as error:
+                raise MMError(f"{self.path}: cannot read the lock file ({error.strerror})") from None
+            problem = _lock_problem(raw)
+            if problem is None:
+                data = json.loads(raw)
+                return {"pid": data["pid"], "host": data["host"]}, None
+            if age >= self.UNREADABLE_GRACE_S or time.monotonic() >= deadline:
+                return None, problem
+            time.sleep(0.1)
+
+    def _reclaim(self, warning: str | None) -> None:
+        if warning:
+            print(warning, file=sys.stderr)
+        self.path.unlink(missing_ok=True)
 
     def release(self) -> None:
         """Release the lock if this object holds it."""
@@ -181,6 +246,20 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _lock_problem(raw: bytes) -> str | None:
+    """Why a lock file's bytes are not a lock ({"pid": int, "host": str}), or None if they are one."""
+    if not raw.strip():
+        return "empty lock file"
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return "garbled lock file (not JSON)"
+    if (not isinstance(data, dict) or isinstance(data.get("pid"), bool) or not isinstance(data.get("pid"), int)
+            or data["pid"] <= 0 or not isinstance(data.get("host"), str)):
+        return "garbled lock file (no pid and host)"
+    return None
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
@@ -235,7 +314,7 @@ def write_status(run_dir: str | Path, status: str) -> None:
 def read_status(run_dir: str | Path) -> str | None:
     """The run's recorded state, or None if it has none yet."""
     path = Path(run_dir) / "status"
-    return path.read_text().strip() if path.exists() else None
+    return path.read_text(encoding="utf-8", errors="replace").strip() if path.exists() else None
 
 
 def cache_root(configured: str | None = None) -> Path:
@@ -265,6 +344,10 @@ SAMPLES_DIR = "samples"
 RUN_FILES = (CONFIG_FILE, META_FILE, METRICS_FILE, STATUS_FILE)
 RUN_DIRS = (CHECKPOINTS_DIR, EVAL_DIR)
 RUN_MARKERS = (*RUN_FILES, EVAL_DIR, CHECKPOINTS_DIR)
+REPLACED_DIR = ".replaced"  # a finished run set aside by ``--force`` until the new run has its first checkpoint
+_MANIFEST = "manifest.json"
+_TMP_CHECKPOINT = re.compile(r"^\.step_\d+\..+\.tmp$")  # a checkpoint dir being built by atomic_dir
+_TRASH_CHECKPOINT = re.compile(r"^\.(step_\d+)\.old$")  # a checkpoint being replaced by atomic_dir
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _STEP_JSON = re.compile(r"^step_(\d+)\.json$")
 
@@ -791,3 +874,103 @@ class RunDir:
             (self.path / name).unlink(missing_ok=True)
         for name in RUN_DIRS:
             shutil.rmtree(self.path / name, ignore_errors=True)
+
+    # replacing a run (--force) without ever losing the old one
+    @property
+    def replaced_dir(self) -> Path:
+        """``.replaced/``: where ``set_aside`` keeps the old run while a ``--force`` run replaces it."""
+        return self.path / REPLACED_DIR
+
+    def set_aside(self) -> None:
+        """Move the run's files into ``.replaced/`` (renames, nothing copied) so a new run can start in this dir.
+
+        Call under the run's lock. ``drop_set_aside`` deletes the old run once the new one has a checkpoint;
+        ``restore_set_aside`` puts it back if the new one fails first (or was killed: see ``recover``).
+        MMError if an evaluation is writing the old run's results.
+        """
+        if (self.eval_dir / ".lock").exists():
+            eval_lock = self.eval_lock()
+            eval_lock.acquire()  # MMError while a live `mm eval` holds it; a stale one is reclaimed
+            eval_lock.release()
+        names = [name for name in (*RUN_FILES, *RUN_DIRS) if (self.path / name).exists()]
+        if not names:
+            return
+        self.replaced_dir.mkdir(exist_ok=True)
+        atomic_write_json(self.replaced_dir / _MANIFEST, {"names": names})
+        for name in names:
+            os.replace(self.path / name, self.replaced_dir / name)
+
+    def has_set_aside(self) -> bool:
+        """Whether an old run is set aside in ``.replaced/``."""
+        return self.replaced_dir.is_dir()
+
+    def restore_set_aside(self) -> bool:
+        """Delete the new run's files and move the old run back from ``.replaced/``; False if none was set aside.
+
+        Safe to repeat after a kill half-way: the manifest says which files were the old run's.
+        """
+        if not self.has_set_aside():
+            return False
+        try:
+            manifest = read_json_file(self.replaced_dir / _MANIFEST, "manifest")
+            old, delete_new = set(manifest["names"]), True
+        except (MMError, KeyError, TypeError):  # killed before the manifest was written: nothing was moved yet
+            old, delete_new = {child.name for child in self.replaced_dir.iterdir()}, False
+        for name in (*RUN_FILES, *RUN_DIRS):
+            kept = self.replaced_dir / name
+            if name in old:
+                if kept.exists():  # else: never moved (a kill while setting aside) or already moved back
+                    _remove(self.path / name)
+                    os.replace(kept, self.path / name)
+            elif delete_new:
+                _remove(self.path / name)
+        shutil.rmtree(self.replaced_dir, ignore_errors=True)
+        return True
+
+    def drop_set_aside(self) -> None:
+        """Delete the old run set aside in ``.replaced/`` (the new run now has a checkpoint)."""
+        if self.has_set_aside():
+            trash = self.path / f"{REPLACED_DIR}.{os.getpid()}.tmp"
+            os.replace(self.replaced_dir, trash)  # one rename: a kill during the delete cannot restore half a run
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def recover(self) -> list[str]:
+        """Undo what a killed writer left half-done; call when opening the run for writing (under its lock).
+
+        Restores an old run still set aside by an interrupted ``--force``, puts back a checkpoint caught between
+        atomic_dir's renames, and deletes partial ``checkpoints/.step_<N>.*.tmp`` dirs and temp files of the
+        run's files. Returns one note per repair, for the caller to print.
+        """
+        notes = []
+        for stale in sorted(self.path.glob(f"{REPLACED_DIR}.*.tmp")):
+            shutil.rmtree(stale, ignore_errors=True)
+        if self.restore_set_aside():
+            notes.append(f"{self.path}: restored the run that an interrupted --force was replacing")
+        if self.checkpoints_dir.is_dir():
+            for child in sorted(self.checkpoints_dir.iterdir()):
+                trash = _TRASH_CHECKPOINT.match(child.name)
+                if trash and child.is_dir():
+                    target = self.checkpoints_dir / trash.group(1)
+                    if target.exists():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        os.replace(child, target)
+                        notes.append(f"{target}: restored (a kill interrupted its replacement)")
+            partial = [child for child in self.checkpoints_dir.iterdir() if _TMP_CHECKPOINT.match(child.name)]
+            for child in sorted(partial):
+                _remove(child)
+            if partial:
+                notes.append(f"{self.checkpoints_dir}: deleted {len(partial)} partial checkpoint(s) left by a kill "
+                             f"({', '.join(sorted(child.name for child in partial)[:3])})")
+        for name in RUN_FILES:
+            for temp in self.path.glob(f".{name}.*.tmp"):
+                temp.unlink(missing_ok=True)
+        return notes
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or a directory tree if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

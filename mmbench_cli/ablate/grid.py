@@ -299,9 +299,10 @@ def plan_grid(
     axes = [axis for axis in axes if axis.name != SEED_AXIS] + [axis for axis in axes if axis.name == SEED_AXIS]
     base_dict = config_to_dict(base)
     cells = []
+    seen: dict[str, str] = {}  # config hash (cell name left out) -> the first cell id with that config
+    duplicates: list[tuple[str, str]] = []
     for combo in _combinations(axes, zipped):
         labels = {axis.name: axis.labels[i] for axis, i in zip(axes, combo, strict=True)}
-        values = {axis.name: axis.values[i] for axis, i in zip(axes, combo, strict=True)}
         cell_id = ",".join(f"{n}={label}" for n, label in labels.items())
         data = json.loads(json.dumps(base_dict))
         settings: dict[str, Any] = {}
@@ -309,13 +310,65 @@ def plan_grid(
             settings.update(axis.settings(i))
         for key, value in settings.items():
             set_dotted(data, key.split("."), value, f"axis key {key!r}")
-        data["name"] = f"{name}/{cell_id}"
+        data["name"] = name
         config = config_from_dict(data, f"grid cell {cell_id}")
+        digest = config_hash(config)
+        if digest in seen:
+            duplicates.append((seen[digest], cell_id))
+        seen.setdefault(digest, cell_id)
+        config.name = f"{name}/{cell_id}"
         if check_registries:
             _check_registries(cell_id, settings)
             _check_model_shapes(cell_id, config)
-        cells.append(Cell(id=cell_id, labels=labels, values=values, config=config))
+        cells.append(Cell(id=cell_id, labels=labels, values={}, config=config))
+    axes = [_with_coerced_values(axis, base) for axis in axes]  # first: it names an axis's repeated value
+    if duplicates:
+        first, second = duplicates[0]
+        raise MMError(f"grid cells {first} and {second} train the same config (does one axis set another's key?); "
+                      "give each config once")
+    for cell in cells:
+        cell.values = {axis.name: axis.values[axis.labels.index(cell.labels[axis.name])] for axis in axes}
     return GridPlan(name=name, base=base, axes=axes, zipped=zipped, cells=cells, description=description)
+
+
+def coerce_setting(base: Config, key: str, value: Any) -> Any:
+    """``value`` as the config field ``key`` holds it (``"1e-3"`` for ``train.lr`` is 0.001), validated on its own
+    through the pydantic model; unchanged if ``key`` is not a field or the value does not validate alone."""
+    from pydantic import BaseModel, ValidationError
+
+    *sections, field_name = key.split(".")
+    node: Any = base
+    for part in sections:
+        node = getattr(node, part, None)
+        if not isinstance(node, BaseModel):
+            return value
+    if field_name not in type(node).model_fields:
+        return value
+    probe = node.model_copy()
+    try:
+        setattr(probe, field_name, value)  # validate_assignment: the field's type and validators
+    except (ValidationError, ValueError, TypeError):
+        return value
+    held = getattr(probe, field_name)
+    return held.model_dump(mode="json") if isinstance(held, BaseModel) else json.loads(json.dumps(held, default=str))
+
+
+def _with_coerced_values(axis: Axis, base: Config) -> Axis:
+    """The axis with its values coerced to their keys' types; MMError if two of them become equal."""
+    values = []
+    for i in range(len(axis.values)):
+        coerced = {key: coerce_setting(base, key, value) for key, value in axis.settings(i).items()}
+        values.append(coerced[axis.key] if axis.key is not None else coerced)
+    first: dict[str, int] = {}
+    for i, value in enumerate(values):
+        text = json.dumps(value, sort_keys=True)
+        if text in first:
+            j = first[text]
+            raise MMError(f"axis {axis.name!r}: values {axis.labels[j]!r} and {axis.labels[i]!r} are the same "
+                          f"({value!r}) as {axis.key or 'config values'}; list each value once (YAML reads 1e-3 as "
+                          "a string: it is coerced to the key's type)")
+        first[text] = i
+    return Axis(name=axis.name, key=axis.key, values=tuple(values), labels=axis.labels)
 
 
 def load_grid_file(path: str | Path) -> dict[str, Any]:

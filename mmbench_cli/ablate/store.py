@@ -132,7 +132,8 @@ class GridStore:
         return self.cell_run(cell_id).last_metrics()
 
     def write_summary(self, plan: GridPlan) -> dict[str, Path]:
-        """Write ``summary.{csv,parquet}`` (one row per cell) and ``summary_seeds.{csv,parquet}`` (over seeds)."""
+        """Write ``summary.{csv,parquet}`` (one row per cell, failed ones with their ``error``) and
+        ``summary_seeds.{csv,parquet}`` (over the seeds of done cells)."""
         import pandas as pd
 
         rows = [self.cell_row(plan, cell) for cell in plan.cells]
@@ -147,7 +148,8 @@ class GridStore:
         return paths
 
     def cell_row(self, plan: GridPlan, cell: Cell) -> dict[str, Any]:
-        """One summary row: axis values, state, final loss and every metric per shots of the final checkpoint."""
+        """One summary row: axis values, state, ``error`` (a failed cell's message, else empty), final loss and every
+        metric per shots of the final checkpoint. A failed cell keeps its row (metrics NaN where it has none)."""
         row: dict[str, Any] = {"cell": cell.id, "group": cell.group}
         for name, label in cell.labels.items():
             value = cell.values[name]
@@ -155,6 +157,7 @@ class GridStore:
         run_dir = self.cell_run(cell.id)
         record = self.cell_record(cell.id)
         row["state"] = self.cell_state(cell.id)
+        row["error"] = str(record.get("error") or "failed (no error recorded)") if row["state"] == "failed" else ""
         losses = [m for m in run_dir.read_metrics() if m.get("loss") is not None]
         row["final_loss"] = losses[-1]["loss"] if losses else math.nan
         evaluation = run_dir.final_results()

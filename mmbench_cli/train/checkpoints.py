@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmbench_cli.errors import MMError
-from mmbench_cli.rundir import OPTIMIZER_FILE, RNG_FILE, TRAINER_STATE_FILE, atomic_write_json
+from mmbench_cli.rundir import (
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    RNG_FILE,
+    TRAINER_STATE_FILE,
+    Checkpoint,
+    atomic_write_json,
+    read_json_file,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -132,15 +140,66 @@ def save_trainer_state(
     )
 
 
+TRAINER_STATE_KEYS = ("optimizer", "rng", "step", "tokens_seen", "train_flops", "elapsed_s", "window", "data")
+
+
+def trainer_state_problem(directory: str | Path) -> str | None:
+    """Why training cannot resume from the checkpoint in ``directory`` (a missing, garbled or non-safetensors
+    file of its trainer state or weights), or None if its files look whole. Reads the safetensors headers only."""
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    missing = [name for name in (OPTIMIZER_FILE, RNG_FILE, TRAINER_STATE_FILE, MODEL_FILE)
+               if not (directory / name).is_file()]
+    if missing:
+        return f"no {', '.join(missing)}"
+    try:
+        state = read_json_file(directory / TRAINER_STATE_FILE, TRAINER_STATE_FILE)
+    except MMError:
+        return f"{TRAINER_STATE_FILE} is not valid JSON"
+    absent = [key for key in TRAINER_STATE_KEYS if not isinstance(state, dict) or key not in state]
+    if absent:
+        return f"{TRAINER_STATE_FILE} lacks {', '.join(absent[:3])}"
+    for name in (OPTIMIZER_FILE, RNG_FILE, MODEL_FILE):
+        try:
+            with safe_open(str(directory / name), framework="pt"):
+                pass
+        except Exception:  # noqa: BLE001 - SafetensorError, OSError, ...: any failure means unusable
+            return f"{name} is not a safetensors file"
+    return None
+
+
+def resume_point(checkpoints: list[Checkpoint], max_step: int) -> tuple[Checkpoint | None, list[str]]:
+    """The newest checkpoint at or below ``max_step`` that training can resume from, and a note for each newer
+    one skipped because its trainer state is damaged (checkpoints without trainer state are never resume points)."""
+    notes = []
+    for checkpoint in sorted(checkpoints, key=lambda c: c.step, reverse=True):
+        if checkpoint.step > max_step or not checkpoint.has_trainer_state:
+            continue
+        problem = trainer_state_problem(checkpoint.path)
+        if problem is None:
+            return checkpoint, notes
+        notes.append(f"{checkpoint.path}: damaged checkpoint ({problem}); not resuming from it")
+    return None, notes
+
+
 def load_trainer_state(directory: str | Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore optimizer and RNGs from ``directory``; return the JSON state (with the ``extra`` keys)."""
+    """Restore optimizer and RNGs from ``directory``; return the JSON state (with the ``extra`` keys).
+
+    MMError naming the checkpoint if its trainer state is missing, damaged or does not fit the optimizer.
+    """
     from safetensors.torch import load_file
 
     directory = Path(directory)
     missing = [name for name in (OPTIMIZER_FILE, RNG_FILE, TRAINER_STATE_FILE) if not (directory / name).is_file()]
     if missing:
         raise MMError(f"{directory}: checkpoint has no trainer state ({', '.join(missing)}); cannot resume from it")
-    state = json.loads((directory / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
-    optimizer_from_tensors(optimizer, load_file(str(directory / OPTIMIZER_FILE)), state["optimizer"])
-    restore_rng(load_file(str(directory / RNG_FILE)), state["rng"])
+    try:
+        state = json.loads((directory / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+        optimizer_from_tensors(optimizer, load_file(str(directory / OPTIMIZER_FILE)), state["optimizer"])
+        restore_rng(load_file(str(directory / RNG_FILE)), state["rng"])
+    except Exception as error:  # noqa: BLE001 - garbled JSON, not safetensors, wrong shapes: one message
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise MMError(f"{directory}: damaged trainer state ({type(error).__name__}: {first}); "
+                      "delete this checkpoint dir to resume from an earlier one, or use --force to start over") from None
     return state

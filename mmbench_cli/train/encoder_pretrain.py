@@ -203,40 +203,42 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
     tcfg = cfg.train
     with RunLock(run_dir, "run"):
         run_setup.prepare_run_dir(cfg, run_dir, resume, force)
-        device = resolve_device(tcfg.device)
-        autocast_dtype = resolve_precision(tcfg.precision, device)
-        seed_everything(cfg.seed)
-        encoder = build_encoder(cfg.model)
-        image_size = cfg.model.image_size
-        if tcfg.encoder_objective == "clip":
-            from mmbench_cli.data.synthetic import tokenizer_source
-            from mmbench_cli.model.tokenizer import get_tokenizer
-
-            tokenizer = get_tokenizer(cfg.model, tokenizer_source(cfg.data))
-            objective: nn.Module = CLIPObjective(encoder, len(tokenizer))
-        else:
-            tokenizer = None
-            objective = MAEObjective(encoder, image_size)
-        objective.to(device).train()
-        num_params = sum(p.numel() for p in encoder.parameters())
-        peak_lr, weight_decay = resolve_lr_and_wd(tcfg, num_params)
-        from mmbench_cli.train.loop import build_optimizer
-
-        optimizer = build_optimizer(objective, peak_lr, weight_decay, device)
-        train = PairData(_caption_samples(cfg, "train"), image_size, encoder.image_mean, encoder.image_std)
-        if len(train.samples) < 2:
-            raise MMError("data: --stage encoder needs at least 2 training images")
-        val = PairData(_caption_samples(cfg, "val"), image_size, encoder.image_mean, encoder.image_std)
-        RunDir(run_dir).truncate_metrics(None)
-        run_setup.write_run_files(cfg, run_dir, {"stage": "encoder", "objective": tcfg.encoder_objective,
-                                              "num_params": num_params, "lr": peak_lr, "weight_decay": weight_decay,
-                                              "device": str(device)})
-        RunDir(run_dir).write_status("running")
-        rng = random.Random(cfg.seed)
-        batch_size = min(tcfg.batch_size, len(train.samples))
-        order: list[int] = []
-        started = time.perf_counter()
+        wrote_run = False
         try:
+            device = resolve_device(tcfg.device)
+            autocast_dtype = resolve_precision(tcfg.precision, device)
+            seed_everything(cfg.seed)
+            encoder = build_encoder(cfg.model)
+            image_size = cfg.model.image_size
+            if tcfg.encoder_objective == "clip":
+                from mmbench_cli.data.synthetic import tokenizer_source
+                from mmbench_cli.model.tokenizer import get_tokenizer
+
+                tokenizer = get_tokenizer(cfg.model, tokenizer_source(cfg.data))
+                objective: nn.Module = CLIPObjective(encoder, len(tokenizer))
+            else:
+                tokenizer = None
+                objective = MAEObjective(encoder, image_size)
+            objective.to(device).train()
+            num_params = sum(p.numel() for p in encoder.parameters())
+            peak_lr, weight_decay = resolve_lr_and_wd(tcfg, num_params)
+            from mmbench_cli.train.loop import build_optimizer
+
+            optimizer = build_optimizer(objective, peak_lr, weight_decay, device)
+            train = PairData(_caption_samples(cfg, "train"), image_size, encoder.image_mean, encoder.image_std)
+            if len(train.samples) < 2:
+                raise MMError("data: --stage encoder needs at least 2 training images")
+            val = PairData(_caption_samples(cfg, "val"), image_size, encoder.image_mean, encoder.image_std)
+            wrote_run = True
+            RunDir(run_dir).truncate_metrics(None)
+            run_setup.write_run_files(cfg, run_dir, {"stage": "encoder", "objective": tcfg.encoder_objective,
+                                                  "num_params": num_params, "lr": peak_lr, "weight_decay": weight_decay,
+                                                  "device": str(device)})
+            RunDir(run_dir).write_status("running")
+            rng = random.Random(cfg.seed)
+            batch_size = min(tcfg.batch_size, len(train.samples))
+            order: list[int] = []
+            started = time.perf_counter()
             with progress_bar(f"[bold]encoder ({tcfg.encoder_objective})", tcfg.steps, enabled=progress,
                               stats="loss {loss:.4f}  lr {lr:.2e}") as bar:
                 for step in range(tcfg.steps):
@@ -253,6 +255,9 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
                         loss = _objective_loss(objective, tokenizer, images, captions, device)
                     loss.backward()
                     grad_norm = float(torch.nn.utils.clip_grad_norm_(objective.parameters(), tcfg.grad_clip or math.inf))
+                    if not (math.isfinite(loss.item()) and math.isfinite(grad_norm)):
+                        raise MMError(f"train: non-finite loss {loss.item()} or grad norm {grad_norm} at step {step + 1}; "
+                                      "training stopped; lower train.lr or raise train.warmup_steps")
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     done = step + 1
@@ -265,12 +270,13 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
                     bar.update(completed=done, loss=loss.item(), lr=lr)
             scores = evaluate_objective(objective, tokenizer, val if val.samples else train, device)
             save_encoder(encoder, image_size, run_dir)
+            RunDir(run_dir).drop_set_aside()  # the new encoder is saved: the run it replaces can go
+            atomic_write_json(run_dir / "encoder_eval.json", scores)
+            RunDir(run_dir).update_meta({"wall_time_s": time.perf_counter() - started, **scores})
+            RunDir(run_dir).write_status("done")
         except BaseException:
-            RunDir(run_dir).write_status("failed")
+            run_setup.fail_run(run_dir, wrote_run)
             raise
-        atomic_write_json(run_dir / "encoder_eval.json", scores)
-        RunDir(run_dir).update_meta({"wall_time_s": time.perf_counter() - started, **scores})
-        RunDir(run_dir).write_status("done")
     return run_dir
 
 

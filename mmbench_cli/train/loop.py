@@ -23,7 +23,16 @@ import torch.nn.functional as F
 from mmbench_cli.config import DATA_TYPES, Config
 from mmbench_cli.errors import MMError
 from mmbench_cli.progress import progress_bar
-from mmbench_cli.rundir import CHECKPOINT_JSON, MODEL_FILE, RunDir, RunLock, atomic_dir, atomic_write_json, file_content_hash
+from mmbench_cli.rundir import (
+    CHECKPOINT_JSON,
+    MODEL_FILE,
+    RunDir,
+    RunLock,
+    atomic_dir,
+    atomic_write_json,
+    file_content_hash,
+    step_dir_name,
+)
 from mmbench_cli.train import run_setup
 from mmbench_cli.train.checkpoints import checkpoint_schedule, load_trainer_state, save_trainer_state
 from mmbench_cli.train.distributed import (
@@ -143,6 +152,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False, force: bool
     Resumes automatically from the newest checkpoint when the dir holds a run of the same config (or, with
     ``resume``, one differing only in resumable keys); ``force`` starts over. Under torchrun, runs as DDP.
     """
+    run_setup.check_out_dir(Path(out_dir))
     if cfg.train.stage == "encoder":
         from mmbench_cli.train.encoder_pretrain import pretrain_encoder
 
@@ -163,10 +173,19 @@ def _claim_run_dir(cfg: Config, run_dir: Path, resume: bool, force: bool, ctx: D
         lock = RunLock(run_dir, "run")
         try:
             lock.acquire()
-            start = run_setup.prepare_run_dir(cfg, run_dir, resume, force)
         except MMError as failure:
-            lock.release()
             error = failure.message
+        else:
+            try:
+                start = run_setup.prepare_run_dir(cfg, run_dir, resume, force)
+            except MMError as failure:
+                run_setup.fail_run(run_dir, started=False)  # a status left `running` by a killed writer: failed
+                lock.release()
+                error = failure.message
+            except BaseException:
+                run_setup.fail_run(run_dir, started=False)
+                lock.release()
+                raise
     error, start = broadcast_from_main((error, start), ctx)
     if error:
         raise MMError(error)
@@ -178,34 +197,44 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
     from mmbench_cli.data.synthetic import tokenizer_source
     from mmbench_cli.model import build_model
 
+    # Everything that can be refused is checked before the run dir is touched: config (on load), precision,
+    # model (built here), optimizer settings. Only then is the dir claimed (an old run set aside with --force).
+    tcfg = cfg.train
+    autocast_dtype = resolve_precision(tcfg.precision, ctx.device)
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model, tokenizer_source(cfg.data))
+    if tcfg.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    num_params = sum(p.numel() for p in model.parameters())
+    peak_lr, weight_decay = resolve_lr_and_wd(tcfg, num_params)
+
     lock, start_step = _claim_run_dir(cfg, run_dir, resume, force, ctx)
+    run = RunDir(run_dir)
+    started = False
     try:
         if show and ctx.is_main and start_step is not None:
             from rich.console import Console
 
             Console(stderr=True).print(f"resuming {run_dir} from checkpoint step {start_step}", highlight=False)
-        tcfg = cfg.train
-        autocast_dtype = resolve_precision(tcfg.precision, ctx.device)
-        seed_everything(cfg.seed)
-        model = build_model(cfg.model, tokenizer_source(cfg.data))
         if start_step is not None:
-            _load_weights(model, RunDir(run_dir).checkpoint_dir(start_step))
-        if tcfg.freeze_encoder:
-            model.encoder.requires_grad_(False)
+            _load_weights(model, run.checkpoint_dir(start_step))
         model.to(ctx.device)
         model.train()
-        num_params = sum(p.numel() for p in model.parameters())
-        peak_lr, weight_decay = resolve_lr_and_wd(tcfg, num_params)
         optimizer = build_optimizer(model, peak_lr, weight_decay, ctx.device)
         scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
 
         stream = TrainStream(cfg, model.tokenizer, model.num_image_tokens, model.image_mean, model.image_std)
         state = TrainState()
         if start_step is not None:
-            saved = load_trainer_state(RunDir(run_dir).checkpoint_dir(start_step), optimizer)
-            stream.load_state_dict(saved["data"])
-            state = TrainState(step=saved["step"], tokens_seen=saved["tokens_seen"], train_flops=saved["train_flops"],
-                             elapsed_s=saved["elapsed_s"], window=LogWindow(**saved["window"]))
+            saved = load_trainer_state(run.checkpoint_dir(start_step), optimizer)
+            try:
+                stream.load_state_dict(saved["data"])
+                state = TrainState(step=saved["step"], tokens_seen=saved["tokens_seen"],
+                                   train_flops=saved["train_flops"], elapsed_s=saved["elapsed_s"],
+                                   window=LogWindow(**saved["window"]))
+            except (KeyError, TypeError, ValueError) as error:
+                raise MMError(f"{run.checkpoint_dir(start_step)}: damaged trainer state ({type(error).__name__}: "
+                              f"{error}); delete this checkpoint dir to resume from an earlier one") from None
             if scaler is not None and saved.get("grad_scaler"):
                 scaler.load_state_dict(saved["grad_scaler"])
 
@@ -224,38 +253,31 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
         flops_per_image = float(model.image_flops())
         flops_per_step = float(model.flops_per_sample(cfg.data.seq_len)) * tcfg.batch_size  # estimate: 1 image/row
         if ctx.is_main:
-            RunDir(run_dir).truncate_metrics(start_step)
+            started = True
+            run.truncate_metrics(start_step)
             run_setup.write_run_files(cfg, run_dir, {
                 "num_params": num_params, "flops_per_step": flops_per_step, "lr": peak_lr,
                 "weight_decay": weight_decay, "world_size": ctx.world_size, "device": str(ctx.device),
                 "precision": str(autocast_dtype or torch.float32).removeprefix("torch."),
                 "wall_time_s": state.elapsed_s, "resumed_from": start_step,
             })
-            RunDir(run_dir).write_status("running")
+            run.write_status("running")
         barrier(ctx)
 
         trainer = _Trainer(cfg, ctx, model, train_model, optimizer, scaler, stream, autocast_dtype,
                            peak_lr, (flops_per_row, flops_per_image), run_dir)
-        try:
-            trainer.run(state, show)
-        except BaseException:
-            if ctx.is_main:
-                RunDir(run_dir).write_status("failed")
-            raise
+        trainer.run(state, show)
         if ctx.is_main:
-            bad = stream.num_bad + stream.bad_skipped  # skipped while loading + while training (data.skip_bad)
-            RunDir(run_dir).update_meta({"wall_time_s": state.elapsed_s, "tokens_seen": state.tokens_seen,
-                                         "train_flops": state.train_flops,
-                                         "flops_per_step": state.train_flops / max(state.step, 1),
-                                         **({"bad_samples_skipped": bad} if bad else {})})
-            RunDir(run_dir).write_status("done")
-            if bad and show:
-                from rich.console import Console
-
-                first = (stream.bad_problems or [""])[0]
-                Console(stderr=True).print(f"[yellow]skipped {bad} bad samples[/] (data.skip_bad)"
-                                           f"{'; first: ' + first if first else ''}", highlight=False, soft_wrap=True)
+            run.drop_set_aside()  # a resumed or empty schedule saves nothing new: the old run goes now
+            run.update_meta({"wall_time_s": state.elapsed_s, "tokens_seen": state.tokens_seen,
+                             "train_flops": state.train_flops,
+                             "flops_per_step": state.train_flops / max(state.step, 1)})
+            run.write_status("done")
         return run_dir
+    except BaseException:
+        if ctx.is_main:
+            run_setup.fail_run(run_dir, started)
+        raise
     finally:
         if lock is not None:
             lock.release()
@@ -316,6 +338,7 @@ class _Trainer:
                 loss, grad_norm, tokens, images = self.step(lr, state.window)
                 took = time.perf_counter() - started
                 state.step += 1
+                self.check_finite(state.step, loss, grad_norm)
                 state.tokens_seen += tokens
                 state.train_flops += self.flops_per_row * tcfg.batch_size + self.flops_per_image * images
                 state.elapsed_s += took
@@ -326,6 +349,19 @@ class _Trainer:
                 if state.step in self.checkpoints:
                     self.save(state)
                 bar.update(completed=state.step, loss=loss, lr=lr, tps=tokens / max(took, 1e-9))
+
+    def check_finite(self, step: int, loss: float, grad_norm: float) -> None:
+        """Stop the run (MMError naming the step) on a non-finite loss, or grad norm when no fp16 loss scaler is
+        expected to skip such steps; nothing of this step is logged or checkpointed."""
+        bad = [f"{name} {value}" for name, value in (("loss", loss), ("grad norm", grad_norm))
+               if not math.isfinite(value) and (name == "loss" or self.scaler is None)]
+        if bad:
+            raise MMError(f"train: non-finite {' and '.join(bad)} at step {step}; training stopped, the last "
+                          f"checkpoint is {self._last_saved_name()}; lower train.lr or raise train.warmup_steps")
+
+    def _last_saved_name(self) -> str:
+        steps = RunDir(self.run_dir).checkpoint_steps()
+        return step_dir_name(steps[-1]) if steps else "none"
 
     def step(self, lr: float, window: LogWindow) -> tuple[float, float, float, float]:
         """One optimizer step over the global batch; returns (mean loss, grad norm, tokens, images) of the step."""
@@ -410,6 +446,10 @@ class _Trainer:
 
     def save(self, state: TrainState) -> None:
         """Write checkpoint ``step_<N>`` atomically (rank 0): weights, tokenizer, trainer state, checkpoint.json."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):  # same on every rank
+            raise MMError(f"train: the weights became non-finite by step {state.step}; training stopped before "
+                          f"saving {step_dir_name(state.step)} (the last checkpoint is {self._last_saved_name()}); "
+                          "lower train.lr or raise train.warmup_steps")
         if not self.ctx.is_main:
             return
         with atomic_dir(RunDir(self.run_dir).checkpoint_dir(state.step)) as tmp:
@@ -425,3 +465,4 @@ class _Trainer:
                 "step": state.step, "content_hash": file_content_hash(tmp / MODEL_FILE),
                 "tokens_seen": state.tokens_seen, "train_flops": state.train_flops, "wall_time_s": state.elapsed_s,
             })
+        RunDir(self.run_dir).drop_set_aside()  # the new run has a checkpoint: the run it replaces can go

@@ -13,6 +13,7 @@ from typing import Any
 from mmbench_cli.config import Config, config_hash, config_to_dict, config_to_yaml, load_config
 from mmbench_cli.errors import MMError
 from mmbench_cli.rundir import RunDir, run_metadata
+from mmbench_cli.train.checkpoints import resume_point
 
 # Config keys that may change when a run is continued with --resume (they do not change what was trained).
 RESUMABLE_KEYS = frozenset(
@@ -50,17 +51,38 @@ def _resumable(key: str) -> bool:
     return key in RESUMABLE_KEYS or key.split(".", 1)[0] in RESUMABLE_KEYS
 
 
+def note(message: str) -> None:
+    """Print one ``note:`` line on stderr (a repair or fallback the user should know about)."""
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[yellow]note:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def check_out_dir(run_dir: Path) -> None:
+    """MMError unless ``run_dir`` is a directory or does not exist yet (checked before anything is written)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MMError(f"--out {run_dir}: is a file, not a run directory; choose another --out")
+    parent = next((p for p in run_dir.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise MMError(f"--out {run_dir}: {parent} is a file, not a directory; choose another --out")
+
+
 def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, force: bool) -> int | None:
     """Check the run dir against ``cfg``; return the checkpoint step to resume from, or None to start fresh.
 
-    Call with the run's lock held. Raises MMError (touching nothing) when the dir holds another config and
-    neither --force nor a compatible --resume was given.
+    Call with the run's lock held. First repairs what a killed writer left (``RunDir.recover``). Raises MMError
+    (touching nothing) when the dir holds another config and neither --force nor a compatible --resume was given.
+    With --force an existing run is set aside (``RunDir.set_aside``), not deleted: the caller drops it once the new
+    run has its first checkpoint and restores it if the new run fails before. A newest checkpoint with a damaged
+    trainer state is skipped (with a note) for the previous good one.
     """
     run = RunDir(run_dir)
+    for message in run.recover():
+        note(message)
     config_file = run.config_path
     if config_file.exists():
         if force:
-            run.wipe()
+            run.set_aside()
             return None
         try:
             old = load_config(config_file)
@@ -81,14 +103,28 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, force: bool) -> in
                     "(only steps, logging/checkpoint cadence and device); use --force to start over or another --out"
                 )
     elif run_dir.exists() and not force:
-        others = sorted(path.name for path in run_dir.iterdir() if path.name != ".lock")
+        others = sorted(path.name for path in run_dir.iterdir() if not path.name.startswith(".lock"))
         if others:
             raise MMError(
                 f"{run_dir}: exists and is not a run directory (no config.yaml; holds {', '.join(others[:3])}); "
                 "choose another --out, or pass --force to write the run into it"
             )
-    steps = [ckpt.step for ckpt in run.checkpoints() if ckpt.step <= cfg.train.steps and ckpt.has_trainer_state]
-    return steps[-1] if steps else None
+    checkpoint, notes = resume_point(run.checkpoints(), cfg.train.steps)
+    if notes and checkpoint is None:
+        raise MMError(f"{notes[0]}, and no earlier checkpoint can be resumed; use --force to start over")
+    for message in notes:
+        note(f"{message}; resuming from {checkpoint.path.name}")
+    return checkpoint.step if checkpoint else None
+
+
+def fail_run(run_dir: Path, started: bool) -> None:
+    """After a failure under the lock: restore a run set aside by --force (the new run never got a checkpoint),
+    else mark the run ``failed`` if it had started or was left ``running``/``pending`` (never left running)."""
+    run = RunDir(run_dir)
+    if run.restore_set_aside():
+        note(f"{run_dir}: the new run failed before its first checkpoint; the previous run is back, unchanged")
+    elif started or run.read_status() in ("running", "pending"):
+        run.write_status("failed")
 
 
 def write_run_files(cfg: Config, run_dir: Path, extra_meta: dict[str, Any]) -> None:

@@ -269,10 +269,18 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
         trainer.run(state, show)
         if ctx.is_main:
             run.drop_set_aside()  # a resumed or empty schedule saves nothing new: the old run goes now
+            bad = stream.num_bad + stream.bad_skipped  # skipped while loading + while training (data.skip_bad)
             run.update_meta({"wall_time_s": state.elapsed_s, "tokens_seen": state.tokens_seen,
                              "train_flops": state.train_flops,
-                             "flops_per_step": state.train_flops / max(state.step, 1)})
+                             "flops_per_step": state.train_flops / max(state.step, 1),
+                             **({"bad_samples_skipped": bad} if bad else {})})
             run.write_status("done")
+            if bad and show:
+                from rich.console import Console
+
+                first = (stream.bad_problems or [""])[0]
+                Console(stderr=True).print(f"[yellow]skipped {bad} bad samples[/] (data.skip_bad)"
+                                           f"{'; first: ' + first if first else ''}", highlight=False, soft_wrap=True)
         return run_dir
     except BaseException:
         if ctx.is_main:

@@ -246,9 +246,9 @@ def load_similarity_encoder(spec: str) -> SimilarityEncoder:
         raise MMError(f"{where}: pass hf:<local dir of a CLIP/SigLIP checkpoint saved by save_pretrained>")
     config = _hf_vision_config(directory, where)
     full = config.model_type in FULL_TO_VISION
-    with quiet_transformers():
-        cls = getattr(transformers, config.model_type.upper().replace("SIGLIP", "Siglip") + "Model" if full
-                      else VISION_CLASSES[config.model_type])
+    cls = getattr(transformers, config.model_type.upper().replace("SIGLIP", "Siglip") + "Model" if full
+                  else VISION_CLASSES[config.model_type])
+    with quiet_transformers(), hf_load_errors(where, "vision checkpoint"):
         hf_model = cls.from_pretrained(str(directory), use_safetensors=True, attn_implementation="sdpa")
     vision = config.vision_config if full else config
     mean, std = _read_mean_std(directory, config.model_type)

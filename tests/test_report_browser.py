@@ -140,11 +140,12 @@ def test_report_renders_in_chromium(tmp_path: Path) -> None:
     assert dom["scripts"] == 0
 
     assert dom["firstSection"] == "findings" and dom["tables"][0]["id"] == "table-findings-toygrid"
-    assert len(dom["verdicts"]) == 8  # resolution 64 vs 32 on caption, VQA at 0/4/8 shots, TextCore, grounding
+    # resolution 64 vs 32 on caption and VQA at 0/4/8 shots, TextCore, grounding; the 8- vs 0-shot gain of both
+    assert len(dom["verdicts"]) == 8 + 2
     assert dom["viewport"] == 1280 and dom["pageWidth"] <= 1280  # no horizontal page overflow at 1280 px
 
     tables = {t["id"]: t for t in dom["tables"]}
-    expected_rows = {"table-findings-toygrid": 8, "table-regressions": 4 * 7, "table-summary": 2,
+    expected_rows = {"table-findings-toygrid": 10, "table-regressions": 4 * 7, "table-summary": 2,
                      "table-effect-resolution": 2, "table-tasks": 2,
                      "table-caption-grounding": 2,  # the <script> caption names a red circle, as its references do
                      "table-repeated": 1, "table-examples": 2 * 3 * 2, "table-metadata": 4}

@@ -143,7 +143,9 @@ def test_failed_cells_are_shown_with_their_error(tmp_path: Path) -> None:
     assert "resolution=64,seed=0" in section and "eval crashed" in section
     study = load.load_study([grid])
     found = findings.study_findings(study, claims={})
-    assert found.rows == [] and "failed cell(s) left out" in found.skipped[0]  # only the base cell is left
+    # only the base cell is left: no axis contrast, and the few-shot gain is over that one cell
+    assert [row.kind for row in found.rows] == ["shots", "shots"] and all(row.pairs == 1 for row in found.rows)
+    assert "failed cell(s) left out" in found.skipped[0]
     markdown = (out / "report.md").read_text()
     assert "## Cells that did not finish" in markdown and "eval crashed" in markdown
 
@@ -165,3 +167,17 @@ def test_claims_come_from_the_axes_file(tmp_path: Path) -> None:
     assert {"resolution", "tokens", "connector", "encoder", "data_mix", "lm_size"} <= set(repo_axes)
     assert "seed" not in repo_axes
     assert findings.axis_claims(tmp_path / "missing.yaml") == {}
+
+
+def test_few_shot_gain_is_a_paired_contrast_over_all_cells(tmp_path: Path) -> None:
+    grid = write_grid(tmp_path / "runs" / "g", resolutions=(32, 64), seeds=(0, 1), eval_steps=(8,), samples=30)
+    study = load.load_study([grid])
+    rows = [row for row in findings.study_findings(study, claims={}).rows if row.kind == "shots"]
+    assert {row.measure.key for row in rows} == {"caption@8-vs-0", "vqa@8-vs-0"}
+    caption = next(row for row in rows if row.measure.family == "caption")
+    values = {shots: [json.loads((grid / f"resolution={r},seed={s}" / "eval" / "step_8.json").read_text())
+                      ["tasks"]["synthetic-caption"][shots]["value"] for r in (32, 64) for s in (0, 1)]
+              for shots in ("0", "8")}
+    gain = sum(values["8"]) / 4 - sum(values["0"]) / 4
+    assert caption.result.diff == pytest.approx(gain) and caption.result.paired and caption.result.seeds == 2
+    assert caption.contrast == "shots 8 vs 0" and caption.claim == findings.SHOTS_CLAIM

@@ -89,7 +89,7 @@ def finding_cells(row: Finding) -> dict[str, str]:
                 f"{row.simple_labels[0]}: Δ {_signed(row.simple_effects[0], decimals)}"]
     else:
         here = [f"{fmt(row.base_mean, decimals)} → {fmt(row.value_mean, decimals)}"]
-    seeds = f"{result.seeds} (no seed noise)" if result.se_seeds is None else str(result.seeds)
+    seeds = f"{result.seeds} (seed noise unmeasured)" if result.se_seeds is None else str(result.seeds)
     queries = f"{result.n} ({result.clusters} img)" if row.clustered else f"{result.n} (unclustered)"
     if not result.paired:
         queries += ", not all shared"
@@ -111,10 +111,16 @@ def findings_view(findings: Findings | None) -> list[dict[str, Any]]:
     view = []
     for grid, rows in findings.by_grid().items():
         contrasts: dict[str, dict[str, Any]] = {}
+        claimed: set[str] = set()  # an axis's claim is written out at its first contrast, then referred to
         for row in rows:
-            entry = contrasts.setdefault(row.contrast, {"contrast": row.contrast, "detail": row.detail,
-                                                        "claim": row.claim or "—", "kind": row.kind, "rows": []})
-            entry["rows"].append(finding_cells(row))
+            if row.contrast not in contrasts:
+                claim = row.claim or "—"
+                if row.claim and row.axis in claimed:
+                    claim = f"(as for {row.axis} above)"
+                claimed.add(row.axis)
+                contrasts[row.contrast] = {"contrast": row.contrast, "detail": row.detail, "claim": claim,
+                                           "kind": row.kind, "rows": []}
+            contrasts[row.contrast]["rows"].append(finding_cells(row))
         view.append({"grid": grid or "", "id": f"findings-{_anchor(grid or 'study')}", "contrasts": list(contrasts.values())})
     return view
 
@@ -130,8 +136,9 @@ def findings_note(findings: Findings) -> str:
     return (
         f"{total} contrasts: {counts.get(EFFECT, 0)} effect, {counts.get(DIRECTION, 0)} direction, not significant, "
         f"{counts.get(NO_EFFECT, 0)} no detectable effect. Each grid's axis values against its base value (the one its "
-        "base config has), averaged over the grid's other axes, and for a two-axis grid each interaction (the "
-        "difference of differences), per measure, at each cell's last evaluated checkpoint, from the per-sample "
+        "base config has), averaged over the grid's other axes, for a two-axis grid each interaction (the "
+        "difference of differences), and the few-shot gain (most shots against 0 on the same queries, over all "
+        "cells), per measure, at each cell's last evaluated checkpoint, from the per-sample "
         "files: queries paired across cells that answered the same ones, standard errors clustered by image, a "
         "cell's training seeds pooled with the grid's between-seed variance added (Welch–Satterthwaite t). "
         f"p: Holm-adjusted over all {total} contrasts of this report; verdict: effect (adjusted p < {findings.alpha}), "

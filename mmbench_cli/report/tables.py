@@ -100,7 +100,8 @@ def fmt(value: float | None, decimals: int = 3) -> str:
     """A metric value with ``decimals`` decimals ('—' when missing; 4 significant digits from 1000 up)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
-    return f"{value:.{decimals}f}" if abs(value) < 1000 else f"{value:.4g}"
+    text = f"{value:.{decimals}f}" if abs(value) < 1000 else f"{value:.4g}"
+    return text.lstrip("-") if float(text) == 0 else text  # no "-0"
 
 
 def fmt_p(p: float | None) -> str:

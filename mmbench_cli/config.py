@@ -192,7 +192,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if not is_plain_data(value):  # a date, !!binary, !!set...: keep what the user typed
+        value = raw
     return key.split("."), value
+
+
+def is_plain_data(value: Any) -> bool:
+    """Whether ``value`` is JSON-like data (mappings with scalar keys, lists, strings, numbers, booleans, null)."""
+    if isinstance(value, dict):
+        return all((key is None or isinstance(key, (str, int, float, bool))) and is_plain_data(item)
+                   for key, item in value.items())
+    if isinstance(value, list):
+        return all(is_plain_data(item) for item in value)
+    return value is None or isinstance(value, (str, int, float, bool))
 
 
 def set_dotted(data: dict[str, Any], keys: list[str], value: Any, where: str) -> None:
@@ -279,6 +291,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise MMError(f"{path}: expected a YAML mapping of config sections, got {type(data).__name__}")
+    if not is_plain_data(data):
+        raise MMError(f"{path}: holds a value that is not plain data (a date, binary data or a set); "
+                      "quote it as a string")
     return data
 
 

@@ -111,6 +111,24 @@ def test_bad_axes_are_one_line_errors(grid: list[str], message: str) -> None:
     assert "\n" not in info.value.message
 
 
+def test_grid_values_are_coerced_to_the_keys_type_and_repeats_refused(tmp_path: Path) -> None:
+    grid = tmp_path / "lr.yaml"
+    grid.write_text("axes:\n  train.lr: [0.001, 1e-3]\n")  # YAML reads 1e-3 as the string '1e-3'
+    with pytest.raises(MMError, match=r"axis 'train.lr': values '0.001' and '1e-3' are the same \(0.001\)"):
+        build_plan(str(grid), [], [], axes_path=AXES)
+    result = runner.invoke(app, ["ablate", str(grid), "--axes", str(AXES), "--out", str(tmp_path / "g")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "g").exists()
+    grid.write_text("axes:\n  train.lr: [1e-3, 3e-3]\n")
+    coerced = build_plan(str(grid), [], [], axes_path=AXES)
+    assert [cell.id for cell in coerced.cells] == ["train.lr=1e-3", "train.lr=3e-3"]  # ids as written (dirs resume)
+    assert [cell.values["train.lr"] for cell in coerced.cells] == [0.001, 0.003]  # values as the config holds them
+    assert coerced.to_json()["axes"][0]["values"] == [0.001, 0.003]
+    # two axes that set one key make equal cells: refused too
+    with pytest.raises(MMError, match="train the same config"):
+        plan(["resolution=32,64", "model.image_size=32,64"])
+
+
 def test_zip_needs_equal_lengths() -> None:
     with pytest.raises(MMError, match="same number of values"):
         plan(["resolution=32,64", "tokens=4,16,1"], zipped=True)

@@ -11,6 +11,7 @@ import pytest
 
 from mmbench_cli.errors import MMError
 from mmbench_cli.rundir import (
+    RunDir,
     RunLock,
     append_jsonl,
     atomic_dir,
@@ -88,3 +89,56 @@ def test_status_and_metadata(tmp_path: Path) -> None:
     assert meta["seed"] == 3
     assert meta["versions"]["torch"].startswith("2.13")
     assert "python" in meta["versions"]
+
+
+def _small_run(path: Path) -> RunDir:
+    run = RunDir(path)
+    run.write_config("seed: 1\n")
+    run.write_status("done")
+    run.append_metrics({"step": 1, "loss": 2.0})
+    (run.checkpoint_dir(1)).mkdir(parents=True)
+    (run.checkpoint_dir(1) / "checkpoint.json").write_text('{"step": 1}')
+    return run
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_set_aside_then_restore_or_drop(tmp_path: Path) -> None:
+    run = _small_run(tmp_path / "run")
+    before = _files(run.path)
+    run.set_aside()
+    assert not run.config_path.exists() and run.has_set_aside()
+    run.write_config("seed: 2\n")  # the new run's files
+    run.append_metrics({"step": 1, "loss": 9.0})
+    assert run.restore_set_aside() and not run.has_set_aside()
+    assert _files(run.path) == before
+    run.set_aside()
+    run.write_config("seed: 2\n")
+    run.drop_set_aside()
+    assert not run.has_set_aside() and run.read_config_text() == "seed: 2\n" and not run.checkpoints_dir.exists()
+
+
+def test_restore_after_a_kill_half_way_through_setting_aside(tmp_path: Path) -> None:
+    run = _small_run(tmp_path / "run")
+    before = _files(run.path)
+    run.set_aside()
+    # as if killed after the manifest and the first renames: put config.yaml and status back where they were
+    for name in ("config.yaml", "status"):
+        (run.replaced_dir / name).rename(run.path / name)
+    assert run.recover() == [f"{run.path}: restored the run that an interrupted --force was replacing"]
+    assert _files(run.path) == before
+    assert run.recover() == []  # nothing left to repair
+
+
+def test_read_jsonl_refuses_non_objects_and_non_utf8_in_the_middle(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b'{"a": 1}\n[1, 2]\n{"a": 2}\n')
+    with pytest.raises(MMError, match="line 2: expected a JSON object"):
+        read_jsonl(path)
+    path.write_bytes(b'{"a": 1}\n{"a": "\xff"}\n{"a": 2}\n')
+    with pytest.raises(MMError, match="line 2 is not UTF-8"):
+        read_jsonl(path)
+    path.write_bytes(b'{"a": 1}\n{"a": "\xe2\x82')  # a torn multi-byte character on the last line: skipped
+    assert read_jsonl(path) == [{"a": 1}]

@@ -24,6 +24,7 @@ from mmbench_cli.config import (
     config_from_dict,
     config_hash,
     config_to_dict,
+    is_plain_data,
     read_yaml,
     set_dotted,
 )
@@ -155,9 +156,10 @@ def split_values(text: str) -> list[str]:
 
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    return value if is_plain_data(value) else text
 
 
 def _preset_items(name: str, spec: dict[str, Any], source: str) -> list[tuple[str, Any]]:

@@ -192,6 +192,28 @@ def _claim_run_dir(cfg: Config, run_dir: Path, resume: bool, force: bool, ctx: D
     return lock, start
 
 
+def _precheck_run_dir(cfg: Config, run_dir: Path, resume: bool, force: bool, ctx: DistContext) -> None:
+    """The run-dir refusals (another config, a foreign dir), read-only and before the model is built; they are
+    checked again under the lock. Skipped while an interrupted --force is pending repair (the lock holder does it)."""
+    error = None
+    if ctx.is_main and not RunDir(run_dir).has_set_aside():
+        try:
+            run_setup.check_run_dir(cfg, run_dir, resume, force)
+        except MMError as failure:
+            error = failure.message
+    error = broadcast_from_main(error, ctx)
+    if error:
+        raise MMError(error)
+
+
+def _finished(cfg: Config, run: RunDir, start_step: int | None) -> bool:
+    """Whether ``run`` already is this config's finished run (final checkpoint, status done, same config file)."""
+    from mmbench_cli.config import config_to_yaml
+
+    return (start_step == cfg.train.steps and run.read_status() == "done"
+            and run.read_config_text() == config_to_yaml(cfg))
+
+
 def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool, ctx: DistContext) -> Path:
     from mmbench_cli.data.mixture import TrainStream
     from mmbench_cli.data.synthetic import tokenizer_source
@@ -201,6 +223,7 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
     # model (built here), optimizer settings. Only then is the dir claimed (an old run set aside with --force).
     tcfg = cfg.train
     autocast_dtype = resolve_precision(tcfg.precision, ctx.device)
+    _precheck_run_dir(cfg, run_dir, resume, force, ctx)
     seed_everything(cfg.seed)
     model = build_model(cfg.model, tokenizer_source(cfg.data))
     if tcfg.freeze_encoder:
@@ -212,6 +235,8 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
     run = RunDir(run_dir)
     started = False
     try:
+        if broadcast_from_main(ctx.is_main and _finished(cfg, run, start_step), ctx):
+            return run_dir  # the same finished run: nothing to train, so nothing is rewritten
         if show and ctx.is_main and start_step is not None:
             from rich.console import Console
 

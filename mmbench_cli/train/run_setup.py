@@ -67,23 +67,15 @@ def check_out_dir(run_dir: Path) -> None:
         raise MMError(f"--out {run_dir}: {parent} is a file, not a directory; choose another --out")
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, force: bool) -> int | None:
-    """Check the run dir against ``cfg``; return the checkpoint step to resume from, or None to start fresh.
-
-    Call with the run's lock held. First repairs what a killed writer left (``RunDir.recover``). Raises MMError
-    (touching nothing) when the dir holds another config and neither --force nor a compatible --resume was given.
-    With --force an existing run is set aside (``RunDir.set_aside``), not deleted: the caller drops it once the new
-    run has its first checkpoint and restores it if the new run fails before. A newest checkpoint with a damaged
-    trainer state is skipped (with a note) for the previous good one.
-    """
+def check_run_dir(cfg: Config, run_dir: Path, resume: bool, force: bool) -> None:
+    """Refuse (MMError, touching nothing) a run dir that holds another config, unless --force or a --resume that
+    changes only resumable keys, and a non-empty dir that is no run dir unless --force. Read-only: ``pretrain`` calls
+    it before building the model (a quick refusal) and ``prepare_run_dir`` again under the lock."""
     run = RunDir(run_dir)
-    for message in run.recover():
-        note(message)
     config_file = run.config_path
     if config_file.exists():
         if force:
-            run.set_aside()
-            return None
+            return
         try:
             old = load_config(config_file)
         except MMError as error:
@@ -102,13 +94,31 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, force: bool) -> in
                     f"{run_dir}: --resume cannot change {', '.join(fixed[:4])} of an existing run "
                     "(only steps, logging/checkpoint cadence and device); use --force to start over or another --out"
                 )
-    elif run_dir.exists() and not force:
+    elif run_dir.is_dir() and not force:
         others = sorted(path.name for path in run_dir.iterdir() if not path.name.startswith(".lock"))
         if others:
             raise MMError(
                 f"{run_dir}: exists and is not a run directory (no config.yaml; holds {', '.join(others[:3])}); "
                 "choose another --out, or pass --force to write the run into it"
             )
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool, force: bool) -> int | None:
+    """Check the run dir against ``cfg``; return the checkpoint step to resume from, or None to start fresh.
+
+    Call with the run's lock held. First repairs what a killed writer left (``RunDir.recover``). Raises MMError
+    (touching nothing) when the dir holds another config and neither --force nor a compatible --resume was given.
+    With --force an existing run is set aside (``RunDir.set_aside``), not deleted: the caller drops it once the new
+    run has its first checkpoint and restores it if the new run fails before. A newest checkpoint with a damaged
+    trainer state is skipped (with a note) for the previous good one.
+    """
+    run = RunDir(run_dir)
+    for message in run.recover():
+        note(message)
+    if run.config_path.exists() and force:
+        run.set_aside()
+        return None
+    check_run_dir(cfg, run_dir, resume, force)
     checkpoint, notes = resume_point(run.checkpoints(), cfg.train.steps)
     if notes and checkpoint is None:
         raise MMError(f"{notes[0]}, and no earlier checkpoint can be resumed; use --force to start over")

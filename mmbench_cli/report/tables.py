@@ -267,13 +267,15 @@ def make_table(
 
 def _decimals(estimate: Estimate | None, interval: tuple[float, float] | None) -> int:
     """Decimals to show: from the CI's half-width (an exact value, whose CI has no width, with the decimals it has, up
-    to 3), else from the seeds' standard error, else 3."""
+    to 3), else from the seeds' standard error, else the decimals the value has (up to 3)."""
     if interval is not None and interval[1] - interval[0] <= 1e-12 and estimate is not None:
         return len(f"{estimate.value:.3f}".rstrip("0").partition(".")[2])
     if interval is not None:
         return decimals_for((interval[1] - interval[0]) / 2)
     if estimate is not None and estimate.seed_std is not None:
         return decimals_for(1.96 * estimate.seed_std / math.sqrt(len(estimate.seed_values)))
+    if estimate is not None:  # nothing says how precise it is: the decimals it has, up to 3
+        return len(f"{estimate.value:.3f}".rstrip("0").partition(".")[2])
     return 3
 
 

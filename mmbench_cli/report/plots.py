@@ -408,7 +408,10 @@ def _log_x(panel: Axes, xs: list[float], max_ticks: int = 8, unit: str = "") -> 
     positive = sorted({x for x in xs if x > 0})
     if not positive:
         return
-    panel.set_xscale("symlog", linthresh=positive[0])
+    if min(xs) > 0:
+        panel.set_xscale("log")
+    else:
+        panel.set_xscale("symlog", linthresh=positive[0])
     if len(positive) > 1:  # ticks at data points at least a fixed log distance apart (from the last down)
         gap = math.log10(positive[-1] / positive[0]) / max(max_ticks - 1, 1)
         kept = [positive[-1]]
@@ -430,7 +433,7 @@ def dynamics(study: Study) -> list[Figure]:
     styles = _styles(study)
     repeated = repeated_points(study)
     figures = []
-    legend_w = _legend_width(_short(g) for g in study.groups())
+    legend_w = _legend_width([*(_short(g) for g in study.groups()), "repeated checkpoint hash"])
     for task, info in study.tasks().items():
         if not any(len([s for s in r.results if task in r.results[s].tasks]) > 1 for r in study.runs):
             continue  # one evaluated checkpoint per run: nothing to show over training
@@ -503,7 +506,7 @@ def grounding_steps(study: Study) -> list[Figure]:
             continue
         plt = _pyplot()
         styles = _styles(study)
-        legend_w = _legend_width(_short(g) for g in study.groups())
+        legend_w = _legend_width([*(_short(g) for g in study.groups()), "chance (colours named at random)"])
         width = min(11.0, 5.5 + legend_w)
         fig, panels = plt.subplots(1, 1, figsize=(width, 3.6), squeeze=False,
                                    gridspec_kw={"left": 0.75 / width, "right": 1 - legend_w / width, "bottom": 0.16,

@@ -7,6 +7,9 @@ Prints one JSON line per grid size and writes benchmarks/results/bench_report.js
 
     python benchmarks/bench_report.py            # 4, 16 and 48 cells
     python benchmarks/bench_report.py --cells 4  # one size
+    python benchmarks/bench_report.py --compare old.json  # also the ratio to an earlier run (same machine)
+
+The phases are ``load_s``, ``tables_s``, ``findings_s`` (the tested contrasts), ``plots_s`` and ``render_s``.
 """
 
 from __future__ import annotations
@@ -50,14 +53,23 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--samples", type=int, default=100, help="queries per task and demo seed")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "bench_report.json")
+    parser.add_argument("--compare", type=Path, help="an earlier result file: report each size's time ratio to it")
     args = parser.parse_args()
+    earlier = {}
+    if args.compare is not None:
+        earlier = {row["cells"]: row for row in json.loads(args.compare.read_text())["rows"]}
     rows = []
     for cells in args.cells:
         row = bench(cells, args.resamples, args.samples)
+        if cells in earlier:
+            row["ratio_wall"] = round(row["wall_s"] / earlier[cells]["wall_s"], 2)
+            row["ratio_cpu"] = round(row["cpu_s"] / earlier[cells]["cpu_s"], 2)
         rows.append(row)
         print(json.dumps(row))
     result = {"benchmark": "mm report", "python": platform.python_version(), "cpus": os.cpu_count(),
               "machine": platform.machine(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows}
+    if args.compare is not None:
+        result["compared_to"] = {"file": str(args.compare), "rows": list(earlier.values())}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"saved {args.out}")

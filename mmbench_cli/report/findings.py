@@ -33,7 +33,15 @@ from mmbench_cli.errors import MMError
 from mmbench_cli.families import FAMILIES, family_of_metric, higher_is_better
 from mmbench_cli.report.grounding import query_precisions, run_vocabularies
 from mmbench_cli.report.load import SEED_AXIS, Run, Study
-from mmbench_cli.report.stats import Contrast, SeedScores, decimals_for, holm, linear_contrast, verdict
+from mmbench_cli.report.stats import (
+    Contrast,
+    SeedScores,
+    decimals_for,
+    holm,
+    linear_contrast,
+    pooled_seed_variance,
+    verdict,
+)
 
 AXES_ENV = "MMBENCH_AXES"  # the same override mm ablate reads for its axis presets
 GROUNDING_KIND = "colour"  # shapes are never grounded at toy scale; colours are the grounding signal
@@ -233,6 +241,7 @@ def grid_findings(study: Study, claims: dict[str, str], level: float = 0.95) -> 
                 seeds[group] = found
         clusters, clustered = _clusters(study.runs, measure)
         pool = list(seeds.values())
+        pooled = pooled_seed_variance(pool)
 
         def cell(values: dict[str, str], seeds: dict[str, list[SeedScores]] = seeds) -> list[SeedScores] | None:
             for group, known in cell_axes.items():
@@ -255,7 +264,8 @@ def grid_findings(study: Study, claims: dict[str, str], level: float = 0.95) -> 
                     continue
                 weight = 1.0 / len(pairs)
                 terms = [term for low, high in pairs for term in ((-weight, low), (weight, high))]
-                result = linear_contrast(terms, clusters if clustered else None, level, seed_pool=pool)
+                result = linear_contrast(terms, clusters if clustered else None, level, seed_pool=pool,
+                                         pooled_variance=pooled)
                 detail = (f"averaged over {', '.join(others)} ({len(pairs)} pair(s) of cells)" if others
                           else "")
                 rows.append(Finding(label, f"{axis} {value} vs {bases[axis]}", "main", axis, detail, measure,
@@ -271,7 +281,8 @@ def grid_findings(study: Study, claims: dict[str, str], level: float = 0.95) -> 
                     continue
                 terms = [(1.0, corners[(a, b)]), (-1.0, corners[(bases[first], b)]),
                          (-1.0, corners[(a, bases[second])]), (1.0, corners[(bases[first], bases[second])])]
-                result = linear_contrast(terms, clusters if clustered else None, level, seed_pool=pool)  # type: ignore[arg-type]
+                result = linear_contrast(terms, clusters if clustered else None, level,  # type: ignore[arg-type]
+                                         seed_pool=pool, pooled_variance=pooled)
                 at_value = _mean([corners[(a, b)]]) - _mean([corners[(bases[first], b)]])  # type: ignore[list-item]
                 at_base = _mean([corners[(a, bases[second])]]) - _mean([corners[(bases[first], bases[second])]])  # type: ignore[list-item]
                 detail = (f"does {first} {a} vs {bases[first]} change with {second}? "

@@ -26,7 +26,6 @@ from mmbench_cli.rundir import Checkpoint, EvalResult, ResultCell, RunDir, read_
 
 SEED_AXIS = "seed"
 CELL_RECORD = "ablate.json"  # a grid cell's state as mm ablate records it: {"state": ..., "error": ...}
-_QUESTION_OF_IMAGE = re.compile(r"^(?P<image>.+):q\d+$")  # the synthetic world's question ids: <image id>:q<k>
 IMAGE_FIELDS = ("image_id", "image")  # a per-sample row's image, where the task records it
 
 
@@ -298,14 +297,15 @@ def cluster_key(record: dict[str, Any], family: str | None = None) -> str | None
     for a captioning task (one query per image), the query id itself; else None (the query is its own cluster).
     """
     for name in IMAGE_FIELDS:
-        value = record.get(name)
-        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
-            return f"image:{value}"
+        if name in record:
+            value = record[name]
+            if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
+                return f"image:{value}"
     ident = record.get("id")
     if isinstance(ident, str):
-        match = _QUESTION_OF_IMAGE.match(ident)
-        if match:
-            return f"image:{match.group('image')}"
+        image, sep, number = ident.rpartition(":q")  # the synthetic world's question ids: <image id>:q<k>
+        if sep and image and number.isdigit():
+            return f"image:{image}"
     if family == "caption" and isinstance(ident, (str, int)) and not isinstance(ident, bool):
         return f"image:{ident}"
     return None

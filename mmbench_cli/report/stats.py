@@ -317,6 +317,7 @@ def linear_contrast(
     clusters: Mapping[tuple[str, Hashable], Hashable] | None = None,
     level: float = 0.95,
     seed_pool: Sequence[Sequence[SeedScores]] | None = None,
+    pooled_variance: tuple[float, int] | None = None,
 ) -> Contrast:
     """``Σ coef_c · value_c`` over cells ``terms = [(coef_c, seeds_c)]`` with a CI from queries and seeds.
 
@@ -327,7 +328,8 @@ def linear_contrast(
     same queries are paired) and ``se_queries² = G/(G−1) · Σ_g (Σ contributions)²``. Seed noise:
     ``σ²_train · Σ coef_c² / k_c`` with σ²_train pooled over ``seed_pool`` (default: the cells of ``terms``;
     pass all cells of a grid to pool over it). The two add; the interval uses Student's t with
-    Welch–Satterthwaite degrees of freedom.
+    Welch–Satterthwaite degrees of freedom. ``pooled_variance`` (``pooled_seed_variance`` of the pool, computed
+    once by a caller that tests many contrasts on one pool) replaces the pooling.
     """
     contributions: dict[Hashable, float] = {}
     diff = 0.0
@@ -352,7 +354,7 @@ def linear_contrast(
     groups = len(contributions)
     sum_sq = sum(v * v for v in contributions.values())
     se_queries = math.sqrt(sum_sq * groups / (groups - 1)) if groups > 1 else math.nan
-    pooled = pooled_seed_variance(seed_pool if seed_pool is not None else [seeds for _, seeds in terms])
+    pooled = pooled_variance or pooled_seed_variance(seed_pool if seed_pool is not None else [seeds for _, seeds in terms])
     se_seeds = None
     if pooled is not None:
         se_seeds = math.sqrt(pooled[0] * sum(coef * coef / len(seeds) for coef, seeds in terms if seeds))

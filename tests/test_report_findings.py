@@ -181,3 +181,29 @@ def test_few_shot_gain_is_a_paired_contrast_over_all_cells(tmp_path: Path) -> No
     gain = sum(values["8"]) / 4 - sum(values["0"]) / 4
     assert caption.result.diff == pytest.approx(gain) and caption.result.paired and caption.result.seeds == 2
     assert caption.contrast == "shots 8 vs 0" and caption.claim == findings.SHOTS_CLAIM
+
+
+def test_answer_prior_line_readme_link_and_escaped_claims(tmp_path: Path) -> None:
+    """A VQA results cell's extra["prior"] draws a dashed reference line; a README.md of notes beside the report is
+    linked; an axis claim with markup shows as text."""
+    grid = write_grid(tmp_path / "runs" / "g", resolutions=(32, 64), seeds=(0,), eval_steps=(8,), samples=10)
+    for cell in ("resolution=32,seed=0", "resolution=64,seed=0"):
+        path = grid / cell / "eval" / "step_8.json"
+        result = json.loads(path.read_text())
+        for entry in result["tasks"]["synthetic-vqa"].values():
+            entry["prior"] = 0.3
+        path.write_text(json.dumps(result))
+    axes = tmp_path / "axes.yaml"
+    axes.write_text('resolution:\n  key: model.image_size\n  claims: "<b>higher</b> & better"\n  values: [32, 64]\n')
+    out = tmp_path / "report"
+    first = runner.invoke(app, ["report", str(grid), "-o", str(out), "--resamples", "200"], env={"MMBENCH_AXES": str(axes)})
+    assert first.exit_code == 0, first.output
+    assert "answer prior" in (out / "plots" / "bars-resolution.svg").read_text()
+    page = (out / "index.html").read_text()
+    assert "&lt;b&gt;higher&lt;/b&gt; &amp; better" in page and "<b>higher" not in page
+    assert "README.md" not in page
+    (out / "README.md").write_text("notes\n")
+    again = runner.invoke(app, ["report", str(grid), "-o", str(out), "--resamples", "200", "--no-plots"])
+    assert again.exit_code == 0, again.output
+    assert '<a href="README.md">' in (out / "index.html").read_text()
+    assert "[README.md](README.md)" in (out / "report.md").read_text()

@@ -234,8 +234,9 @@ def ablate(
     executor: str = typer.Option("local", "--executor", "-e", help="local or ray."),
     jobs: int = typer.Option(0, "--jobs", "-j", help="local: cells run at once, each in its own process if > 1 "
                              "(default: 1 on a GPU, else one per CPU core up to the number of cells)."),
-    threads: int = typer.Option(0, "--threads", help="local: torch threads per cell (default: all cores / jobs; "
-                                "1 is fastest on a busy machine)."),
+    threads: int = typer.Option(0, "--threads", help="torch threads per cell on CPU: sets train.cpu_threads "
+                                "(default 1), which is part of each cell's config, since another count changes "
+                                "the numbers in their last bits."),
     address: str | None = typer.Option(None, "--address", help="ray: cluster address (`auto` joins `ray start`)."),
     cpus_per_cell: float = typer.Option(1.0, "--cpus-per-cell", help="ray: CPUs each cell requests."),
     gpus_per_cell: float = typer.Option(0.0, "--gpus-per-cell", help="ray: GPUs each cell requests."),
@@ -250,6 +251,8 @@ def ablate(
     from mmbench_cli.config import split_config_args
 
     path, overrides = split_config_args(args or [])
+    if threads:
+        overrides = [*overrides, f"train.cpu_threads={threads}"]
     plan = build_plan(path, overrides, grid or [], zip_axes, name, axes_file)
     grid_dir = out or Path("runs") / plan.name
     if dry_run:
@@ -261,8 +264,8 @@ def ablate(
     if executor == "local" and jobs == 0:
         from mmbench_cli.ablate.executors import default_jobs
 
-        jobs = default_jobs(len(plan.cells))
-    options = {"jobs": jobs, "threads_per_cell": threads} if executor == "local" else {
+        jobs = default_jobs(len(plan.cells), max(cell.config.train.cpu_threads for cell in plan.cells))
+    options = {"jobs": jobs} if executor == "local" else {
         "address": address, "cpus_per_cell": cpus_per_cell, "gpus_per_cell": gpus_per_cell}
     result = run_grid(plan, grid_dir, executor, options, console)
     done = sum(state == "done" for state in result.states.values())

@@ -114,6 +114,9 @@ class TrainConfig(_Strict):
     freeze_encoder: bool = False
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    cpu_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads on CPU (training and eval). "
+                             "Part of the run's identity: another count sums floats in another order, so the "
+                             "numbers differ in the last bits and then diverge")
     checkpoint_every: int = Field(100, gt=0, description="after the log-spaced steps, a checkpoint every K steps")
     log_spaced_checkpoints: bool = True
     log_every: int = Field(10, gt=0)
@@ -322,6 +325,7 @@ def config_to_yaml(cfg: BaseModel) -> str:
 # stay valid.
 HASH_NEUTRAL_FIELDS: dict[str, dict[str, object]] = {
     "data": {"world_version": 1},
+    "train": {"cpu_threads": 1},
     "model": {"resize_embeddings": False},
     "eval": {"vqa_normalize": "official", "rices_encoder": None},
 }
@@ -336,7 +340,7 @@ def is_local_path(spec: str) -> bool:
 def config_hash(cfg: BaseModel) -> str:
     """A short stable hash of the resolved config (used to detect a run dir made by another config)."""
     data = config_to_dict(cfg)
-    kinds = {"data": DataConfig, "model": ModelConfig, "eval": EvalConfig}
+    kinds = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
     for name, neutral in HASH_NEUTRAL_FIELDS.items():
         section = data if isinstance(cfg, kinds[name]) else data.get(name) if isinstance(cfg, Config) else None
         for key, value in neutral.items():

@@ -38,7 +38,6 @@ class CellSpec:
     cell_id: str
     config: dict[str, Any]
     config_hash: str
-    threads: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The spec as a JSON-able dict."""
@@ -59,10 +58,6 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     previous = store.cell_record(cell.cell_id)
     if previous.get("state") == "done" and RunDir(run_dir).final_results() is not None:
         return {**previous, "skipped": True}
-    if cell.threads > 0:
-        import torch
-
-        torch.set_num_threads(cell.threads)
     record: dict[str, Any] = {
         "cell": cell.cell_id,
         "state": "running",
@@ -103,14 +98,19 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def default_jobs(num_cells: int) -> int:
-    """Cells to run at once locally: 1 with a GPU (cells share it), else one per CPU core (1 thread each is
-    faster on small models than several threads per cell), never more than the cells."""
+def default_jobs(num_cells: int, threads_per_cell: int = 1) -> int:
+    """Cells to run at once locally: 1 with a GPU (cells share it), else as many as the cores hold at
+    ``threads_per_cell`` (``train.cpu_threads``) each, never more than the cells."""
     import torch
 
     if torch.cuda.is_available():
         return 1
-    return max(1, min(num_cells, os.cpu_count() or 1))
+    return max(1, min(num_cells, (os.cpu_count() or 1) // max(1, threads_per_cell)))
+
+
+def cell_threads(spec: dict[str, Any]) -> int:
+    """The torch thread count a cell trains and evaluates with (its config's ``train.cpu_threads``)."""
+    return int(spec.get("config", {}).get("train", {}).get("cpu_threads", 1))
 
 
 def _die_with_parent() -> None:
@@ -132,18 +132,17 @@ class Executor:
 class LocalExecutor(Executor):
     """Cells on this machine: one after another in this process (jobs=1) or in ``jobs`` subprocesses."""
 
-    def __init__(self, jobs: int = 1, threads_per_cell: int = 0, **_: Any) -> None:
+    def __init__(self, jobs: int = 1, **_: Any) -> None:
         if jobs < 1:
             raise MMError(f"--jobs: must be >= 1, got {jobs}")
         self.jobs = jobs
-        self.threads_per_cell = threads_per_cell or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)
 
     def run(self, specs: list[dict[str, Any]], on_finish: Callable[[str, dict[str, Any]], None]) -> dict[str, dict]:
         """Run the cells; with jobs > 1 each is a ``python -m mmbench_cli.ablate.worker`` subprocess."""
         results: dict[str, dict] = {}
         if self.jobs == 1:
             for spec in specs:
-                results[spec["cell_id"]] = run_cell({**spec, "threads": self.threads_per_cell})
+                results[spec["cell_id"]] = run_cell(spec)
                 on_finish(spec["cell_id"], results[spec["cell_id"]])
             return results
         queue = list(specs)
@@ -151,7 +150,7 @@ class LocalExecutor(Executor):
         try:
             while queue or running:
                 while queue and len(running) < self.jobs:
-                    spec = {**queue.pop(0), "threads": self.threads_per_cell}
+                    spec = queue.pop(0)
                     running[spec["cell_id"]] = (self._launch(spec), spec)
                 for cell_id, (process, spec) in list(running.items()):
                     if process.poll() is None:
@@ -170,7 +169,8 @@ class LocalExecutor(Executor):
         run_dir = Path(spec["grid_dir"]) / spec["cell_id"]
         run_dir.mkdir(parents=True, exist_ok=True)
         log = (run_dir / LOG_FILE).open("ab")
-        env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"])}
+        threads = str(cell_threads(spec))
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         process = subprocess.Popen(
             [sys.executable, "-m", "mmbench_cli.ablate.worker"],
             stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent,
@@ -219,9 +219,8 @@ class RayExecutor(Executor):
                               "start one with `ray start --head` or drop --address") from None
             started_here = True
         try:
-            threads = max(1, int(self.cpus_per_cell))
             task = ray.remote(num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell, max_retries=0)(run_cell)
-            pending = {task.remote({**spec, "threads": threads}): spec for spec in specs}
+            pending = {task.remote(spec): spec for spec in specs}
             results: dict[str, dict] = {}
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)

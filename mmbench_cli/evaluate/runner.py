@@ -385,10 +385,11 @@ def evaluate(request: EvalRequest, console: Console | None = None) -> list[Path]
     Options the request leaves unset come from the run config's ``eval`` section. Text tasks
     (``text:<name>``) run through lm-evaluation-harness (zero-shot; recorded under shots "0").
     """
-    from mmbench_cli.model.device import resolve_device
+    from mmbench_cli.model.device import resolve_device, use_cpu_threads
 
     device = str(resolve_device(request.device, field="--device"))
     target = resolve_target(request.target, request.all_checkpoints)
+    use_cpu_threads(device, target.config.train.cpu_threads)  # the run's own count: same numbers on any machine
     if target.notes:
         from rich.console import Console
 

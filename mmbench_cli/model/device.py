@@ -32,3 +32,10 @@ def resolve_device(name: str, local_rank: int = 0, field: str = "train.device") 
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise MMError(f"{field}: {name} requested but MPS is not available here; use auto")
     return device
+
+
+def use_cpu_threads(device: torch.device | str, threads: int) -> None:
+    """Fix torch's intra-op thread count on CPU (``train.cpu_threads``), so a run's numbers do not depend on
+    how many cores it happened to get: another count reduces floats in another order."""
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(threads)

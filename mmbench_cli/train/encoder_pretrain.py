@@ -192,6 +192,7 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
     Single process (encoder pre-training is short at toy scale); ``resume`` re-runs from the start if the
     run was interrupted (there are no intermediate encoder checkpoints).
     """
+    from mmbench_cli.model.device import use_cpu_threads
     from mmbench_cli.model.encoders import build_encoder
     from mmbench_cli.train.distributed import resolve_device
     from mmbench_cli.train.loop import resolve_precision, seed_everything
@@ -206,6 +207,7 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
         wrote_run = False
         try:
             device = resolve_device(tcfg.device)
+            use_cpu_threads(device, tcfg.cpu_threads)
             autocast_dtype = resolve_precision(tcfg.precision, device)
             seed_everything(cfg.seed)
             encoder = build_encoder(cfg.model)

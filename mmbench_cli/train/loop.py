@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from mmbench_cli.config import DATA_TYPES, Config
 from mmbench_cli.errors import MMError
+from mmbench_cli.model.device import use_cpu_threads
 from mmbench_cli.progress import progress_bar
 from mmbench_cli.rundir import (
     CHECKPOINT_JSON,
@@ -159,6 +160,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False, force: bool
         return pretrain_encoder(cfg, out_dir, resume=resume, force=force, progress=progress)
     run_setup.check_data_inputs(cfg)
     ctx = init_distributed(cfg.train.device)
+    use_cpu_threads(ctx.device, cfg.train.cpu_threads)
     try:
         check_batch_shape(cfg, ctx.world_size)
         return _pretrain(cfg, Path(out_dir), resume, force, progress, ctx)

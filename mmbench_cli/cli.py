@@ -41,7 +41,9 @@ def user_errors_exit_2(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except MMError as error:
-            err_console.print(f"[bold red]error:[/] {error.message}", highlight=False, soft_wrap=True)
+            from rich.markup import escape  # messages are plain text: `mmbench[ray]`, `shots [0, 4]` print as is
+
+            err_console.print(f"[bold red]error:[/] {escape(error.message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=MMError.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
@@ -180,6 +182,8 @@ def evaluate(
                                              "always (normalise every answer, as LLaVA/lmms-eval)."),
     rices_encoder: str | None = typer.Option(None, "--rices-encoder", help="RICES similarity from this CLIP-style "
                                              "encoder (hf:<dir>) instead of the model's features."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results files as one JSON document on stdout "
+                                 "instead of tables; progress goes to stderr."),
 ) -> None:
     """Few-shot captioning (CIDEr) and VQA (VQA accuracy), and text tasks through lm-evaluation-harness."""
     from mmbench_cli.evaluate import cli_eval
@@ -190,6 +194,8 @@ def evaluate(
     files = cli_eval.AnnotationFiles(annotations, questions, images, data_format)
     task_map = read_task_data(task_data)
     if predictions is not None:
+        if as_json:
+            raise MMError("--json: prints the results of evaluating a run; with --predictions use --out FILE")
         cli_eval.score_predictions_command(predictions, task, task_map, files, out, positional, console,
                                            allow_subset, vqa_normalize)
         return
@@ -204,7 +210,7 @@ def evaluate(
         include_paths=[Path(p) for p in multi.get("--include-path", [])],
         task_data=cli_eval.with_annotations(task_map, tasks, files), force=force, device=device,
     )
-    cli_eval.run_eval(request, console)
+    cli_eval.run_eval(request, console, as_json)
 
 
 @app.command(
@@ -212,6 +218,8 @@ def evaluate(
     "  mm ablate --grid resolution,tokens\n\n"
     "  mm ablate --grid resolution=32,64 --grid tokens=4,16 --grid seed=0,1 --dry-run\n\n"
     "  mm ablate ablations/mm1_connector.yaml --executor ray --address auto\n\n"
+    "  mm ablate --grid resolution,tokens --executor slurm --partition gpu --gpus-per-cell 1 --timeout-min 120\n\n"
+    "  mm ablate --grid resolution,tokens --dry-run --json | jq .estimate.total_s\n\n"
     "  mm ablate ablations/base.yaml train.steps=100 --grid connector --jobs 2 --out runs/conn\n\n"
     "Axes and their presets: ablations/axes.yaml (resolution, tokens, connector, encoder, data_mix, lm_size, "
     "seed); any dotted config key is an axis too (--grid train.lr=1e-3,3e-3). Re-running skips done cells "
@@ -231,23 +239,34 @@ def ablate(
                                   "(the seed axis is still crossed)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Grid directory (default runs/GRID_NAME)."),
     name: str | None = typer.Option(None, "--name", help="Grid name (default: the grid file's name or the axes)."),
-    executor: str = typer.Option("local", "--executor", "-e", help="local or ray."),
+    executor: str = typer.Option("local", "--executor", "-e", help="local, ray (`mmbench[ray]`) or slurm "
+                                 "(`mmbench[slurm]`)."),
     jobs: int = typer.Option(0, "--jobs", "-j", help="local: cells run at once, each in its own process if > 1 "
                              "(default: 1 on a GPU, else one per CPU core up to the number of cells)."),
     threads: int = typer.Option(0, "--threads", help="torch threads per cell on CPU: sets train.cpu_threads "
                                 "(default 1), which is part of each cell's config, since another count changes "
                                 "the numbers in their last bits."),
     address: str | None = typer.Option(None, "--address", help="ray: cluster address (`auto` joins `ray start`)."),
-    cpus_per_cell: float = typer.Option(1.0, "--cpus-per-cell", help="ray: CPUs each cell requests."),
-    gpus_per_cell: float = typer.Option(0.0, "--gpus-per-cell", help="ray: GPUs each cell requests."),
+    cpus_per_cell: float = typer.Option(1.0, "--cpus-per-cell", help="ray, slurm: CPUs each cell requests."),
+    gpus_per_cell: float = typer.Option(0.0, "--gpus-per-cell", help="ray, slurm: GPUs each cell requests."),
+    partition: str | None = typer.Option(None, "--partition", help="slurm: partition to submit the cells to."),
+    timeout_min: int = typer.Option(60, "--timeout-min", help="slurm: time limit of each cell's job (minutes); "
+                                    "a cell cut off there resumes from its last checkpoint on the next run."),
+    array_parallelism: int = typer.Option(64, "--array-parallelism", help="slurm: cells of the job array run at once."),
+    slurm_cluster: str | None = typer.Option(None, "--slurm-cluster", help="slurm: `local` runs the jobs as "
+                                             "processes here through submitit (to try a grid); default: sbatch."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and its estimated cost; run nothing."),
     throughput: float | None = typer.Option(None, "--throughput", help="FLOP/s for --dry-run's time estimate "
-                                            "(default: measured)."),
+                                            "(default: time the cells' models now)."),
     axes_file: Path | None = typer.Option(None, "--axes", help="Axis presets file (default ablations/axes.yaml)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document (the plan, or the run's outcome) "
+                                 "on stdout instead of tables; progress stays on stderr."),
 ) -> None:
     """Run a resumable grid of pretrain + eval cells over ablation axes; write summary.csv/.parquet."""
+    import json
+
     from mmbench_cli.ablate.grid import build_plan
-    from mmbench_cli.ablate.run import estimate_plan, print_plan, run_grid
+    from mmbench_cli.ablate.run import estimate_and_remember, estimate_vs_actual, plan_document, print_plan, run_grid
     from mmbench_cli.config import split_config_args
 
     path, overrides = split_config_args(args or [])
@@ -255,23 +274,37 @@ def ablate(
         overrides = [*overrides, f"train.cpu_threads={threads}"]
     plan = build_plan(path, overrides, grid or [], zip_axes, name, axes_file)
     grid_dir = out or Path("runs") / plan.name
-    if dry_run:
-        from mmbench_cli.ablate.store import GridStore
-
-        GridStore(grid_dir).check_compatible(plan)
-        print_plan(plan, grid_dir, estimate_plan(plan, grid_dir, throughput), console)
-        return
     if executor == "local" and jobs == 0:
         from mmbench_cli.ablate.executors import default_jobs
 
         jobs = default_jobs(len(plan.cells), max(cell.config.train.cpu_threads for cell in plan.cells))
-    options = {"jobs": jobs} if executor == "local" else {
-        "address": address, "cpus_per_cell": cpus_per_cell, "gpus_per_cell": gpus_per_cell}
-    result = run_grid(plan, grid_dir, executor, options, console)
+    options: dict[str, Any] = {"jobs": jobs} if executor == "local" else {
+        "address": address, "cpus_per_cell": cpus_per_cell, "gpus_per_cell": gpus_per_cell} if executor == "ray" else {
+        "partition": partition, "cpus_per_cell": cpus_per_cell, "gpus_per_cell": gpus_per_cell,
+        "timeout_min": timeout_min, "array_parallelism": array_parallelism, "cluster": slurm_cluster}
+    if dry_run:
+        from mmbench_cli.ablate.store import GridStore
+        from mmbench_cli.registry import EXECUTORS
+
+        EXECUTORS.get(executor)  # an unknown executor is refused here too
+        GridStore(grid_dir).check_compatible(plan)
+        estimate = estimate_and_remember(plan, grid_dir, executor, options, throughput)
+        if as_json:
+            print(json.dumps(plan_document(plan, grid_dir, estimate), indent=2))
+        else:
+            print_plan(plan, grid_dir, estimate, console)
+        return
+    result = run_grid(plan, grid_dir, executor, options, console, show_table=not as_json)
     done = sum(state == "done" for state in result.states.values())
-    console.print(
-        f"{done}/{len(result.states)} cells done ({len(result.skipped)} skipped, {len(result.ran)} run) in "
-        f"{result.wall_s:.0f}s; summary: {result.summary.get('summary.csv', '')}", highlight=False)
+    comparison = estimate_vs_actual(result)
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        console.print(
+            f"{done}/{len(result.states)} cells done ({len(result.skipped)} skipped, {len(result.ran)} run) in "
+            f"{result.wall_s:.0f}s; summary: {result.summary.get('summary.csv', '')}", highlight=False, soft_wrap=True)
+        if comparison:
+            console.print(comparison, highlight=False, soft_wrap=True)
     if result.failed:
         for cell_id in result.failed:
             err_console.print(f"[red]failed[/] {cell_id}: {result.errors.get(cell_id, 'see ablate.json')}",

@@ -1,5 +1,6 @@
-"""Cell runner and executors (registry ``EXECUTORS``): ``local`` (in-process, or ``--jobs N`` subprocesses)
-and ``ray`` (each cell a Ray task with its CPU/GPU request).
+"""Cell runner and executors (registry ``EXECUTORS``): ``local`` (in-process, or ``--jobs N`` subprocesses),
+``ray`` (each cell a Ray task with its CPU/GPU request) and ``slurm`` (each cell a SLURM job through submitit,
+as one job array).
 
 A cell = ``pretrain`` (resumed from its last checkpoint if it has one) + ``evaluate`` of the final checkpoint.
 ``run_cell`` records the cell's state in ``<cell>/ablate.json``: ``running`` → ``done`` | ``failed``; a done
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -120,6 +123,15 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def require_extra(module: str, extra: str, executor: str) -> Any:
+    """Import ``module`` for ``--executor executor``, or raise one MMError naming the pip extra that provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MMError(f"--executor {executor}: the {module} package is not installed; "
+                      f"pip install 'mmbench[{extra}]'") from None
+
+
 class Executor:
     """Runs cell specs; ``run`` blocks until all finished and returns their records by cell id."""
 
@@ -200,16 +212,14 @@ class RayExecutor(Executor):
 
     def __init__(self, address: str | None = None, cpus_per_cell: float = 1, gpus_per_cell: float = 0,
                  **_: Any) -> None:
+        require_extra("ray", "ray", "ray")  # refused before the grid dir is touched
         self.address = address
         self.cpus_per_cell = cpus_per_cell
         self.gpus_per_cell = gpus_per_cell
 
     def run(self, specs: list[dict[str, Any]], on_finish: Callable[[str, dict[str, Any]], None]) -> dict[str, dict]:
         """Submit every cell as a Ray task and collect them as they finish."""
-        try:
-            import ray
-        except ImportError:
-            raise MMError("--executor ray: the ray package is not installed; pip install 'ray[default]'") from None
+        ray = require_extra("ray", "ray", "ray")
         started_here = False
         if not ray.is_initialized():
             try:
@@ -240,9 +250,104 @@ class RayExecutor(Executor):
                 ray.shutdown()
 
 
+SUBMITIT_DIR = ".submitit"
+
+
+@EXECUTORS.register("slurm")
+class SlurmExecutor(Executor):
+    """Each cell a SLURM job submitted with submitit, all of them as one job array.
+
+    ``mm ablate`` stays in the foreground as the driver: it holds the grid lock, waits for the jobs and writes
+    the summaries. A job runs ``run_cell`` like every other executor, so a re-run skips done cells and resumes
+    the partial ones from their last checkpoint (a job killed at ``--timeout-min`` is a partial cell). Job logs
+    and pickles go to ``<grid>/.submitit/``. ``cluster="local"`` runs the jobs as local processes (submitit's
+    local executor: tests, or trying a grid before submitting it).
+    """
+
+    def __init__(self, partition: str | None = None, gpus_per_cell: float = 0, cpus_per_cell: float = 1,
+                 timeout_min: int = 60, array_parallelism: int = 64, cluster: str | None = None,
+                 slurm_args: dict[str, Any] | None = None, poll_s: float = 2.0, **_: Any) -> None:
+        require_extra("submitit", "slurm", "slurm")  # refused before the grid dir is touched
+        if timeout_min < 1:
+            raise MMError(f"--timeout-min: must be >= 1, got {timeout_min}")
+        if gpus_per_cell != int(gpus_per_cell) or gpus_per_cell < 0:
+            raise MMError(f"--gpus-per-cell: SLURM gives whole GPUs, got {gpus_per_cell}")
+        self.partition = partition
+        self.gpus_per_cell = int(gpus_per_cell)
+        self.cpus_per_cell = max(1, math.ceil(cpus_per_cell))
+        self.timeout_min = timeout_min
+        self.array_parallelism = array_parallelism
+        self.cluster = cluster
+        self.slurm_args = dict(slurm_args or {})
+        self.poll_s = poll_s
+
+    def _executor(self, folder: Path, specs: list[dict[str, Any]]) -> Any:
+        submitit = require_extra("submitit", "slurm", "slurm")
+        executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=self.cluster)
+        cpus = max([self.cpus_per_cell, *(cell_threads(spec) for spec in specs)])
+        # on a cluster without a GPU the cell trains on CPU with its config's thread count
+        parameters: dict[str, Any] = {"timeout_min": self.timeout_min, "cpus_per_task": cpus, "nodes": 1,
+                                      "tasks_per_node": 1, "name": "mm-ablate",
+                                      "slurm_array_parallelism": self.array_parallelism}
+        if self.gpus_per_cell:
+            parameters["gpus_per_node"] = self.gpus_per_cell
+        if self.partition:
+            parameters["slurm_partition"] = self.partition
+        parameters.update({f"slurm_{key}" if not key.startswith("slurm_") else key: value
+                           for key, value in self.slurm_args.items()})
+        executor.update_parameters(**parameters)
+        return executor
+
+    def run(self, specs: list[dict[str, Any]], on_finish: Callable[[str, dict[str, Any]], None]) -> dict[str, dict]:
+        """Submit the cells as one job array, then poll the jobs and collect them as they finish."""
+        if not specs:
+            return {}
+        folder = Path(specs[0]["grid_dir"]) / SUBMITIT_DIR
+        executor = self._executor(folder, specs)
+        try:
+            jobs = executor.map_array(run_cell, specs)
+        except Exception as error:  # noqa: BLE001 - sbatch missing/refusing: the user's cluster set-up
+            raise MMError(f"--executor slurm: submitting the jobs failed ({type(error).__name__}: "
+                          f"{' '.join(str(error).split())[:300]}); check --partition and that sbatch works here") from None
+        pending = {job.job_id: (job, spec) for job, spec in zip(jobs, specs, strict=True)}
+        results: dict[str, dict] = {}
+        try:
+            while pending:
+                for job_id, (job, spec) in list(pending.items()):
+                    if not job.done():
+                        continue
+                    del pending[job_id]
+                    results[spec["cell_id"]] = self._collect(job, spec)
+                    on_finish(spec["cell_id"], results[spec["cell_id"]])
+                if pending:
+                    time.sleep(self.poll_s)
+        finally:
+            for job, _ in pending.values():  # interrupted driver: do not leave jobs writing behind our back
+                with contextlib.suppress(Exception):
+                    job.cancel(check=False)
+        return results
+
+    @staticmethod
+    def _collect(job: Any, spec: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return job.result()
+        except Exception as error:  # noqa: BLE001 - job killed (timeout, preemption, node failure)
+            store = GridStore(spec["grid_dir"])
+            record = store.cell_record(spec["cell_id"])
+            if record.get("state") == "done":
+                return record
+            last_line = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+            record = {**record, "cell": spec["cell_id"], "state": "failed", "config_hash": spec["config_hash"],
+                      "error": f"slurm job {job.job_id} failed: {last_line[:300]}; see "
+                               f"{Path(spec['grid_dir']) / SUBMITIT_DIR / str(job.job_id)}"}
+            store.write_cell_record(spec["cell_id"], record)
+            return record
+
+
 def build_executor(name: str, **options: Any) -> Executor:
     """Instantiate the executor registered as ``name`` with the CLI options it takes."""
     return EXECUTORS.get(name)(**options)
 
 
-__all__ = ["CELL_FILE", "CellSpec", "Executor", "LocalExecutor", "RayExecutor", "build_executor", "run_cell"]
+__all__ = ["CELL_FILE", "CellSpec", "Executor", "LocalExecutor", "RayExecutor", "SlurmExecutor", "build_executor",
+           "require_extra", "run_cell"]

@@ -1,11 +1,14 @@
 """Run a grid: check the grid dir, lock it, schedule the cells that are not done, show a live table, summarise.
 
-Also the ``--dry-run`` plan with its cost estimate (FLOPs from the model's ``flops_per_sample`` and a
-throughput measured on this grid's finished cells, given with ``--throughput``, or timed on this machine).
+Also the ``--dry-run`` plan with its cost estimate (``estimate.py``), printed as a table on a terminal, as one
+tab-separated line per cell when stdout is not a terminal, or as one JSON document (``--json``). Progress (the
+live table, a line per finished cell) goes to stderr so stdout stays machine-readable.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,12 +21,12 @@ from rich.table import Table
 
 from mmbench_cli.ablate.executors import CellSpec, build_executor
 from mmbench_cli.ablate.grid import GridPlan
-from mmbench_cli.ablate.store import GridStore
+from mmbench_cli.ablate.store import GridStore, read_json
 from mmbench_cli.config import config_hash, config_to_dict
-from mmbench_cli.rundir import RunLock
+from mmbench_cli.rundir import RunLock, atomic_write_json, cache_root
 
 if TYPE_CHECKING:
-    from mmbench_cli.model.mllm import MLLM
+    from collections.abc import Sequence
 
 STATE_STYLE = {"pending": "dim", "partial": "yellow", "running": "cyan", "done": "green", "failed": "red",
                "queued": "dim"}
@@ -40,6 +43,16 @@ class GridResult:
     errors: dict[str, str] = field(default_factory=dict)
     summary: dict[str, Path] = field(default_factory=dict)
     wall_s: float = 0.0
+    estimate: dict[str, Any] | None = None  # the last --dry-run's estimate of this plan and executor, if any
+
+    def to_json(self) -> dict[str, Any]:
+        """The run as one JSON-able document (``mm ablate --json``)."""
+        return {
+            "grid_dir": str(self.grid_dir), "wall_s": round(self.wall_s, 3), "states": self.states,
+            "skipped": self.skipped, "ran": self.ran, "failed": self.failed, "errors": self.errors,
+            "summary": {name: str(path) for name, path in self.summary.items()},
+            "estimate_s": None if self.estimate is None else round(float(self.estimate["total_s"]), 3),
+        }
 
     @property
     def failed(self) -> list[str]:
@@ -66,12 +79,16 @@ def _format_flops(flops: float) -> str:
     return f"{flops:.0f}"
 
 
-def status_table(plan: GridPlan, store: GridStore, started: dict[str, float], queued: set[str]) -> Table:
-    """The live table: one row per cell with its state, training step, loss and elapsed time."""
-    table = Table(title=f"grid {plan.name} → {store.dir}", title_justify="left")
-    for column in ("cell", "state", "step", "loss", "time"):
-        table.add_column(column, justify="right" if column in ("step", "loss", "time") else "left",
-                         overflow="fold")
+def status_columns() -> list[str]:
+    """Columns of the grid status table."""
+    return ["cell", "state", "step", "loss", "time"]
+
+
+def status_rows(plan: GridPlan, store: GridStore, started: dict[str, float] | None = None,
+                queued: set[str] | None = None) -> list[list[str]]:
+    """One row per cell: id, state, training step, loss and elapsed time (plain text)."""
+    started, queued = started or {}, queued or set()
+    rows = []
     session_start = min(started.values(), default=0.0)
     for cell in plan.cells:
         state = store.cell_state(cell.id)
@@ -89,14 +106,37 @@ def status_table(plan: GridPlan, store: GridStore, started: dict[str, float], qu
             elapsed = _format_seconds(float(record["wall_s"]))
         else:
             elapsed = ""
-        table.add_row(
-            cell.id,
-            f"[{STATE_STYLE.get(state, '')}]{state}[/]",
-            f"{step}/{cell.config.train.steps}" if step is not None else "",
-            f"{loss:.3f}" if isinstance(loss, (int, float)) else "",
-            elapsed,
-        )
+        rows.append([cell.id, state, f"{step}/{cell.config.train.steps}" if step is not None else "",
+                     f"{loss:.3f}" if isinstance(loss, (int, float)) else "", elapsed])
+    return rows
+
+
+def status_table(plan: GridPlan, store: GridStore, started: dict[str, float], queued: set[str]) -> Table:
+    """The live table: one row per cell with its state, training step, loss and elapsed time."""
+    return rich_table(status_columns(), status_rows(plan, store, started, queued), f"grid {plan.name} → {store.dir}")
+
+
+def rich_table(columns: Sequence[str], rows: list[list[str]], title: str | None = None) -> Table:
+    """A rich table of plain-text rows; the ``state`` column is coloured. Identifiers never wrap (``cell``)."""
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("cell", "state") else "right",
+                         overflow="fold", no_wrap=column == "cell")
+    for row in rows:
+        table.add_row(*(f"[{STATE_STYLE.get(value, '')}]{value}[/]" if column == "state" else value
+                        for column, value in zip(columns, row, strict=True)))
     return table
+
+
+def print_table(console: Console, columns: Sequence[str], rows: list[list[str]], title: str | None = None) -> None:
+    """A rich table on a terminal; elsewhere a header line and one tab-separated line per row, never wrapped."""
+    if console.is_terminal:
+        console.print(rich_table(columns, rows, title))
+        return
+    if title:
+        console.print(title, markup=False, highlight=False, soft_wrap=True)
+    for row in [list(columns), *rows]:
+        console.print("\t".join(row), markup=False, highlight=False, soft_wrap=True)
 
 
 def run_grid(
@@ -105,13 +145,17 @@ def run_grid(
     executor: str = "local",
     executor_options: dict[str, Any] | None = None,
     console: Console | None = None,
+    progress: Console | None = None,
+    show_table: bool = True,
 ) -> GridResult:
     """Run every cell of ``plan`` that is not done, under a lock on the grid dir; write the summaries.
 
     Done cells are skipped untouched, interrupted ones resume from their last checkpoint, failed ones are
     re-run. Raises MMError (before writing anything) if the dir was made by another base config or is locked.
+    Progress goes to ``progress`` (stderr by default); the final table to ``console`` unless ``show_table`` is off.
     """
     console = console or Console()
+    progress = progress or Console(stderr=True)
     store = GridStore(out)
     store.check_compatible(plan)
     runner = build_executor(executor, **(executor_options or {}))
@@ -133,133 +177,93 @@ def run_grid(
             queued.discard(cell_id)
             if record.get("state") != "done":
                 errors[cell_id] = str(record.get("error", "failed"))
-            if not console.is_terminal:
-                console.print(f"{cell_id}: {record.get('state')} ({_format_seconds(float(record.get('wall_s', 0)))})",
-                              highlight=False)
+            if not progress.is_terminal:
+                progress.print(f"{cell_id}: {record.get('state')} ({_format_seconds(float(record.get('wall_s', 0)))})",
+                               highlight=False, soft_wrap=True)
 
         if skipped:
-            console.print(f"{len(skipped)} of {len(plan.cells)} cells already done; skipping them", highlight=False)
+            progress.print(f"{len(skipped)} of {len(plan.cells)} cells already done; skipping them", highlight=False)
         if specs:
-            # on a terminal the table refreshes in place and stays; elsewhere one line per finished cell
-            with Live(get_renderable=lambda: status_table(plan, store, started, queued), console=console,
-                      refresh_per_second=1, transient=not console.is_terminal, redirect_stdout=False,
-                      redirect_stderr=False):
+            # on a terminal the table refreshes in place (on stderr); elsewhere one line per finished cell
+            live = Live(get_renderable=lambda: status_table(plan, store, started, queued), console=progress,
+                        refresh_per_second=1, transient=True, redirect_stdout=False, redirect_stderr=False)
+            if progress.is_terminal:
+                with live:
+                    runner.run(specs, on_finish)
+            else:
                 runner.run(specs, on_finish)
         summary = store.write_summary(plan)
     states = {cell.id: store.cell_state(cell.id) for cell in plan.cells}
-    if not console.is_terminal or not specs:
-        console.print(status_table(plan, store, {}, set()))
-    return GridResult(store.dir, states, skipped, [c.id for c in todo], errors, summary, time.perf_counter() - start)
+    if show_table:
+        print_table(console, status_columns(), status_rows(plan, store), f"grid {plan.name} → {store.dir}")
+    options = executor_options or {}
+    estimate = read_json(_estimate_path(plan, executor, options))
+    return GridResult(store.dir, states, skipped, [c.id for c in todo], errors, summary, time.perf_counter() - start,
+                      estimate if estimate and estimate.get("todo") == [c.id for c in todo] else None)
 
 
 # ----------------------------------------------------------------------------------------------- cost estimate
 
 
-def _model_costs(plan: GridPlan) -> dict[str, dict[str, float]]:
-    """Per distinct model: parameters and training FLOPs per sequence (``flops_per_sample``: forward+backward)."""
-    from mmbench_cli.data.synthetic import tokenizer_source
-    from mmbench_cli.model import build_model
-
-    costs: dict[str, dict[str, float]] = {}
-    for cell in plan.cells:
-        key = config_hash(cell.config.model) + config_hash(cell.config.data)
-        if key in costs:
-            continue
-        model = build_model(cell.config.model, tokenizer_source(cell.config.data))
-        params = model.param_counts()
-        total = params.get("total", sum(params.values())) if isinstance(params, dict) else float(params)
-        costs[key] = {"params": float(total), "flops_per_sample": float(model.flops_per_sample(cell.config.data.seq_len)),
-                      "model": model}
-    return costs
+def _estimate_path(plan: GridPlan, executor: str, options: dict[str, Any]) -> Path:
+    """Where the last ``--dry-run`` of this plan (cells' configs), executor and options keeps its estimate."""
+    key = json.dumps({"cells": [[cell.id, config_hash(cell.config)] for cell in plan.cells], "executor": executor,
+                      "options": {k: v for k, v in sorted(options.items()) if isinstance(v, (str, int, float))}},
+                     sort_keys=True)
+    return cache_root() / "estimates" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
 
 
-def measure_throughput(model: MLLM, seq_len: int, batch_size: int = 4, steps: int = 2) -> float:
-    """Training FLOP/s of this machine on ``model``: time forward+backward steps on random data."""
-    import torch
+def estimate_and_remember(plan: GridPlan, out: str | Path, executor: str, options: dict[str, Any],
+                          throughput: float | None = None) -> dict[str, Any]:
+    """The dry-run estimate (``estimate.estimate_plan``), also kept in the cache (not the grid dir, which a dry run
+    never touches) so that the run that follows can print estimate vs actual."""
+    from mmbench_cli.ablate.estimate import estimate_plan
 
-    images_per_row = 1
-    tokens = model.num_image_tokens * images_per_row
-    vocab = model.lm.config.vocab_size
-    input_ids = torch.randint(0, vocab, (batch_size, seq_len))
-    input_ids[input_ids == model.image_token_id] = (model.image_token_id + 1) % vocab
-    input_ids[:, :tokens] = model.image_token_id
-    attention_mask = torch.ones_like(input_ids)
-    images = torch.randn(batch_size * images_per_row, 3, model.image_size, model.image_size)
-    model.train()
-    timings = []
-    for _ in range(steps + 1):
-        begin = time.perf_counter()
-        output = model(input_ids=input_ids, attention_mask=attention_mask, images=images, labels=input_ids)
-        output.loss.backward()
-        timings.append(time.perf_counter() - begin)
-    model.zero_grad(set_to_none=True)
-    seconds = min(timings[1:])  # the first step pays for allocation/warm-up
-    return model.flops_per_sample(seq_len) * batch_size / seconds
+    estimate = estimate_plan(plan, out, executor, options, throughput)
+    estimate["todo"] = [row["cell"] for row in estimate["cells"] if row["state"] != "done"]
+    estimate["created"] = time.time()
+    atomic_write_json(_estimate_path(plan, executor, options), estimate)
+    return estimate
 
 
-def estimate_plan(plan: GridPlan, out: str | Path, throughput: float | None = None) -> dict[str, Any]:
-    """Cost of each cell: training FLOPs (``flops_per_sample`` × batch × steps), eval FLOPs, time.
-
-    Throughput (FLOP/s): ``throughput`` if given, else measured on this grid's finished cells, else timed now
-    on the first cell's model. Eval FLOPs count one forward pass over each few-shot prompt and one per
-    generated token (a rough figure: generation on CPU runs well below the training throughput).
-    """
-    store = GridStore(out)
-    source = "--throughput"
-    if throughput is None:
-        measured = [(store.cell_record(c.id), store.progress(c.id)) for c in plan.cells]
-        flops = sum(float(p.get("train_flops") or 0) for r, p in measured if r.get("state") == "done")
-        seconds = sum(float(r.get("train_s") or 0) for r, p in measured if r.get("state") == "done")
-        if flops > 0 and seconds > 0:
-            throughput, source = flops / seconds, "measured on this grid's finished cells"
-    costs = _model_costs(plan)
-    if throughput is None:
-        first = plan.cells[0].config
-        model = costs[config_hash(first.model) + config_hash(first.data)]["model"]
-        throughput, source = measure_throughput(model, first.data.seq_len), "timed on this machine just now"
-    rows = []
-    for cell in plan.cells:
-        cfg = cell.config
-        cost = costs[config_hash(cfg.model) + config_hash(cfg.data)]
-        per_seq = cost["flops_per_sample"]
-        train_flops = per_seq * cfg.train.steps * cfg.train.batch_size
-        per_token = per_seq / cfg.data.seq_len / 3.0  # a forward pass is a third of forward+backward
-        eval_flops = 0.0
-        for shots in cfg.eval.shots:
-            prompt = (shots + 1) * (cfg.model.num_image_tokens + 16)
-            queries = cfg.eval.num_samples * cfg.eval.seeds * len(cfg.eval.tasks)
-            eval_flops += queries * per_token * (prompt + cfg.eval.max_new_tokens * cfg.eval.num_beams)
-        rows.append({
-            "cell": cell.id,
-            "state": store.cell_state(cell.id),
-            "params": cost["params"],
-            "train_flops": train_flops,
-            "eval_flops": eval_flops,
-            "est_s": (train_flops + eval_flops) / throughput,
-        })
-    todo = [row for row in rows if row["state"] != "done"]
-    return {"throughput": throughput, "throughput_source": source, "cells": rows,
-            "total_s": sum(row["est_s"] for row in todo), "total_flops": sum(r["train_flops"] + r["eval_flops"] for r in todo)}
+def plan_document(plan: GridPlan, out: str | Path, estimate: dict[str, Any]) -> dict[str, Any]:
+    """The dry-run plan as one JSON-able document (``mm ablate --dry-run --json``)."""
+    return {
+        "grid": plan.name, "grid_dir": str(out), "zipped": plan.zipped,
+        "axes": [{"name": axis.name, "key": axis.key, "values": list(axis.labels)} for axis in plan.axes],
+        "cells": [{**row, "config_hash": config_hash(cell.config)}
+                  for row, cell in zip(estimate["cells"], plan.cells, strict=True)],
+        "estimate": {key: estimate[key] for key in ("executor", "parallel", "threads_per_cell", "cores", "slowdown",
+                                                     "total_s", "cell_s", "total_flops", "throughput", "assumptions")},
+    }
 
 
 def print_plan(plan: GridPlan, out: str | Path, estimate: dict[str, Any], console: Console) -> None:
-    """Print the dry-run plan: axes, one row per cell with its state and estimated cost, and the total."""
+    """Print the dry-run plan: axes, one row per cell with its state and estimated cost, the total and the
+    assumptions behind it."""
     axes = "; ".join(f"{axis.name} ({axis.key or 'several keys'}): {', '.join(axis.labels)}" for axis in plan.axes)
-    console.print(f"grid [bold]{plan.name}[/] → {out}  ({len(plan.cells)} cells{', zipped' if plan.zipped else ''})",
-                  highlight=False)
-    console.print(f"axes: {axes}", highlight=False)
-    table = Table(title_justify="left")
-    for column in ("cell", "state", "params", "train FLOPs", "eval FLOPs", "est. time"):
-        table.add_column(column, justify="left" if column in ("cell", "state") else "right",
-                         overflow="fold")
-    for row in estimate["cells"]:
-        table.add_row(row["cell"], f"[{STATE_STYLE.get(row['state'], '')}]{row['state']}[/]",
-                      f"{row['params'] / 1e6:.2f}M", _format_flops(row["train_flops"]),
-                      _format_flops(row["eval_flops"]), _format_seconds(row["est_s"]))
-    console.print(table)
+    console.print(f"grid {plan.name} → {out}  ({len(plan.cells)} cells{', zipped' if plan.zipped else ''})",
+                  highlight=False, markup=False, soft_wrap=True)
+    console.print(f"axes: {axes}", highlight=False, markup=False, soft_wrap=True)
+    columns = ["cell", "state", "params", "train FLOPs", "eval FLOPs", "train", "eval", "est. time"]
+    rows = [[row["cell"], row["state"], f"{row['params'] / 1e6:.2f}M", _format_flops(row["train_flops"]),
+             _format_flops(row["eval_flops"]), _format_seconds(row["train_s"]), _format_seconds(row["eval_s"]),
+             _format_seconds(row["est_s"])] for row in estimate["cells"]]
+    print_table(console, columns, rows)
+    todo = sum(r["state"] != "done" for r in estimate["cells"])
     console.print(
-        f"to run: {sum(r['state'] != 'done' for r in estimate['cells'])} cells, {_format_flops(estimate['total_flops'])}"
-        f"FLOPs, about {_format_seconds(estimate['total_s'])} with one job at "
-        f"{_format_flops(estimate['throughput'])}FLOP/s ({estimate['throughput_source']}); nothing was run",
-        highlight=False,
-    )
+        f"to run: {todo} cells, {_format_flops(estimate['total_flops'])}FLOPs, about "
+        f"{_format_seconds(estimate['total_s'])} of wall time ({_format_seconds(estimate['cell_s'])} of cell time, "
+        f"{estimate['parallel']} at once); nothing was run", highlight=False, markup=False, soft_wrap=True)
+    console.print("assumptions:", highlight=False, markup=False)
+    for assumption in estimate["assumptions"]:
+        console.print(f"  - {assumption}", highlight=False, markup=False, soft_wrap=True)
+
+
+def estimate_vs_actual(result: GridResult) -> str | None:
+    """One line comparing the last dry run's estimate of this grid with the wall time it took, if there was one."""
+    if result.estimate is None:
+        return None
+    estimated = float(result.estimate["total_s"])
+    return (f"estimate vs actual: {_format_seconds(estimated)} estimated by the dry run, {_format_seconds(result.wall_s)} "
+            f"taken ({100 * (result.wall_s - estimated) / max(estimated, 1e-9):+.0f}%)")

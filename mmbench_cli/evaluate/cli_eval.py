@@ -115,10 +115,20 @@ def single_target(positional: list[str]) -> Path:
     return Path(positional[0])
 
 
-def run_eval(request: EvalRequest, console: Console) -> None:
-    """Evaluate and print a results table per checkpoint."""
+def run_eval(request: EvalRequest, console: Console, as_json: bool = False) -> None:
+    """Evaluate and print a results table per checkpoint; with ``as_json``, one JSON document on stdout
+    (``{"results": [{"path": ..., "result": <results file>}, ...]}``) and everything else on stderr."""
     from mmbench_cli.evaluate.runner import evaluate
 
+    if as_json:
+        import json
+
+        from rich.console import Console as RichConsole
+
+        paths = evaluate(request, console=RichConsole(stderr=True))
+        documents = [{"path": str(path), "result": read_json_file(path, "results file")} for path in paths]
+        print(json.dumps({"results": documents}, indent=2))
+        return
     for path in evaluate(request, console=console):
         print_results(EvalResult.from_json(read_json_file(path, "results file"), path), path, console)
 

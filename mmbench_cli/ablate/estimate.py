@@ -1,0 +1,260 @@
+"""The ``--dry-run`` cost estimate: what running the grid will take, modelled on what will actually happen.
+
+Per cell: process start-up, model and data set-up, ``train.steps`` optimizer steps (timed now on real batches of
+the cell's own data mixture, at its batch size and ``train.cpu_threads`` torch threads), the checkpoint saves of
+its schedule, and the evaluation (batched few-shot generation timed at each shot count). Cells are then laid out
+on the executor's slots in the order the executor starts them (``--jobs`` locally, Ray's CPUs, the SLURM array),
+slowed down when they ask for more threads than the machine has cores. Every number the estimate rests on is
+returned in ``assumptions`` so the plan can print it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmbench_cli.ablate.grid import GridPlan
+from mmbench_cli.ablate.store import GridStore
+from mmbench_cli.config import Config, config_hash
+
+# Starting a cell's process (python + torch + transformers imports) when it is not this process; an assumption,
+# not a measurement, because this process has imported them already.
+PROCESS_START_S = 6.0
+# Text tokens per demo / query in a few-shot prompt besides its image tokens (templates + caption or Q/A).
+PROMPT_TEXT_TOKENS = 20
+TIMED_STEPS = 3
+
+
+@dataclass
+class Schedule:
+    """How many cells run at once and how fast each then goes, for one executor and its options."""
+
+    executor: str
+    parallel: int
+    threads: int
+    cores: int
+    slowdown: float
+    process_start_s: float
+    notes: list[str] = field(default_factory=list)
+
+
+def schedule_for(plan: GridPlan, executor: str, options: dict[str, Any]) -> Schedule:
+    """The parallelism the executor will give ``plan``'s cells (see ``default_jobs`` for the local default)."""
+    cores = os.cpu_count() or 1
+    threads = max(cell.config.train.cpu_threads for cell in plan.cells)
+    cells = len(plan.cells)
+    if executor == "local":
+        parallel = max(1, min(cells, int(options.get("jobs") or 1)))
+        start = PROCESS_START_S if parallel > 1 else 0.0
+        notes = [f"--jobs {parallel}: {parallel} cell(s) at once on this machine's {cores} cores"]
+    elif executor == "ray":
+        per_cell = max(1.0, float(options.get("cpus_per_cell") or 1))
+        parallel = max(1, min(cells, int(cores // per_cell)))
+        start = PROCESS_START_S
+        notes = [f"ray: {parallel} cell(s) at once ({cores} CPUs of a local Ray / {per_cell:g} per cell; "
+                 "a bigger cluster runs more)"]
+    else:
+        parallel = max(1, min(cells, int(options.get("array_parallelism") or cells)))
+        start = PROCESS_START_S
+        notes = [f"{executor}: {parallel} cell(s) at once, each on its own node/slot, timed as on this machine; "
+                 "queue wait not counted"]
+    slowdown = 1.0
+    if executor != "slurm":
+        slowdown = max(1.0, parallel * threads / cores)
+        if slowdown > 1:
+            notes.append(f"{parallel} cells × {threads} threads on {cores} cores: each cell {slowdown:.2f}× slower")
+    return Schedule(executor, parallel, threads, cores, slowdown, start, notes)
+
+
+def _model_key(cfg: Config) -> str:
+    return config_hash(cfg.model) + config_hash(cfg.data) + f"/{cfg.train.batch_size}x{cfg.train.grad_accum}" \
+        f"/{cfg.train.cpu_threads}/{cfg.train.device}/{cfg.train.stage}"
+
+
+def _timed(function: Any, repeats: int) -> float:
+    """Median seconds of ``function()`` over ``repeats`` calls, after one warm-up call."""
+    function()
+    timings = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        function()
+        timings.append(time.perf_counter() - begin)
+    return sorted(timings)[len(timings) // 2]
+
+
+def measure_cell(cfg: Config) -> dict[str, float]:
+    """Time what a cell of ``cfg`` does, on this machine, at the cell's own thread count.
+
+    Returns ``setup_s`` (model + data stream), ``step_s`` (one optimizer step on real batches), ``checkpoint_s``
+    (one save), ``eval_s`` (the whole evaluation), ``params``, ``flops_per_sample`` and ``eval_flops``.
+    """
+    import torch
+
+    from mmbench_cli.data.mixture import TrainStream
+    from mmbench_cli.data.synthetic import tokenizer_source
+    from mmbench_cli.model import build_model
+    from mmbench_cli.model.device import resolve_device
+
+    device = resolve_device(cfg.train.device)
+    threads_before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.train.cpu_threads)
+    try:
+        begin = time.perf_counter()
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, tokenizer_source(cfg.data)).to(device)
+        stream = TrainStream(cfg, model.tokenizer, model.num_image_tokens, model.image_mean, model.image_std)
+        setup_s = time.perf_counter() - begin
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        model.train()
+
+        def train_step() -> None:
+            for _ in range(cfg.train.grad_accum):
+                batch = stream.next_batch(cfg.train.batch_size)
+                images = batch.get("images")
+                output = model(input_ids=batch["input_ids"].to(device),
+                               attention_mask=batch["attention_mask"].to(device),
+                               images=None if images is None else images.to(device),
+                               labels=batch["labels"].to(device))
+                output.loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        step_s = _timed(train_step, TIMED_STEPS)
+        with tempfile.TemporaryDirectory(prefix="mm-estimate.") as tmp:
+            # a checkpoint holds the weights and the optimizer's two moments: about three model files
+            checkpoint_s = 3 * _timed(lambda: model.save_pretrained(Path(tmp) / "model"), 1)
+        eval_s, eval_flops = _measure_eval(model, cfg, device)
+        counts = model.param_counts()
+        return {"setup_s": setup_s, "step_s": step_s, "checkpoint_s": checkpoint_s, "eval_s": eval_s,
+                "params": float(counts["total"]), "flops_per_sample": float(model.flops_per_sample(cfg.data.seq_len)),
+                "eval_flops": eval_flops}
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _measure_eval(model: Any, cfg: Config, device: Any) -> tuple[float, float]:
+    """Seconds and FLOPs of the cell's evaluation: one generation batch timed per shot count, times the batches.
+
+    Each batch generates ``max_new_tokens`` (a random model rarely stops early; trained ones stop sooner, so this
+    leans high), from prompts of ``shots + 1`` images and ``PROMPT_TEXT_TOKENS`` text tokens per demo.
+    """
+    import torch
+
+    ecfg = cfg.eval
+    queries = ecfg.num_samples * ecfg.seeds
+    batches = math.ceil(queries / ecfg.batch_size) * len(ecfg.tasks)
+    per_token = model.flops_per_sample(cfg.data.seq_len) / cfg.data.seq_len / 3.0  # forward = 1/3 of fwd+bwd
+    model.eval()
+    seconds = flops = 0.0
+    for shots in ecfg.shots:
+        images_per_prompt = shots + 1
+        block = [model.image_token_id] * model.num_image_tokens + [model.pad_token_id + 1] * PROMPT_TEXT_TOKENS
+        length = min(len(block) * images_per_prompt, model.lm.config.max_position_embeddings - ecfg.max_new_tokens)
+        input_ids = torch.tensor([block * images_per_prompt], device=device)[:, :length].repeat(ecfg.batch_size, 1)
+        num_images = int((input_ids == model.image_token_id).sum()) // model.num_image_tokens
+        images = torch.randn(num_images, 3, model.image_size, model.image_size, device=device)
+
+        def generate(ids: torch.Tensor = input_ids, pixels: torch.Tensor = images) -> None:
+            model.generate(ids, images=pixels, max_new_tokens=ecfg.max_new_tokens, num_beams=ecfg.num_beams,
+                           min_new_tokens=ecfg.max_new_tokens)
+
+        seconds += batches * _timed(generate, 1)
+        flops += batches * ecfg.batch_size * per_token * (length + ecfg.max_new_tokens * ecfg.num_beams)
+    return seconds, flops
+
+
+def _from_throughput(cfg: Config, throughput: float) -> dict[str, float]:
+    """Cell costs from a given training throughput (FLOP/s): FLOPs only, no timing."""
+    from mmbench_cli.data.synthetic import tokenizer_source
+    from mmbench_cli.model import build_model
+
+    model = build_model(cfg.model, tokenizer_source(cfg.data))
+    per_seq = float(model.flops_per_sample(cfg.data.seq_len))
+    per_token = per_seq / cfg.data.seq_len / 3.0
+    ecfg = cfg.eval
+    eval_flops = sum(ecfg.num_samples * ecfg.seeds * len(ecfg.tasks) * per_token
+                     * ((shots + 1) * (cfg.model.num_image_tokens + PROMPT_TEXT_TOKENS) + ecfg.max_new_tokens)
+                     for shots in ecfg.shots)
+    return {"setup_s": 0.0, "step_s": per_seq * cfg.train.batch_size * cfg.train.grad_accum / throughput,
+            "checkpoint_s": 0.0, "eval_s": eval_flops / throughput, "params": float(model.param_counts()["total"]),
+            "flops_per_sample": per_seq, "eval_flops": eval_flops}
+
+
+def _num_checkpoints(cfg: Config) -> int:
+    from mmbench_cli.train.checkpoints import checkpoint_schedule
+
+    return len(checkpoint_schedule(cfg.train.steps, cfg.train.checkpoint_every, cfg.train.log_spaced_checkpoints))
+
+
+def _makespan(durations: list[float], slots: int) -> float:
+    """Wall time of running ``durations`` in this order on ``slots`` slots, each job taking the first free slot."""
+    free = [0.0] * max(1, slots)
+    for duration in durations:
+        index = free.index(min(free))
+        free[index] += duration
+    return max(free, default=0.0)
+
+
+def estimate_plan(plan: GridPlan, out: str | Path, executor: str = "local", options: dict[str, Any] | None = None,
+                  throughput: float | None = None) -> dict[str, Any]:
+    """Estimated cost of each cell of ``plan`` and the grid's wall time under ``executor``.
+
+    A cell's time comes from ``throughput`` (FLOP/s) if given, else from timing its model on this machine now
+    (once per distinct model/data/batch/threads). Done cells cost nothing. The result holds the ``assumptions``
+    behind the numbers, one sentence each.
+    """
+    schedule = schedule_for(plan, executor, options or {})
+    store = GridStore(out)
+    measured: dict[str, dict[str, float]] = {}
+    rows = []
+    for cell in plan.cells:
+        cfg = cell.config
+        key = _model_key(cfg)
+        if key not in measured:
+            measured[key] = _from_throughput(cfg, throughput) if throughput else measure_cell(cfg)
+        cost = measured[key]
+        train_s = cfg.train.steps * cost["step_s"] + _num_checkpoints(cfg) * cost["checkpoint_s"]
+        cell_s = (schedule.process_start_s + cost["setup_s"] + train_s + cost["eval_s"]) * schedule.slowdown
+        rows.append({
+            "cell": cell.id,
+            "state": store.cell_state(cell.id),
+            "params": cost["params"],
+            "train_flops": cost["flops_per_sample"] * cfg.train.steps * cfg.train.batch_size * cfg.train.grad_accum,
+            "eval_flops": cost["eval_flops"],
+            "train_s": train_s * schedule.slowdown,
+            "eval_s": cost["eval_s"] * schedule.slowdown,
+            "est_s": cell_s,
+        })
+    todo = [row for row in rows if row["state"] != "done"]
+    total_s = _makespan([row["est_s"] for row in todo], schedule.parallel)
+    if throughput:
+        how = f"cell times from --throughput {throughput:.3g} FLOP/s (training FLOPs and eval forward FLOPs)"
+    else:
+        how = (f"cell times measured now: {TIMED_STEPS} real training steps per distinct model at its batch size "
+               "and train.cpu_threads, one checkpoint save, one generation batch per shot count")
+    first = plan.cells[0].config
+    assumptions = [
+        how,
+        *schedule.notes,
+        f"{schedule.threads} torch thread(s) per cell (train.cpu_threads)",
+        f"per cell: {schedule.process_start_s:.0f}s process start, model/data set-up, "
+        f"{_num_checkpoints(first)} checkpoint saves, eval of {len(first.eval.tasks)} task(s) × shots "
+        f"{list(first.eval.shots)} × {first.eval.num_samples} samples × {first.eval.seeds} seed(s) generating "
+        f"{first.eval.max_new_tokens} tokens each",
+        "no encoder pre-training: cells with a built-in encoder train it with the MLLM; a pre-trained encoder "
+        "(`mm pretrain --stage encoder`) is given by its dir and costs nothing here",
+        f"machine load now (1-min average): {os.getloadavg()[0]:.2f} on {schedule.cores} cores",
+    ]
+    return {
+        "executor": executor, "parallel": schedule.parallel, "threads_per_cell": schedule.threads,
+        "cores": schedule.cores, "slowdown": schedule.slowdown, "cells": rows, "total_s": total_s,
+        "cell_s": sum(row["est_s"] for row in todo),
+        "total_flops": sum(row["train_flops"] + row["eval_flops"] for row in todo),
+        "throughput": throughput, "assumptions": assumptions,
+    }

@@ -121,6 +121,10 @@ class TrainConfig(_Strict):
     log_spaced_checkpoints: bool = True
     log_every: int = Field(10, gt=0)
     encoder_objective: Literal["clip", "mae"] = Field("clip", description="objective of --stage encoder")
+    trackers: list[Literal["jsonl", "tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="where training metrics and eval results go: jsonl (the run dir's own files, always written) "
+        'plus tensorboard, mlflow, wandb (offline; pip install "mmbench[tracking]")')
 
     @field_validator("lr")
     @classmethod
@@ -325,7 +329,7 @@ def config_to_yaml(cfg: BaseModel) -> str:
 # stay valid.
 HASH_NEUTRAL_FIELDS: dict[str, dict[str, object]] = {
     "data": {"world_version": 1},
-    "train": {"cpu_threads": 1},
+    "train": {"cpu_threads": 1, "trackers": ["jsonl"]},
     "model": {"resize_embeddings": False},
     "eval": {"vqa_normalize": "official", "rices_encoder": None},
 }

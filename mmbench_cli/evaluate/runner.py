@@ -417,6 +417,11 @@ def evaluate(request: EvalRequest, console: Console | None = None) -> list[Path]
         for checkpoint in target.checkpoints:
             written.append(_evaluate_checkpoint(target, checkpoint, data, plan, text_tasks, request, device, console,
                                                 rices))
+    from mmbench_cli.trackers import log_eval_results
+
+    # the run's trackers (train.trackers) get the results at their training steps; the JSON files stay the record
+    log_eval_results(target.config, target.run,
+                     [r for c in target.checkpoints if (r := target.run.read_results(c.step)) is not None])
     return written
 
 

@@ -34,6 +34,7 @@ from mmbench_cli.rundir import (
     file_content_hash,
     step_dir_name,
 )
+from mmbench_cli.trackers import TrackerSet, open_trackers, require_trackers
 from mmbench_cli.train import run_setup
 from mmbench_cli.train.checkpoints import checkpoint_schedule, load_trainer_state, save_trainer_state
 from mmbench_cli.train.distributed import (
@@ -159,6 +160,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False, force: bool
 
         return pretrain_encoder(cfg, out_dir, resume=resume, force=force, progress=progress)
     run_setup.check_data_inputs(cfg)
+    require_trackers(cfg.train.trackers)  # a tracker that is not installed: refused before anything starts
     ctx = init_distributed(cfg.train.device)
     use_cpu_threads(ctx.device, cfg.train.cpu_threads)
     try:
@@ -291,9 +293,11 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
             run.write_status("running")
         barrier(ctx)
 
+        trackers = open_trackers(cfg, run_dir, "train", start_step) if ctx.is_main else TrackerSet({}, run_dir, {})
         trainer = _Trainer(cfg, ctx, model, train_model, optimizer, scaler, stream, autocast_dtype,
-                           peak_lr, (flops_per_row, flops_per_image), run_dir)
-        trainer.run(state, show)
+                           peak_lr, (flops_per_row, flops_per_image), run_dir, trackers)
+        with trackers:
+            trainer.run(state, show)
         if ctx.is_main:
             run.drop_set_aside()  # a resumed or empty schedule saves nothing new: the old run goes now
             bad = stream.num_bad + stream.bad_skipped  # skipped while loading + while training (data.skip_bad)
@@ -348,8 +352,9 @@ class _Trainer:
     def __init__(self, cfg: Config, ctx: DistContext, model: MLLM, train_model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, stream: TrainStream,
                  autocast_dtype: torch.dtype | None,
-                 peak_lr: float, flops: tuple[float, float], run_dir: Path) -> None:
+                 peak_lr: float, flops: tuple[float, float], run_dir: Path, trackers: TrackerSet | None = None) -> None:
         self.cfg, self.ctx, self.model, self.train_model = cfg, ctx, model, train_model
+        self.trackers = trackers or TrackerSet({}, run_dir, {})
         self.optimizer, self.scaler, self.stream = optimizer, scaler, stream
         self.autocast_dtype, self.peak_lr, self.run_dir = autocast_dtype, peak_lr, run_dir
         self.flops_per_row, self.flops_per_image = flops
@@ -477,6 +482,9 @@ class _Trainer:
             if bad:
                 record["bad_skipped"] = bad  # bad samples skipped so far (data.skip_bad)
             RunDir(self.run_dir).append_metrics(record)
+            # loss/caption -> train/loss_caption: MLflow's file store cannot hold both loss and loss/caption
+            self.trackers.log_metrics({"train/" + k.replace("/", "_"): v for k, v in record.items() if k != "step"},
+                                      state.step)
         state.window = LogWindow()
 
     def save(self, state: TrainState) -> None:
@@ -501,3 +509,4 @@ class _Trainer:
                 "tokens_seen": state.tokens_seen, "train_flops": state.train_flops, "wall_time_s": state.elapsed_s,
             })
         RunDir(self.run_dir).drop_set_aside()  # the new run has a checkpoint: the run it replaces can go
+        self.trackers.log_checkpoint(state.step, RunDir(self.run_dir).checkpoint_dir(state.step))

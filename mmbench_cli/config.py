@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -365,3 +366,17 @@ def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
     if len(paths) > 1:
         raise MMError(f"expected at most one config file, got {len(paths)}: {', '.join(paths)}")
     return (paths[0] if paths else None), overrides
+
+
+AXES_ENV = "MMBENCH_AXES"
+
+
+def default_axes_path() -> Path:
+    """Where the axis presets (and the MM1 claims they test) live: ``$MMBENCH_AXES``, else
+    ``./ablations/axes.yaml``, else the source tree's. Read by ``mm ablate`` (presets) and ``mm report`` (claims)."""
+    if os.environ.get(AXES_ENV):
+        return Path(os.environ[AXES_ENV])
+    local = Path("ablations/axes.yaml")
+    if local.exists():
+        return local
+    return Path(__file__).resolve().parents[1] / "ablations" / "axes.yaml"

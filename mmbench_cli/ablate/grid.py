@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from mmbench_cli.config import (
     config_from_dict,
     config_hash,
     config_to_dict,
+    default_axes_path,
     is_plain_data,
     read_yaml,
     set_dotted,
@@ -31,7 +31,6 @@ from mmbench_cli.config import (
 from mmbench_cli.errors import MMError
 
 SEED_AXIS = "seed"
-AXES_ENV = "MMBENCH_AXES"
 # Config keys whose values name registry entries; a grid value is checked against the registry up front.
 KEY_REGISTRIES = {"model.connector": "CONNECTORS", "model.encoder": "ENCODERS", "model.lm": "LMS"}
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
@@ -101,16 +100,6 @@ class GridPlan:
             "cells": [cell.to_json() for cell in self.cells],
             **({"description": self.description} if self.description else {}),
         }
-
-
-def default_axes_path() -> Path:
-    """Where the axis presets live: ``$MMBENCH_AXES``, else ``./ablations/axes.yaml``, else the source tree's."""
-    if os.environ.get(AXES_ENV):
-        return Path(os.environ[AXES_ENV])
-    local = Path("ablations/axes.yaml")
-    if local.exists():
-        return local
-    return Path(__file__).resolve().parents[2] / "ablations" / "axes.yaml"
 
 
 def load_axis_presets(path: str | Path | None = None) -> dict[str, dict[str, Any]]:

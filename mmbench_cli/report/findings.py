@@ -22,13 +22,12 @@ tests (``claims:``): the rows show it as "MM1 says".
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 
-from mmbench_cli.config import read_yaml
+from mmbench_cli.config import default_axes_path, read_yaml
 from mmbench_cli.errors import MMError
 from mmbench_cli.families import FAMILIES, family_of_metric, higher_is_better
 from mmbench_cli.report.grounding import query_precisions, run_vocabularies
@@ -43,7 +42,6 @@ from mmbench_cli.report.stats import (
     verdict,
 )
 
-AXES_ENV = "MMBENCH_AXES"  # the same override mm ablate reads for its axis presets
 GROUNDING_KIND = "colour"  # shapes are never grounded at toy scale; colours are the grounding signal
 SHOTS = "shots"  # the few-shot contrast (most shots against 0) is tested like an axis, over all of a grid's cells
 SHOTS_CLAIM = ("Few-shot prompting gains a lot over zero-shot (Table 1: caption and VQA averages 37–41 at 0 shots, "
@@ -113,17 +111,6 @@ class Findings:
         for row in self.rows:
             found[row.verdict] = found.get(row.verdict, 0) + 1
         return found
-
-
-def default_axes_path() -> Path:
-    """Where the axis presets (and their MM1 claims) live: ``$MMBENCH_AXES``, else ``./ablations/axes.yaml``, else the
-    source tree's (the lookup mm ablate makes; the report reads the file itself, it does not import ablate)."""
-    if os.environ.get(AXES_ENV):
-        return Path(os.environ[AXES_ENV])
-    local = Path("ablations/axes.yaml")
-    if local.exists():
-        return local
-    return Path(__file__).resolve().parents[2] / "ablations" / "axes.yaml"
 
 
 def axis_claims(path: Path | None = None) -> dict[str, str]:

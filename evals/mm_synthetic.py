@@ -1,7 +1,8 @@
 """Datasets of the synthetic text benchmarks, built from the synthetic world (``custom_dataset`` of evals/*.yaml).
 
 lm-eval calls these with the task metadata: ``world_seed``, ``num_train_images``, ``num_test_images`` (set by
-``mm eval`` from the run's config), or ``path`` (lm-eval's ``model_args``; the run's ``config.yaml`` is read).
+``mm eval`` from the run's config), or ``path``/``pretrained`` (lm-eval's ``model_args``; the run's ``config.yaml``
+is read).
 Items come from ``SyntheticWorld.text_tasks("test")``, held out from the training text.
 """
 
@@ -15,14 +16,21 @@ def _world_items(kind: str, **metadata: Any) -> Any:
 
     from mmbench_cli.config import DataConfig
     from mmbench_cli.data.synthetic import SyntheticWorld
+    from mmbench_cli.errors import MMError
+    from mmbench_cli.evaluate.lm_eval_hook import model_path
 
     settings = DataConfig().model_dump()
-    if metadata.get("path"):
+    path, key, _ = model_path(metadata)  # path= (or pretrained=) of model_args, commas restored
+    if path:
         from pathlib import Path
 
         from mmbench_cli.evaluate.runner import resolve_target
 
-        settings.update(resolve_target(Path(metadata["path"])).config.data.model_dump())
+        try:
+            settings.update(resolve_target(Path(path)).config.data.model_dump())
+        except MMError:
+            if key == "path":
+                raise  # pretrained= may name another model kind's weights (lm-eval's hf): defaults then
     for key in ("world_seed", "num_train_images", "num_test_images"):
         if metadata.get(key) is not None:
             settings[key] = int(metadata[key])

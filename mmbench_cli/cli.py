@@ -313,6 +313,26 @@ def ablate(
 
 
 @app.command(
+    name="lm-eval",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+    add_help_option=False,
+)
+@user_errors_exit_2
+def lm_eval_command(ctx: typer.Context) -> None:
+    """lm-evaluation-harness's own command line, with our model registered as `--model mm`.
+
+    `mm lm-eval --model_args path=runs/toy --tasks textcore --limit 20 --log_samples --output_path out/`:
+    `--model mm` and `--include_path evals/` unless given; lm-eval's own models (`hf`, ...) work too;
+    `mm lm-eval --help` is lm-eval's help.
+    """
+    from mmbench_cli.evaluate.lm_eval_hook import run_cli
+
+    code = run_cli(ctx.args)
+    if code:
+        raise typer.Exit(code=code)
+
+
+@app.command(
     epilog="Examples:\n\n"
     "  mm report runs/grid\n\n"
     "  mm report runs/res32 runs/res64 -o reports/resolution\n\n"

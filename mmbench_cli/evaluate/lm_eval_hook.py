@@ -4,12 +4,21 @@
 imported later, a placeholder ``"mm" -> "mmbench_cli.evaluate.text:MMLM"`` is put into its model registry,
 so ``lm_eval.simple_evaluate(model="mm", ...)`` (or ``lm_eval --model mm`` after ``import mmbench_cli``)
 imports our adapter only when it is used. Importing lm_eval eagerly would add seconds to ``mm --help``.
+lm-eval's own models (``hf``, ``vllm``, ...) are registered at the same moment: lm-eval fills its registry
+lazily only while it is empty, so ``mm`` alone would hide them.
+
+``run_cli(argv)`` is ``mm lm-eval``: lm-eval's own command line in a process where ``mm`` is registered.
+``model_path(args)`` reads the model dir from ``model_args`` (``path=`` or its alias ``pretrained=``) and
+rejoins a dir name that lm-eval split at its commas (grid cells: ``runs/g/resolution=64,tokens=16``).
 Standard library only.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -19,9 +28,16 @@ TARGET = "mmbench_cli.evaluate.text:MMLM"
 
 
 def register(registry: ModuleType) -> None:
-    """Put the lazy ``mm`` placeholder into an imported ``lm_eval.api.registry`` (idempotent)."""
+    """Put the lazy ``mm`` placeholder into an imported ``lm_eval.api.registry`` (idempotent), after lm-eval's own
+    model placeholders (``lm_eval.models`` only registers names; it imports no model code)."""
     model_registry = getattr(registry, "model_registry", None)
-    if model_registry is not None and MODEL_NAME not in model_registry:
+    if model_registry is None:
+        return
+    try:
+        importlib.import_module("lm_eval.models")
+    except ImportError:  # an lm-eval without the lazy model table: its models register when imported
+        pass
+    if MODEL_NAME not in model_registry:
         model_registry.register(MODEL_NAME, target=TARGET)
 
 
@@ -61,3 +77,87 @@ def install() -> None:
         register(sys.modules[REGISTRY_MODULE])
     elif not any(isinstance(finder, _Finder) for finder in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
+
+
+# ------------------------------------------------------------------------------------- model_args
+PATH_KEYS = ("path", "pretrained")
+
+
+def _unquote(text: str) -> str:
+    return text.strip().strip("\"'")
+
+
+def _piece(key: str, value: Any) -> str:
+    """A ``key=value`` piece as the user typed it (lm-eval turned ``true``/``16`` into True/16)."""
+    shown = str(value).lower() if isinstance(value, bool) else str(value)
+    return f"{key}={shown}"
+
+
+def model_path(args: Mapping[str, Any]) -> tuple[str | None, str | None, dict[str, Any]]:
+    """(model dir, the key it came from, the remaining args) from lm-eval ``model_args``.
+
+    lm-eval splits ``model_args`` strings at every comma, so ``path=runs/g/resolution=64,tokens=16`` arrives as
+    ``path=runs/g/resolution=64`` plus ``tokens=16``: the pieces that follow the path are joined back while that
+    names an existing dir (the longest such wins). Quotes around the path are removed.
+    """
+    rest = dict(args)
+    key = next((k for k in PATH_KEYS if rest.get(k) not in (None, "")), None)
+    if key is None:
+        return None, None, {k: v for k, v in rest.items() if k not in PATH_KEYS}
+    raw = str(rest.pop(key))
+    for other in PATH_KEYS:
+        rest.pop(other, None)
+    best, used = _unquote(raw), 0
+    keys = list(args)
+    following = keys[keys.index(key) + 1:]
+    candidate = raw
+    for count, name in enumerate(following, start=1):
+        if name in PATH_KEYS:
+            break
+        candidate += "," + _piece(name, args[name])
+        if Path(_unquote(candidate)).exists():
+            best, used = _unquote(candidate), count
+    for name in following[:used]:
+        rest.pop(name, None)
+    return best, key, rest
+
+
+# ------------------------------------------------------------------------------------------ mm lm-eval
+SUBCOMMANDS = ("run", "ls", "validate")
+EVALS_DIR = Path(__file__).resolve().parents[2] / "evals"
+
+
+def lm_eval_argv(argv: Sequence[str]) -> list[str]:
+    """lm-eval arguments with our defaults filled in: ``--model mm`` and ``--include_path evals/`` for a run that
+    names neither (``ls``/``validate`` and explicit choices are passed through untouched)."""
+    args = list(argv)
+    if not args or args[0] in ("ls", "validate") or any(a in ("-h", "--help") for a in args):
+        return args
+    names = {a.split("=", 1)[0] for a in args}
+    extra = []
+    if "--model" not in names:
+        extra += ["--model", MODEL_NAME]
+    if "--include_path" not in names and EVALS_DIR.is_dir():
+        extra += ["--include_path", str(EVALS_DIR)]
+    if args[0] == "run":
+        return ["run", *extra, *args[1:]]
+    return [*extra, *args]
+
+
+def run_cli(argv: Sequence[str]) -> int:
+    """Run lm-eval's own command line (``lm_eval.__main__.cli_evaluate``) on ``argv`` with ``mm`` registered;
+    returns its exit code. MMErrors raised by our model (a bad path...) propagate to the caller."""
+    install()
+    importlib.import_module(REGISTRY_MODULE)  # registers mm and lm-eval's own models through the hook
+    from lm_eval.__main__ import cli_evaluate
+
+    saved = sys.argv
+    sys.argv = ["lm-eval", *lm_eval_argv(argv)]
+    try:
+        cli_evaluate()
+    except SystemExit as done:
+        code = done.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    finally:
+        sys.argv = saved
+    return 0

@@ -327,6 +327,12 @@ def lm_eval_command(ctx: typer.Context) -> None:
     """
     from mmbench_cli.evaluate.lm_eval_hook import run_cli
 
+    if not ctx.args or ctx.args[0] in ("-h", "--help"):  # our examples above lm-eval's own help
+        console.print(
+            "mm lm-eval: lm-eval's command line with `--model mm` (default) registered.\n\nExamples:\n\n"
+            "  mm lm-eval --model_args path=runs/toy --tasks textcore --limit 50 --log_samples --output_path out/\n"
+            "  mm lm-eval --model_args 'path=\"runs/grid/resolution=64,tokens=16\"' --tasks mm_synth_perplexity\n"
+            "  mm lm-eval ls tasks\n\nlm-eval's help follows.\n", highlight=False, markup=False, soft_wrap=True)
     code = run_cli(ctx.args)
     if code:
         raise typer.Exit(code=code)

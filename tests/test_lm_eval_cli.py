@@ -64,6 +64,14 @@ def test_mm_model_refuses_leftover_args_naming_the_quoting(cell_model_dir: Path)
         get_model("mm").create_from_arg_string(f"path={cell_model_dir.parent}/resolution=32,tokens=16")
 
 
+def test_help_shows_our_examples_then_lm_evals_help() -> None:
+    from mmbench_cli.cli import app
+
+    result = CliRunner().invoke(app, ["lm-eval", "--help"])
+    assert result.exit_code == 0 and "Examples" in result.output and "mm lm-eval --model_args" in result.output
+    assert "Language Model Evaluation Harness" in result.output
+
+
 def test_default_lm_eval_arguments() -> None:
     assert lm_eval_argv(["--tasks", "x"]) == ["--model", "mm", "--include_path", str(EVALS), "--tasks", "x"]
     assert lm_eval_argv(["run", "--model", "hf", "--include_path", "d"]) == ["run", "--model", "hf",

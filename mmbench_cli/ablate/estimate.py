@@ -30,6 +30,16 @@ PROMPT_TEXT_TOKENS = 20
 TIMED_STEPS = 3
 
 
+def format_flops(flops: float) -> str:
+    """FLOPs (or FLOP/s) with a unit prefix: ``6.66 T``; ``?`` when unknown."""
+    if not math.isfinite(flops):
+        return "?"
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if flops >= scale:
+            return f"{flops / scale:.2f} {unit}"
+    return f"{flops:.0f}"
+
+
 @dataclass
 class Schedule:
     """How many cells run at once and how fast each then goes, for one executor and its options."""
@@ -234,7 +244,7 @@ def estimate_plan(plan: GridPlan, out: str | Path, executor: str = "local", opti
     todo = [row for row in rows if row["state"] != "done"]
     total_s = _makespan([row["est_s"] for row in todo], schedule.parallel)
     if throughput:
-        how = f"cell times from --throughput {throughput:.3g} FLOP/s (training FLOPs and eval forward FLOPs)"
+        how = f"cell times from --throughput {format_flops(throughput)}FLOP/s (training FLOPs and eval forward FLOPs)"
     else:
         how = (f"cell times measured now: {TIMED_STEPS} real training steps per distinct model at its batch size "
                "and train.cpu_threads, one checkpoint save, one generation batch per shot count")

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from mmbench_cli.ablate.estimate import format_flops as _format_flops
 from mmbench_cli.ablate.executors import CellSpec, build_executor
 from mmbench_cli.ablate.grid import GridPlan
 from mmbench_cli.ablate.store import GridStore, read_json
@@ -68,15 +69,6 @@ def _format_seconds(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.1f}min"
     return f"{seconds / 3600:.1f}h"
-
-
-def _format_flops(flops: float) -> str:
-    if not math.isfinite(flops):
-        return "?"
-    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
-        if flops >= scale:
-            return f"{flops / scale:.2f} {unit}"
-    return f"{flops:.0f}"
 
 
 def status_columns() -> list[str]:

@@ -22,6 +22,7 @@ RESUMABLE_KEYS = frozenset(
         "train.checkpoint_every",
         "train.log_spaced_checkpoints",
         "train.log_every",
+        "train.trackers",
         "train.device",
         "data.num_workers",
         "data.cache_dir",

@@ -127,8 +127,9 @@ def print_table(console: Console, columns: Sequence[str], rows: list[list[str]],
         return
     if title:
         console.print(title, markup=False, highlight=False, soft_wrap=True)
-    for row in [list(columns), *rows]:
-        console.print("\t".join(row), markup=False, highlight=False, soft_wrap=True)
+    # written as is: rich would expand the tabs to spaces
+    console.file.write("".join("\t".join(row) + "\n" for row in [list(columns), *rows]))
+    console.file.flush()
 
 
 def run_grid(

@@ -25,6 +25,7 @@ from mmbench_cli.ablate.grid import GridPlan
 from mmbench_cli.ablate.store import GridStore, read_json
 from mmbench_cli.config import config_hash, config_to_dict
 from mmbench_cli.rundir import RunLock, atomic_write_json, cache_root
+from mmbench_cli.trackers import require_trackers
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -151,6 +152,8 @@ def run_grid(
     progress = progress or Console(stderr=True)
     store = GridStore(out)
     store.check_compatible(plan)
+    for cell in plan.cells:  # a tracker that is not installed fails the whole grid up front, not cell by cell
+        require_trackers(cell.config.train.trackers)
     runner = build_executor(executor, **(executor_options or {}))
     start = time.perf_counter()
     with RunLock(store.dir, "grid"):

@@ -173,13 +173,18 @@ def generate_batch(
     cache: ImageFeatureCache,
     max_new_tokens: int,
     num_beams: int = 1,
+    encoded: Sequence[list[int]] | None = None,
 ) -> tuple[list[str], int]:
-    """Generate continuations of interleaved ``prompts`` (left-padded, KV cache); returns (texts, longest prompt)."""
+    """Generate continuations of interleaved ``prompts`` (left-padded, KV cache); returns (texts, longest prompt).
+
+    ``encoded``: the prompts' token ids when the caller has them already (``encode_interleaved`` of each prompt).
+    """
     import torch
 
     from mmbench_cli.data.templates import encode_interleaved
 
-    encoded = [encode_interleaved(model.tokenizer, text, model.num_image_tokens) for text in prompts]
+    if encoded is None:
+        encoded = [encode_interleaved(model.tokenizer, text, model.num_image_tokens) for text in prompts]
     longest = max(len(ids) for ids in encoded)
     device = next(model.parameters()).device
     input_ids = torch.full((len(encoded), longest), model.pad_token_id, dtype=torch.long)
@@ -191,8 +196,12 @@ def generate_batch(
     image_embeds = cache.stack(flat_images) if flat_images else None
     new_tokens = model.generate(input_ids.to(device), attention_mask.to(device), image_embeds=image_embeds,
                                 max_new_tokens=max_new_tokens, num_beams=num_beams)
-    texts = model.tokenizer.batch_decode(new_tokens.tolist(), skip_special_tokens=False)
-    return texts, longest
+    stops = {model.eoc_token_id, model.eos_token_id}
+    rows = []
+    for row in new_tokens.tolist():  # up to the first stop: the pads after it depend on when the batch stopped
+        end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
+        rows.append(row[:end])
+    return model.tokenizer.batch_decode(rows, skip_special_tokens=False), longest
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -317,13 +326,28 @@ class TaskData:
         return fewshot.demo_pool(self.train, DEMO_POOL_SIZE, 0 if rices else seed)
 
 
+def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Query indices in batches of ``batch_size`` with similar prompt lengths (shortest first; equal lengths
+    keep query order), so left padding, and the attention over it, stays small.
+
+    A query's generation does not depend on its batch (left padding is masked and positions start at each
+    row's first token; tests compare bucketed, query-order and one-by-one answers), so only the time differs.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[begin:begin + batch_size] for begin in range(0, len(order), batch_size)]
+
+
 def run_cell(model: MLLM, data: TaskData, shots: int, seed: int, settings: EvalSettings,
              cache: ImageFeatureCache, samples_path: Path, progress: ProgressBar | None = None,
-             rices_features: EncoderFeatures | None = None) -> CellResult:
+             rices_features: EncoderFeatures | None = None, bucket_by_length: bool = True) -> CellResult:
     """Evaluate one (task, shots, seed) cell and write its per-sample JSONL atomically.
 
-    RICES ranks demos by the model's own pooled image features, or by ``rices_features`` when given.
+    RICES ranks demos by the model's own pooled image features, or by ``rices_features`` when given. Queries
+    are generated in length-bucketed batches (``length_buckets``; ``bucket_by_length=False``: in query order)
+    and written back in query order.
     """
+    from mmbench_cli.data.templates import encode_interleaved
+
     spec = data.spec
     start = time.perf_counter()
     queries = data.queries
@@ -341,19 +365,22 @@ def run_cell(model: MLLM, data: TaskData, shots: int, seed: int, settings: EvalS
     else:
         demos = [[] for _ in queries]
     max_new = settings.max_new_tokens or spec.max_new_tokens or 16
-    predictions: list[str] = []
-    raw: list[str] = []
+    built = [fewshot.build_prompt(demos[i], queries[i], text_only) for i in range(len(queries))]
+    encoded = [encode_interleaved(model.tokenizer, text, model.num_image_tokens) for text, _ in built]
+    batches = (length_buckets([len(ids) for ids in encoded], settings.batch_size) if bucket_by_length else
+               [list(range(b, min(b + settings.batch_size, len(queries)))) for b in range(0, len(queries),
+                                                                                          settings.batch_size)])
+    raw = [""] * len(queries)
     longest = 0
-    for begin in range(0, len(queries), settings.batch_size):
-        batch = list(range(begin, min(begin + settings.batch_size, len(queries))))
-        built = [fewshot.build_prompt(demos[i], queries[i], text_only) for i in batch]
-        texts, prompt_len = generate_batch(model, [b[0] for b in built], [b[1] for b in built], cache, max_new,
-                                           settings.num_beams)
+    for batch in batches:
+        texts, prompt_len = generate_batch(model, [built[i][0] for i in batch], [built[i][1] for i in batch], cache,
+                                           max_new, settings.num_beams, encoded=[encoded[i] for i in batch])
         longest = max(longest, prompt_len)
-        raw.extend(texts)
-        predictions.extend(fewshot.postprocess(t, FAMILIES[spec.family].prompt) for t in texts)
+        for i, text in zip(batch, texts, strict=True):
+            raw[i] = text
         if progress is not None:
             progress.update(advance=len(batch))
+    predictions = [fewshot.postprocess(t, FAMILIES[spec.family].prompt) for t in raw]
     ids = [sample_id(q) for q in queries]
     references = [references_of(q) for q in queries]
     value, per_sample = score_predictions(spec, ids, predictions, references, settings.vqa_normalize)

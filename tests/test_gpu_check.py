@@ -1,0 +1,38 @@
+"""benchmarks/gpu_check.sh end to end in its CPU dry mode (tiny sizes, few steps, gloo; about a minute)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bc") is None, reason="gpu_check.sh times its stages with bc")
+def test_gpu_check_dry_mode_runs_every_stage(tmp_path: Path) -> None:
+    out = tmp_path / "gpu_check_cpu.json"
+    env = {**os.environ, "MMBENCH_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--work",
+                           str(tmp_path / "work"), "--out", str(out)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["dry_run"] and result["device"] == "cpu"
+    assert result["parameters"]["total"] > 0 and result["matmul_ceiling"]["tflops"] > 0
+    for run in ("train_single", "train_torchrun"):
+        assert result[run]["status"] == "done" and result[run]["final_step"] == 40
+        assert 0 < result[run]["mfu"] < 1 and result[run]["tokens_per_s"] > 0
+    assert result["torchrun_same_weights_as_single"]  # 1-process DDP (gloo) trains the same weights on CPU
+    resume = result["resume"]
+    assert resume["killed_after_step"] >= 10  # SIGKILL landed while training ran, after a checkpoint
+    assert resume["run"]["status"] == "done" and resume["bit_identical"] and resume["within_tolerance"]
+    assert resume["weights_diff_vs_uninterrupted"] == {"max_abs": 0.0, "max_rel": 0.0}
+    assert set(result["eval"]) == {"synthetic-vqa", "synthetic-caption"}
+    assert all(set(cells) == {"0", "4", "8"} for cells in result["eval"].values())
+    assert {"train_single", "train_torchrun", "eval", "kill_and_resume"} <= set(result["timings_s"])

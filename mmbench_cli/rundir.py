@@ -715,13 +715,6 @@ class RunDir:
                       if (step := step_of_dir(child.name)) is not None and child.is_dir()
                       and not (child / CHECKPOINT_JSON).is_file())
 
-    def duplicate_checkpoints(self) -> list[list[int]]:
-        """Groups of checkpoint steps whose recorded content hashes are equal (each group has ≥ 2 steps)."""
-        by_hash: dict[str, list[int]] = {}
-        for checkpoint in self.checkpoints():
-            by_hash.setdefault(checkpoint.info().get("content_hash", ""), []).append(checkpoint.step)
-        return [steps for digest, steps in by_hash.items() if digest and len(steps) > 1]
-
     # results
     def result_steps(self) -> list[int]:
         """Steps with an ``eval/step_<N>.json``, sorted."""

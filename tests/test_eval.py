@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from model_fixtures import save_tiny_model
 from typer.testing import CliRunner
 
 from mmbench_cli.cli import app
@@ -18,18 +19,7 @@ TINY = ["data.num_train_images=24", "data.num_val_images=4", "data.num_test_imag
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised tiny MLLM saved like `mm build -o`, with the run config beside it."""
-    import torch
-
-    from mmbench_cli.config import config_to_yaml, load_config
-    from mmbench_cli.data.synthetic import tokenizer_source
-    from mmbench_cli.model import build_model
-
-    torch.manual_seed(0)
-    cfg = load_config(None, TINY)
-    out = tmp_path_factory.mktemp("model") / "untrained"
-    build_model(cfg.model, tokenizer_source(cfg.data)).save_pretrained(out)
-    (out / "config.yaml").write_text(config_to_yaml(cfg))
-    return out
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "untrained", TINY)
 
 
 def _vqa(i: int, color: int = 0) -> VQASample:

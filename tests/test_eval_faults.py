@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from model_fixtures import save_tiny_model
 from typer.testing import CliRunner
 
 from mmbench_cli.cli import app
@@ -19,23 +20,14 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run dir whose only checkpoint (step 0) is a randomly initialised tiny MLLM, evaluated once."""
-    import torch
-
-    from mmbench_cli.config import config_to_yaml, load_config
-    from mmbench_cli.data.synthetic import tokenizer_source
     from mmbench_cli.evaluate.request import EvalRequest
     from mmbench_cli.evaluate.runner import evaluate
-    from mmbench_cli.model import build_model
     from mmbench_cli.rundir import RunDir, atomic_write_json, file_content_hash
 
-    torch.manual_seed(0)
-    cfg = load_config(None, TINY)
     run = RunDir(tmp_path_factory.mktemp("faults") / "run")
-    checkpoint = run.checkpoint_dir(0)
-    build_model(cfg.model, tokenizer_source(cfg.data)).save_pretrained(checkpoint)
+    checkpoint = save_tiny_model(run.checkpoint_dir(0), TINY, config_dir=run.path)
     atomic_write_json(checkpoint / "checkpoint.json",
                       {"step": 0, "content_hash": file_content_hash(checkpoint / "model.safetensors")})
-    run.write_config(config_to_yaml(cfg))
     evaluate(EvalRequest(run.path, ["synthetic-vqa"], [0], 1, num_samples=2, progress=False))
     return run.path
 

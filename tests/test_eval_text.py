@@ -8,23 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from model_fixtures import save_tiny_model
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised tiny MLLM saved like `mm build -o`, with its run config beside it."""
-    import torch
-
-    from mmbench_cli.config import config_to_yaml, load_config
-    from mmbench_cli.data.synthetic import tokenizer_source
-    from mmbench_cli.model import build_model
-
-    torch.manual_seed(0)
-    cfg = load_config(None, ["data.num_train_images=24", "data.num_val_images=4", "data.num_test_images=8"])
-    out = tmp_path_factory.mktemp("textmodel") / "untrained"
-    build_model(cfg.model, tokenizer_source(cfg.data)).save_pretrained(out)
-    (out / "config.yaml").write_text(config_to_yaml(cfg))
-    return out
+    return save_tiny_model(tmp_path_factory.mktemp("textmodel") / "untrained",
+                           ["data.num_train_images=24", "data.num_val_images=4", "data.num_test_images=8"])
 
 
 def test_import_does_not_load_lm_eval_or_torch() -> None:

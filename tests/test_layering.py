@@ -71,25 +71,25 @@ def test_checker_sees_function_local_imports(tmp_path: Path) -> None:
     assert _imports(sample) == [(2, "data"), (3, "model")]
 
 
+def _lines_matching(pattern: re.Pattern[str], owner: str) -> list[str]:
+    """``file:line: text`` of every line matching ``pattern`` in a module other than ``owner``."""
+    return [
+        f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}"
+        for path in _modules() if path.name != owner
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if pattern.search(line)
+    ]
+
+
 def test_only_rundir_parses_the_run_dir_layout() -> None:
     """The step_<N> patterns and the run-dir file names are spelled out in rundir.py alone."""
     patterns = re.compile(r"""re\.compile\(r?["']\^?step_|["'](checkpoint\.json|metrics\.jsonl|meta\.json)["']""")
-    offenders = [
-        f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}"
-        for path in _modules() if path.name != "rundir.py"
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
-        if patterns.search(line)
-    ]
+    offenders = _lines_matching(patterns, "rundir.py")
     assert not offenders, "\n".join(offenders)
 
 
 def test_family_names_and_summary_keys_live_in_the_families_table() -> None:
     """No module but families.py spells out the MM1 summary keys or a family's display label table."""
     spelled = re.compile(r"""["'](caption_avg|vqa_avg)["']|FAMILY_LABELS\s*=|SUMMARY_KEYS\s*=\s*[{(]""")
-    offenders = [
-        f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}"
-        for path in _modules() if path.name != "families.py"
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
-        if spelled.search(line)
-    ]
+    offenders = _lines_matching(spelled, "families.py")
     assert not offenders, "\n".join(offenders)

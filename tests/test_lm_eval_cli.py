@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from model_fixtures import save_tiny_model
 from typer.testing import CliRunner
 
 from mmbench_cli.errors import MMError
@@ -21,18 +22,8 @@ TASK_METADATA = {"world_seed": 0, "num_train_images": 24, "num_test_images": 8}
 @pytest.fixture(scope="module")
 def cell_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random MLLM saved like `mm build -o` under a grid-cell name with a comma, its config beside it."""
-    import torch
-
-    from mmbench_cli.config import config_to_yaml, load_config
-    from mmbench_cli.data.synthetic import tokenizer_source
-    from mmbench_cli.model import build_model
-
-    torch.manual_seed(0)
-    cfg = load_config(None, ["data.num_train_images=24", "data.num_val_images=4", "data.num_test_images=8"])
-    out = tmp_path_factory.mktemp("grid") / "resolution=64,tokens=16"
-    build_model(cfg.model, tokenizer_source(cfg.data)).save_pretrained(out)
-    (out / "config.yaml").write_text(config_to_yaml(cfg))
-    return out
+    return save_tiny_model(tmp_path_factory.mktemp("grid") / "resolution=64,tokens=16",
+                           ["data.num_train_images=24", "data.num_val_images=4", "data.num_test_images=8"])
 
 
 def test_lm_evals_own_models_stay_registered_after_importing_mmbench() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from model_fixtures import save_tiny_model
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -219,18 +220,7 @@ def test_coco_and_nocaps_results_format_with_cider_per_domain(tmp_path: Path) ->
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised tiny MLLM saved like `mm build -o`, with the run config beside it."""
-    import torch
-
-    from mmbench_cli.config import config_to_yaml, load_config
-    from mmbench_cli.data.synthetic import tokenizer_source
-    from mmbench_cli.model import build_model
-
-    torch.manual_seed(0)
-    cfg = load_config(None, TINY)
-    out = tmp_path_factory.mktemp("model") / "untrained"
-    build_model(cfg.model, tokenizer_source(cfg.data)).save_pretrained(out)
-    (out / "config.yaml").write_text(config_to_yaml(cfg))
-    return out
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "untrained", TINY)
 
 
 def _cell(model_dir: Path, task: str, shots: int = 0) -> dict[str, Any]:

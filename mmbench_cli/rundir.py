@@ -450,14 +450,7 @@ class Checkpoint:
 
         A model dir without one (``mm build -o``) gets its step and the content hash of its weights.
         """
-        path = self.path / CHECKPOINT_JSON
-        if not path.is_file():
-            return {"step": self.step, "content_hash": file_content_hash(self.model_file)}
-        info = read_json_file(path, "checkpoint.json")
-        if not isinstance(info, dict):
-            raise MMError(f"{path}: expected a JSON object; delete this checkpoint dir")
-        info = dict(info)
-        info.setdefault("step", self.step)
+        info = self.recorded_info()
         if not info.get("content_hash"):
             info["content_hash"] = file_content_hash(self.model_file)
         return info

@@ -13,6 +13,8 @@ Features are the patch tokens mean-pooled, concatenated with a 3x3 spatial pooli
 
     python benchmarks/diagnose_world.py --resolution 32 64 --encoders random:vit-tiny runs/enc-clip
     python benchmarks/diagnose_world.py --encoders runs/grid/resolution=64,tokens=16/checkpoints/step_300
+    python benchmarks/diagnose_world.py --world-version 4 --resolution 64 --encoders random:vit-tiny <dir> \
+        --out benchmarks/results/diagnose_world_v4.json
 
 Writes ``benchmarks/results/diagnose_world.json``.
 """
@@ -29,22 +31,30 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmbench_cli.data.synthetic import COLORS, SHAPES, WORDS, SyntheticWorld  # noqa: E402
+from mmbench_cli.data.synthetic import COLORS, SHAPES, V4_SHAPES, V4_WORDS, WORDS, SyntheticWorld  # noqa: E402
 from mmbench_cli.rundir import atomic_write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "diagnose_world.json"
 
 
 def labels(world: SyntheticWorld, split: str) -> dict[str, np.ndarray]:
-    """Per-image targets from the scenes: multi-label presence, counts, occupancy and written words."""
-    rows: dict[str, list] = {"colour": [], "shape": [], "count": [], "cells": [], "word_large": [], "word_small": []}
-    vocabulary = [*WORDS, *map(str, range(10, 100))]
+    """Per-image targets from the scenes: multi-label presence, counts, occupancy, the shape and the colour in
+    each occupied cell (``cell_shape`` / ``cell_colour``, -1 where empty: what "what shape is the red one?" and
+    "where is the red one?" need) and written words."""
+    rows: dict[str, list] = {"colour": [], "shape": [], "count": [], "cells": [], "cell_shape": [], "cell_colour": [],
+                             "word_large": [], "word_small": []}
+    shapes, words = (V4_SHAPES, V4_WORDS) if world.version >= 4 else (SHAPES, WORDS)
+    vocabulary = [*words, *map(str, range(10, 100))]
     for index in range(world.num_images[split]):
         scene = world.scene(split, index)
         rows["colour"].append([any(o.color == c for o in scene.objects) for c in COLORS])
-        rows["shape"].append([any(o.shape == s for o in scene.objects) for s in SHAPES])
+        rows["shape"].append([any(o.shape == s for o in scene.objects) for s in shapes])
         rows["count"].append(len(scene.objects))
         rows["cells"].append([any(o.cell == (r, c) for o in scene.objects) for r in range(3) for c in range(3)])
+        in_cell = {o.cell: shapes.index(o.shape) for o in scene.objects}
+        rows["cell_shape"].append([in_cell.get((r, c), -1) for r in range(3) for c in range(3)])
+        colour_in = {o.cell: list(COLORS).index(o.color) for o in scene.objects}
+        rows["cell_colour"].append([colour_in.get((r, c), -1) for r in range(3) for c in range(3)])
         for size in ("large", "small"):
             present = scene.text is not None and scene.text_size == size
             rows[f"word_{size}"].append(vocabulary.index(scene.text) if present else -1)
@@ -117,6 +127,7 @@ def main() -> None:
     parser.add_argument("--num-train", type=int, default=1500)
     parser.add_argument("--num-test", type=int, default=400)
     parser.add_argument("--world-seed", type=int, default=0)
+    parser.add_argument("--world-version", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -124,7 +135,7 @@ def main() -> None:
     from mmbench_cli.data.images import preprocess
 
     world = SyntheticWorld(args.world_seed, num_train_images=args.num_train, num_val_images=1,
-                           num_test_images=args.num_test)
+                           num_test_images=args.num_test, version=args.world_version)
     targets = {split: labels(world, split) for split in ("train", "test")}
     rows = []
     for resolution in args.resolution:
@@ -145,7 +156,8 @@ def main() -> None:
                       f"(majority {result['majority']:5.1f}%)", flush=True)
             print(f"      {source}: {time.perf_counter() - started:.0f} s", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out, {"benchmark": "diagnose_world", "num_train": args.num_train,
+    atomic_write_json(args.out, {"benchmark": "diagnose_world", "world_version": args.world_version,
+                                 "command": "python " + " ".join(sys.argv), "num_train": args.num_train,
                                  "num_test": args.num_test, "rows": rows})
     print(f"saved {args.out}")
 

@@ -74,7 +74,7 @@ class DataConfig(_Strict):
 
     source: Literal["synthetic", "local"] = "synthetic"
     world_seed: int = Field(0, description="seed of the synthetic world (independent of the training seed)")
-    world_version: Literal[1, 2, 3] = Field(1, description="synthetic world version (2, 3: more VQA question "
+    world_version: Literal[1, 2, 3, 4] = Field(1, description="synthetic world version (2, 3: more VQA question "
                                                  "kinds; docs/data.md)")
     num_train_images: int = Field(4000, gt=0)
     num_val_images: int = Field(200, gt=0)
@@ -113,6 +113,7 @@ class TrainConfig(_Strict):
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * min_lr_ratio")
     grad_clip: float = Field(1.0, ge=0)
     freeze_encoder: bool = False
+    encoder_lr_scale: float = Field(1.0, gt=0, description="the image encoder's learning rate relative to train.lr")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     cpu_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads on CPU (training and eval). "
@@ -121,7 +122,8 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(100, gt=0, description="after the log-spaced steps, a checkpoint every K steps")
     log_spaced_checkpoints: bool = True
     log_every: int = Field(10, gt=0)
-    encoder_objective: Literal["clip", "mae"] = Field("clip", description="objective of --stage encoder")
+    encoder_objective: Literal["clip", "negclip", "mae"] = Field(
+        "clip", description="objective of --stage encoder (negclip: CLIP + hard negatives with swapped shapes/words)")
     trackers: list[Literal["jsonl", "tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=lambda: ["jsonl"],
         description="where training metrics and eval results go: jsonl (the run dir's own files, always written) "
@@ -330,7 +332,7 @@ def config_to_yaml(cfg: BaseModel) -> str:
 # stay valid.
 HASH_NEUTRAL_FIELDS: dict[str, dict[str, object]] = {
     "data": {"world_version": 1},
-    "train": {"cpu_threads": 1, "trackers": ["jsonl"]},
+    "train": {"cpu_threads": 1, "trackers": ["jsonl"], "encoder_lr_scale": 1.0},
     "model": {"resize_embeddings": False},
     "eval": {"vqa_normalize": "official", "rices_encoder": None},
 }

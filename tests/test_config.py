@@ -109,8 +109,8 @@ def test_config_hash_tracks_content() -> None:
 def test_world_version_1_keeps_the_hashes_of_configs_saved_before_the_field() -> None:
     """A config saved before data.world_version existed hashes as it did then (grid resume checks hashes)."""
     cfg = load_config(None, [])
-    later = {"data": ("world_version",), "model": ("resize_embeddings",), "train": ("cpu_threads", "trackers"),
-             "eval": ("vqa_normalize", "rices_encoder")}
+    later = {"data": ("world_version",), "model": ("resize_embeddings",),
+             "train": ("cpu_threads", "trackers", "encoder_lr_scale"), "eval": ("vqa_normalize", "rices_encoder")}
     saved = {name: {k: v for k, v in section.items() if k not in later.get(name, ())} if isinstance(section, dict)
              else section for name, section in config_to_dict(cfg).items()}
     old = hashlib.sha256(json.dumps(saved, sort_keys=True).encode()).hexdigest()[:16]

@@ -158,7 +158,7 @@ def test_world_versions_differ_only_in_interleaved_qa(tmp_path: Path) -> None:
     assert world_from_config(load_config(None, ["data.world_version=2"]).data).version == 2
     assert world_from_config(load_config(None, []).data).version == 1  # what configs saved before it meant
     with pytest.raises(MMError, match="world_version"):
-        load_config(None, ["data.world_version=4"])
+        load_config(None, ["data.world_version=5"])
     from typing import get_args
 
     from mmbench_cli.config import DataConfig
@@ -194,3 +194,55 @@ def test_small_details_need_resolution(what: str) -> None:
     assert _diff_at(*small, 256) > 0.1
     # ...but downsampled to 32 px it carries far less signal than the large one
     assert _diff_at(*small, 32) < _diff_at(*large, 32) / 4
+
+
+def test_world_version_4_is_sort_of_clevr_like(tmp_path: Path) -> None:
+    """Version 4: 2-4 objects of distinct colours, three shapes, words from a short list; questions name an object
+    by its colour and are answered by the scene; its images are its own (no clash with versions 1-3's cache)."""
+    from mmbench_cli.data.synthetic import COLORS, V4_SHAPES, V4_WORDS, scene_questions
+
+    world = SyntheticWorld(0, 40, 8, 8, cache_dir=str(tmp_path / "c"), version=4)
+    old = SyntheticWorld(0, 40, 8, 8, cache_dir=str(tmp_path / "c"), version=1)
+    assert world.image_dir != old.image_dir and world.images("test")[0].key != old.images("test")[0].key
+    again = SyntheticWorld(0, 40, 8, 8, cache_dir=str(tmp_path / "d"), version=4)
+    assert _png_bytes(world)[:5] == _png_bytes(again)[:5]  # deterministic
+    for index in range(40):
+        scene = world.scene("train", index)
+        colors = [obj.color for obj in scene.objects]
+        assert 2 <= len(colors) <= 4 and len(set(colors)) == len(colors) and set(colors) <= set(COLORS)
+        assert {obj.shape for obj in scene.objects} <= set(V4_SHAPES) and scene.text in (None, *V4_WORDS)
+        by_color = {obj.color: obj for obj in scene.objects}
+        for item in scene_questions(scene, __import__("random").Random(index), version=4):
+            question, truth = item["question"], templates.majority_answer(item["answers"])
+            if question.startswith("what shape is the "):
+                assert by_color[question.split()[4]].shape == truth
+            elif question.startswith("where is the "):
+                assert by_color[question.split()[3]].position == truth
+            elif question == "how many shapes are there?":
+                assert truth == str(len(scene.objects))
+            elif question.startswith(("is there a ", "is there an ")):
+                assert (truth == "yes") == (question.split()[3] in by_color)
+            elif question.startswith("what color is the one "):
+                where = question.removeprefix("what color is the one ").removesuffix("?")
+                assert [obj.color for obj in scene.objects if obj.where() == where] == [truth]
+            else:
+                assert item["kind"] == "ocr" and truth == scene.text, question
+    # Q&A-style documents carry every question of each image
+    qa = [templates.format_interleaved(d)[0] for d in world.interleaved("train") if d.meta["style"] == "qa"]
+    assert qa and all(t.count("Short answer:") >= 2 * t.count(templates.IMAGE_TOKEN) for t in qa)
+    corpus_words = set(re.findall(r"[a-z0-9]+", " ".join(tokenizer_corpus(0)).lower()))
+    assert set(re.findall(r"[a-z0-9]+", " ".join(_texts(world)).lower())) - corpus_words == set()
+
+
+def test_hard_negatives_swap_one_shape_or_the_written_word() -> None:
+    import random
+
+    from mmbench_cli.data.synthetic import swap_attributes
+
+    caption = "two small red circles and a large blue square, with the word owl."
+    negatives = swap_attributes(caption, random.Random(0))
+    assert len(negatives) == 2 and all(n != caption for n in negatives)
+    shape_swap, word_swap = negatives
+    assert sum(a != b for a, b in zip(shape_swap.split(), caption.split(), strict=True)) == 1
+    assert word_swap.endswith(".") and "owl" not in word_swap and word_swap.split()[:-1] == caption.split()[:-1]
+    assert swap_attributes("a page about red things.", random.Random(0)) == []

@@ -21,7 +21,7 @@ ENCODER_TINY = [
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.mark.parametrize("objective", ["clip", "mae"])
+@pytest.mark.parametrize("objective", ["clip", "negclip", "mae"])
 def test_encoder_pretraining_learns_and_saves_a_usable_encoder(tmp_path: Path, objective: str) -> None:
     cfg = load_config(None, [*ENCODER_TINY, f"train.encoder_objective={objective}", "train.steps=30"])
     run = pretrain(cfg, tmp_path / "enc", progress=False)
@@ -31,7 +31,7 @@ def test_encoder_pretraining_learns_and_saves_a_usable_encoder(tmp_path: Path, o
     losses = [row["loss"] for row in read_jsonl(run / "metrics.jsonl")]
     assert losses[-1] < losses[0]
     scores = json.loads((run / "encoder_eval.json").read_text())
-    if objective == "clip":
+    if objective in ("clip", "negclip"):
         assert 0.0 <= scores["val_retrieval_top1"] <= 1.0 and scores["val_pairs"] == 16
     else:
         assert scores["val_mae_loss"] < losses[0]

@@ -115,3 +115,33 @@ def test_lock_refuses_second_writer(tmp_path) -> None:
     (tmp_path / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     with pytest.raises(MMError, match="being written by pid"):
         RunLock(tmp_path).acquire()
+
+
+def test_encoder_lr_scale_gives_the_encoder_its_own_learning_rate(tmp_path) -> None:
+    """train.encoder_lr_scale: the encoder's parameter groups get lr x scale; the scale survives a resume; at 1.0 the
+    optimizer is the two groups it always was (so earlier checkpoints' optimizer states still load)."""
+    from mmbench_cli.train.loop import build_optimizer
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = torch.nn.Linear(3, 3)
+            self.lm = torch.nn.Linear(3, 3)
+
+    model = Tiny()
+    plain = build_optimizer(model, 1e-3, 0.1, torch.device("cpu"))
+    assert len(plain.param_groups) == 2 and {g["lr_scale"] for g in plain.param_groups} == {1.0}
+    scaled = build_optimizer(model, 1e-3, 0.1, torch.device("cpu"), encoder_lr_scale=0.1)
+    encoder_ids = {id(p) for p in model.encoder.parameters()}
+    for group in scaled.param_groups:
+        inside = {id(p) in encoder_ids for p in group["params"]}
+        assert inside == ({True} if group["lr_scale"] == 0.1 else {False})
+    assert sum(len(g["params"]) for g in scaled.param_groups) == 4
+
+    cfg = load_config(None, ["train.encoder_lr_scale=0.1"])
+    assert cfg.train.encoder_lr_scale == 0.1
+    from mmbench_cli.config import config_hash
+
+    assert config_hash(load_config(None, ["train.encoder_lr_scale=1.0"])) == config_hash(load_config(None, []))
+    with pytest.raises(MMError, match="encoder_lr_scale"):
+        load_config(None, ["train.encoder_lr_scale=0"])

@@ -21,11 +21,12 @@ from rich.table import Table
 
 from mmbench_cli.ablate.estimate import format_flops as _format_flops
 from mmbench_cli.ablate.executors import CellSpec, build_executor
-from mmbench_cli.ablate.grid import GridPlan
+from mmbench_cli.ablate.grid import Cell, GridPlan
 from mmbench_cli.ablate.store import GridStore, read_json
 from mmbench_cli.config import config_hash, config_to_dict
 from mmbench_cli.rundir import RunLock, atomic_write_json, cache_root
 from mmbench_cli.trackers import require_trackers
+from mmbench_cli.train.pretrained_encoder import encoder_dir
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -160,7 +161,7 @@ def run_grid(
         store.check_compatible(plan)  # again under the lock: the dir may have changed while we waited
         store.write_plan(plan)
         skipped = [cell.id for cell in plan.cells if store.cell_state(cell.id) == "done"]
-        todo = [cell for cell in plan.cells if cell.id not in skipped]
+        todo = interleave_by_encoder([cell for cell in plan.cells if cell.id not in skipped])
         specs = [
             CellSpec(str(store.dir), cell.id, config_to_dict(cell.config), config_hash(cell.config)).to_json()
             for cell in todo
@@ -195,7 +196,23 @@ def run_grid(
     options = executor_options or {}
     estimate = read_json(_estimate_path(plan, executor, options))
     return GridResult(store.dir, states, skipped, [c.id for c in todo], errors, summary, time.perf_counter() - start,
-                      estimate if estimate and estimate.get("todo") == [c.id for c in todo] else None)
+                      estimate if estimate and sorted(estimate.get("todo", [])) == sorted(c.id for c in todo) else None)
+
+
+def interleave_by_encoder(cells: list[Cell]) -> list[Cell]:
+    """``cells`` reordered round-robin by the pre-trained encoder each needs (``model.encoder: vit-tiny-clip``), so
+    that parallel workers pre-train different encoders at the same time instead of one waiting for the other's.
+    Cells needing no pre-trained encoder keep their order; results never depend on the order (each cell is seeded)."""
+    groups: dict[str, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(str(encoder_dir(cell.config) or ""), []).append(cell)
+    if len(groups) < 2:
+        return cells
+    queues = list(groups.values())
+    ordered: list[Cell] = []
+    while any(queues):
+        ordered.extend(queue.pop(0) for queue in queues if queue)
+    return ordered
 
 
 # ----------------------------------------------------------------------------------------------- cost estimate

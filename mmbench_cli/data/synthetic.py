@@ -48,8 +48,20 @@ if TYPE_CHECKING:  # pragma: no cover
 # Versions 2 and 3 add two questions per image that need no shape recognition ("is there a red shape?", "how
 # many shapes are there?"); version 2 also follows a Q&A-style image in an interleaved document with every
 # question about it instead of one (docs/data.md has what each measurably changed).
-WHOLE_SCENE_QUESTIONS = {1: False, 2: True, 3: True}
-EVERY_QUESTION_IN_DOCS = {1: False, 2: True, 3: False}
+#
+# Version 4 is a different world, modelled on Sort-of-CLEVR (Santoro et al. 2017): 2-4 objects of *distinct*
+# colours (so "the red one" names one object), three shapes (circle, square, triangle) in two sizes larger than
+# version 1's, text in a larger font from 16 words, questions that name an object by its colour or place (is there a
+# <colour> one, how many shapes, what colour is the one <somewhere>, where is the <colour> one, what shape is the
+# <colour> one) and, after a Q&A-style image in an interleaved document, every question about it, in twice as many
+# Q&A-style documents. Small shapes and small text still need resolution (at 32 px a small shape is 4 px wide).
+# Its images, keys and image cache are its own. docs/data.md has what each version measurably changed.
+WHOLE_SCENE_QUESTIONS = {1: False, 2: True, 3: True, 4: False}
+# How many of an image's questions follow it in a Q&A-style interleaved document (None: all of them).
+QUESTIONS_IN_DOCS: dict[int, int | None] = {1: 1, 2: None, 3: 1, 4: None}
+# The styles an interleaved document is written in (drawn uniformly; version 4 writes Q&A twice as often).
+DOC_STYLES = {1: ("caption", "qa", "mixed"), 2: ("caption", "qa", "mixed"), 3: ("caption", "qa", "mixed"),
+              4: ("caption", "qa", "qa", "mixed")}
 WORLD_VERSIONS = tuple(WHOLE_SCENE_QUESTIONS)
 WORLD_VERSION = 1  # the default (a saved config without data.world_version was made with version 1)
 RENDER_VERSION = 1  # bump when rendering changes (invalidates the image cache)
@@ -78,6 +90,12 @@ WORDS = (
     "mud", "net", "oak", "pot", "rug", "sky", "tin", "web", "yak", "zip", "bow", "fig",
 )
 TEXT_SIZES = {"small": 15, "large": 40}  # font size in native pixels
+# World version 4's scenes (Sort-of-CLEVR-like): fewer, larger shapes, larger text, fewer words.
+V4_SHAPES = ("circle", "square", "triangle")
+V4_SIZES = {"small": 17, "large": 34}  # half-widths in native pixels: 8.5 / 17 px wide at 64 px
+V4_TEXT_SIZES = {"small": 28, "large": 52}  # font sizes in native pixels: letters 3.5 / 6.5 px tall at 32 px
+V4_WORDS = ("cat", "dog", "sun", "map", "box", "key", "cup", "hat", "pen", "bus", "egg", "fox", "owl", "jam",
+            "web", "zip")
 BACKGROUND = (238, 236, 228)
 
 # The text world: things with a colour, a shape and a home, and people who tell stories about them.
@@ -145,6 +163,7 @@ class Scene:
     text: str | None
     text_size: str | None
     text_cell: tuple[int, int] | None
+    version: int = 1  # the world version that drew it (4 renders with V4_SIZES / V4_TEXT_SIZES)
 
     @property
     def is_number(self) -> bool:
@@ -178,6 +197,31 @@ def make_scene(rng: random.Random) -> Scene:
     return Scene(tuple(objects), text, text_size, text_cell)
 
 
+def make_scene_v4(rng: random.Random) -> Scene:
+    """World version 4's scene: 2-4 objects of distinct colours (so "the red one" names one object), each a
+    circle, square or triangle, small or large, in distinct cells; a word in half of the scenes."""
+    cells = [(row, col) for row in range(3) for col in range(3)]
+    rng.shuffle(cells)
+    num_objects = rng.choice((2, 3, 3, 4))
+    colors = rng.sample(tuple(COLORS), num_objects)
+    objects = tuple(
+        Shape(shape=rng.choice(V4_SHAPES), color=color, size=rng.choice(tuple(V4_SIZES)), cell=cells[index],
+              offset=(rng.randint(-10, 10), rng.randint(-10, 10)))
+        for index, color in enumerate(colors)
+    )
+    text = text_size = text_cell = None
+    if rng.random() < 0.5:
+        text = rng.choice(V4_WORDS)
+        text_size = rng.choice(tuple(V4_TEXT_SIZES))
+        text_cell = cells[num_objects]
+    return Scene(objects, text, text_size, text_cell, version=4)
+
+
+def scene_for_version(rng: random.Random, version: int) -> Scene:
+    """A random scene of world ``version`` (versions 1-3 share their scenes)."""
+    return make_scene_v4(rng) if version >= 4 else make_scene(rng)
+
+
 @lru_cache(maxsize=8)
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
@@ -186,13 +230,14 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 def render_scene(scene: Scene, size: int = NATIVE_SIZE) -> Image.Image:
     """Draw ``scene`` as an RGB image of ``size`` px (shapes and text scale with the image)."""
     scale = size / NATIVE_SIZE
+    sizes, text_sizes = (V4_SIZES, V4_TEXT_SIZES) if scene.version >= 4 else (SIZES, TEXT_SIZES)
     image = Image.new("RGB", (size, size), BACKGROUND)
     draw = ImageDraw.Draw(image)
     cell = size / 3
     for obj in scene.objects:
         cx = (obj.cell[1] + 0.5) * cell + obj.offset[0] * scale
         cy = (obj.cell[0] + 0.5) * cell + obj.offset[1] * scale
-        r = SIZES[obj.size] * scale
+        r = sizes[obj.size] * scale
         fill = COLORS[obj.color]
         if obj.shape == "circle":
             draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
@@ -210,7 +255,7 @@ def render_scene(scene: Scene, size: int = NATIVE_SIZE) -> Image.Image:
                 points.append((cx + radius * math.cos(angle), cy + radius * math.sin(angle)))
             draw.polygon(points, fill=fill)
     if scene.text and scene.text_cell and scene.text_size:
-        font = _font(max(1, round(TEXT_SIZES[scene.text_size] * scale)))
+        font = _font(max(1, round(text_sizes[scene.text_size] * scale)))
         cx = (scene.text_cell[1] + 0.5) * cell
         cy = (scene.text_cell[0] + 0.5) * cell
         draw.text((cx, cy), scene.text, fill=(15, 15, 15), font=font, anchor="mm")
@@ -294,6 +339,35 @@ def _annotate(truth: str, confusions: list[str], rng: random.Random, contested: 
     return answers
 
 
+def swap_attributes(caption: str, rng: random.Random) -> list[str]:
+    """Hard negatives for contrastive pre-training (NegCLIP, Yuksekgonul et al. 2023): ``caption`` with one of
+    its shape words replaced by another shape, and ``caption`` with its written word replaced by another word, so
+    only an encoder that sees every shape and the glyphs tells them from the true caption. [] if it names neither."""
+    words = caption.split(" ")
+    shapes, written = [], []
+    for index, word in enumerate(words):
+        core = word.rstrip(".,:")
+        stem = core[:-1] if core.endswith("s") and core[:-1] in SHAPES else core
+        if stem in SHAPES:
+            shapes.append(index)
+        elif core in WORDS and index > 0 and words[index - 1] == "word":
+            written.append(index)
+    negatives = []
+    for positions, vocabulary in ((shapes, (V4_SHAPES, SHAPES)), (written, (V4_WORDS, WORDS))):
+        if not positions:
+            continue
+        index = rng.choice(positions)
+        core = words[index].rstrip(".,:")
+        tail = words[index][len(core):]
+        plural = vocabulary[1] is SHAPES and core not in SHAPES
+        stem = core[:-1] if plural else core
+        pool = vocabulary[0] if stem in vocabulary[0] else vocabulary[1]
+        swapped = words[:]
+        swapped[index] = rng.choice([w for w in pool if w != stem]) + ("s" if plural else "") + tail
+        negatives.append(" ".join(swapped))
+    return negatives
+
+
 def typo(text: str) -> str:
     """The misreading an OCR annotator makes: a dropped last letter, or a doubled last digit."""
     return text[:-1] if len(text) > 2 else text + text[-1]
@@ -302,7 +376,12 @@ def typo(text: str) -> str:
 def scene_questions(scene: Scene, rng: random.Random, version: int = 1) -> list[dict[str, Any]]:
     """VQAv2-style questions about ``scene``: dicts with question, answers (10), answer_type, kind, hard.
 
-    World versions 2 and 3 add two questions that need no shape recognition (``_whole_scene_questions``)."""
+    World versions 2 and 3 add two questions that need no shape recognition (``_whole_scene_questions``);
+    version 4 asks its own (``_questions_v4``)."""
+    if version >= 4:
+        questions = _questions_v4(scene, rng)
+        _annotate_all(questions, rng)
+        return questions
     questions: list[dict[str, Any]] = []
     objects = scene.objects
     by_shape: dict[str, list[Shape]] = {}
@@ -353,21 +432,72 @@ def scene_questions(scene: Scene, rng: random.Random, version: int = 1) -> list[
     })
     for item in questions:
         item["kind"] = "vqa"
-    # OCR: what is written?
-    if scene.text:
-        text = scene.text
-        questions.append({
-            "question": rng.choice(("what is written?", "what is written in the picture?", "what does the text say?")),
-            "truth": text, "answer_type": "number" if scene.is_number else "other",
-            "confusions": [typo(text)], "noise": 0.4 if scene.text_size == "small" else 0.1,
-            "hard": scene.text_size == "small", "kind": "ocr",
-        })
+    questions.extend(_ocr_question(scene, rng))
     _annotate_all(questions, rng)
     if WHOLE_SCENE_QUESTIONS[version]:  # drawn after version 1's questions, so those stay exactly as they were
         extra = _whole_scene_questions(scene, rng)
         _annotate_all(extra, rng)
         questions.extend(extra)
     return questions
+
+
+def _ocr_question(scene: Scene, rng: random.Random) -> list[dict[str, Any]]:
+    """"What is written?" (TextVQA-like) when the scene has text, else nothing."""
+    if not scene.text:
+        return []
+    return [{
+        "question": rng.choice(("what is written?", "what is written in the picture?", "what does the text say?")),
+        "truth": scene.text, "answer_type": "number" if scene.is_number else "other",
+        "confusions": [typo(scene.text)], "noise": 0.4 if scene.text_size == "small" else 0.1,
+        "hard": scene.text_size == "small", "kind": "ocr",
+    }]
+
+
+def _questions_v4(scene: Scene, rng: random.Random) -> list[dict[str, Any]]:
+    """World version 4's questions (Sort-of-CLEVR's, in VQAv2 form): an object is named by its colour, which is
+    unique in the scene, or by where it is. Is there a <colour> one, how many shapes, what colour is the one
+    <somewhere>, where is the <colour> one, and what shape is the <colour> one (the one that needs shapes)."""
+    objects = scene.objects
+    questions: list[dict[str, Any]] = []
+    present = [obj.color for obj in objects]
+    color = rng.choice(present) if rng.random() < 0.5 else rng.choice([c for c in COLORS if c not in present])
+    truth = "yes" if color in present else "no"
+    questions.append({
+        "question": f"is there a {color} one?", "truth": truth, "answer_type": "yes/no",
+        "confusions": ["no" if truth == "yes" else "yes"], "noise": 0.1,
+        "hard": truth == "yes" and next(o for o in objects if o.color == color).size == "small",
+    })
+    questions.append({
+        "question": "how many shapes are there?", "truth": str(len(objects)), "answer_type": "number",
+        "confusions": [str(len(objects) - 1), str(len(objects) + 1)], "noise": 0.2,
+        "hard": any(obj.size == "small" for obj in objects),
+    })
+    by_position: dict[str, list[Shape]] = {}
+    for obj in objects:
+        by_position.setdefault(obj.position, []).append(obj)
+    alone = [found[0] for found in by_position.values() if len(found) == 1]
+    if alone:
+        obj = rng.choice(alone)
+        questions.append({
+            "question": f"what color is the one {obj.where()}?", "truth": obj.color, "answer_type": "other",
+            "confusions": [COLOR_CONFUSIONS[obj.color]], "noise": 0.3 if obj.size == "small" else 0.1,
+            "hard": obj.size == "small",
+        })
+    obj = rng.choice(objects)
+    questions.append({
+        "question": f"where is the {obj.color} one?", "truth": obj.position, "answer_type": "other",
+        "confusions": [rng.choice([p for p in POSITIONS if p != obj.position])], "noise": 0.15,
+        "hard": obj.size == "small",
+    })
+    obj = rng.choice(objects)
+    questions.append({
+        "question": f"what shape is the {obj.color} one?", "truth": obj.shape, "answer_type": "other",
+        "confusions": [s for s in V4_SHAPES if s != obj.shape], "noise": 0.3 if obj.size == "small" else 0.1,
+        "hard": obj.size == "small",
+    })
+    for item in questions:
+        item["kind"] = "vqa"
+    return questions + _ocr_question(scene, rng)
 
 
 def _annotate_all(questions: list[dict[str, Any]], rng: random.Random) -> None:
@@ -557,17 +687,23 @@ class SyntheticWorld:
         """Where this world's rendered images are cached."""
         from mmbench_cli.rundir import cache_root
 
-        return cache_root(self.cache_dir) / "synthetic" / f"v{RENDER_VERSION}-seed{self.seed}"
+        folder = f"v{RENDER_VERSION}-seed{self.seed}" if self.version < 4 else f"world{self.version}-seed{self.seed}"
+        return cache_root(self.cache_dir) / "synthetic" / folder
+
+    @property
+    def _key_prefix(self) -> str:
+        """``synthetic:<seed>`` (versions 1-3 share images), ``synthetic-w4:<seed>`` for version 4's own."""
+        return f"synthetic:{self.seed}" if self.version < 4 else f"synthetic-w{self.version}:{self.seed}"
 
     # images and scenes ---------------------------------------------------------------------------
     def scene(self, split: str, index: int) -> Scene:
         """The scene of image ``index`` of ``split`` (independent of the split sizes)."""
-        return make_scene(_rng("scene", self.seed, split, index))
+        return scene_for_version(_rng("scene", self.seed, split, index), self.version)
 
     def image(self, split: str, index: int) -> SyntheticImage:
         """The (lazily rendered) image ``index`` of ``split``."""
         return SyntheticImage(
-            key=f"synthetic:{self.seed}:{split}:{index}",
+            key=f"{self._key_prefix}:{split}:{index}",
             path=self.image_dir / split / f"{index:06d}.png",
             scene=self.scene(split, index),
         )
@@ -654,7 +790,7 @@ class SyntheticWorld:
             related = [t for t in THINGS if (self.facts.color[t] if is_color else self.facts.shape[t]) == theme]
             intro = (f"a page about {theme} things." if is_color else f"a page about things shaped like a {theme}.")
             chunks: list[str | ImageRef] = [intro]
-            style = rng.choice(("caption", "qa", "mixed"))
+            style = rng.choice(DOC_STYLES[self.version])
             for image in chosen:
                 index = int(image.path.stem)
                 scene_rng = _rng("interleaved-text", self.seed, split, number, index)
@@ -662,9 +798,10 @@ class SyntheticWorld:
                 mode = style if style != "mixed" else rng.choice(("caption", "qa", "free"))
                 if mode == "caption":
                     chunks.append("Output: " + scene_captions(image.scene, scene_rng, num=1)[0])
-                elif mode == "qa" and EVERY_QUESTION_IN_DOCS[self.version]:  # every question, in random order
+                elif mode == "qa" and QUESTIONS_IN_DOCS[self.version] != 1:  # several questions, random order
                     questions = scene_questions(image.scene, scene_rng, self.version)
                     scene_rng.shuffle(questions)
+                    questions = questions[: QUESTIONS_IN_DOCS[self.version] or len(questions)]
                     # each answer closed like a few-shot demo's (format_interleaved closes the last one)
                     chunks.append(EOC.join(text_qa(item["question"], item["answers"][0]) for item in questions))
                 elif mode == "qa":
@@ -675,7 +812,7 @@ class SyntheticWorld:
                 if related and rng.random() < 0.5:
                     chunks.append(_fix_articles(_fact_sentence(self.facts, rng.choice(related), rng)))
             docs.append(InterleavedDoc(
-                doc_id=f"synthetic:{self.seed}:{split}:doc{number}", chunks=chunks,
+                doc_id=f"{self._key_prefix}:{split}:doc{number}", chunks=chunks,
                 meta={"split": split, "theme": theme, "style": style, "source": "synthetic"},
             ))
         return docs

@@ -38,17 +38,30 @@ CLIP_MEAN_STD = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0
 
 @dataclass(frozen=True)
 class ViTSpec:
-    """Width/depth of a built-in ViT."""
+    """Width/depth of a built-in ViT, and whether its weights come pre-trained.
+
+    ``pretrain`` names the objective (``clip``/``mae``) of an encoder that training starts from pre-trained: the
+    model layer builds the architecture, ``train.pretrained_encoder`` pre-trains it once on the configured data
+    (cached by content) and loads the weights, as MM1 starts from a pre-trained CLIP.
+    """
 
     hidden_size: int
     num_layers: int
     num_heads: int
     mlp_ratio: int = 4
+    pretrain: str | None = None
+    base: str | None = None  # the randomly initialised registry entry a pre-trained one starts from
 
 
-ENCODERS.add("vit-tiny", ViTSpec(hidden_size=128, num_layers=4, num_heads=4))
-ENCODERS.add("vit-small", ViTSpec(hidden_size=192, num_layers=6, num_heads=6))
-ENCODERS.add("vit-base-toy", ViTSpec(hidden_size=256, num_layers=8, num_heads=8))
+for _name, _spec in {
+    "vit-tiny": ViTSpec(hidden_size=128, num_layers=4, num_heads=4),
+    "vit-small": ViTSpec(hidden_size=192, num_layers=6, num_heads=6),
+    "vit-base-toy": ViTSpec(hidden_size=256, num_layers=8, num_heads=8),
+}.items():
+    ENCODERS.add(_name, _spec)
+    # ``vit-tiny-clip``: the same ViT, CLIP-pre-trained on the run's own image-caption data before training starts
+    ENCODERS.add(f"{_name}-clip", ViTSpec(_spec.hidden_size, _spec.num_layers, _spec.num_heads, _spec.mlp_ratio,
+                                          pretrain="clip", base=_name))
 
 
 class VisionEncoder(nn.Module):

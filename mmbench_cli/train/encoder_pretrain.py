@@ -81,12 +81,19 @@ class CLIPObjective(nn.Module):
         text = F.normalize(self.text(input_ids, attention_mask), dim=-1)
         return image, text
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The CLIP loss of a batch of matching (image, caption) pairs."""
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                negative_ids: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The CLIP loss of a batch of matching (image, caption) pairs; with hard-negative captions (NegCLIP),
+        each image is also contrasted with them (image → text over positives + negatives)."""
         image, text = self.embed(images, input_ids, attention_mask)
-        logits = self.logit_scale.clamp(max=math.log(100)).exp() * image @ text.t()
+        scale = self.logit_scale.clamp(max=math.log(100)).exp()
+        logits = scale * image @ text.t()
         targets = torch.arange(len(images), device=images.device)
-        return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+        image_to_text = logits
+        if negative_ids is not None and negative_mask is not None:
+            negatives = F.normalize(self.text(negative_ids, negative_mask), dim=-1)
+            image_to_text = torch.cat([logits, scale * image @ negatives.t()], dim=1)
+        return 0.5 * (F.cross_entropy(image_to_text, targets) + F.cross_entropy(logits.t(), targets))
 
 
 class MAEObjective(nn.Module):
@@ -186,11 +193,13 @@ def _caption_samples(cfg: Config, split: str) -> list[Any]:
     return samples
 
 
-def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, force: bool = False, progress: bool = True) -> Path:
+def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, force: bool = False, progress: bool = True,
+                     inside_distributed: bool = False) -> Path:
     """Pre-train ``model.encoder`` with ``train.encoder_objective`` and save it into ``out_dir``.
 
     Single process (encoder pre-training is short at toy scale); ``resume`` re-runs from the start if the
-    run was interrupted (there are no intermediate encoder checkpoints).
+    run was interrupted (there are no intermediate encoder checkpoints). ``inside_distributed``: called by one
+    rank of a torchrun job (which pre-trains the job's cached encoder alone), not launched under torchrun.
     """
     from mmbench_cli.model.device import use_cpu_threads
     from mmbench_cli.model.encoders import build_encoder
@@ -198,7 +207,7 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
     from mmbench_cli.train.loop import resolve_precision, seed_everything
 
     run_setup.check_data_inputs(cfg)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not inside_distributed:
         raise MMError("--stage encoder runs in one process; launch it without torchrun")
     run_dir = Path(out_dir)
     tcfg = cfg.train
@@ -212,7 +221,7 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
             seed_everything(cfg.seed)
             encoder = build_encoder(cfg.model)
             image_size = cfg.model.image_size
-            if tcfg.encoder_objective == "clip":
+            if tcfg.encoder_objective in ("clip", "negclip"):
                 from mmbench_cli.data.synthetic import tokenizer_source
                 from mmbench_cli.model.tokenizer import get_tokenizer
 
@@ -253,8 +262,9 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
                         order += fresh
                     indices, order = order[:batch_size], order[batch_size:]
                     images, captions = train.batch(indices, rng)
+                    negatives = hard_negatives(captions, rng) if tcfg.encoder_objective == "negclip" else None
                     with _autocast(device, autocast_dtype):
-                        loss = _objective_loss(objective, tokenizer, images, captions, device)
+                        loss = _objective_loss(objective, tokenizer, images, captions, device, negatives)
                     loss.backward()
                     grad_norm = float(torch.nn.utils.clip_grad_norm_(objective.parameters(), tcfg.grad_clip or math.inf))
                     if not (math.isfinite(loss.item()) and math.isfinite(grad_norm)):
@@ -283,12 +293,24 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
 
 
 def _objective_loss(objective: nn.Module, tokenizer: PreTrainedTokenizerBase, images: torch.Tensor, captions: list[str],
-                    device: torch.device) -> torch.Tensor:
+                    device: torch.device, negatives: list[str] | None = None) -> torch.Tensor:
     images = images.to(device)
     if isinstance(objective, CLIPObjective):
         tokens = tokenizer(captions, padding=True, truncation=True, max_length=CAPTION_MAX_TOKENS, return_tensors="pt")
+        if negatives:
+            hard = tokenizer(negatives, padding=True, truncation=True, max_length=CAPTION_MAX_TOKENS, return_tensors="pt")
+            return objective(images, tokens["input_ids"].to(device), tokens["attention_mask"].to(device),
+                             hard["input_ids"].to(device), hard["attention_mask"].to(device))
         return objective(images, tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
     return objective(images)
+
+
+def hard_negatives(captions: list[str], rng: random.Random) -> list[str]:
+    """NegCLIP's hard negatives for ``train.encoder_objective: negclip``: each synthetic caption with one shape
+    swapped, and with its written word swapped (``synthetic.swap_attributes``); captions naming neither get none."""
+    from mmbench_cli.data.synthetic import swap_attributes
+
+    return [negative for caption in captions for negative in swap_attributes(caption, rng)]
 
 
 @torch.no_grad()

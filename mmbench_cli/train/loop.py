@@ -45,6 +45,7 @@ from mmbench_cli.train.distributed import (
     init_distributed,
     shutdown,
 )
+from mmbench_cli.train.pretrained_encoder import ensure_pretrained_encoder, load_pretrained_encoder
 from mmbench_cli.train.schedule import lr_at, resolve_lr_and_wd
 
 if TYPE_CHECKING:
@@ -245,17 +246,26 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
             from rich.console import Console
 
             Console(stderr=True).print(f"resuming {run_dir} from checkpoint step {start_step}", highlight=False)
+        pretrained: dict[str, Any] | None = None
         if start_step is not None:
             _load_weights(model, run.checkpoint_dir(start_step))
+        else:  # a fresh start from a pre-trained encoder (vit-tiny-clip): made once, cached, loaded here
+            made = ensure_pretrained_encoder(cfg, progress=show and ctx.is_main, build=ctx.is_main)
+            if made is not None:
+                load_pretrained_encoder(model, made[0])
+                pretrained = {"dir": str(made[0]), "pretrain_s": round(made[1], 3)}
         model.to(ctx.device)
         model.train()
-        optimizer = build_optimizer(model, peak_lr, weight_decay, ctx.device)
+        optimizer = build_optimizer(model, peak_lr, weight_decay, ctx.device, tcfg.encoder_lr_scale)
         scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
 
         stream = TrainStream(cfg, model.tokenizer, model.num_image_tokens, model.image_mean, model.image_std)
         state = TrainState()
         if start_step is not None:
+            scales = [group.get("lr_scale", 1.0) for group in optimizer.param_groups]
             saved = load_trainer_state(run.checkpoint_dir(start_step), optimizer)
+            for group, scale in zip(optimizer.param_groups, scales, strict=True):  # the saved groups lack it
+                group["lr_scale"] = scale
             try:
                 stream.load_state_dict(saved["data"])
                 state = TrainState(step=saved["step"], tokens_seen=saved["tokens_seen"],
@@ -289,6 +299,7 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
                 "weight_decay": weight_decay, "world_size": ctx.world_size, "device": str(ctx.device),
                 "precision": str(autocast_dtype or torch.float32).removeprefix("torch."),
                 "wall_time_s": state.elapsed_s, "resumed_from": start_step,
+                **({"pretrained_encoder": pretrained} if pretrained else {}),
             })
             run.write_status("running")
         barrier(ctx)
@@ -322,13 +333,24 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
             lock.release()
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with decay on matrices only (biases, norms and 1-d gains are not decayed), as nanoGPT."""
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device,
+                    encoder_lr_scale: float = 1.0) -> torch.optim.AdamW:
+    """AdamW with decay on matrices only (biases, norms and 1-d gains are not decayed), as nanoGPT.
+
+    With ``encoder_lr_scale`` != 1 the image encoder's parameters get their own groups, whose learning rate is
+    the schedule's times that scale (``lr_scale`` in the group; the step loop applies it)."""
+    encoder = getattr(model, "encoder", None)
+    in_encoder = {id(p) for p in encoder.parameters()} if encoder is not None and encoder_lr_scale != 1.0 else set()
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+    groups = []
+    parts = [(1.0, [p for p in params if id(p) not in in_encoder])]  # the two groups every run has
+    if in_encoder:
+        parts.append((encoder_lr_scale, [p for p in params if id(p) in in_encoder]))
+    for number, (scale, members) in enumerate(parts):
+        for decay, chosen in ((weight_decay, [p for p in members if p.dim() >= 2]),
+                              (0.0, [p for p in members if p.dim() < 2])):
+            if chosen or number == 0:
+                groups.append({"params": chosen, "weight_decay": decay, "lr_scale": scale})
     # The fused kernel (CUDA and CPU) is ~10x faster than the per-tensor loop on this toy model's many small tensors.
     fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=fused or None)
@@ -406,7 +428,7 @@ class _Trainer:
     def step(self, lr: float, window: LogWindow) -> tuple[float, float, float, float]:
         """One optimizer step over the global batch; returns (mean loss, grad norm, tokens, images) of the step."""
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         batches = [self.stream.next_batch(self.rows, self.ctx.rank, self.ctx.world_size)
                    for _ in range(self.cfg.train.grad_accum)]
         # counts: [label tokens, sequence tokens, images, label tokens per data type...] over ranks/micro-batches

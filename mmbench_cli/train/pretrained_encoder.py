@@ -1,0 +1,167 @@
+"""Pre-trained encoders by name: ``model.encoder: vit-tiny-clip`` starts training from a CLIP-pre-trained ViT.
+
+MM1 starts from a pre-trained CLIP encoder; at toy scale the encoder is pre-trained here, once, on the run's
+own image-caption data (``mm pretrain --stage encoder`` with a fixed recipe, ``ENCODER_RECIPE``) and cached by
+content like the tokenizer: ``<cache>/encoders/<name>-<key>/``, where the key hashes everything the weights
+depend on (the recipe, the ViT and its resolution, the data that feeds it, the device type and CPU threads). A
+second run, or a second cell of a grid, that needs the same encoder loads it; a concurrent one waits for it. The
+data mixture, the connector, the LM and the training seed do not change the key, so the cells of a grid share
+their encoders. The run records which cached encoder it started from (``meta.json``: ``pretrained_encoder``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mmbench_cli.config import Config, DataConfig, ModelConfig, TrainConfig, config_to_dict, is_local_path
+from mmbench_cli.errors import MMError
+from mmbench_cli.registry import ENCODERS
+from mmbench_cli.rundir import RunDir, RunLock, cache_root
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+RECIPE_VERSION = 1  # bump when the recipe or the pre-training code changes what the weights are
+# 300 CLIP steps of 64 pairs: 142 s at 64 px on one CPU core; held-out top-1 retrieval among 128 pairs ~44%
+# (chance 0.8%), colour/shape/word probes in benchmarks/results/diagnose_world.json.
+ENCODER_RECIPE: dict[str, Any] = {"steps": 300, "batch_size": 64, "lr": 0.002, "warmup_steps": 30,
+                                  "weight_decay": 0.1, "min_lr_ratio": 0.1, "grad_clip": 1.0}
+WAIT_POLL_S = 2.0
+
+
+def pretrain_config(cfg: Config) -> Config | None:
+    """The ``--stage encoder`` config that makes ``cfg``'s pre-trained encoder, or None if it names none."""
+    if is_local_path(cfg.model.encoder):
+        return None
+    spec = ENCODERS.get(cfg.model.encoder)
+    if getattr(spec, "pretrain", None) is None:
+        return None
+    defaults = ModelConfig()
+    hf_lm = is_local_path(cfg.model.lm)  # the caption tokenizer: an hf: LM's own, else the synthetic BPE
+    model = ModelConfig(encoder=spec.base, image_size=cfg.model.image_size, patch_size=cfg.model.patch_size,
+                        tokenizer=cfg.model.tokenizer, vocab_size=cfg.model.vocab_size,
+                        lm=cfg.model.lm if hf_lm else defaults.lm)
+    data = cfg.data.model_copy(update={"data_mix": DataConfig().data_mix, "num_workers": 0, "cache_dir": None})
+    train = TrainConfig(stage="encoder", encoder_objective=spec.pretrain, device=cfg.train.device,
+                        precision=cfg.train.precision, cpu_threads=cfg.train.cpu_threads, log_every=10,
+                        **ENCODER_RECIPE)
+    return Config(name=f"{cfg.model.encoder}-{cfg.model.image_size}px", seed=0, model=model, data=data, train=train)
+
+
+def cache_key(recipe: Config) -> str:
+    """The content key of a pre-trained encoder: its config (the recipe), the recipe version and the device type."""
+    from mmbench_cli.model.device import resolve_device
+
+    payload = {"recipe_version": RECIPE_VERSION, "config": config_to_dict(recipe),
+               "device": resolve_device(recipe.train.device).type}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def encoder_dir(cfg: Config) -> Path | None:
+    """Where ``cfg``'s pre-trained encoder is (or will be) cached; None if ``model.encoder`` names none."""
+    recipe = pretrain_config(cfg)
+    if recipe is None:
+        return None
+    return cache_root(cfg.data.cache_dir) / "encoders" / f"{cfg.model.encoder}-{cfg.model.image_size}px-{cache_key(recipe)}"
+
+
+def _ready(directory: Path) -> bool:
+    return (directory / "model.safetensors").exists() and RunDir(directory).read_status() == "done"
+
+
+def ensure_pretrained_encoder(cfg: Config, progress: bool = True, build: bool = True) -> tuple[Path, float] | None:
+    """Pre-train ``cfg``'s encoder unless it is cached; return (its dir, seconds spent pre-training or waiting).
+
+    None when ``model.encoder`` is not a pre-trained registry entry. A concurrent process making the same encoder
+    holds a lock; this one waits for it (a lock left by a killed process is reclaimed). ``build=False`` only
+    waits (the other ranks of a torchrun job, while rank 0 builds). The caller's random state is left as it was,
+    so a run is the same whether its encoder was cached or made just now.
+    """
+    with _preserved_rng():
+        return _ensure(cfg, progress, build)
+
+
+@contextlib.contextmanager
+def _preserved_rng() -> Iterator[None]:
+    """Restore Python's, NumPy's and torch's (CPU and CUDA) random states afterwards."""
+    import random
+
+    import numpy as np
+    import torch
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+def _ensure(cfg: Config, progress: bool, build: bool) -> tuple[Path, float] | None:
+    recipe = pretrain_config(cfg)
+    final = encoder_dir(cfg)
+    if recipe is None or final is None:
+        return None
+    if _ready(final):
+        return final, 0.0
+    started = time.perf_counter()
+    building = final.with_name(final.name + ".building")
+    announced = False
+    while True:
+        lock = RunLock(building, "pre-trained encoder")
+        try:
+            if not build:
+                raise MMError(f"{final}: waiting for the main process to pre-train it")
+            lock.acquire()
+        except MMError as busy:
+            if not announced and progress:
+                print(f"waiting: {busy.message}", flush=True)
+                announced = True
+            time.sleep(WAIT_POLL_S)
+            if _ready(final):
+                return final, time.perf_counter() - started
+            continue
+        try:
+            if not _ready(final):
+                _build(recipe, building, final, progress)
+        finally:
+            lock.release()
+            shutil.rmtree(building, ignore_errors=True)
+        return final, time.perf_counter() - started
+
+
+def _build(recipe: Config, building: Path, final: Path, progress: bool) -> None:
+    """Pre-train into ``building/run`` and move the finished dir to ``final`` in one rename."""
+    from mmbench_cli.train.encoder_pretrain import pretrain_encoder
+
+    out = building / "run"
+    shutil.rmtree(out, ignore_errors=True)
+    if progress:
+        print(f"pre-training {recipe.name} once ({recipe.train.encoder_objective}, {recipe.train.steps} steps); "
+              f"cached in {final}", flush=True)
+    pretrain_encoder(recipe, out, force=True, progress=progress, inside_distributed=True)
+    shutil.rmtree(final, ignore_errors=True)  # a damaged entry (never a finished one: _ready said no)
+    os.replace(out, final)
+
+
+def load_pretrained_encoder(model: nn.Module, directory: Path) -> None:
+    """Copy the cached encoder's weights (read from safetensors by ``from_pretrained``, which maps the names
+    ``save_pretrained`` wrote) into ``model.encoder``; every tensor must fit exactly."""
+    from mmbench_cli.model.encoders import load_hf_encoder
+
+    state = load_hf_encoder(directory).hf_model.state_dict()
+    try:
+        model.encoder.hf_model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise MMError(f"{directory}: cached encoder does not fit model.encoder ({str(error).splitlines()[0][:160]}); "
+                      "delete the dir to rebuild it") from None

@@ -1,0 +1,79 @@
+"""model.encoder: vit-tiny-clip — a pre-trained encoder made once, cached by content, loaded at a fresh start."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmbench_cli.ablate.grid import Cell
+from mmbench_cli.ablate.run import interleave_by_encoder
+from mmbench_cli.config import load_config
+from mmbench_cli.rundir import RunDir
+from mmbench_cli.train import pretrained_encoder
+from mmbench_cli.train.loop import pretrain
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = ["model.encoder=vit-tiny-clip", "model.image_size=32", "model.lm=pythia-toy-1m", "model.num_image_tokens=4",
+        "data.seq_len=64", "data.num_train_images=24", "data.num_val_images=8", "data.num_test_images=8",
+        "train.steps=3", "train.batch_size=4", "train.warmup_steps=1", "train.checkpoint_every=3",
+        "train.log_every=1", "data.world_version=4", "train.freeze_encoder=true"]
+
+
+@pytest.fixture
+def short_recipe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A 4-step recipe (the real one takes minutes) and a cache of this test's own."""
+    monkeypatch.setattr(pretrained_encoder, "ENCODER_RECIPE", {**pretrained_encoder.ENCODER_RECIPE, "steps": 4,
+                                                               "batch_size": 8, "warmup_steps": 1})
+    monkeypatch.setenv("MMBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_the_key_follows_what_the_weights_depend_on() -> None:
+    base = load_config(None, TINY)
+    key = pretrained_encoder.encoder_dir(base)
+    assert key is not None and key.name.startswith("vit-tiny-clip-32px-")
+    assert pretrained_encoder.encoder_dir(load_config(None, ["model.encoder=vit-tiny"])) is None
+    # the mixture, the seed, the connector and a registry LM do not change the encoder
+    for same in ("data.data_mix.caption=1.0", "seed=3", "model.connector=avgpool", "model.lm=pythia-toy-2m"):
+        assert pretrained_encoder.encoder_dir(load_config(None, [*TINY, same])) == key, same
+    # resolution, the world and its size do
+    for other in ("model.image_size=64", "data.world_version=1", "data.num_train_images=48"):
+        assert pretrained_encoder.encoder_dir(load_config(None, [*TINY, other])) != key, other
+
+
+def test_made_once_then_loaded_and_runs_are_the_same_either_way(tmp_path: Path, short_recipe: Path) -> None:
+    first = pretrain(load_config(None, TINY), tmp_path / "a", progress=False)
+    cached = sorted((short_recipe / "encoders").iterdir())
+    assert len(cached) == 1 and RunDir(cached[0]).read_status() == "done"
+    meta = json.loads((first / "meta.json").read_text())
+    assert meta["pretrained_encoder"]["dir"] == str(cached[0]) and meta["pretrained_encoder"]["pretrain_s"] > 0
+
+    second = pretrain(load_config(None, TINY), tmp_path / "b", progress=False)
+    meta = json.loads((second / "meta.json").read_text())
+    assert meta["pretrained_encoder"] == {"dir": str(cached[0]), "pretrain_s": 0.0}
+    assert sorted((short_recipe / "encoders").iterdir()) == cached  # reused, not made again
+
+    # The cached encoder is what training started from, and (frozen) what it ended with; both runs' weights
+    # are bit-identical although only the first one pre-trained (its random state was left as it was).
+    from mmbench_cli.model import load_model
+    from mmbench_cli.model.encoders import load_hf_encoder
+
+    reference = load_hf_encoder(cached[0]).hf_model.state_dict()
+    a, b = (load_model(run / "checkpoints" / "step_3") for run in (first, second))
+    for name, tensor in reference.items():
+        assert torch.equal(a.encoder.hf_model.state_dict()[name], tensor), name
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+
+
+def test_cells_needing_different_encoders_are_interleaved() -> None:
+    cells = [Cell(f"r{size}-t{tokens}", {}, {}, load_config(None, [*TINY, f"model.image_size={size}",
+                                                                 f"model.num_image_tokens={tokens}"]))
+             for size in (32, 64) for tokens in (4, 16)]
+    assert [cell.id for cell in interleave_by_encoder(cells)] == ["r32-t4", "r64-t4", "r32-t16", "r64-t16"]
+    plain = [Cell(cell.id, {}, {}, load_config(None, ["model.encoder=vit-tiny"])) for cell in cells]
+    assert interleave_by_encoder(plain) == plain

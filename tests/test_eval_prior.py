@@ -52,3 +52,14 @@ def test_runner_records_the_prior_in_vqa_cells_only() -> None:
     caption = TaskData(resolve_task("synthetic-caption"), cfg.data, 5, need_demos=False)
     assert 0.0 < vqa.cell_metadata()["prior"] < 100.0
     assert "prior" not in caption.cell_metadata() and "vocabulary" in caption.cell_metadata()
+
+
+def test_caption_cells_record_the_shapes_of_their_world_version() -> None:
+    """World version 4 draws three shapes: its grounding chance is computed over those three, not all five."""
+    from mmbench_cli.data.synthetic import SHAPES, V4_SHAPES
+    from mmbench_cli.evaluate.tasks import TASKS, result_metadata
+
+    spec = TASKS.get("synthetic-caption")
+    assert result_metadata(spec)["vocabulary"]["shape"] == list(SHAPES)
+    assert result_metadata(spec, 4)["vocabulary"]["shape"] == list(V4_SHAPES)
+    assert result_metadata(TASKS.get("synthetic-vqa"), 4) == {}

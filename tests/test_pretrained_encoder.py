@@ -77,3 +77,17 @@ def test_cells_needing_different_encoders_are_interleaved() -> None:
     assert [cell.id for cell in interleave_by_encoder(cells)] == ["r32-t4", "r64-t4", "r32-t16", "r64-t16"]
     plain = [Cell(cell.id, {}, {}, load_config(None, ["model.encoder=vit-tiny"])) for cell in cells]
     assert interleave_by_encoder(plain) == plain
+
+
+def test_dry_run_counts_encoders_that_are_not_cached_yet(short_recipe: Path) -> None:
+    from mmbench_cli.ablate.estimate import PRETRAIN_CALIBRATION_S, encoder_pretrain_estimate
+
+    assert encoder_pretrain_estimate(load_config(None, ["model.encoder=vit-tiny"])) is None
+    at_64 = load_config(None, [*TINY, "model.image_size=64"])
+    directory, seconds = encoder_pretrain_estimate(at_64)
+    steps = pretrained_encoder.ENCODER_RECIPE["steps"] * pretrained_encoder.ENCODER_RECIPE["batch_size"]
+    assert seconds == pytest.approx(PRETRAIN_CALIBRATION_S * steps / (300 * 64))  # the calibration point, scaled
+    assert encoder_pretrain_estimate(load_config(None, TINY))[1] == pytest.approx(seconds / 4)  # 32 px: 1/4 patches
+    Path(directory).mkdir(parents=True)
+    (Path(directory) / "model.safetensors").write_bytes(b"")
+    assert encoder_pretrain_estimate(at_64) is None  # cached: free

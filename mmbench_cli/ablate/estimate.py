@@ -202,6 +202,26 @@ def _num_checkpoints(cfg: Config) -> int:
     return len(checkpoint_schedule(cfg.train.steps, cfg.train.checkpoint_every, cfg.train.log_spaced_checkpoints))
 
 
+# Seconds that vit-tiny-clip's recipe (300 steps x 64 pairs) took at 64 px on one core of the 2-core dev machine;
+# other encoders, resolutions and recipes are scaled from it (a rough figure: the note says so).
+PRETRAIN_CALIBRATION_S = 142.0
+
+
+def encoder_pretrain_estimate(cfg: Config) -> tuple[str, float] | None:
+    """(cache dir, estimated seconds) of ``cfg``'s pre-trained encoder if it still has to be made, else None."""
+    from mmbench_cli.registry import ENCODERS
+    from mmbench_cli.train.pretrained_encoder import ENCODER_RECIPE, encoder_dir
+
+    directory = encoder_dir(cfg)
+    if directory is None or (directory / "model.safetensors").exists():
+        return None
+    spec = ENCODERS.get(cfg.model.encoder)
+    patches = (cfg.model.image_size // cfg.model.patch_size) ** 2
+    work = patches * ENCODER_RECIPE["steps"] * ENCODER_RECIPE["batch_size"] * spec.hidden_size ** 2 * spec.num_layers
+    reference = 64 * 300 * 64 * 128 ** 2 * 4
+    return str(directory), PRETRAIN_CALIBRATION_S * work / reference
+
+
 def _makespan(durations: list[float], slots: int) -> float:
     """Wall time of running ``durations`` in this order on ``slots`` slots, each job taking the first free slot."""
     free = [0.0] * max(1, slots)
@@ -223,6 +243,7 @@ def estimate_plan(plan: GridPlan, out: str | Path, executor: str = "local", opti
     store = GridStore(out)
     measured: dict[str, dict[str, float]] = {}
     rows = []
+    to_pretrain: dict[str, float] = {}  # uncached pre-trained encoders (vit-tiny-clip) → estimated seconds
     for cell in plan.cells:
         cfg = cell.config
         key = _model_key(cfg)
@@ -230,6 +251,12 @@ def estimate_plan(plan: GridPlan, out: str | Path, executor: str = "local", opti
             measured[key] = _from_throughput(cfg, throughput) if throughput else measure_cell(cfg)
         cost = measured[key]
         train_s = cfg.train.steps * cost["step_s"] + _num_checkpoints(cfg) * cost["checkpoint_s"]
+        pretrain_s = 0.0
+        if store.cell_state(cell.id) != "done":
+            encoder = encoder_pretrain_estimate(cfg)
+            if encoder is not None and encoder[0] not in to_pretrain:  # the first cell that needs it makes it
+                to_pretrain[encoder[0]] = pretrain_s = encoder[1]
+        train_s += pretrain_s
         cell_s = (schedule.process_start_s + cost["setup_s"] + train_s + cost["eval_s"]) * schedule.slowdown
         rows.append({
             "cell": cell.id,
@@ -257,8 +284,12 @@ def estimate_plan(plan: GridPlan, out: str | Path, executor: str = "local", opti
         f"{_num_checkpoints(first)} checkpoint saves, eval of {len(first.eval.tasks)} task(s) × shots "
         f"{list(first.eval.shots)} × {first.eval.num_samples} samples × {first.eval.seeds} seed(s) generating "
         f"{first.eval.max_new_tokens} tokens each",
-        "no encoder pre-training: cells with a built-in encoder train it with the MLLM; a pre-trained encoder "
-        "(`mm pretrain --stage encoder`) is given by its dir and costs nothing here",
+        (f"encoder pre-training: {len(to_pretrain)} pre-trained encoder(s) not cached yet, "
+         f"{sum(to_pretrain.values()) / 60:.1f} min in all, counted in the first cell that needs each (scaled from "
+         f"{PRETRAIN_CALIBRATION_S:.0f} s for vit-tiny-clip at 64 px on one core of a 2-core CPU, by patches x steps x "
+         "batch x width)" if to_pretrain else
+         "no encoder pre-training: cells with a built-in encoder train it with the MLLM; a cached pre-trained "
+         "encoder (vit-tiny-clip) or one given by its dir (`mm pretrain --stage encoder`) costs nothing here"),
         f"machine load now (1-min average): {os.getloadavg()[0]:.2f} on {schedule.cores} cores",
     ]
     return {

@@ -299,6 +299,7 @@ class TaskData:
         self.queries = fewshot.query_set(load_samples(spec, "query", data_cfg), num_samples)
         self.train = load_samples(spec, "demos", data_cfg) if need_demos else []
         self.prior = self._answer_prior(data_cfg)
+        self.world_version = data_cfg.world_version
 
     def _answer_prior(self, data_cfg: DataConfig) -> float | None:
         """VQA-family tasks: the score of answering with each question type's most common training answer."""
@@ -316,7 +317,7 @@ class TaskData:
 
     def cell_metadata(self) -> dict[str, Any]:
         """What every results cell of this task carries besides its numbers (vocabulary, answer prior)."""
-        extra = result_metadata(self.spec)
+        extra = result_metadata(self.spec, self.world_version)
         if self.prior is not None:
             extra["prior"] = self.prior
         return extra

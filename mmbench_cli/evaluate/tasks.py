@@ -153,16 +153,17 @@ def _dataset_spec(task: str, role: str, raw: Any, fmt: str | None, family: str) 
         raise MMError(f"task-data {task}.{role}.{where}: {first['msg']}") from None
 
 
-def result_metadata(spec: TaskSpec) -> dict[str, Any]:
+def result_metadata(spec: TaskSpec, world_version: int = 1) -> dict[str, Any]:
     """What a task's results cells carry besides the numbers, for readers that cannot load the task.
 
-    Synthetic captioning records the world's colour and shape words (``vocabulary``), so a report can check
-    whether captions name what is in the image without importing the data package.
+    Synthetic captioning records the world's colour and shape words (``vocabulary``; world version 4 draws three
+    of the five shapes), so a report can check whether captions name what is in the image without importing the
+    data package.
     """
     if spec.source == "synthetic" and spec.synthetic_kind == "caption":
-        from mmbench_cli.data.synthetic import COLORS, SHAPES
+        from mmbench_cli.data.synthetic import COLORS, SHAPES, V4_SHAPES
 
-        return {"vocabulary": {"colour": list(COLORS), "shape": list(SHAPES)}}
+        return {"vocabulary": {"colour": list(COLORS), "shape": list(V4_SHAPES if world_version >= 4 else SHAPES)}}
     return {}
 
 

@@ -105,16 +105,17 @@ class MMLM(TemplateLM):
                 conts.append(continuation[-len(whole) + 1:] if len(continuation) >= len(whole) else continuation)
             width = max(len(r) for r in rows)
             input_ids = torch.full((len(rows), width), self.model.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
             for r, ids in enumerate(rows):
                 input_ids[r, :len(ids)] = torch.tensor(ids)
-                mask[r, :len(ids)] = 1
-            logits = self.model(input_ids.to(self._device), mask.to(self._device)).logits
-            logprobs = F.log_softmax(logits.float(), dim=-1)
+            # Right padding needs no attention mask in a causal LM: a real token never attends to the padding after
+            # it, and positions start at 0 in every row; without a mask SDPA takes its causal fast path (as lm-eval's
+            # hf model does).
+            logits = self.model(input_ids.to(self._device)).logits
             for r, i in enumerate(chunk):
                 cont = conts[r]
                 end = len(rows[r])
-                span = logprobs[r, end - len(cont):end]
+                # log-softmax over the continuation's positions only (not the whole padded batch)
+                span = F.log_softmax(logits[r, end - len(cont):end].float(), dim=-1)
                 target = torch.tensor(cont, device=span.device)
                 total = float(span.gather(-1, target.unsqueeze(-1)).sum())
                 greedy = bool((span.argmax(-1) == target).all())

@@ -344,26 +344,23 @@ def swap_attributes(caption: str, rng: random.Random) -> list[str]:
     its shape words replaced by another shape, and ``caption`` with its written word replaced by another word, so
     only an encoder that sees every shape and the glyphs tells them from the true caption. [] if it names neither."""
     words = caption.split(" ")
-    shapes, written = [], []
+    shapes: list[tuple[int, str, str]] = []  # (position, the word without plural "s", the "s" or "")
+    written: list[tuple[int, str, str]] = []
     for index, word in enumerate(words):
         core = word.rstrip(".,:")
-        stem = core[:-1] if core.endswith("s") and core[:-1] in SHAPES else core
-        if stem in SHAPES:
-            shapes.append(index)
+        if core in SHAPES or (core.endswith("s") and core[:-1] in SHAPES):
+            stem = core if core in SHAPES else core[:-1]
+            shapes.append((index, stem, core[len(stem):]))
         elif core in WORDS and index > 0 and words[index - 1] == "word":
-            written.append(index)
+            written.append((index, core, ""))
     negatives = []
-    for positions, vocabulary in ((shapes, (V4_SHAPES, SHAPES)), (written, (V4_WORDS, WORDS))):
-        if not positions:
+    for found, (world_4, every) in ((shapes, (V4_SHAPES, SHAPES)), (written, (V4_WORDS, WORDS))):
+        if not found:
             continue
-        index = rng.choice(positions)
-        core = words[index].rstrip(".,:")
-        tail = words[index][len(core):]
-        plural = vocabulary[1] is SHAPES and core not in SHAPES
-        stem = core[:-1] if plural else core
-        pool = vocabulary[0] if stem in vocabulary[0] else vocabulary[1]
+        index, stem, plural = rng.choice(found)
+        pool = world_4 if stem in world_4 else every
         swapped = words[:]
-        swapped[index] = rng.choice([w for w in pool if w != stem]) + ("s" if plural else "") + tail
+        swapped[index] = rng.choice([w for w in pool if w != stem]) + plural + words[index][len(stem + plural):]
         negatives.append(" ".join(swapped))
     return negatives
 

@@ -68,8 +68,10 @@ def cache_key(recipe: Config) -> str:
 def encoder_dir(cfg: Config) -> Path | None:
     """Where ``cfg``'s pre-trained encoder is (or will be) cached; None if ``model.encoder`` names none."""
     recipe = pretrain_config(cfg)
-    if recipe is None:
-        return None
+    return None if recipe is None else _cache_dir(cfg, recipe)
+
+
+def _cache_dir(cfg: Config, recipe: Config) -> Path:
     return cache_root(cfg.data.cache_dir) / "encoders" / f"{cfg.model.encoder}-{cfg.model.image_size}px-{cache_key(recipe)}"
 
 
@@ -109,9 +111,9 @@ def _preserved_rng() -> Iterator[None]:
 
 def _ensure(cfg: Config, progress: bool, build: bool) -> tuple[Path, float] | None:
     recipe = pretrain_config(cfg)
-    final = encoder_dir(cfg)
-    if recipe is None or final is None:
+    if recipe is None:
         return None
+    final = _cache_dir(cfg, recipe)
     if _ready(final):
         return final, 0.0
     started = time.perf_counter()
@@ -135,8 +137,10 @@ def _ensure(cfg: Config, progress: bool, build: bool) -> tuple[Path, float] | No
             if not _ready(final):
                 _build(recipe, building, final, progress)
         finally:
+            shutil.rmtree(building / "run", ignore_errors=True)  # a failed build's leftovers, still under the lock
             lock.release()
-            shutil.rmtree(building, ignore_errors=True)
+            with contextlib.suppress(OSError):  # left in place if another process has just taken the lock in it
+                building.rmdir()
         return final, time.perf_counter() - started
 
 

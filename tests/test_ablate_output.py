@@ -97,11 +97,13 @@ def test_ablate_and_eval_json_with_estimate_vs_actual(tmp_path: Path) -> None:
     assert results[0]["result"]["tasks"]["synthetic-vqa"]["0"]["n"] == 4
 
 
-def test_ray_without_ray_is_one_line_naming_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
-    out = tmp_path / "no-ray"
-    result = runner.invoke(app, ablate_args(out, "--executor", "ray"))
+@pytest.mark.parametrize(("executor", "module", "extra"), [("ray", "ray", "ray"), ("slurm", "submitit", "slurm")])
+def test_an_executor_without_its_extra_is_one_line_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             executor: str, module: str, extra: str) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # `import ray` / `import submitit` now raises ImportError
+    out = tmp_path / f"no-{module}"
+    result = runner.invoke(app, ablate_args(out, "--executor", executor))
     assert result.exit_code == 2
-    assert "mmbench[ray]" in result.output and "Traceback" not in result.output
+    assert f"mmbench[{extra}]" in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not out.exists()  # refused before the grid dir was made

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -70,13 +69,3 @@ def test_slurm_executor_resumes_a_partial_cell(tmp_path: Path) -> None:
     record = json.loads((cell / "ablate.json").read_text())
     assert record["state"] == "done" and record["resumed_from_step"] == 3 and record["attempt"] == 2
     assert (cell / "checkpoints" / "step_6").is_dir()
-
-
-def test_slurm_without_submitit_is_one_line_naming_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "submitit", None)  # `import submitit` now raises ImportError
-    out = tmp_path / "no-submitit"
-    result = runner.invoke(app, ablate_args(out, "--executor", "slurm"))
-    assert result.exit_code == 2
-    assert "mmbench[slurm]" in result.output and "Traceback" not in result.output
-    assert len(result.output.strip().splitlines()) == 1
-    assert not out.exists()  # refused before the grid dir was made

@@ -9,19 +9,29 @@ Measured in one process, interleaved to share whatever load the machine has:
   on batches prepared before timing (no data loading, no packing work in the timed region).
 
 FLOPs are the model's own accounting (``MLLM.lm_flops_per_token`` per token, ``image_flops`` per image; the
-same count for both loops). MFU = achieved FLOP/s / measured fp32 ceiling.
+same count for both loops). MFU = achieved FLOP/s / measured fp32 ceiling, at the run's own ``train.cpu_threads``
+(what ``mm pretrain`` uses; ``--threads`` to try another count).
 
-    .venv/bin/python benchmarks/bench_train.py [--steps 20] [--rounds 3] [overrides...]
+The images' resized pixels are on disk before timing, as for every run after the first at this resolution on a
+machine (a grid's other cells, seeds, reruns); ``data_cost`` measures the data stream alone both ways (cold: an
+empty cache, PNGs rendered and resized; warm), so the first run's extra cost is on record too. ``breakdown``
+splits real steps into stages, each timed (data; forward and backward of encoder, connector and LM, the LM's
+including the embedding splice and the loss; clipping + AdamW), and ``top_ops`` is the profiler's table.
+
+    .venv/bin/python benchmarks/bench_train.py [--steps 20] [--rounds 5] [overrides...]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -100,6 +110,85 @@ def time_reference(model, optimizer, batches, flops_per_row: float, flops_per_im
     return {"seconds": seconds, "flops": flops, "tokens": tokens}
 
 
+def data_cost(cfg, tokenizer_model, batches: int, rows: int) -> dict[str, float]:
+    """Seconds per batch of the data stream alone: cold (fresh cache dir: render, decode, resize, store, tokenize)
+    and warm (a second stream over the same, now stored, images; in-memory caches empty)."""
+    from mmbench_cli.data import images as image_module
+    from mmbench_cli.data.mixture import TrainStream
+
+    model = tokenizer_model
+    seconds = {}
+    with tempfile.TemporaryDirectory() as cache:
+        cold_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"cache_dir": cache})})
+        for label in ("cold", "warm"):
+            image_module._CACHE.entries.clear()
+            image_module._CACHE.bytes = 0
+            stream = TrainStream(cold_cfg, model.tokenizer, model.num_image_tokens, model.image_mean, model.image_std)
+            started = time.perf_counter()
+            for _ in range(batches):
+                stream.next_batch(rows)
+            seconds[label] = (time.perf_counter() - started) / batches
+    return {"cold_s_per_batch": seconds["cold"], "warm_s_per_batch": seconds["warm"], "batches": batches}
+
+
+def breakdown(model, optimizer, stream, trainer, steps: int) -> dict[str, float]:
+    """Seconds per step by stage, over ``steps`` real steps run in stages (same work as ``_Trainer.step``: the
+    graph is cut between encoder, connector and LM with detached leaves, and each backward is run in turn)."""
+    from mmbench_cli.train.loop import token_losses
+
+    times: dict[str, float] = defaultdict(float)
+    rows = trainer.cfg.train.batch_size
+
+    @contextlib.contextmanager
+    def timed(name: str):
+        started = time.perf_counter()
+        yield
+        times[name] += time.perf_counter() - started
+
+    for _ in range(steps):
+        with timed("data"):
+            batch = stream.next_batch(rows)
+        with timed("encoder_forward"):
+            features = model.encoder(batch["images"])
+        features_leaf = features.detach().requires_grad_(features.requires_grad)
+        with timed("connector_forward"):
+            embeds = model.connector(features_leaf)
+        embeds_leaf = embeds.detach().requires_grad_()
+        with timed("lm_forward"):  # embedding splice, LM, per-token loss
+            output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           image_embeds=embeds_leaf)
+            per_token = token_losses(output.logits, batch["labels"], trainer.ignore_ids)
+            loss = per_token.sum() / max(float((per_token != 0).sum()), 1.0)
+        with timed("lm_backward"):
+            loss.backward()
+        with timed("connector_backward"):
+            embeds.backward(embeds_leaf.grad)
+        if features.requires_grad:
+            with timed("encoder_backward"):
+                features.backward(features_leaf.grad)
+        with timed("optimizer"):  # clipping, AdamW, zeroing
+            torch.nn.utils.clip_grad_norm_(trainer.params, trainer.cfg.train.grad_clip or math.inf)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    per_step = {name: value / steps for name, value in times.items()}
+    total = sum(per_step.values())
+    return {"steps": steps, "seconds_per_step": per_step, "staged_total_s": total,
+            "share": {name: value / total for name, value in per_step.items()}}
+
+
+def top_ops(trainer, steps: int, limit: int = 12) -> list[dict[str, float | str | int]]:
+    """The profiler's ops by self CPU time over ``steps`` real training steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            trainer.step(1e-3, LogWindow())
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [{"op": e.key, "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+             "share": e.self_cpu_time_total / total, "calls_per_step": e.count / steps} for e in events[:limit]]
+
+
 def _least_loaded(ceilings: list[float], loops: list[dict], references: list[dict], rate) -> dict[str, float]:
     best = max(range(len(ceilings)), key=ceilings.__getitem__)
     return {"round": best, "ceiling_gflops": ceilings[best], "train_gflops": rate(loops[best]),
@@ -112,23 +201,27 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark, print a summary, save JSON under benchmarks/results/."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median reported)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's "
+                        "train.cpu_threads, as mm pretrain)")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_train.json")
     parser.add_argument("--no-materialize", action="store_true", help="do not pre-render the synthetic images")
     parser.add_argument("overrides", nargs="*", help="config overrides (default: the built-in toy config)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     cfg = load_config(None, args.overrides)
+    args.threads = args.threads or cfg.train.cpu_threads
+    torch.set_num_threads(args.threads)
 
     render_s = 0.0
     if cfg.data.source == "synthetic" and not args.no_materialize:
-        # Steady state: images are rendered once per world and cached on disk (as `mm build --data` does);
-        # the timed steps then include decoding the cached PNGs, resizing, normalising and packing.
+        # Steady state: images are rendered once per world and their resized pixels stored once per resolution
+        # (the first run at a resolution does it as it goes); the timed steps then include reading the stored
+        # pixels, normalising, tokenizing and packing.
         from mmbench_cli.data.synthetic import world_from_config
 
         started = time.perf_counter()
-        world_from_config(cfg.data).materialize(["train"])
+        for image in world_from_config(cfg.data).images("train"):
+            image.stored_pixels(cfg.model.image_size)
         render_s = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as tmp:
         model, optimizer, stream, trainer = build(cfg, Path(tmp))
@@ -143,6 +236,9 @@ def main(argv: list[str] | None = None) -> dict:
             loops.append(time_loop(trainer, args.steps))
             references.append(time_reference(model, optimizer, reference_batches, trainer.flops_per_row,
                                              trainer.flops_per_image))
+        stages = breakdown(model, optimizer, stream, trainer, args.steps)
+        ops = top_ops(trainer, min(args.steps, 10))
+        data = data_cost(cfg, model, args.steps, rows)
 
     def rate(run: dict[str, float]) -> float:
         return run["flops"] / run["seconds"] / 1e9
@@ -178,7 +274,10 @@ def main(argv: list[str] | None = None) -> dict:
                       "ratio": [rate(a) / rate(b) for a, b in zip(loops, references, strict=True)]},
         # The round with the highest ceiling is the least disturbed by other processes on a shared machine.
         "least_loaded_round": _least_loaded(ceilings, loops, references, rate),
-        "targets": {"mfu": 0.45, "ratio_vs_reference": 0.9},
+        "breakdown": stages,
+        "top_ops": ops,
+        "data_cost": data,
+        "targets": {"mfu": 0.45, "ratio_vs_reference": 0.95},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, result)
@@ -190,6 +289,12 @@ def main(argv: list[str] | None = None) -> dict:
     best = result["least_loaded_round"]
     print(f"least-loaded round: ceiling {best['ceiling_gflops']:.1f} GFLOP/s, train MFU {best['mfu']:.1%}, "
           f"reference MFU {best['reference_mfu']:.1%}, ratio {best['ratio_vs_reference']:.2f}x")
+    staged = stages["seconds_per_step"]
+    print(f"where a step goes (staged, {stages['staged_total_s'] * 1e3:.0f} ms/step): " + ", ".join(
+        f"{name} {seconds * 1e3:.0f} ms ({stages['share'][name]:.0%})" for name, seconds in staged.items()))
+    print("top ops (self CPU): " + ", ".join(f"{op['op']} {op['share']:.0%}" for op in ops[:6]))
+    print(f"data stream alone: cold {data['cold_s_per_batch'] * 1e3:.0f} ms/batch (first run at this resolution), "
+          f"warm {data['warm_s_per_batch'] * 1e3:.0f} ms/batch")
     return result
 
 

@@ -246,3 +246,22 @@ def test_hard_negatives_swap_one_shape_or_the_written_word() -> None:
     assert sum(a != b for a, b in zip(shape_swap.split(), caption.split(), strict=True)) == 1
     assert word_swap.endswith(".") and "owl" not in word_swap and word_swap.split()[:-1] == caption.split()[:-1]
     assert swap_attributes("a page about red things.", random.Random(0)) == []
+
+
+def test_stored_pixels_are_the_resized_png_and_are_read_back(tmp_path: Path) -> None:
+    """A synthetic image keeps its resized pixels on disk: the first call stores exactly what decoding and
+    resizing give, later calls read that file (not the PNG), and a file of the wrong length is redone."""
+    from mmbench_cli.data.images import resize_square
+
+    image = _world(tmp_path).image("train", 3)
+    expected = np.asarray(resize_square(image.load(), 32), dtype=np.uint8)
+    first = image.stored_pixels(32)
+    assert first.dtype == np.uint8 and np.array_equal(first, expected)
+    stored = next(image.path.parent.glob("32px-r*/000003.u8"))
+    assert stored.read_bytes() == expected.tobytes()
+    stored.write_bytes(bytes(32 * 32 * 3))  # same length: trusted and read as is (proves the file is read)
+    assert not image.stored_pixels(32).any()
+    stored.write_bytes(b"torn")  # wrong length: redone from the PNG
+    assert np.array_equal(image.stored_pixels(32), expected)
+    assert stored.read_bytes() == expected.tobytes()
+    assert np.array_equal(image.stored_pixels(64), np.asarray(resize_square(image.load(), 64), dtype=np.uint8))

@@ -32,11 +32,14 @@ def test_loglikelihood_batched_equals_direct_forward(tiny_model_dir: Path) -> No
     import mmbench_cli  # noqa: F401
 
     lm = get_model("mm")(path=str(tiny_model_dir), batch_size=3)
-    pairs = [("the red ball lives in the", " garden"), ("a", " blue square"), ("question: what", " color is it")]
+    # shared contexts (one-token answers of one question run once) and a request whose input is another's
+    pairs = [("the red ball lives in the", " garden"), ("a", " blue square"), ("question: what", " color is it"),
+             ("the red ball lives in the", " city"), ("the red ball lives in the", " garden blue"),
+             ("the red ball lives in the garden", " blue")]
     requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
     got = lm.loglikelihood(requests, disable_tqdm=True)
     model = lm.model
-    for (context, continuation), (logprob, _) in zip(pairs, got, strict=True):
+    for (context, continuation), (logprob, greedy) in zip(pairs, got, strict=True):
         ctx = lm.tok_encode(context)
         whole = lm.tok_encode(context + continuation)
         cont = whole[len(ctx):]
@@ -44,6 +47,7 @@ def test_loglikelihood_batched_equals_direct_forward(tiny_model_dir: Path) -> No
             logits = model(torch.tensor([whole[:-1]])).logits[0].log_softmax(-1)
         expected = sum(float(logits[len(ctx) - 1 + j, tok]) for j, tok in enumerate(cont))
         assert logprob == pytest.approx(expected, abs=1e-4)
+        assert greedy == all(int(logits[len(ctx) - 1 + j].argmax()) == tok for j, tok in enumerate(cont))
 
     rolling = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, ("a red ball. a blue box.",), 0)],
                                        disable_tqdm=True)

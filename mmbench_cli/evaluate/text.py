@@ -93,34 +93,48 @@ class MMLM(TemplateLM):
     def _loglikelihood_tokens(self, requests: list[tuple[tuple[str, str], list[int], list[int]]],
                               disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
         """(sum log p(continuation | context), continuation is the greedy decode) per request, batched."""
-        order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1] + requests[i][2]))
+        # Requests whose model input is the same (a multiple-choice question's one-token answers share their
+        # context) are run once, as lm-eval's hf model does with its one-token-continuation cache.
+        inputs: dict[tuple[int, ...], int] = {}  # model input → its row
+        row_of, conts = [], []
+        for _, context, continuation in requests:
+            whole = (context + continuation)[-(self.max_length + 1):]
+            row_of.append(inputs.setdefault(tuple(whole[:-1]), len(inputs)))
+            conts.append(continuation[-len(whole) + 1:] if len(continuation) >= len(whole) else continuation)
+        rows = list(inputs)
+        users: list[list[int]] = [[] for _ in rows]
+        for i, row in enumerate(row_of):
+            users[row].append(i)
+        order = sorted(range(len(rows)), key=lambda r: -len(rows[r]))
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
-            rows, conts = [], []
-            for i in chunk:
-                _, context, continuation = requests[i]
-                whole = (context + continuation)[-(self.max_length + 1):]
-                rows.append(whole[:-1])
-                conts.append(continuation[-len(whole) + 1:] if len(continuation) >= len(whole) else continuation)
-            width = max(len(r) for r in rows)
-            input_ids = torch.full((len(rows), width), self.model.pad_token_id, dtype=torch.long)
-            for r, ids in enumerate(rows):
-                input_ids[r, :len(ids)] = torch.tensor(ids)
+            width = max(len(rows[r]) for r in chunk)
+            input_ids = torch.full((len(chunk), width), self.model.pad_token_id, dtype=torch.long)
+            for b, r in enumerate(chunk):
+                input_ids[b, :len(rows[r])] = torch.tensor(rows[r])
             # Right padding needs no attention mask in a causal LM: a real token never attends to the padding after
             # it, and positions start at 0 in every row; without a mask SDPA takes its causal fast path (as lm-eval's
             # hf model does).
             logits = self.model(input_ids.to(self._device)).logits
-            for r, i in enumerate(chunk):
-                cont = conts[r]
+            # every request's continuation positions at once: log-softmax over those positions only
+            batch_index, positions, targets, owners = [], [], [], []
+            for b, r in enumerate(chunk):
                 end = len(rows[r])
-                # log-softmax over the continuation's positions only (not the whole padded batch)
-                span = F.log_softmax(logits[r, end - len(cont):end].float(), dim=-1)
-                target = torch.tensor(cont, device=span.device)
-                total = float(span.gather(-1, target.unsqueeze(-1)).sum())
-                greedy = bool((span.argmax(-1) == target).all())
-                results[i] = (total, greedy)
-        return [r for r in results if r is not None]
+                for i in users[r]:
+                    cont = conts[i]
+                    batch_index += [b] * len(cont)
+                    positions += range(end - len(cont), end)
+                    targets += cont
+                    owners += [i] * len(cont)
+            span = F.log_softmax(logits[batch_index, positions].float(), dim=-1)
+            target = torch.tensor(targets, device=span.device)
+            scores = span.gather(-1, target.unsqueeze(-1)).squeeze(-1).double().cpu().tolist()
+            greedy = (span.argmax(-1) == target).cpu().tolist()
+            for i, score, hit in zip(owners, scores, greedy, strict=True):
+                total, all_hit = results[i] or (0.0, True)
+                results[i] = (total + score, all_hit and hit)
+        return [r if r is not None else (0.0, True) for r in results]
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         """Total log-likelihood of whole documents via disjoint rolling windows (for perplexity tasks)."""

@@ -5,7 +5,8 @@ finds this class: ``mmbench_cli/evaluate/lm_eval_hook.py`` registers a lazy plac
 ``lm_eval.api.registry`` is imported, so neither lm_eval nor torch is imported by ``mm --help``.
 
 The LM runs text-only (no ``<image>`` tokens): ``loglikelihood`` scores continuations in right-padded
-batches (sorted by length), ``loglikelihood_rolling`` uses lm-eval's disjoint rolling windows of the model's
+batches (sorted by length; requests with the same model input, like a multiple-choice question's one-token
+answers, run once), ``loglikelihood_rolling`` uses lm-eval's disjoint rolling windows of the model's
 ``max_seq_len``, ``generate_until`` generates in left-padded batches with the KV cache and cuts at ``until``.
 """
 

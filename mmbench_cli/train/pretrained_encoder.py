@@ -49,7 +49,10 @@ def pretrain_config(cfg: Config) -> Config | None:
     model = ModelConfig(encoder=spec.base, image_size=cfg.model.image_size, patch_size=cfg.model.patch_size,
                         tokenizer=cfg.model.tokenizer, vocab_size=cfg.model.vocab_size,
                         lm=cfg.model.lm if hf_lm else defaults.lm)
-    data = cfg.data.model_copy(update={"data_mix": DataConfig().data_mix, "num_workers": 0, "cache_dir": None})
+    # what the encoder's weights do not depend on is normalised, so those settings share one cached encoder
+    # (captions are cut at encoder_pretrain.CAPTION_MAX_TOKENS, not data.seq_len)
+    data = cfg.data.model_copy(update={"data_mix": DataConfig().data_mix, "num_workers": 0, "cache_dir": None,
+                                       "seq_len": DataConfig().seq_len})
     train = TrainConfig(stage="encoder", encoder_objective=spec.pretrain, device=cfg.train.device,
                         precision=cfg.train.precision, cpu_threads=cfg.train.cpu_threads, log_every=10,
                         **ENCODER_RECIPE)

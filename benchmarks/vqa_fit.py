@@ -1,5 +1,6 @@
 """Does a checkpoint fit the VQA questions it trained on? 0-shot VQA accuracy by question type on training
-questions next to test questions of the synthetic world, with the tool's own prompts, generation and metric.
+questions next to test questions of the synthetic world, with the tool's own prompts, generation, metric and
+question types (``evaluate.prior``).
 
 A type at its prior on *test* questions may be memorised (high on train) or not learnt at all (low on both):
 the first wants more data, the second a model or recipe that can learn the look-up. Several checkpoints may be
@@ -19,11 +20,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def question_type(question: str) -> str:
-    """The question's first two words (the grouping of ``vqa_by_question_type.py``)."""
-    return " ".join(question.split()[:2])
-
-
 def fit_row(checkpoint: Path, num: int, batch_size: int = 32) -> dict:
     """Accuracy (VQA accuracy, %) per question type on ``num`` train and ``num`` test questions."""
     import torch
@@ -31,6 +27,7 @@ def fit_row(checkpoint: Path, num: int, batch_size: int = 32) -> dict:
     from mmbench_cli.data.synthetic import world_from_config
     from mmbench_cli.evaluate import fewshot
     from mmbench_cli.evaluate.metrics import SCORERS
+    from mmbench_cli.evaluate.prior import question_type
     from mmbench_cli.evaluate.runner import ImageFeatureCache, generate_batch, resolve_target
     from mmbench_cli.model import load_model
 
@@ -52,7 +49,7 @@ def fit_row(checkpoint: Path, num: int, batch_size: int = 32) -> dict:
         _, scores = SCORERS["vqa_accuracy"]([q.question_id for q in queries], predictions, [q.answers for q in queries])
         by_type: dict[str, list[float]] = defaultdict(list)
         for query, score in zip(queries, scores, strict=True):
-            by_type[question_type(query.question)].append(score)
+            by_type[question_type(query)].append(score)
         row[split] = {kind: round(100 * sum(values) / len(values), 1) for kind, values in sorted(by_type.items())}
         row[f"{split}_all"] = round(100 * sum(scores) / len(scores), 1)
     return row

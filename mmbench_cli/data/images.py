@@ -74,12 +74,15 @@ class _ResizedCache:
 _CACHE = _ResizedCache()
 
 
+def decode_resized(image: ImageRef, image_size: int) -> np.ndarray:
+    """uint8 [S, S, 3] pixels of ``image`` decoded and resized (no cache of any kind)."""
+    return np.asarray(resize_square(image.load(), image_size), dtype=np.uint8)
+
+
 def _resized(image: ImageRef, image_size: int) -> np.ndarray:
     """Decode and resize ``image``, or read its stored pixels when its kind keeps them (synthetic images do)."""
     stored = getattr(image, "stored_pixels", None)
-    if stored is not None:
-        return stored(image_size)
-    return np.asarray(resize_square(image.load(), image_size), dtype=np.uint8)
+    return stored(image_size) if stored is not None else decode_resized(image, image_size)
 
 
 def _pixels(image: Image.Image | ImageRef, image_size: int) -> np.ndarray:

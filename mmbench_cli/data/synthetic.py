@@ -650,9 +650,10 @@ class SyntheticImage:
 
         Decoding the 256 px PNG and resizing it cost ~1 ms an image; reading the stored pixels ~0.01 ms, so every
         run after the first at a resolution (a grid's other cells, seeds, reruns, evals) skips both. The pixels
-        are those of ``resize_square`` (same function, so bit-identical); a file of the wrong length is redone.
+        are those of ``data.images.decode_resized`` (the same code, so bit-identical); a file of the wrong length
+        is redone.
         """
-        from mmbench_cli.data.images import resize_square
+        from mmbench_cli.data.images import decode_resized
 
         path = self.path.parent / f"{image_size}px-r{RESIZE_VERSION}" / f"{self.path.stem}.u8"
         shape = (image_size, image_size, 3)
@@ -660,7 +661,7 @@ class SyntheticImage:
             data = path.read_bytes()
             if len(data) == math.prod(shape):
                 return np.frombuffer(data, dtype=np.uint8).reshape(shape)
-        array = np.asarray(resize_square(self.load(), image_size), dtype=np.uint8)
+        array = decode_resized(self, image_size)
         atomic_write_bytes(path, array.tobytes())
         return array
 

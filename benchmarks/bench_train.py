@@ -110,13 +110,12 @@ def time_reference(model, optimizer, batches, flops_per_row: float, flops_per_im
     return {"seconds": seconds, "flops": flops, "tokens": tokens}
 
 
-def data_cost(cfg, tokenizer_model, batches: int, rows: int) -> dict[str, float]:
+def data_cost(cfg, model, batches: int, rows: int) -> dict[str, float]:
     """Seconds per batch of the data stream alone: cold (fresh cache dir: render, decode, resize, store, tokenize)
     and warm (a second stream over the same, now stored, images; in-memory caches empty)."""
     from mmbench_cli.data import images as image_module
     from mmbench_cli.data.mixture import TrainStream
 
-    model = tokenizer_model
     seconds = {}
     with tempfile.TemporaryDirectory() as cache:
         cold_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"cache_dir": cache})})

@@ -99,8 +99,18 @@ def build(
     else:
         from mmbench_cli.data.synthetic import tokenizer_source
         from mmbench_cli.model.anatomy import build_and_report
+        from mmbench_cli.train.pretrained_encoder import encoder_dir, ensure_pretrained_encoder, load_pretrained_encoder
 
-        build_and_report(cfg, tokenizer_source(cfg.data), out, console)
+        after_build = None
+        if out is not None:  # a saved model carries its pre-trained encoder (made once and cached, as mm pretrain does)
+            made = ensure_pretrained_encoder(cfg)
+            if made is not None:
+                def after_build(model: Any) -> None:
+                    load_pretrained_encoder(model, made[0])
+        elif encoder_dir(cfg) is not None:
+            console.print(f"encoder weights: {cfg.model.encoder} is pre-trained once and cached when a model is saved "
+                          f"(-o) or trained (mm pretrain): {encoder_dir(cfg)}", highlight=False)
+        build_and_report(cfg, tokenizer_source(cfg.data), out, console, after_build)
 
 
 @app.command(

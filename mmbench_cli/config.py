@@ -30,7 +30,8 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """The MLLM: image encoder → vision-language connector → decoder-only LM."""
 
-    encoder: str = Field("vit-tiny", description="registry name, hf:<local dir>, or a dir saved by mm pretrain --stage encoder")
+    encoder: str = Field("vit-tiny-clip", description="registry name (vit-tiny-clip: CLIP-pre-trained once, cached), "
+                         "hf:<local dir>, or a dir saved by mm pretrain --stage encoder")
     image_size: int = Field(64, gt=0, description="input resolution in pixels (square)")
     patch_size: int = Field(8, gt=0, description="ViT patch size for built-from-config encoders")
     connector: str = Field("c-abstractor", description="vision-language connector (registry name)")
@@ -74,8 +75,8 @@ class DataConfig(_Strict):
 
     source: Literal["synthetic", "local"] = "synthetic"
     world_seed: int = Field(0, description="seed of the synthetic world (independent of the training seed)")
-    world_version: Literal[1, 2, 3, 4] = Field(1, description="synthetic world version (2, 3: more VQA question "
-                                                 "kinds; docs/data.md)")
+    world_version: Literal[1, 2, 3, 4] = Field(4, description="synthetic world version (4: Sort-of-CLEVR-like, "
+                                                 "the default; 1-3: the first worlds; docs/data.md)")
     num_train_images: int = Field(4000, gt=0)
     num_val_images: int = Field(200, gt=0)
     num_test_images: int = Field(400, gt=0)
@@ -104,7 +105,7 @@ class TrainConfig(_Strict):
     """Optimisation and checkpointing (Pythia-style log-spaced checkpoints)."""
 
     stage: Literal["mllm", "encoder"] = "mllm"
-    steps: int = Field(300, gt=0)
+    steps: int = Field(600, gt=0)
     batch_size: int = Field(16, gt=0, description="sequences per optimizer step (global, across DDP ranks)")
     grad_accum: int = Field(1, gt=0)
     lr: float | Literal["mm1-rule"] = Field(2e-3, description="peak learning rate, or mm1-rule: exp(-0.4214 ln N - 0.5535)")
@@ -112,7 +113,7 @@ class TrainConfig(_Strict):
     warmup_steps: int = Field(30, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * min_lr_ratio")
     grad_clip: float = Field(1.0, ge=0)
-    freeze_encoder: bool = False
+    freeze_encoder: bool = Field(True, description="keep the (pre-trained) image encoder fixed in the mllm stage")
     encoder_lr_scale: float = Field(1.0, gt=0, description="the image encoder's learning rate relative to train.lr")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
@@ -148,10 +149,10 @@ class EvalConfig(_Strict):
     """Few-shot evaluation defaults (overridable by mm eval flags)."""
 
     tasks: list[str] = Field(default_factory=lambda: ["synthetic-caption", "synthetic-vqa", "synthetic-ocr"])
-    shots: list[int] = Field(default_factory=lambda: [0, 4, 8])
+    shots: list[int] = Field(default_factory=lambda: [0, 4])
     seeds: int = Field(1, gt=0, description="demo-sampling seeds (random selection); mean ± std reported")
     demo_selection: Literal["random", "rices"] = "random"
-    num_samples: int = Field(100, gt=0, description="query samples per task (from the test split)")
+    num_samples: int = Field(500, gt=0, description="query samples per task (from the test split)")
     batch_size: int = Field(16, gt=0)
     max_new_tokens: int = Field(16, gt=0)
     num_beams: int = Field(1, gt=0)
@@ -315,6 +316,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = apply_overrides(data, overrides)
         source = f"{source} (with overrides)"
     return config_from_dict(data, source)
+
+
+def load_saved_config(path: str | Path) -> Config:
+    """Load a config that a run wrote (``<run>/config.yaml``): a field it lacks was added after the run was made,
+    so it takes the value that reproduces the run (``HASH_NEUTRAL_FIELDS``), not today's default."""
+    data = read_yaml(path)
+    for section, fields in HASH_NEUTRAL_FIELDS.items():
+        saved = data.get(section)
+        if isinstance(saved, dict):
+            data[section] = {**fields, **saved}
+    return config_from_dict(data, str(path))
 
 
 def config_to_dict(cfg: BaseModel) -> dict[str, Any]:

@@ -20,3 +20,8 @@ def save_tiny_model(out: Path, overrides: list[str], config_dir: Path | None = N
     (config_dir or out).mkdir(parents=True, exist_ok=True)
     ((config_dir or out) / "config.yaml").write_text(config_to_yaml(cfg))
     return out
+
+
+# Tests of mechanics (training loop, faults, grids, reports) train a randomly initialised, trainable ViT: the
+# default encoder (vit-tiny-clip, frozen) is CLIP-pre-trained once per data config, a minute or more each.
+MECHANICS = ["model.encoder=vit-tiny", "train.freeze_encoder=false"]

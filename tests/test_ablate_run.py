@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from model_fixtures import MECHANICS
 from typer.testing import CliRunner
 
 from mmbench_cli.cli import app
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 AXES = str(REPO / "ablations" / "axes.yaml")
 # A cell of a few seconds: 6 steps of 2 rows of 64 tokens (checkpoints at 0, 3, 6), 16-px images, the smallest LM,
 # 4 eval queries per task and shots.
-TINY = [
+TINY = [*MECHANICS,
     "train.steps=6", "train.batch_size=2", "train.warmup_steps=2", "train.checkpoint_every=3",
     "train.log_spaced_checkpoints=false", "train.log_every=1",
     "data.seq_len=64", "data.num_train_images=32", "data.num_val_images=8", "data.num_test_images=16",

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_fixtures import MECHANICS
 from typer.testing import CliRunner
 
 from mmbench_cli.cli import app
 
 runner = CliRunner()
-TINY = ["model.image_size=32", "model.lm=pythia-toy-1m", "model.num_image_tokens=4", "data.seq_len=64"]
+TINY = [*MECHANICS, "model.image_size=32", "model.lm=pythia-toy-1m", "model.num_image_tokens=4", "data.seq_len=64"]
 
 
 def _one_line_error(args: list[str], *needles: str) -> None:

@@ -156,7 +156,7 @@ def test_world_versions_differ_only_in_interleaved_qa(tmp_path: Path) -> None:
     qa_docs = [templates.format_interleaved(d)[0] for d in new.interleaved("train") if d.meta["style"] == "qa"]
     assert all(t.count("Short answer:") == t.count(templates.EOC_TOKEN) for t in qa_docs)
     assert world_from_config(load_config(None, ["data.world_version=2"]).data).version == 2
-    assert world_from_config(load_config(None, []).data).version == 1  # what configs saved before it meant
+    assert world_from_config(load_config(None, []).data).version == 4  # the default since issue 13
     with pytest.raises(MMError, match="world_version"):
         load_config(None, ["data.world_version=5"])
     from typing import get_args

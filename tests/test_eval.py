@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-from model_fixtures import save_tiny_model
+from model_fixtures import MECHANICS, save_tiny_model
 from typer.testing import CliRunner
 
 from mmbench_cli.cli import app
 from mmbench_cli.data.types import CaptionSample, MemoryImage, VQASample
 from mmbench_cli.evaluate import fewshot
 
-TINY = ["data.num_train_images=24", "data.num_val_images=4", "data.num_test_images=8", "model.lm=pythia-toy-2m"]
+TINY = [*MECHANICS, "data.num_train_images=24", "data.num_val_images=4", "data.num_test_images=8", "model.lm=pythia-toy-2m"]
 
 
 @pytest.fixture(scope="session")

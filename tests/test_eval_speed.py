@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from model_fixtures import MECHANICS
 
-TINY = ["data.num_train_images=24", "data.num_val_images=4", "data.num_test_images=8", "model.lm=pythia-toy-2m"]
+TINY = [*MECHANICS, "data.num_train_images=24", "data.num_val_images=4", "data.num_test_images=8", "model.lm=pythia-toy-2m"]
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from model_fixtures import MECHANICS
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -30,7 +31,7 @@ from mmbench_cli.rundir import RunDir, RunLock, read_jsonl
 REPO = Path(__file__).resolve().parents[1]
 AXES = str(REPO / "ablations" / "axes.yaml")
 # The toy model shrunk for speed (as tests/test_train_loop.py): 3 steps, checkpoints at 0, 1, 2, 3.
-TINY = [
+TINY = [*MECHANICS,
     "model.lm=pythia-toy-1m", "model.image_size=32", "model.num_image_tokens=4", "data.seq_len=64",
     "train.batch_size=8", "data.num_train_images=64", "data.num_val_images=8", "data.num_test_images=8",
     "train.warmup_steps=3", "train.log_every=1", "train.checkpoint_every=8", "train.steps=3",
@@ -293,7 +294,7 @@ def test_a_live_lock_still_refuses(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- ablate
-ABLATE_TINY = [
+ABLATE_TINY = [*MECHANICS,
     "train.steps=2", "train.batch_size=2", "train.warmup_steps=1", "train.checkpoint_every=2",
     "train.log_spaced_checkpoints=false", "train.log_every=1",
     "data.seq_len=64", "data.num_train_images=16", "data.num_val_images=4", "data.num_test_images=8",

@@ -37,9 +37,10 @@ def test_the_key_follows_what_the_weights_depend_on() -> None:
     key = pretrained_encoder.encoder_dir(base)
     assert key is not None and key.name.startswith("vit-tiny-clip-32px-")
     assert pretrained_encoder.encoder_dir(load_config(None, ["model.encoder=vit-tiny"])) is None
-    # the mixture, the seed, the connector, a registry LM and the training sequence length do not change it
+    # the mixture, the seed, the connector, a registry LM, the training sequence length and eval do not change it
     for same in ("data.data_mix.caption=1.0", "seed=3", "model.connector=avgpool", "model.lm=pythia-toy-2m",
-                 "data.seq_len=192"):
+                 "data.seq_len=192", "eval.num_samples=7", "eval.shots=[0]", "train.steps=5",
+                 "train.freeze_encoder=false"):
         assert pretrained_encoder.encoder_dir(load_config(None, [*TINY, same])) == key, same
     # resolution, the world and its size do
     for other in ("model.image_size=64", "data.world_version=1", "data.num_train_images=48"):
@@ -92,3 +93,28 @@ def test_dry_run_counts_encoders_that_are_not_cached_yet(short_recipe: Path) -> 
     Path(directory).mkdir(parents=True)
     (Path(directory) / "model.safetensors").write_bytes(b"")
     assert encoder_pretrain_estimate(at_64) is None  # cached: free
+
+
+def test_mm_build_saves_the_pretrained_encoder(tmp_path: Path, short_recipe: Path) -> None:
+    """A model saved by `mm build -o` with a pre-trained registry encoder carries the cached weights, not an init."""
+    from typer.testing import CliRunner
+
+    from mmbench_cli.cli import app
+    from mmbench_cli.model import load_model
+
+    shown = CliRunner().invoke(app, ["build", *TINY])
+    assert shown.exit_code == 0, shown.output
+    assert "pre-trained once and cached" in shown.output and not (short_recipe / "encoders").exists()
+    result = CliRunner().invoke(app, ["build", *TINY, "-o", str(tmp_path / "model")])
+    assert result.exit_code == 0, result.output
+    cached = pretrained_encoder.encoder_dir(load_config(None, TINY))
+    assert cached is not None and RunDir(cached).read_status() == "done"
+    reference = load_model(tmp_path / "model")  # compare with a fresh model that loads the cache itself
+    fresh = load_model(tmp_path / "model")
+    torch.manual_seed(123)
+    for parameter in fresh.encoder.parameters():
+        parameter.data.normal_()
+    pretrained_encoder.load_pretrained_encoder(fresh, cached)
+    for (name, saved), loaded in zip(reference.encoder.state_dict().items(), fresh.encoder.state_dict().values(),
+                                     strict=True):
+        assert torch.equal(saved, loaded), name

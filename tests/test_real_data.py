@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from model_fixtures import save_tiny_model
+from model_fixtures import MECHANICS, save_tiny_model
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -26,7 +26,7 @@ from mmbench_cli.cli import app
 runner = CliRunner()
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap needs Java")
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["data.num_train_images=24", "data.num_val_images=4", "data.num_test_images=8", "model.lm=pythia-toy-1m"]
+TINY = [*MECHANICS, "data.num_train_images=24", "data.num_val_images=4", "data.num_test_images=8", "model.lm=pythia-toy-1m"]
 
 
 def _json(path: Path, data: Any) -> Path:
@@ -274,12 +274,12 @@ def _caption_dataset(root: Path, truncated: int | None) -> Path:
 
 
 def _train_config(tmp_path: Path, annotations: Path) -> Path:
-    config = {"model": {"lm": "pythia-toy-1m", "image_size": 32},
+    config = {"model": {"lm": "pythia-toy-1m", "image_size": 32, "encoder": "vit-tiny"},
               "data": {"source": "local", "data_mix": {"caption": 1.0, "interleaved": 0.0, "text": 0.0},
                        "datasets": [{"format": "coco-captions", "path": str(annotations),
                                      "images": str(annotations.parent / "val2014")}]},
               "train": {"steps": 2, "batch_size": 2, "warmup_steps": 0, "log_every": 1, "checkpoint_every": 100,
-                        "log_spaced_checkpoints": False, "device": "cpu"}}
+                        "log_spaced_checkpoints": False, "device": "cpu", "freeze_encoder": False}}
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -308,6 +308,23 @@ def test_truncated_jpeg_first_read_mid_training_is_skipped_and_counted(tmp_path:
     assert "corrupt or truncated image" in _one_line_exit_2(built) and bad.name in built.output
 
 
+@pytest.mark.usefixtures("one_torch_thread")
+def test_truncated_jpeg_in_encoder_pretraining_is_an_error_with_the_hint_or_skipped(tmp_path: Path) -> None:
+    """The default encoder is pre-trained on the run's own captions first: a bad image there is the same one-line
+    error (with what to do) or, with --skip-bad, skipped and counted."""
+    annotations = _caption_dataset(tmp_path, truncated=2)
+    bad = tmp_path / "val2014" / "COCO_val2014_000000000002.jpg"
+    config = _train_config(tmp_path, annotations)
+    failed = runner.invoke(app, ["pretrain", str(config), "--stage", "encoder", "--out", str(tmp_path / "strict")])
+    lines = [line for line in failed.output.splitlines() if line.startswith("error:")]
+    assert failed.exit_code == 2 and len(lines) == 1 and "Traceback" not in failed.output, failed.output
+    assert bad.name in lines[0] and "skip_bad=true" in lines[0] and "--skip-bad" in lines[0]
+    result = runner.invoke(app, ["pretrain", str(config), "--stage", "encoder", "--skip-bad", "train.batch_size=4",
+                                 "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "meta.json").read_text())["bad_samples_skipped"] == 1
+
+
 def test_skipped_sample_leaves_no_trace_in_its_row() -> None:
     from mmbench_cli.data.mixture import RowPlan, collate_rows
     from mmbench_cli.data.types import FileImage, MemoryImage
@@ -332,16 +349,17 @@ def test_default_config_saves_and_hashes_as_before(tmp_path: Path, monkeypatch: 
 
     from mmbench_cli.ablate.grid import build_plan
     from mmbench_cli.ablate.store import GridStore
-    from mmbench_cli.config import Config, ModelConfig, config_hash, config_to_yaml
+    from mmbench_cli.config import Config, ModelConfig, config_hash, config_to_yaml, load_config
 
     assert ModelConfig().tokenizer == "synthetic-bpe" and ModelConfig(lm="hf:/x").tokenizer == "auto"
     assert "tokenizer: synthetic-bpe" in config_to_yaml(Config())
-    assert config_hash(Config()) == "2f9325b5312d3847"
+    study_base = load_config(REPO / "ablations" / "mm1-toy" / "base.yaml")  # the built-in defaults the study ran on
+    assert config_hash(study_base) == "2f9325b5312d3847" and study_base.data.world_version == 1
     study = REPO / "ablations" / "mm1-toy"
     for name in re.findall(r"^enc (\S+) ", (study / "encoders.sh").read_text(), flags=re.M):
         (tmp_path / "runs" / "mm1-toy" / "encoders" / name).mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
-    for grid in sorted(study.glob("*.yaml")):
+    for grid in sorted(path for path in study.glob("*.yaml") if path.name != "base.yaml"):
         plan = build_plan(str(grid), [], [], axes_path=REPO / "ablations" / "axes.yaml")
         store = GridStore(REPO / "runs" / "mm1-toy" / plan.name)
         store.check_compatible(plan)

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from model_fixtures import MECHANICS
 from typer.testing import CliRunner
 
 from mmbench_cli.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
+TINY = [*MECHANICS,
     "train.steps=6", "train.batch_size=2", "train.warmup_steps=2", "train.checkpoint_every=2", "train.log_every=1",
     "data.seq_len=64", "data.num_train_images=32", "data.num_val_images=8", "data.num_test_images=16",
     "model.image_size=16", "model.num_image_tokens=4", "model.lm=pythia-toy-1m",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from model_fixtures import MECHANICS
 from typer.testing import CliRunner
 
 from mmbench_cli import trackers
@@ -17,7 +18,7 @@ from mmbench_cli.cli import app
 from mmbench_cli.config import load_config
 from mmbench_cli.rundir import RunDir, read_jsonl
 
-TINY = [
+TINY = [*MECHANICS,
     "model.lm=pythia-toy-1m", "model.image_size=32", "model.num_image_tokens=4", "data.seq_len=64",
     "train.batch_size=8", "data.num_train_images=64", "data.num_val_images=8", "data.num_test_images=8",
     "train.warmup_steps=1", "train.log_every=2", "train.checkpoint_every=4", "train.steps=4",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_fixtures import MECHANICS
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -23,7 +24,7 @@ from mmbench_cli.train.checkpoints import checkpoint_schedule
 from mmbench_cli.train.loop import pretrain
 
 # The default toy model, shrunk for test speed (smallest LM rung, 32 px images, short rows).
-TINY = [
+TINY = [*MECHANICS,
     "model.lm=pythia-toy-1m", "model.image_size=32", "model.num_image_tokens=4", "data.seq_len=64",
     "train.batch_size=8", "data.num_train_images=64", "data.num_val_images=8", "data.num_test_images=8",
     "train.warmup_steps=3", "train.log_every=4", "train.checkpoint_every=8",

@@ -8,7 +8,7 @@ COMMON="train.steps=300 train.batch_size=64"
 enc() {  # name encoder image_size objective
   local dir="$OUT/$1"
   if [ -f "$dir/model.safetensors" ]; then echo "have $dir"; return; fi
-  mm pretrain --stage encoder model.encoder="$2" model.image_size="$3" train.encoder_objective="$4" $COMMON --out "$dir" --force
+  mm pretrain ablations/mm1-toy/base.yaml --stage encoder model.encoder="$2" model.image_size="$3" train.encoder_objective="$4" $COMMON --out "$dir" --force
 }
 enc clip-vit-tiny-32 vit-tiny 32 clip
 enc clip-vit-tiny-64 vit-tiny 64 clip

@@ -66,6 +66,11 @@ def weighted_round_robin(weights: dict[str, float], credits: dict[str, float]) -
     return best
 
 
+# What to do about an image that fails to decode mid-training (mm pretrain's and the encoder stage's errors end with it).
+BAD_IMAGE_HINT = ("`mm build --data` decodes every image to find such files, and data.skip_bad=true "
+                  "(mm pretrain --skip-bad) skips and counts bad samples instead of stopping")
+
+
 @dataclass
 class Source:
     """One dataset feeding one data type."""
@@ -403,8 +408,7 @@ class TrainStream:
         batch, state, error = next(self._iterator)
         if error:
             self._iterator = None
-            raise MMError(f"{error}; `mm build --data` decodes every image to find such files, and data.skip_bad=true "
-                          "(mm pretrain --skip-bad) skips and counts bad samples instead of stopping")
+            raise MMError(f"{error}; {BAD_IMAGE_HINT}")
         self._state = state
         for sample_id, problem in batch.pop("bad_samples", []):
             self.bad_samples.setdefault(sample_id, problem)

@@ -65,7 +65,7 @@ class Target:
 
 def resolve_target(path: str | Path, all_checkpoints: bool = False) -> Target:
     """A run dir (last or all checkpoints), a ``checkpoints/step_<N>/`` dir, or a ``mm build -o`` model dir."""
-    from mmbench_cli.config import Config, config_from_dict, read_yaml
+    from mmbench_cli.config import Config, load_saved_config
     from mmbench_cli.rundir import CHECKPOINTS_DIR, MODEL_FILE
 
     path = Path(path)
@@ -89,7 +89,7 @@ def resolve_target(path: str | Path, all_checkpoints: bool = False) -> Target:
         if not all_checkpoints:
             checkpoints = checkpoints[-1:]
     config_path = run.config_path
-    config = config_from_dict(read_yaml(config_path), str(config_path)) if config_path.is_file() else Config()
+    config = load_saved_config(config_path) if config_path.is_file() else Config()
     return Target(run=run, checkpoints=checkpoints, config=config, name=run.path.resolve().name, notes=notes)
 
 

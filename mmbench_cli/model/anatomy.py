@@ -11,6 +11,8 @@ from rich.table import Table
 from mmbench_cli.errors import MMError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+
     from mmbench_cli.config import Config
     from mmbench_cli.model.mllm import MLLM
     from mmbench_cli.model.tokenizer import TokenizerSource
@@ -51,10 +53,12 @@ def shape_check(model: MLLM, images_per_row: int = 2, rows: int = 2) -> dict[str
             "image_tokens": tuple(image_tokens.shape), "logits": tuple(out.logits.shape), "loss": float(out.loss)}
 
 
-def build_and_report(cfg: Config, tokenizer_source: TokenizerSource, out: Path | None, console: Console) -> MLLM:
+def build_and_report(cfg: Config, tokenizer_source: TokenizerSource, out: Path | None, console: Console,
+                     after_build: Callable[[MLLM], None] | None = None) -> MLLM:
     """Build ``cfg.model``, print a component table, FLOPs and a shape check; save to ``out`` if given.
 
-    ``tokenizer_source``: as for ``build_model`` (``data.synthetic.tokenizer_source(cfg.data)``).
+    ``tokenizer_source``: as for ``build_model`` (``data.synthetic.tokenizer_source(cfg.data)``). ``after_build``
+    runs on the built model before anything is checked or saved (``mm build`` loads a pre-trained encoder with it).
     """
     import torch
 
@@ -66,6 +70,8 @@ def build_and_report(cfg: Config, tokenizer_source: TokenizerSource, out: Path |
     torch.manual_seed(cfg.seed)
     with console.status("assembling the model (training the tokenizer on first use)…"):
         model = build_model(cfg.model, tokenizer_source)
+    if after_build is not None:
+        after_build(model)
     counts = model.param_counts()
     m = cfg.model
     grid = model.encoder.grid_size(m.image_size)

@@ -153,26 +153,42 @@ class MAEObjective(nn.Module):
 class PairData:
     """Image-caption pairs of a split, images resized once and kept as uint8 (normalised per batch)."""
 
-    def __init__(self, samples: list[Any], image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    def __init__(self, samples: list[Any], image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
+                 skip_bad: bool = False) -> None:
         self.samples = samples
         self.image_size = image_size
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.skip_bad = skip_bad
+        self.bad: dict[int, str] = {}  # images that failed to decode (skipped with skip_bad): index -> problem
         self._pixels: dict[int, torch.Tensor] = {}
 
-    def pixels(self, index: int) -> torch.Tensor:
-        """Image ``index`` as ``uint8[3, S, S]`` (decoded and resized on first use)."""
+    def pixels(self, index: int) -> torch.Tensor | None:
+        """Image ``index`` as ``uint8[3, S, S]`` (decoded and resized on first use); None for a bad image that
+        ``skip_bad`` skips (else its error, with what to do about it)."""
+        if index in self.bad:
+            return None
         if index not in self._pixels:
             import numpy as np
 
             from mmbench_cli.data.images import resize_square, to_pil
+            from mmbench_cli.data.mixture import BAD_IMAGE_HINT
 
-            image = resize_square(to_pil(self.samples[index].image), self.image_size)
+            try:
+                image = resize_square(to_pil(self.samples[index].image), self.image_size)
+            except MMError as error:
+                if not self.skip_bad:
+                    raise MMError(f"{error.message}; {BAD_IMAGE_HINT}") from None
+                self.bad[index] = error.message
+                return None
             self._pixels[index] = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
         return self._pixels[index]
 
     def batch(self, indices: list[int], rng: random.Random) -> tuple[torch.Tensor, list[str]]:
-        """Normalised images ``[B, 3, S, S]`` and one randomly chosen caption per image."""
+        """Normalised images ``[B, 3, S, S]`` and one randomly chosen caption per image (bad images left out)."""
+        indices = [i for i in indices if self.pixels(i) is not None]
+        if not indices:
+            raise MMError("data: every image of an encoder pre-training batch failed to decode (data.skip_bad=true)")
         images = torch.stack([self.pixels(i) for i in indices]).float().div_(255.0)
         captions = [rng.choice(self.samples[i].captions) for i in indices]
         return (images - self.mean) / self.std, captions
@@ -236,10 +252,12 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
             from mmbench_cli.train.loop import build_optimizer
 
             optimizer = build_optimizer(objective, peak_lr, weight_decay, device)
-            train = PairData(_caption_samples(cfg, "train"), image_size, encoder.image_mean, encoder.image_std)
+            train = PairData(_caption_samples(cfg, "train"), image_size, encoder.image_mean, encoder.image_std,
+                             cfg.data.skip_bad)
             if len(train.samples) < 2:
                 raise MMError("data: --stage encoder needs at least 2 training images")
-            val = PairData(_caption_samples(cfg, "val"), image_size, encoder.image_mean, encoder.image_std)
+            val = PairData(_caption_samples(cfg, "val"), image_size, encoder.image_mean, encoder.image_std,
+                           cfg.data.skip_bad)
             wrote_run = True
             RunDir(run_dir).truncate_metrics(None)
             run_setup.write_run_files(cfg, run_dir, {"stage": "encoder", "objective": tcfg.encoder_objective,
@@ -284,7 +302,9 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
             save_encoder(encoder, image_size, run_dir)
             RunDir(run_dir).drop_set_aside()  # the new encoder is saved: the run it replaces can go
             atomic_write_json(run_dir / "encoder_eval.json", scores)
-            RunDir(run_dir).update_meta({"wall_time_s": time.perf_counter() - started, **scores})
+            bad = len(train.bad) + len(val.bad)
+            RunDir(run_dir).update_meta({"wall_time_s": time.perf_counter() - started, **scores,
+                                         **({"bad_samples_skipped": bad} if bad else {})})
             RunDir(run_dir).write_status("done")
         except BaseException:
             run_setup.fail_run(run_dir, wrote_run)
@@ -325,10 +345,11 @@ def evaluate_objective(objective: nn.Module, tokenizer: PreTrainedTokenizerBase,
     if isinstance(objective, CLIPObjective):
         tokens = tokenizer(captions, padding=True, truncation=True, max_length=CAPTION_MAX_TOKENS, return_tensors="pt")
         image, text = objective.embed(images.to(device), tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
-        hits = ((image @ text.t()).argmax(dim=1).cpu() == torch.arange(len(indices))).float().mean().item()
-        result = {"val_retrieval_top1": hits, "val_retrieval_chance": 1.0 / len(indices), "val_pairs": len(indices)}
+        pairs = len(captions)  # bad images (skip_bad) are left out of the batch
+        hits = ((image @ text.t()).argmax(dim=1).cpu() == torch.arange(pairs)).float().mean().item()
+        result = {"val_retrieval_top1": hits, "val_retrieval_chance": 1.0 / pairs, "val_pairs": pairs}
     else:
-        result = {"val_mae_loss": objective(images.to(device)).item(), "val_images": len(indices)}
+        result = {"val_mae_loss": objective(images.to(device)).item(), "val_images": len(images)}
     objective.train()
     return result
 

@@ -53,17 +53,19 @@ def pretrain_config(cfg: Config) -> Config | None:
     # (captions are cut at encoder_pretrain.CAPTION_MAX_TOKENS, not data.seq_len)
     data = cfg.data.model_copy(update={"data_mix": DataConfig().data_mix, "num_workers": 0, "cache_dir": None,
                                        "seq_len": DataConfig().seq_len})
-    train = TrainConfig(stage="encoder", encoder_objective=spec.pretrain, device=cfg.train.device,
+    train = TrainConfig(stage="encoder", encoder_objective=spec.pretrain, device=cfg.train.device, freeze_encoder=False,
                         precision=cfg.train.precision, cpu_threads=cfg.train.cpu_threads, log_every=10,
                         **ENCODER_RECIPE)
     return Config(name=f"{cfg.model.encoder}-{cfg.model.image_size}px", seed=0, model=model, data=data, train=train)
 
 
 def cache_key(recipe: Config) -> str:
-    """The content key of a pre-trained encoder: its config (the recipe), the recipe version and the device type."""
+    """The content key of a pre-trained encoder: its config (the recipe, without the eval section, which the
+    weights do not depend on), the recipe version and the device type."""
     from mmbench_cli.model.device import resolve_device
 
-    payload = {"recipe_version": RECIPE_VERSION, "config": config_to_dict(recipe),
+    config = {section: value for section, value in config_to_dict(recipe).items() if section != "eval"}
+    payload = {"recipe_version": RECIPE_VERSION, "config": config,
                "device": resolve_device(recipe.train.device).type}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

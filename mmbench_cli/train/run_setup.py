@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mmbench_cli.config import Config, config_hash, config_to_dict, config_to_yaml, load_config
+from mmbench_cli.config import Config, config_hash, config_to_dict, config_to_yaml, load_saved_config
 from mmbench_cli.errors import MMError
 from mmbench_cli.rundir import RunDir, run_metadata
 from mmbench_cli.train.checkpoints import resume_point
@@ -78,7 +78,7 @@ def check_run_dir(cfg: Config, run_dir: Path, resume: bool, force: bool) -> None
         if force:
             return
         try:
-            old = load_config(config_file)
+            old = load_saved_config(config_file)
         except MMError as error:
             raise MMError(f"{error.message} (the run dir's saved config); use --force to start over") from None
         if config_hash(old) != config_hash(cfg):

@@ -6,9 +6,9 @@ pre-training of a cached encoder that a cell had to make is ``meta.json``'s ``pr
 inside its train_s) into a JSON. With ``--grid-dir`` it reads a grid that has already run instead (the ablate wall
 time then comes from ``--ablate-wall-s`` if given) and only times the report.
 
-    python benchmarks/bench_main_job.py                                   # the README main job, ~10 min
-    python benchmarks/bench_main_job.py --grid ablations/world4.yaml --jobs 2
-    python benchmarks/bench_main_job.py --grid-dir runs/world4 --ablate-wall-s 830
+    python benchmarks/bench_main_job.py                                   # the README main job, ~13 min
+    python benchmarks/bench_main_job.py --grid ablations/ci_smoke.yaml --jobs 2
+    python benchmarks/bench_main_job.py --grid-dir runs/resolution-tokens --ablate-wall-s 764
 
 Cell times are summed over cells (they overlap with ``--jobs 2``); the ablate and report wall times are what a
 user waits for. Writes ``benchmarks/results/bench_main_job.json`` (or ``--out``).

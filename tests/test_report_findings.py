@@ -199,6 +199,8 @@ def test_answer_prior_line_readme_link_and_escaped_claims(tmp_path: Path) -> Non
     first = runner.invoke(app, ["report", str(grid), "-o", str(out), "--resamples", "200"], env={"MMBENCH_AXES": str(axes)})
     assert first.exit_code == 0, first.output
     assert "answer prior" in (out / "plots" / "bars-resolution.svg").read_text()
+    tasks_note = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith("Per task"))
+    assert "answer prior" in tasks_note and "synthetic-vqa 0.3" in tasks_note  # named in numbers, not only drawn
     page = (out / "index.html").read_text()
     assert "&lt;b&gt;higher&lt;/b&gt; &amp; better" in page and "<b>higher" not in page
     assert "README.md" not in page

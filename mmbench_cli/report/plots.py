@@ -27,7 +27,14 @@ from mmbench_cli.families import FAMILIES
 from mmbench_cli.report.grounding import query_precisions, run_vocabularies
 from mmbench_cli.report.load import SEED_AXIS, Run, Study
 from mmbench_cli.report.stats import DEFAULT_RESAMPLES, Estimate, from_scores, mean_of
-from mmbench_cli.report.tables import Column, axis_effects, repeated_points, run_estimate, summary_columns
+from mmbench_cli.report.tables import (
+    Column,
+    answer_prior,
+    axis_effects,
+    repeated_points,
+    run_estimate,
+    summary_columns,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -121,22 +128,6 @@ def _tick_labels(panel: Axes, labels: list[str]) -> float:
     return 0.25 + (0.65 * 0.062 * longest * 1.1 if rotate else 0.1)
 
 
-def _answer_prior(study: Study, tasks: list[str], shots: str) -> float | None:
-    """The mean answer prior (``extra["prior"]``) of ``tasks`` at ``shots`` over the runs' last checkpoints, when every
-    task records one (another eval version may not: then no line is drawn)."""
-    priors: dict[str, list[float]] = {}
-    for run in study.runs:
-        step = run.final_step
-        for task in tasks:
-            cell = run.entry(step, task, shots) if step is not None else None
-            prior = cell.extra.get("prior") if cell is not None else None
-            if isinstance(prior, (int, float)) and not isinstance(prior, bool) and math.isfinite(prior):
-                priors.setdefault(task, []).append(float(prior))
-    if not tasks or any(task not in priors for task in tasks):
-        return None
-    return sum(sum(v) / len(v) for v in priors.values()) / len(priors)
-
-
 def _grounding_estimates(study: Study) -> tuple[str, str, dict[str, Estimate], float] | None:
     """(task, shots, run name -> colour-precision Estimate, mean chance) for the first captioning task whose cells
     record a vocabulary, at its fewest shots and the runs' last checkpoints; None when there is none."""
@@ -218,7 +209,7 @@ def axis_bars(study: Study, resamples: int = DEFAULT_RESAMPLES) -> list[Figure]:
             family = next(f for f in FAMILIES.values() if f.name == family_columns[0].family)
             if family.name == "vqa":
                 family_tasks = [t for t, info in tasks.items() if info.family == "vqa"]
-                prior = _answer_prior(study, family_tasks, family_columns[0].shots or "0")
+                prior = answer_prior(study, family_tasks, family_columns[0].shots or "0")
                 if prior is not None:
                     handles.setdefault("answer prior", panel.axhline(prior, color="#555555", linestyle="--", linewidth=1))
             panel.set_title(title)
@@ -465,7 +456,7 @@ def dynamics(study: Study) -> list[Figure]:
                             by_flops[group].setdefault(float(step), []).append((flops, cell.value))
                         if (run.name, step) in repeated:
                             flagged.append((float(step), flops, cell.value))
-            prior = _answer_prior(study, [task], shots) if info.family == "vqa" else None
+            prior = answer_prior(study, [task], shots) if info.family == "vqa" else None
             for row, (lines, xlabel, unit) in enumerate(((by_step, "training step (log)", ""),
                                                          (by_flops, "training compute (log)", "FLOP"))):
                 panel = panels[row][j]

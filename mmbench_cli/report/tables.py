@@ -326,11 +326,42 @@ def summary_table(study: Study, resamples: int = DEFAULT_RESAMPLES) -> Table:
     return make_table("summary", "MM1-style summary", note, list(groups), [*columns, loss_column], lookup, ["cell"], resamples)
 
 
+def answer_prior(study: Study, tasks: list[str], shots: str) -> float | None:
+    """The mean answer prior (``extra["prior"]``) of ``tasks`` at ``shots`` over the runs' last checkpoints, when every
+    task records one (another eval version may not: then None)."""
+    priors: dict[str, list[float]] = {}
+    for run in study.runs:
+        step = run.final_step
+        for task in tasks:
+            cell = run.entry(step, task, shots) if step is not None else None
+            prior = cell.extra.get("prior") if cell is not None else None
+            if isinstance(prior, (int, float)) and not isinstance(prior, bool) and math.isfinite(prior):
+                priors.setdefault(task, []).append(float(prior))
+    if not tasks or any(task not in priors for task in tasks):
+        return None
+    return sum(sum(v) / len(v) for v in priors.values()) / len(priors)
+
+
+def prior_note(study: Study) -> str:
+    """The note's "answer prior" clause: each VQA-family task's prior (the score of answering every query with its
+    question type's most common training answer), where the results record one ("" otherwise)."""
+    priors = []
+    for task, info in study.tasks().items():
+        prior = answer_prior(study, [task], info.shots[0]) if info.shots else None
+        if prior is not None:
+            priors.append(f"{task} {prior:.1f}")
+    if not priors:
+        return ""
+    return ("; answer prior (every query answered with its question type's most common training answer, same "
+            "metric): " + ", ".join(priors))
+
+
 def task_table(study: Study, resamples: int = DEFAULT_RESAMPLES) -> Table:
     """Every task at every shot count, per cell."""
     columns = task_columns(study)
     cells = cell_estimates(study, columns)
-    note = "Per task and shots; [95% bootstrap CI over queries]" + seed_note(study) + "; " + BOLD_NOTE
+    note = ("Per task and shots; [95% bootstrap CI over queries]" + seed_note(study) + prior_note(study) + "; "
+            + BOLD_NOTE)
     return make_table(
         "tasks", "Per-task scores", note, list(cells), columns, lambda g, c: cells[g][c.key], ["cell"], resamples
     )

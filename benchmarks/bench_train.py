@@ -71,6 +71,8 @@ def build(cfg, tmp: Path):
 
     seed_everything(cfg.seed)
     model = build_model(cfg.model, tokenizer_source(cfg.data))
+    if cfg.train.freeze_encoder:  # as mm pretrain does (random weights: the step's cost does not depend on them)
+        model.encoder.requires_grad_(False)
     model.train()
     optimizer = build_optimizer(model, 1e-3, 0.1, torch.device("cpu"))
     stream = TrainStream(cfg, model.tokenizer, model.num_image_tokens, model.image_mean, model.image_std)

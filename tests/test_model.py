@@ -194,6 +194,15 @@ def test_param_counts_and_flops(model) -> None:
     # the image path costs at least the encoder's 6·N·patches (ViT matmuls; attention and convs add more)
     patches = (IMAGE_SIZE // 8) ** 2
     assert model.image_flops() >= 6 * (counts["encoder"] - 2 * 10**4) * patches
+    # a frozen encoder (train.freeze_encoder) runs forward only: 2 of its 3 forward-equivalents are not spent
+    trainable = model.image_flops()
+    model.encoder.requires_grad_(False)
+    try:
+        frozen = model.image_flops()
+        assert trainable - frozen >= 4 * (counts["encoder"] - 2 * 10**4) * patches and frozen > trainable / 3
+    finally:
+        model.encoder.requires_grad_(True)
+    assert model.image_flops() == trainable
 
 
 def test_saved_model_names_its_special_tokens_and_old_saves_still_load(tmp_path) -> None:

@@ -73,7 +73,7 @@ class MLLM(nn.Module):
         self.eoc_token_id: int = ids["eoc"]
         self.eos_token_id: int = ids["eos"]
         self.pad_token_id: int = ids["pad"]
-        self._image_flops: int | None = None
+        self._image_flops: tuple[bool, int] | None = None  # (encoder frozen when counted, FLOPs)
 
     # ---- forward -------------------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -158,8 +158,10 @@ class MLLM(nn.Module):
         return 6 * matmul_params + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
 
     def image_flops(self) -> int:
-        """Training FLOPs (forward+backward = 3× forward) of encoder+connector per image, counted once."""
-        if self._image_flops is None:
+        """Training FLOPs of encoder + connector per image, counted once: forward + backward (3× forward) for what
+        trains, forward only for a frozen encoder (``train.freeze_encoder``: no gradient flows into it)."""
+        frozen = not any(parameter.requires_grad for parameter in self.encoder.parameters())
+        if self._image_flops is None or self._image_flops[0] != frozen:
             from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
             def cpu_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any, out_shape: Any = None,
@@ -168,10 +170,13 @@ class MLLM(nn.Module):
 
             mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
             dummy = torch.zeros(1, 3, self.image_size, self.image_size, device=self.lm.device)
-            with FlopCounterMode(display=False, custom_mapping=mapping) as counter:  # grad on: its module tracker needs it
-                self.encode_images(dummy)
-            self._image_flops = 3 * counter.get_total_flops()
-        return self._image_flops
+            with FlopCounterMode(display=False, custom_mapping=mapping) as encoder:  # grad on: its module tracker needs it
+                features = self.encoder(dummy)
+            with FlopCounterMode(display=False, custom_mapping=mapping) as connector:
+                self.connector(features)
+            encoder_flops = (1 if frozen else 3) * encoder.get_total_flops()
+            self._image_flops = (frozen, encoder_flops + 3 * connector.get_total_flops())
+        return self._image_flops[1]
 
     def flops_per_sample(self, seq_len: int, num_images: int = 1) -> int:
         """Training FLOPs of one sequence of ``seq_len`` tokens holding ``num_images`` images."""

@@ -83,7 +83,7 @@ def schedule_for(plan: GridPlan, executor: str, options: dict[str, Any]) -> Sche
 
 def _model_key(cfg: Config) -> str:
     return config_hash(cfg.model) + config_hash(cfg.data) + f"/{cfg.train.batch_size}x{cfg.train.grad_accum}" \
-        f"/{cfg.train.cpu_threads}/{cfg.train.device}/{cfg.train.stage}"
+        f"/{cfg.train.cpu_threads}/{cfg.train.device}/{cfg.train.stage}/{cfg.train.freeze_encoder}"
 
 
 def _timed(function: Any, repeats: int) -> float:
@@ -118,9 +118,11 @@ def measure_cell(cfg: Config) -> dict[str, float]:
         begin = time.perf_counter()
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, tokenizer_source(cfg.data)).to(device)
+        if cfg.train.freeze_encoder:  # as mm pretrain: a frozen encoder runs forward only
+            model.encoder.requires_grad_(False)
         stream = TrainStream(cfg, model.tokenizer, model.num_image_tokens, model.image_mean, model.image_std)
         setup_s = time.perf_counter() - begin
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         model.train()
 
         def train_step() -> None:

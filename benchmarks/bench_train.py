@@ -64,15 +64,11 @@ def matmul_ceiling(seconds: float = 1.5) -> float:
 def build(cfg, tmp: Path):
     """Model, optimizer, stream and a _Trainer for ``cfg`` (single process, CPU)."""
     from mmbench_cli.data.mixture import TrainStream
-    from mmbench_cli.data.synthetic import tokenizer_source
-    from mmbench_cli.model import build_model
     from mmbench_cli.train.distributed import DistContext
-    from mmbench_cli.train.loop import _Trainer, build_optimizer, seed_everything
+    from mmbench_cli.train.loop import _Trainer, build_optimizer, build_trainable_model, seed_everything
 
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, tokenizer_source(cfg.data))
-    if cfg.train.freeze_encoder:  # as mm pretrain does (random weights: the step's cost does not depend on them)
-        model.encoder.requires_grad_(False)
+    model = build_trainable_model(cfg)  # as mm pretrain (random weights: a step's cost does not depend on them)
     model.train()
     optimizer = build_optimizer(model, 1e-3, 0.1, torch.device("cpu"))
     stream = TrainStream(cfg, model.tokenizer, model.num_image_tokens, model.image_mean, model.image_std)

@@ -102,14 +102,15 @@ def build(
         from mmbench_cli.train.pretrained_encoder import encoder_dir, ensure_pretrained_encoder, load_pretrained_encoder
 
         after_build = None
-        if out is not None:  # a saved model carries its pre-trained encoder (made once and cached, as mm pretrain does)
+        cached = encoder_dir(cfg)  # None unless model.encoder is a pre-trained registry entry
+        if out is not None and cached is not None:  # a saved model carries its pre-trained encoder, as mm pretrain
             made = ensure_pretrained_encoder(cfg)
             if made is not None:
                 def after_build(model: Any) -> None:
                     load_pretrained_encoder(model, made[0])
-        elif encoder_dir(cfg) is not None:
+        elif cached is not None:
             console.print(f"encoder weights: {cfg.model.encoder} is pre-trained once and cached when a model is saved "
-                          f"(-o) or trained (mm pretrain): {encoder_dir(cfg)}", highlight=False)
+                          f"(-o) or trained (mm pretrain): {cached}", highlight=False)
         build_and_report(cfg, tokenizer_source(cfg.data), out, console, after_build)
 
 

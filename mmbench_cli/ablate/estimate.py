@@ -106,9 +106,8 @@ def measure_cell(cfg: Config) -> dict[str, float]:
     import torch
 
     from mmbench_cli.data.mixture import TrainStream
-    from mmbench_cli.data.synthetic import tokenizer_source
-    from mmbench_cli.model import build_model
     from mmbench_cli.model.device import resolve_device
+    from mmbench_cli.train.loop import build_trainable_model
 
     device = resolve_device(cfg.train.device)
     threads_before = torch.get_num_threads()
@@ -117,9 +116,7 @@ def measure_cell(cfg: Config) -> dict[str, float]:
     try:
         begin = time.perf_counter()
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, tokenizer_source(cfg.data)).to(device)
-        if cfg.train.freeze_encoder:  # as mm pretrain: a frozen encoder runs forward only
-            model.encoder.requires_grad_(False)
+        model = build_trainable_model(cfg).to(device)  # as mm pretrain: a frozen encoder runs forward only
         stream = TrainStream(cfg, model.tokenizer, model.num_image_tokens, model.image_mean, model.image_std)
         setup_s = time.perf_counter() - begin
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

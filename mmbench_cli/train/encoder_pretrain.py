@@ -186,11 +186,11 @@ class PairData:
 
     def batch(self, indices: list[int], rng: random.Random) -> tuple[torch.Tensor, list[str]]:
         """Normalised images ``[B, 3, S, S]`` and one randomly chosen caption per image (bad images left out)."""
-        indices = [i for i in indices if self.pixels(i) is not None]
-        if not indices:
+        kept = [(i, pixels) for i in indices if (pixels := self.pixels(i)) is not None]
+        if not kept:
             raise MMError("data: every image of an encoder pre-training batch failed to decode (data.skip_bad=true)")
-        images = torch.stack([self.pixels(i) for i in indices]).float().div_(255.0)
-        captions = [rng.choice(self.samples[i].captions) for i in indices]
+        images = torch.stack([pixels for _, pixels in kept]).float().div_(255.0)
+        captions = [rng.choice(self.samples[i].captions) for i, _ in kept]
         return (images - self.mean) / self.std, captions
 
 

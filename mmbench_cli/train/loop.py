@@ -221,8 +221,6 @@ def _finished(cfg: Config, run: RunDir, start_step: int | None) -> bool:
 
 def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool, ctx: DistContext) -> Path:
     from mmbench_cli.data.mixture import TrainStream
-    from mmbench_cli.data.synthetic import tokenizer_source
-    from mmbench_cli.model import build_model
 
     # Everything that can be refused is checked before the run dir is touched: config (on load), precision,
     # model (built here), optimizer settings. Only then is the dir claimed (an old run set aside with --force).
@@ -230,9 +228,7 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
     autocast_dtype = resolve_precision(tcfg.precision, ctx.device)
     _precheck_run_dir(cfg, run_dir, resume, force, ctx)
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, tokenizer_source(cfg.data))
-    if tcfg.freeze_encoder:
-        model.encoder.requires_grad_(False)
+    model = build_trainable_model(cfg)
     num_params = sum(p.numel() for p in model.parameters())
     peak_lr, weight_decay = resolve_lr_and_wd(tcfg, num_params)
 
@@ -331,6 +327,18 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
     finally:
         if lock is not None:
             lock.release()
+
+
+def build_trainable_model(cfg: Config) -> MLLM:
+    """``cfg``'s model as ``mm pretrain`` trains it: built, and its encoder frozen when ``train.freeze_encoder`` says so
+    (no gradient flows into it: it runs forward only). Benchmarks and the dry-run estimate time this same model."""
+    from mmbench_cli.data.synthetic import tokenizer_source
+    from mmbench_cli.model import build_model
+
+    model = build_model(cfg.model, tokenizer_source(cfg.data))
+    if cfg.train.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    return model
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import json
 import os
 import platform
@@ -104,19 +105,33 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
+GZ_SUFFIX = ".gz"
+
+
+def stored_file(path: Path) -> Path | None:
+    """``path`` if it exists, else its gzip-compressed copy ``<path>.gz`` if that exists (a published study
+    compresses its per-sample files, ``gzip -n``), else None."""
+    if path.exists():
+        return path
+    zipped = path.with_name(path.name + GZ_SUFFIX)
+    return zipped if zipped.is_file() else None
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL file of objects, ignoring a torn final line left by a killed writer.
+    """Read a JSONL file of objects (or its ``.gz`` copy, when only that exists), ignoring a torn final line left
+    by a killed writer.
 
     Anything else that is not one JSON object per line (bad JSON, non-UTF-8 bytes, an array or a number) is a
     one-line MMError naming the file and the line; blank lines are skipped.
     """
-    path = Path(path)
-    if not path.exists():
+    path = stored_file(Path(path))
+    if path is None:
         return []
     try:
-        lines = path.read_bytes().splitlines()
-    except OSError as error:
-        raise MMError(f"{path}: cannot read ({error.strerror})") from None
+        data = path.read_bytes()
+        lines = (gzip.decompress(data) if path.name.endswith(GZ_SUFFIX) else data).splitlines()
+    except (OSError, EOFError) as error:
+        raise MMError(f"{path}: cannot read ({getattr(error, 'strerror', None) or error})") from None
     records = []
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
@@ -755,12 +770,15 @@ class RunDir:
         root = self.path.resolve()
         for relative in cell.samples if cell is not None else []:
             for base in (self.path, self.eval_dir, self.samples_dir(step)):
-                candidate = (base / relative).resolve()
-                if candidate.is_file() and root in candidate.parents:
+                candidate = stored_file((base / relative).resolve())
+                if candidate is not None and candidate.is_file() and root in candidate.parents:
                     paths.append(candidate)
                     break
         if not paths:
-            paths = sorted(self.samples_dir(step).glob(f"{task}.{shots}shot.seed*.jsonl"))
+            pattern = f"{task}.{shots}shot.seed*.jsonl"
+            found = {p.name: p for p in self.samples_dir(step).glob(pattern + GZ_SUFFIX)}
+            found.update({p.name + GZ_SUFFIX: p for p in self.samples_dir(step).glob(pattern)})
+            paths = [found[name] for name in sorted(found)]
         return paths
 
     def read_samples(self, path: Path) -> list[dict[str, Any]]:

@@ -66,3 +66,33 @@ def test_study_axes_change_what_they_say(study_cwd: Path) -> None:
         (v, r) for v in (1, 2, 3) for r in (32, 64)
     }
     assert all(c.config.eval.all_checkpoints and c.config.train.steps == 1000 for c in world)
+
+
+# ------------------------------------------------------------------------------------- second edition (v2)
+STUDY_V2 = REPO / "ablations" / "mm1-toy-v2"
+EXPECTED_CELLS_V2 = {"resolution_tokens": 12, "connector": 9, "data_mix": 18, "encoder": 12, "lm_size": 9}
+
+
+def test_v2_run_study_runs_every_grid_file() -> None:
+    script = (STUDY_V2 / "run_study.sh").read_text()
+    listed = re.search(r"GRIDS:-([a-z_ ]+)\}", script).group(1).split()
+    assert sorted(listed) == sorted(p.stem for p in STUDY_V2.glob("*.yaml") if p.name != "base.yaml")
+    assert sorted(listed) == sorted(EXPECTED_CELLS_V2)
+
+
+@pytest.mark.parametrize("grid", sorted(EXPECTED_CELLS_V2))
+def test_v2_grids_plan_three_seeds_on_world_4_with_dynamics(grid: str) -> None:
+    plan = build_plan(str(STUDY_V2 / f"{grid}.yaml"), [], [], axes_path=AXES)
+    assert plan.name == grid and len(plan.cells) == EXPECTED_CELLS_V2[grid]
+    assert sorted({c.config.seed for c in plan.cells}) == [0, 1, 2]  # three training seeds in every grid
+    for cell in plan.cells:
+        cfg = cell.config
+        assert cfg.data.world_version == 4 and cfg.train.freeze_encoder and cfg.train.steps == 600
+        assert cfg.eval.all_checkpoints and cfg.eval.shots == [0, 2] and cfg.eval.num_samples == 500
+        assert cfg.model.encoder.endswith(("-clip", "-mae"))  # pre-trained, cached encoders only
+    if grid in ("data_mix", "lm_size"):
+        assert "text:textcore" in plan.base.eval.tasks  # findings (c) and (e) need the text benchmark
+    if grid == "connector":
+        assert {c.config.model.num_image_tokens for c in plan.cells} == {16}
+        assert {c.config.model.image_size for c in plan.cells} == {64}  # where captions are grounded
+

@@ -47,6 +47,15 @@ def test_the_key_follows_what_the_weights_depend_on() -> None:
         assert pretrained_encoder.encoder_dir(load_config(None, [*TINY, other])) != key, other
 
 
+def test_mae_entries_pre_train_with_mae_and_have_their_own_cache() -> None:
+    clip, mae = (load_config(None, [*TINY, f"model.encoder=vit-small-{o}"]) for o in ("clip", "mae"))
+    recipes = [pretrained_encoder.pretrain_config(c) for c in (clip, mae)]
+    assert [r.train.encoder_objective for r in recipes] == ["clip", "mae"]
+    assert {r.model.encoder for r in recipes} == {"vit-small"}
+    assert pretrained_encoder.encoder_dir(mae).name.startswith("vit-small-mae-32px-")
+    assert pretrained_encoder.encoder_dir(mae).name.split("-")[-1] != pretrained_encoder.encoder_dir(clip).name.split("-")[-1]
+
+
 def test_made_once_then_loaded_and_runs_are_the_same_either_way(tmp_path: Path, short_recipe: Path) -> None:
     first = pretrain(load_config(None, TINY), tmp_path / "a", progress=False)
     cached = sorted((short_recipe / "encoders").iterdir())

@@ -209,3 +209,32 @@ def test_answer_prior_line_readme_link_and_escaped_claims(tmp_path: Path) -> Non
     assert again.exit_code == 0, again.output
     assert '<a href="README.md">' in (out / "index.html").read_text()
     assert "[README.md](README.md)" in (out / "report.md").read_text()
+
+
+def test_gzip_compressed_sample_files_give_the_same_report(tmp_path: Path) -> None:
+    """A published study keeps its per-sample files as ``gzip -n`` copies (``<name>.jsonl.gz``): the report reads
+    them as it reads the plain files, so the Findings, summaries and markdown come out the same."""
+    import gzip
+    import re
+
+    grid_dir = write_two_axis_grid(tmp_path / "runs" / "res_tokens")
+
+    def report(out: Path) -> tuple[str, str]:
+        result = runner.invoke(app, ["report", str(grid_dir), "-o", str(out), "--resamples", "200", "--no-plots"])
+        assert result.exit_code == 0, result.output
+        markdown = re.sub(r"generated [^;.]* UTC", "generated <time>", (out / "report.md").read_text())
+        return markdown, (out / "summary.csv").read_text()
+
+    plain = report(tmp_path / "plain")
+    files = sorted(grid_dir.glob("*/eval/samples/step_10/*.jsonl"))
+    assert len(files) == 16
+    for path in files:
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes(), mtime=0))
+        path.unlink()
+    zipped = report(tmp_path / "zipped")
+    assert zipped == plain
+    assert "| **effect** |" in zipped[0]  # the Findings rows were computed from the compressed files
+    bad = grid_dir / "resolution=32,tokens=4,seed=0" / "eval" / "samples" / "step_10" / "synthetic-vqa.0shot.seed0.jsonl.gz"
+    bad.write_bytes(b"not gzip")
+    result = runner.invoke(app, ["report", str(grid_dir), "-o", str(tmp_path / "bad"), "--no-plots"])
+    assert result.exit_code == 2 and "synthetic-vqa.0shot.seed0.jsonl.gz: cannot read" in result.output

@@ -37,6 +37,7 @@ from mmbench_cli.rundir import (
     RunDir,
     atomic_write_text,
     model_dir_checkpoint,
+    stored_file,
     summarize,
 )
 
@@ -403,7 +404,7 @@ def _reusable_seeds(cell: ResultCell | None, fingerprint: str, run: RunDir) -> d
     if cell is None or cell.fingerprint != fingerprint:
         return {}
     return {seed: value for seed, value, rel in zip(cell.seed_ids, cell.seeds, cell.samples, strict=False)
-            if (run.eval_dir / rel).is_file()}
+            if stored_file(run.eval_dir / rel) is not None}
 
 
 # ----------------------------------------------------------------------------------------------- main

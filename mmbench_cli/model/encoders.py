@@ -59,9 +59,11 @@ for _name, _spec in {
     "vit-base-toy": ViTSpec(hidden_size=256, num_layers=8, num_heads=8),
 }.items():
     ENCODERS.add(_name, _spec)
-    # ``vit-tiny-clip``: the same ViT, CLIP-pre-trained on the run's own image-caption data before training starts
-    ENCODERS.add(f"{_name}-clip", ViTSpec(_spec.hidden_size, _spec.num_layers, _spec.num_heads, _spec.mlp_ratio,
-                                          pretrain="clip", base=_name))
+    # ``vit-tiny-clip``: the same ViT, CLIP-pre-trained on the run's own image-caption data before training starts;
+    # ``vit-tiny-mae``: MAE-pre-trained on the same images (MM1 Table 1 compares the two objectives)
+    for _objective in ("clip", "mae"):
+        ENCODERS.add(f"{_name}-{_objective}", ViTSpec(_spec.hidden_size, _spec.num_layers, _spec.num_heads,
+                                                      _spec.mlp_ratio, pretrain=_objective, base=_name))
 
 
 class VisionEncoder(nn.Module):

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The toy MM1 study, second edition (reports/mm1-toy-v2/), end to end on a CPU, in one resumable command: re-running
+# skips finished cells (and the cached pre-trained encoders). Run from the repository root:
+#   bash ablations/mm1-toy-v2/run_study.sh
+# GRIDS="connector data_mix" runs some grids only; JOBS / THREADS set cells at once / torch threads per cell.
+# Afterwards the per-sample files are compressed (gzip -n: the same bytes every time; mm report reads them) and
+# the encoders' own held-out results are copied next to the grids. The report (also what regenerates
+# reports/mm1-toy-v2/ from the committed run files):
+#   mm report runs/mm1-toy-v2/resolution_tokens runs/mm1-toy-v2/connector runs/mm1-toy-v2/data_mix \
+#             runs/mm1-toy-v2/encoder runs/mm1-toy-v2/lm_size -o reports/mm1-toy-v2
+set -euo pipefail
+HERE=$(dirname "$0")
+JOBS=${JOBS:-2}
+THREADS=${THREADS:-1}
+OUT=${OUT:-runs/mm1-toy-v2}
+for grid in ${GRIDS:-resolution_tokens connector data_mix encoder lm_size}; do
+  mm ablate "$HERE/$grid.yaml" --out "$OUT/$grid" --jobs "$JOBS" --threads "$THREADS"
+done
+find "$OUT" -path '*/eval/samples/*' -name '*.jsonl' -exec gzip -n -f {} +
+python - "$OUT" <<'PY'
+"""Copy each pre-trained encoder's held-out results (encoder_eval.json, meta.json) next to the grids."""
+import json, shutil, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+for meta in sorted(out.glob("*/*/meta.json")):
+    source = json.loads(meta.read_text()).get("pretrained_encoder")
+    if source and Path(source).is_dir():
+        target = out / "encoders" / Path(source).name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("encoder_eval.json", "meta.json", "config.yaml"):
+            if (Path(source) / name).is_file():
+                shutil.copyfile(Path(source) / name, target / name)
+PY

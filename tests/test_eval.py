@@ -160,6 +160,24 @@ def test_runner_results_schema_samples_and_reuse(tiny_model_dir: Path) -> None:
 runner = CliRunner()
 
 
+def test_prompts_longer_than_the_training_sequences_are_noted_and_recorded(tmp_path: Path) -> None:
+    """Few-shot prompts longer than ``data.seq_len`` put the query where the LM never trained: mm eval says so and
+    the results cell records the longest prompt (also when every seed is reused)."""
+    model = save_tiny_model(tmp_path / "short", [*TINY, "data.seq_len=24", "model.num_image_tokens=4"])
+    args = ["eval", str(model), "--tasks", "synthetic-vqa", "--shots", "0", "2", "--num-samples", "3"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "synthetic-vqa 2-shot prompts reach" in result.output
+    assert "longer than the run's training sequences (data.seq_len 24)" in " ".join(result.output.split())
+    assert "synthetic-vqa 0-shot prompts reach" not in result.output  # 4 image tokens + a question fit
+    path = model / "eval" / "step_0.json"
+    cells = json.loads(path.read_text())["tasks"]["synthetic-vqa"]
+    assert cells["2"]["max_prompt_tokens"] > 24 >= cells["0"]["max_prompt_tokens"] > 4
+    assert runner.invoke(app, args).exit_code == 0  # every seed reused: the longest prompt is kept
+    again = json.loads(path.read_text())["tasks"]["synthetic-vqa"]
+    assert again["2"]["reused"] == [0] and again["2"]["max_prompt_tokens"] == cells["2"]["max_prompt_tokens"]
+
+
 def _one_line_exit_2(result) -> str:  # noqa: ANN001
     assert result.exit_code == 2, result.output
     text = result.output.strip()

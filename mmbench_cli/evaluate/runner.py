@@ -469,6 +469,17 @@ def _cell_extra(task: TaskData, shots: int, settings: EvalSettings, run: RunDir,
     return extra
 
 
+def _note_long_prompts(console: Console, what: str, longest: int, max_seq_len: int, trained_len: int | None) -> None:
+    """Say when prompts outgrow the model's context or the sequences the run trained on (positions the LM never
+    saw in training: the score then measures length generalisation too)."""
+    if longest > max_seq_len:
+        console.print(f"[yellow]note:[/] {what} prompts reach {longest} tokens, beyond the model's max_seq_len "
+                      f"{max_seq_len}")
+    elif trained_len is not None and longest > trained_len:
+        console.print(f"[yellow]note:[/] {what} prompts reach {longest} tokens, longer than the run's training "
+                      f"sequences (data.seq_len {trained_len}); fewer shots or image tokens keep them inside")
+
+
 def _evaluate_checkpoint(target: Target, checkpoint: Checkpoint, data: dict[str, TaskData], plan: ResolvedEval,
                          text_tasks: list[str], request: EvalRequest, device: str, console: Console | None,
                          rices: EncoderFeatures | None = None) -> Path:
@@ -499,8 +510,11 @@ def _evaluate_checkpoint(target: Target, checkpoint: Checkpoint, data: dict[str,
     total = sum(len(task.queries) * len(todo) for _, task, _, _, _, todo in todo_cells)
     with progress_bar(f"step {step}", total, enabled=request.progress and total > 0, console=console,
                       eta=False) as bar:
+        trained_len = target.config.data.seq_len if run.config_path.is_file() else None
         for name, task, k, fingerprint, reuse, todo in todo_cells:
             values = dict(reuse)
+            earlier = results.cell(name, k)
+            longest = (earlier.extra or {}).get("max_prompt_tokens") if earlier is not None and reuse else None
             for seed in todo:
                 if model is None:
                     model = load_model(checkpoint.path, device=device)
@@ -510,9 +524,10 @@ def _evaluate_checkpoint(target: Target, checkpoint: Checkpoint, data: dict[str,
                                 run.eval_dir / run.samples_relpath(step, name, k, seed), progress=bar,
                                 rices_features=rices)
                 values[seed] = cell.value
-                if cell.max_prompt_tokens > model.config.max_seq_len and console is not None:
-                    console.print(f"[yellow]note:[/] {name} {k}-shot prompts reach {cell.max_prompt_tokens} tokens, "
-                                  f"beyond the model's max_seq_len {model.config.max_seq_len}")
+                longest = max(longest or 0, cell.max_prompt_tokens)
+                if console is not None:
+                    _note_long_prompts(console, f"{name} {k}-shot", cell.max_prompt_tokens, model.config.max_seq_len,
+                                       trained_len)
             ordered = [values[s] for s in plan.seed_ids]
             mean, std = mean_std(ordered)
             samples = [run.samples_relpath(step, name, k, s) for s in plan.seed_ids]
@@ -521,7 +536,9 @@ def _evaluate_checkpoint(target: Target, checkpoint: Checkpoint, data: dict[str,
                 seeds=ordered, seed_ids=list(plan.seed_ids), samples=samples,
                 demo_selection=settings.demo_selection if k else None,
                 text_only_demos=bool(k == 0 and settings.text_only_zero_shot),
-                fingerprint=fingerprint, reused=sorted(reuse), extra=_cell_extra(task, k, settings, run, samples),
+                fingerprint=fingerprint, reused=sorted(reuse),
+                extra={**_cell_extra(task, k, settings, run, samples),
+                       **({"max_prompt_tokens": longest} if longest else {})},
             ))
             run.write_results(results)  # after every cell, so an interrupted eval keeps what it finished
     if text_tasks:

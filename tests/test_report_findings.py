@@ -238,3 +238,28 @@ def test_gzip_compressed_sample_files_give_the_same_report(tmp_path: Path) -> No
     bad.write_bytes(b"not gzip")
     result = runner.invoke(app, ["report", str(grid_dir), "-o", str(tmp_path / "bad"), "--no-plots"])
     assert result.exit_code == 2 and "synthetic-vqa.0shot.seed0.jsonl.gz: cannot read" in result.output
+
+
+def test_what_it_cost_comes_from_the_cells_ablate_records(tmp_path: Path) -> None:
+    """Cell time summed, wall time as the union of the cells' spans (a pause between resumed runs not counted),
+    the most cells at once; in markdown and HTML."""
+    grid_dir = write_two_axis_grid(tmp_path / "runs" / "res_tokens")
+    # two cells at a time from t=0; the last pair starts after an hour's pause
+    spans = [(0, 100), (0, 120), (100, 200), (120, 260), (3860, 3960), (3860, 3900), (260, 300), (300, 360)]
+    for (start, stop), cell in zip(spans, sorted(grid_dir.glob("resolution=*")), strict=True):
+        record = {"cell": cell.name, "state": "done", "started": 1e9 + start, "finished": 1e9 + stop,
+                  "wall_s": stop - start, "train_s": (stop - start) * 0.75, "eval_s": (stop - start) * 0.25}
+        (cell / "ablate.json").write_text(json.dumps(record))
+    from mmbench_cli.report import tables
+
+    [row] = tables.cost_rows(load.load_study([grid_dir]))
+    cell_time = sum(stop - start for start, stop in spans)
+    assert row["cells"] == "8 / 8" and row["at_once"] == "2"
+    assert row["cell_time"] == f"{cell_time / 60:.1f}" and row["train"] == f"{cell_time * 0.75 / 60:.1f}"
+    assert row["wall"] == f"{(360 + 100) / 60:.1f}"  # 0-360 s and 3860-3960 s: the hour's pause is not counted
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["report", str(grid_dir), "-o", str(out), "--resamples", "200", "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert f"| res\\_tokens | 8 / 8 | {row['train']} |" in (out / "report.md").read_text()
+    page = (out / "index.html").read_text()
+    assert 'id="table-cost"' in page and 'href="#cost"' in page

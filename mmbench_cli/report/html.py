@@ -68,6 +68,7 @@ def render_html(context: dict[str, Any]) -> str:
         **context, "figures": figures, "sections": sections, "fmt": fmt, "findings_view": findings_view(context["findings"]),
         "findings_note": findings_note(context["findings"]) if context["findings"] is not None else "",
         "metadata_shared": shared, "metadata_columns": [(key, METADATA_COLUMNS[key]) for key in varying],
+        "cost_columns": list(COST_COLUMNS.items()), "cost_note": COST_NOTE,
     })
 
 
@@ -249,6 +250,19 @@ def _unfinished_md(rows: list[dict[str, str]]) -> str:
             "are left out of the Findings.\n\n" + table + "\n")
 
 
+COST_COLUMNS = {"grid": "grid", "cells": "cells done", "train": "training (cell-min)", "eval": "eval (cell-min)",
+                "cell_time": "cell time (min)", "wall": "wall time (min)", "at_once": "cells at once (max)",
+                "threads": "torch threads per cell", "hosts": "host"}
+COST_NOTE = ("From each cell's ablate.json. Cell time is summed over cells (training counts any encoder "
+             "pre-training a cell waited for); wall time is how long the grid was running (the union of its cells' "
+             "spans, so pauses between resumed runs do not count).")
+
+
+def _cost_md(rows: list[dict[str, str]]) -> str:
+    table = markdown_table(list(COST_COLUMNS.values()), [[md_escape(r[k]) for k in COST_COLUMNS] for r in rows])
+    return f"## What it cost\n\n{COST_NOTE}\n\n{table}\n"
+
+
 def render_markdown(context: dict[str, Any], plot_paths: dict[str, str]) -> str:
     """The markdown twin of the HTML report; plots are linked as SVG files beside it."""
     parts = [f"# {md_escape(context['title'])}\n"]
@@ -283,6 +297,8 @@ def render_markdown(context: dict[str, Any], plot_paths: dict[str, str]) -> str:
                 for e in context["examples"]]
         parts.append("## Example outputs\n\n" + markdown_table(
             ["cell", "task", "shots", "id", "question / prompt", "prediction", "reference", "score"], rows) + "\n")
+    if context.get("cost"):
+        parts.append(_cost_md(context["cost"]))
     shared, varying = metadata_layout(context["metadata"])
     rows = [[md_escape(row[k]) for k in ["run", *varying]] for row in context["metadata"]]
     common = "; ".join(f"{md_escape(k)}: {md_escape(v)}" for k, v in shared.items())

@@ -67,6 +67,7 @@ class Run:
     results: dict[int, EvalResult] = field(default_factory=dict)
     state: str | None = None  # ablate.json's state for a grid cell (done / failed / running / ...), else None
     error: str | None = None  # ablate.json's error of a failed cell
+    cell_record: dict[str, Any] = field(default_factory=dict)  # a grid cell's whole ablate.json (timings too)
     _scores: dict[tuple[int, str, str], dict[str, float] | None] = field(default_factory=dict, repr=False)
     _clusters: dict[tuple[int, str, str], dict[str, str | None]] = field(default_factory=dict, repr=False)
     _records: dict[tuple[int, str, str], list[tuple[Path, list[dict[str, Any]]]]] = field(default_factory=dict, repr=False)
@@ -248,7 +249,8 @@ def parse_cell_id(name: str) -> dict[str, str]:
     return axes
 
 
-def _number(value: object) -> bool:
+def is_number(value: object) -> bool:
+    """Whether ``value`` is an int or float (not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -259,11 +261,11 @@ def is_run_dir(path: Path) -> bool:
 
 def _checkpoint_record(checkpoint: Checkpoint) -> CheckpointRecord:
     info = checkpoint.recorded_info()
-    step = info["step"] if _number(info["step"]) else checkpoint.step
+    step = info["step"] if is_number(info["step"]) else checkpoint.step
     digest = info.get("content_hash")
     flops = info.get("train_flops")
     return CheckpointRecord(checkpoint, int(step), str(digest) if digest else None,
-                            float(flops) if _number(flops) else None)
+                            float(flops) if is_number(flops) else None)
 
 
 def load_run(path: Path, name: str | None = None, axes: dict[str, str] | None = None, cell: bool = False) -> Run:
@@ -271,6 +273,7 @@ def load_run(path: Path, name: str | None = None, axes: dict[str, str] | None = 
     run = Run(path=path, name=name or path.resolve().name, axes=dict(axes or {}))
     if cell:
         record = read_cell_record(path)
+        run.cell_record = record
         state, error = record.get("state"), record.get("error")
         run.state = state if isinstance(state, str) else None
         run.error = " ".join(str(error).split()) if error not in (None, "") else None
@@ -318,7 +321,7 @@ def _read_scores(run: Run, step: int, task: str, shots: str) -> tuple[dict[str, 
     family = cell.family if cell is not None else None
     for path, records in run.sample_records(step, task, shots):
         for number, record in enumerate(records, start=1):
-            if not _number(record.get("score")):
+            if not is_number(record.get("score")):
                 raise MMError(f"{path}: line {number}: expected an object with a numeric 'score'; re-run mm eval")
             ident = str(record.get("id", number))
             per_id.setdefault(ident, []).append(float(record["score"]))
@@ -413,7 +416,7 @@ def _axis_specs(grid: dict[str, Any]) -> list[dict[str, Any]]:
 def mixture_shares(value: object) -> tuple[float, ...] | None:
     """The shares of a mixture axis value (``{caption: .45, interleaved: .45, text: .1}``) in their order, or None
     when the value is not a mapping of numbers summing to about 1."""
-    if not isinstance(value, dict) or not value or not all(_number(v) for v in value.values()):
+    if not isinstance(value, dict) or not value or not all(is_number(v) for v in value.values()):
         return None
     shares = tuple(float(v) for v in value.values())
     return shares if abs(sum(shares) - 1.0) < 0.02 else None

@@ -20,7 +20,7 @@ from typing import Any, TypedDict
 import pandas as pd
 
 from mmbench_cli.families import FAMILIES, Family, higher_is_better
-from mmbench_cli.report.load import SEED_AXIS, Run, Study, TaskInfo, read_samples
+from mmbench_cli.report.load import SEED_AXIS, Run, Study, TaskInfo, is_number, read_samples
 from mmbench_cli.report.stats import (
     DEFAULT_RESAMPLES,
     Estimate,
@@ -513,6 +513,55 @@ def unfinished_cells(study: Study) -> list[dict[str, str]]:
         rows.append({"cell": run.name, "state": run.state or "no ablate.json", "error": run.error or "—",
                      "trained": str(last) if last is not None else "—",
                      "evaluated": str(run.final_step) if run.final_step is not None else "—"})
+    return rows
+
+
+def _busy_seconds(spans: list[tuple[float, float]]) -> tuple[float, int]:
+    """The length of the union of time spans (a grid resumed later does not count the pause) and the most spans
+    that overlap at any moment (cells that ran at once)."""
+    busy, end, most = 0.0, None, 0
+    for start, stop in sorted(spans):
+        if end is None or start > end:
+            busy += stop - start
+            end = stop
+        elif stop > end:
+            busy += stop - end
+            end = stop
+    events = sorted([(start, 1) for start, _ in spans] + [(stop, -1) for _, stop in spans])
+    running = 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    return busy, most
+
+
+def cost_rows(study: Study) -> list[dict[str, str]]:
+    """What each grid cost, from its cells' ``ablate.json``: cells done, cell time summed (training, which counts
+    any encoder pre-training the cell waited for, and evaluation), the wall time the grid was running (the union
+    of its cells' spans) and the most cells that ran at once, with the torch threads per cell and the hosts."""
+    rows = []
+    grids: dict[str, list[Run]] = {}
+    for run in study.runs:
+        if run.grid is not None:
+            grids.setdefault(run.grid, []).append(run)
+    for grid, runs in grids.items():
+        records = [run.cell_record for run in runs]
+        timed = [r for r in records if is_number(r.get("wall_s")) and is_number(r.get("started"))
+                 and is_number(r.get("finished"))]
+        if not timed:
+            continue
+        busy, most = _busy_seconds([(float(r["started"]), float(r["finished"])) for r in timed])
+        threads = sorted({str((run.config.get("train") or {}).get("cpu_threads", "—")) for run in runs
+                          if isinstance(run.config.get("train"), dict)})
+        hosts = sorted({str(run.meta["host"]) for run in runs if run.meta.get("host")})
+
+        def minutes(key: str, chosen: list[dict[str, Any]] = timed) -> str:
+            return f"{sum(float(r.get(key) or 0) for r in chosen) / 60:.1f}"
+
+        rows.append({"grid": grid, "cells": f"{sum(r.get('state') == 'done' for r in records)} / {len(runs)}",
+                     "train": minutes("train_s"), "eval": minutes("eval_s"), "cell_time": minutes("wall_s"),
+                     "wall": f"{busy / 60:.1f}", "at_once": str(most), "threads": ", ".join(threads) or "—",
+                     "hosts": ", ".join(hosts) or "—"})
     return rows
 
 

@@ -366,6 +366,24 @@ def test_default_config_saves_and_hashes_as_before(tmp_path: Path, monkeypatch: 
         assert [c.id for c in plan.cells if store.cell_state(c.id) != "done"] == [], grid.name
 
 
+def test_committed_second_edition_grids_resume_with_nothing_to_do() -> None:
+    """The second edition's base is a copy of the defaults of its time: whatever the built-in defaults become, its
+    committed grids keep their config hashes and resume with nothing to do."""
+    from mmbench_cli.ablate.grid import build_plan
+    from mmbench_cli.ablate.store import GridStore
+
+    study = REPO / "ablations" / "mm1-toy-v2"
+    committed = [grid for grid in sorted(study.glob("*.yaml"))
+                 if (REPO / "runs" / "mm1-toy-v2" / grid.stem / "grid.json").is_file()]
+    if not committed:
+        pytest.skip("no committed second-edition grid")
+    for grid in committed:
+        plan = build_plan(str(grid), [], [], axes_path=REPO / "ablations" / "axes.yaml")
+        store = GridStore(REPO / "runs" / "mm1-toy-v2" / plan.name)
+        store.check_compatible(plan)
+        assert [c.id for c in plan.cells if store.cell_state(c.id) != "done"] == [], grid.name
+
+
 # --------------------------------------------------------------------------------------- RICES with CLIP
 def _clip_checkpoint(directory: Path) -> None:
     import torch

@@ -1,5 +1,6 @@
-"""The committed toy-study report (reports/mm1-toy/): Findings first, within its size budget, and every verdict its
-README quotes agrees with the Findings table (the README's numbers are the report's, as the report rounds them)."""
+"""The committed toy-study reports (reports/mm1-toy/ and its second edition reports/mm1-toy-v2/): Findings first,
+within their size budget, and every verdict their READMEs quote agrees with the Findings table (the README's numbers
+are the report's, as the report rounds them)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,19 @@ from pathlib import Path
 
 import pytest
 
-REPORT = Path(__file__).resolve().parents[1] / "reports" / "mm1-toy"
+REPORTS = Path(__file__).resolve().parents[1] / "reports"
+# report dir -> (at least this many intervals quoted, at least this many of them with a verdict checked)
+EDITIONS = {"mm1-toy": (40, 20), "mm1-toy-v2": (20, 10)}
 INTERVAL = re.compile(r"([+−-]?\d+(?:\.\d+)?)%? \[([−-]?\d+(?:\.\d+)?), ([−-]?\d+(?:\.\d+)?)\]")
 VERDICTS = ("**effect**", "direction, not significant", "no detectable effect")
 
-pytestmark = pytest.mark.skipif(not (REPORT / "report.md").is_file(), reason="no committed toy-study report")
+
+@pytest.fixture(params=sorted(EDITIONS))
+def edition(request: pytest.FixtureRequest) -> str:
+    """Each committed edition of the study's report."""
+    if not (REPORTS / request.param / "report.md").is_file():
+        pytest.skip(f"no committed report in reports/{request.param}")
+    return request.param
 
 
 def _findings_rows(markdown: str) -> list[str]:
@@ -20,22 +29,25 @@ def _findings_rows(markdown: str) -> list[str]:
     return [line for line in part.splitlines() if line.startswith("| ")]
 
 
-def test_findings_come_first_and_the_page_fits_its_budget() -> None:
-    page = (REPORT / "index.html").read_text(encoding="utf-8")
+def test_findings_come_first_and_the_page_fits_its_budget(edition: str) -> None:
+    report = REPORTS / edition
+    page = (report / "index.html").read_text(encoding="utf-8")
     assert page.index('<section id="findings">') < page.index('<section id="grid-')
     assert page[page.index("<table"):].startswith('<table class="data findings"')
-    assert (REPORT / "index.html").stat().st_size <= 2_000_000
-    markdown = (REPORT / "report.md").read_text(encoding="utf-8")
+    assert (report / "index.html").stat().st_size <= 2_000_000
+    markdown = (report / "report.md").read_text(encoding="utf-8")
     assert markdown.index("## Findings") < markdown.index("## Grid:")
 
 
-def test_readme_numbers_and_verdicts_agree_with_the_report() -> None:
-    readme = (REPORT / "README.md").read_text(encoding="utf-8")
-    markdown = (REPORT / "report.md").read_text(encoding="utf-8")
+def test_readme_numbers_and_verdicts_agree_with_the_report(edition: str) -> None:
+    report = REPORTS / edition
+    least_quoted, least_checked = EDITIONS[edition]
+    readme = (report / "README.md").read_text(encoding="utf-8")
+    markdown = (report / "report.md").read_text(encoding="utf-8")
     plain = markdown.replace("\\[", "[").replace("\\]", "]")
     rows = _findings_rows(markdown)
     quoted = list(INTERVAL.finditer(readme))
-    assert len(quoted) > 40
+    assert len(quoted) > least_quoted
     checked = 0
     for match in quoted:
         value, low, high = match.groups()
@@ -50,4 +62,4 @@ def test_readme_numbers_and_verdicts_agree_with_the_report() -> None:
         assert any(f"| {said} " in row or f"| {verdict} " in row for row in matching), (
             f"README calls {interval} {verdict!r}; the Findings rows with it: {matching}")
         checked += 1
-    assert checked > 20
+    assert checked > least_checked

@@ -16,14 +16,14 @@ OUT=${OUT:-runs/mm1-toy-v2}
 for grid in ${GRIDS:-resolution_tokens connector data_mix encoder lm_size}; do
   mm ablate "$HERE/$grid.yaml" --out "$OUT/$grid" --jobs "$JOBS" --threads "$THREADS"
 done
-find "$OUT" -path '*/eval/samples/*' -name '*.jsonl' -exec gzip -n -f {} +
+find "$OUT" -path '*/eval/samples/*' -name '*.jsonl' -exec gzip -n -9 -f {} +
 python - "$OUT" <<'PY'
 """Copy each pre-trained encoder's held-out results (encoder_eval.json, meta.json) next to the grids."""
 import json, shutil, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 for meta in sorted(out.glob("*/*/meta.json")):
-    source = json.loads(meta.read_text()).get("pretrained_encoder")
+    source = (json.loads(meta.read_text()).get("pretrained_encoder") or {}).get("dir")
     if source and Path(source).is_dir():
         target = out / "encoders" / Path(source).name
         target.mkdir(parents=True, exist_ok=True)

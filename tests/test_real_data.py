@@ -369,12 +369,14 @@ def test_default_config_saves_and_hashes_as_before(tmp_path: Path, monkeypatch: 
 def test_committed_second_edition_grids_resume_with_nothing_to_do() -> None:
     """The second edition's base is a copy of the defaults of its time: whatever the built-in defaults become, its
     committed grids keep their config hashes and resume with nothing to do."""
+    import subprocess
+
     from mmbench_cli.ablate.grid import build_plan
     from mmbench_cli.ablate.store import GridStore
 
     study = REPO / "ablations" / "mm1-toy-v2"
-    committed = [grid for grid in sorted(study.glob("*.yaml"))
-                 if (REPO / "runs" / "mm1-toy-v2" / grid.stem / "grid.json").is_file()]
+    tracked = subprocess.run(["git", "ls-files", "runs/mm1-toy-v2"], cwd=REPO, capture_output=True, text=True).stdout
+    committed = [grid for grid in sorted(study.glob("*.yaml")) if f"runs/mm1-toy-v2/{grid.stem}/grid.json" in tracked]
     if not committed:
         pytest.skip("no committed second-edition grid")
     for grid in committed:

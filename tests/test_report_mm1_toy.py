@@ -11,7 +11,7 @@ import pytest
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 # report dir -> (at least this many intervals quoted, at least this many of them with a verdict checked)
-EDITIONS = {"mm1-toy": (40, 20), "mm1-toy-v2": (20, 10)}
+EDITIONS = {"mm1-toy": (40, 20), "mm1-toy-v2": (15, 8)}
 INTERVAL = re.compile(r"([+−-]?\d+(?:\.\d+)?)%? \[([−-]?\d+(?:\.\d+)?), ([−-]?\d+(?:\.\d+)?)\]")
 VERDICTS = ("**effect**", "direction, not significant", "no detectable effect")
 

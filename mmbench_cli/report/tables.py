@@ -535,6 +535,11 @@ def _busy_seconds(spans: list[tuple[float, float]]) -> tuple[float, int]:
     return busy, most
 
 
+def _total_minutes(records: list[dict[str, Any]], key: str) -> str:
+    """``key`` (seconds) summed over ``records``, in minutes to one decimal."""
+    return f"{sum(float(r.get(key) or 0) for r in records) / 60:.1f}"
+
+
 def cost_rows(study: Study) -> list[dict[str, str]]:
     """What each grid cost, from its cells' ``ablate.json``: cells done, cell time summed (training, which counts
     any encoder pre-training the cell waited for, and evaluation), the wall time the grid was running (the union
@@ -554,12 +559,9 @@ def cost_rows(study: Study) -> list[dict[str, str]]:
         threads = sorted({str((run.config.get("train") or {}).get("cpu_threads", "—")) for run in runs
                           if isinstance(run.config.get("train"), dict)})
         hosts = sorted({str(run.meta["host"]) for run in runs if run.meta.get("host")})
-
-        def minutes(key: str, chosen: list[dict[str, Any]] = timed) -> str:
-            return f"{sum(float(r.get(key) or 0) for r in chosen) / 60:.1f}"
-
         rows.append({"grid": grid, "cells": f"{sum(r.get('state') == 'done' for r in records)} / {len(runs)}",
-                     "train": minutes("train_s"), "eval": minutes("eval_s"), "cell_time": minutes("wall_s"),
+                     "train": _total_minutes(timed, "train_s"), "eval": _total_minutes(timed, "eval_s"),
+                     "cell_time": _total_minutes(timed, "wall_s"),
                      "wall": f"{busy / 60:.1f}", "at_once": str(most), "threads": ", ".join(threads) or "—",
                      "hosts": ", ".join(hosts) or "—"})
     return rows

@@ -4,6 +4,7 @@ per-sample files, clustered by image; failed cells shown with their error; mixtu
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,41 @@ def test_what_it_cost_comes_from_the_cells_ablate_records(tmp_path: Path) -> Non
     assert f"| res\\_tokens | 8 / 8 | {row['train']} |" in (out / "report.md").read_text()
     page = (out / "index.html").read_text()
     assert 'id="table-cost"' in page and 'href="#cost"' in page
+
+
+def test_pretrained_encoders_are_listed_with_their_own_held_out_quality(tmp_path: Path) -> None:
+    """Runs that started from a pre-trained encoder name its cache dir in meta.json; the report lists each encoder
+    once with its encoder_eval.json (CLIP retrieval or MAE loss), read from a copy in encoders/ next to the grid
+    (the recorded cache dir is gone), and escapes the names in HTML."""
+    grid_dir = write_two_axis_grid(tmp_path / "study" / "res_tokens")
+    cells = sorted(grid_dir.glob("resolution=*"))
+    for index, cell in enumerate(cells):
+        name = "vit-tiny-clip-64px-abc" if index < 6 else "vit-tiny-mae-64px-<b>"
+        (cell / "meta.json").write_text(json.dumps({"pretrained_encoder": {"dir": f"/gone/cache/{name}"}}))
+    copies = tmp_path / "study" / "encoders"
+    for name, objective, scores in (
+        ("vit-tiny-clip-64px-abc", "clip", {"val_retrieval_top1": 0.4375, "val_retrieval_chance": 1 / 128,
+                                            "val_pairs": 128}),
+        ("vit-tiny-mae-64px-<b>", "mae", {"val_mae_loss": 0.01234, "val_images": 128}),
+    ):
+        (copies / name).mkdir(parents=True)
+        (copies / name / "encoder_eval.json").write_text(json.dumps(scores))
+        (copies / name / "meta.json").write_text(json.dumps({"objective": objective}))
+        (copies / name / "config.yaml").write_text("model: {encoder: vit-tiny, image_size: 64}\ntrain: {steps: 300}\n")
+    from mmbench_cli.report import tables
+
+    clip, mae = tables.encoder_rows(load.load_study([grid_dir]))
+    assert clip["quality"] == "image→text retrieval top-1 43.8% (chance 0.8%, 128 held-out pairs)"
+    assert clip["objective"] == "clip" and clip["resolution"] == "64 px" and clip["steps"] == "300"
+    assert clip["used_by"] == "6 run(s): res_tokens"
+    assert mae["quality"] == "masked-patch reconstruction loss 0.0123 (128 held-out images)"
+    assert mae["used_by"] == "2 run(s): res_tokens"
+    shutil.rmtree(copies / "vit-tiny-clip-64px-abc")
+    [missing, _] = tables.encoder_rows(load.load_study([grid_dir]))
+    assert missing["quality"].startswith("encoder_eval.json not found")
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["report", str(grid_dir), "-o", str(out), "--resamples", "200", "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert "## Pre-trained encoders" in (out / "report.md").read_text()
+    page = (out / "index.html").read_text()
+    assert 'id="table-encoders"' in page and "vit-tiny-mae-64px-&lt;b&gt;" in page and "vit-tiny-mae-64px-<b>" not in page

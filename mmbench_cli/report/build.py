@@ -189,6 +189,7 @@ def make_report(
         "repeated": tables.repeated_checkpoints(study),
         "examples": tables.example_outputs(study),
         "metadata": tables.metadata_rows(study),
+        "encoders": tables.encoder_rows(study),
         "cost": tables.cost_rows(study),
         "comparisons": comparisons,
         "failed": any(c.failed for c in comparisons or []),

@@ -69,6 +69,7 @@ def render_html(context: dict[str, Any]) -> str:
         "findings_note": findings_note(context["findings"]) if context["findings"] is not None else "",
         "metadata_shared": shared, "metadata_columns": [(key, METADATA_COLUMNS[key]) for key in varying],
         "cost_columns": list(COST_COLUMNS.items()), "cost_note": COST_NOTE,
+        "encoder_columns": list(ENCODER_COLUMNS.items()), "encoder_note": ENCODER_NOTE,
     })
 
 
@@ -258,6 +259,20 @@ COST_NOTE = ("From each cell's ablate.json. Cell time is summed over cells (trai
              "spans, so pauses between resumed runs do not count).")
 
 
+ENCODER_COLUMNS = {"encoder": "encoder (cache name)", "architecture": "architecture", "objective": "objective",
+                   "resolution": "resolution", "steps": "pre-training steps", "quality": "its own held-out quality",
+                   "used_by": "used by"}
+ENCODER_NOTE = ("Encoders pre-trained with mm pretrain --stage encoder (cached by content) that runs started from, "
+                "with their own quality on held-out images before any MLLM training: CLIP image→text retrieval "
+                "(top-1 among the held-out pairs) or MAE reconstruction loss. The two objectives' numbers are not "
+                "comparable with each other.")
+
+
+def _encoders_md(rows: list[dict[str, str]]) -> str:
+    table = markdown_table(list(ENCODER_COLUMNS.values()), [[md_escape(r[k]) for k in ENCODER_COLUMNS] for r in rows])
+    return f"## Pre-trained encoders\n\n{ENCODER_NOTE}\n\n{table}\n"
+
+
 def _cost_md(rows: list[dict[str, str]]) -> str:
     table = markdown_table(list(COST_COLUMNS.values()), [[md_escape(r[k]) for k in COST_COLUMNS] for r in rows])
     return f"## What it cost\n\n{COST_NOTE}\n\n{table}\n"
@@ -297,6 +312,8 @@ def render_markdown(context: dict[str, Any], plot_paths: dict[str, str]) -> str:
                 for e in context["examples"]]
         parts.append("## Example outputs\n\n" + markdown_table(
             ["cell", "task", "shots", "id", "question / prompt", "prediction", "reference", "score"], rows) + "\n")
+    if context.get("encoders"):
+        parts.append(_encoders_md(context["encoders"]))
     if context.get("cost"):
         parts.append(_cost_md(context["cost"]))
     shared, varying = metadata_layout(context["metadata"])

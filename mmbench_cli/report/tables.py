@@ -15,9 +15,11 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypedDict
 
 import pandas as pd
+import yaml
 
 from mmbench_cli.families import FAMILIES, Family, higher_is_better
 from mmbench_cli.report.load import SEED_AXIS, Run, Study, TaskInfo, is_number, read_samples
@@ -30,6 +32,7 @@ from mmbench_cli.report.stats import (
     mean_of,
     welch_difference,
 )
+from mmbench_cli.rundir import read_json_file
 
 BOLD_ALPHA = 0.05  # a column's best value is bold when better than the runner-up at this level
 
@@ -564,6 +567,69 @@ def cost_rows(study: Study) -> list[dict[str, str]]:
                      "cell_time": _total_minutes(timed, "wall_s"),
                      "wall": f"{busy / 60:.1f}", "at_once": str(most), "threads": ", ".join(threads) or "—",
                      "hosts": ", ".join(hosts) or "—"})
+    return rows
+
+
+ENCODER_COPIES = "encoders"  # <study dir>/encoders/<name>/: the copies a committed study keeps of its encoders
+
+
+def _encoder_files(run: Run, name: str, recorded: Path) -> Path | None:
+    """Where the encoder's ``encoder_eval.json`` is: a copy in ``encoders/<name>/`` next to the grid dirs (or
+    next to a plain run dir) first, so a committed study reads the same files on every machine; else the cache
+    dir the run recorded."""
+    above = run.path.parent.parent if run.grid is not None else run.path.parent
+    for folder in (above / ENCODER_COPIES / name, recorded):
+        if (folder / "encoder_eval.json").is_file():
+            return folder
+    return None
+
+
+def encoder_quality(scores: dict[str, Any]) -> str:
+    """An encoder's own held-out quality in words: CLIP image→text retrieval top-1 against chance, or the MAE
+    reconstruction loss."""
+    if is_number(scores.get("val_retrieval_top1")):
+        chance = scores.get("val_retrieval_chance")
+        chance_text = f"chance {100 * float(chance):.1f}%, " if is_number(chance) else ""
+        return (f"image→text retrieval top-1 {100 * float(scores['val_retrieval_top1']):.1f}% "
+                f"({chance_text}{_count(scores.get('val_pairs'))} held-out pairs)")
+    if is_number(scores.get("val_mae_loss")):
+        return (f"masked-patch reconstruction loss {float(scores['val_mae_loss']):.4f} "
+                f"({_count(scores.get('val_images'))} held-out images)")
+    return "—"
+
+
+def encoder_rows(study: Study) -> list[dict[str, str]]:
+    """The pre-trained encoders the runs started from (``mm pretrain --stage encoder``, cached by content), one
+    row each: objective, resolution, pre-training steps, its own held-out quality (``encoder_eval.json``) and
+    which grids' runs used it. Empty when no run started from a pre-trained encoder."""
+    used: dict[str, list[Run]] = {}
+    recorded: dict[str, Path] = {}
+    for run in study.runs:
+        source = run.meta.get("pretrained_encoder")
+        if isinstance(source, dict) and isinstance(source.get("dir"), str):
+            name = Path(source["dir"]).name
+            used.setdefault(name, []).append(run)
+            recorded.setdefault(name, Path(source["dir"]))
+    rows = []
+    for name, runs in sorted(used.items()):
+        folder = next((f for f in (_encoder_files(run, name, recorded[name]) for run in runs) if f is not None), None)
+        scores = read_json_file(folder / "encoder_eval.json", "encoder_eval.json") if folder else {}
+        meta = read_json_file(folder / "meta.json", "meta.json") if folder and (folder / "meta.json").is_file() else {}
+        config: dict[str, Any] = {}
+        if folder and (folder / "config.yaml").is_file():
+            loaded = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+            config = loaded if isinstance(loaded, dict) else {}
+        model, train = config.get("model") or {}, config.get("train") or {}
+        grids = sorted({run.grid or "runs" for run in runs})
+        rows.append({
+            "encoder": name, "architecture": str(model.get("encoder", "—")),
+            "objective": str(meta.get("objective") or train.get("encoder_objective") or "—"),
+            "resolution": f"{model['image_size']} px" if is_number(model.get("image_size")) else "—",
+            "steps": _count(train.get("steps")),
+            "quality": encoder_quality(scores if isinstance(scores, dict) else {}) if folder else
+            "encoder_eval.json not found (neither in encoders/ next to the grids nor in the recorded cache dir)",
+            "used_by": f"{len(runs)} run(s): {', '.join(grids)}",
+        })
     return rows
 
 

@@ -31,3 +31,18 @@ for meta in sorted(out.glob("*/*/meta.json")):
             if (Path(source) / name).is_file():
                 shutil.copyfile(Path(source) / name, target / name)
 PY
+# The encoder grid's encoders side by side on one objective-free measure: linear probes of their frozen features
+# for what the questions ask (colours, shapes, counts, positions, written words), next to randomly initialised
+# encoders of both sizes and the raw pixels (benchmarks/diagnose_world.py). Skipped once probes.json exists.
+if [ -d "$OUT/encoder" ] && [ ! -f "$OUT/encoders/probes.json" ]; then
+  mapfile -t ENCODERS < <(python - "$OUT/encoder" <<'PY'
+"""The pre-trained encoder dirs the encoder grid's cells started from, one per line, sorted."""
+import json, sys
+from pathlib import Path
+dirs = {(json.loads(m.read_text()).get("pretrained_encoder") or {}).get("dir") for m in Path(sys.argv[1]).glob("*/meta.json")}
+print("\n".join(sorted(d for d in dirs if d and Path(d).is_dir())))
+PY
+)
+  python benchmarks/diagnose_world.py --world-version 4 --resolution 64 --num-train 1000 --num-test 300 \
+    --encoders random:vit-tiny random:vit-small "${ENCODERS[@]}" --out "$OUT/encoders/probes.json"
+fi

@@ -302,3 +302,6 @@ def test_pretrained_encoders_are_listed_with_their_own_held_out_quality(tmp_path
     assert "## Pre-trained encoders" in (out / "report.md").read_text()
     page = (out / "index.html").read_text()
     assert 'id="table-encoders"' in page and "vit-tiny-mae-64px-&lt;b&gt;" in page and "vit-tiny-mae-64px-<b>" not in page
+    (copies / "vit-tiny-mae-64px-<b>" / "config.yaml").write_text("model: [unclosed\n")
+    result = runner.invoke(app, ["report", str(grid_dir), "-o", str(tmp_path / "bad"), "--no-plots"])
+    assert result.exit_code == 2 and "config.yaml: not valid YAML" in result.output

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 import pandas as pd
-import yaml
 
+from mmbench_cli.config import read_yaml
 from mmbench_cli.families import FAMILIES, Family, higher_is_better
 from mmbench_cli.report.load import SEED_AXIS, Run, Study, TaskInfo, is_number, read_samples
 from mmbench_cli.report.stats import (
@@ -615,11 +615,10 @@ def encoder_rows(study: Study) -> list[dict[str, str]]:
         folder = next((f for f in (_encoder_files(run, name, recorded[name]) for run in runs) if f is not None), None)
         scores = read_json_file(folder / "encoder_eval.json", "encoder_eval.json") if folder else {}
         meta = read_json_file(folder / "meta.json", "meta.json") if folder and (folder / "meta.json").is_file() else {}
-        config: dict[str, Any] = {}
-        if folder and (folder / "config.yaml").is_file():
-            loaded = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
-            config = loaded if isinstance(loaded, dict) else {}
-        model, train = config.get("model") or {}, config.get("train") or {}
+        meta = meta if isinstance(meta, dict) else {}
+        config = read_yaml(folder / "config.yaml") if folder and (folder / "config.yaml").is_file() else {}
+        model, train = config.get("model"), config.get("train")
+        model, train = model if isinstance(model, dict) else {}, train if isinstance(train, dict) else {}
         grids = sorted({run.grid or "runs" for run in runs})
         rows.append({
             "encoder": name, "architecture": str(model.get("encoder", "—")),

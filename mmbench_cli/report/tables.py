@@ -32,7 +32,7 @@ from mmbench_cli.report.stats import (
     mean_of,
     welch_difference,
 )
-from mmbench_cli.rundir import read_json_file
+from mmbench_cli.rundir import RunDir, read_json_file
 
 BOLD_ALPHA = 0.05  # a column's best value is bold when better than the runner-up at this level
 
@@ -614,9 +614,9 @@ def encoder_rows(study: Study) -> list[dict[str, str]]:
     for name, runs in sorted(used.items()):
         folder = next((f for f in (_encoder_files(run, name, recorded[name]) for run in runs) if f is not None), None)
         scores = read_json_file(folder / "encoder_eval.json", "encoder_eval.json") if folder else {}
-        meta = read_json_file(folder / "meta.json", "meta.json") if folder and (folder / "meta.json").is_file() else {}
-        meta = meta if isinstance(meta, dict) else {}
-        config = read_yaml(folder / "config.yaml") if folder and (folder / "config.yaml").is_file() else {}
+        encoder_dir = RunDir(folder) if folder else None  # an encoder's cache dir is a run dir of its own
+        meta = encoder_dir.read_meta() if encoder_dir else {}
+        config = read_yaml(encoder_dir.config_path) if encoder_dir and encoder_dir.config_path.is_file() else {}
         model, train = config.get("model"), config.get("train")
         model, train = model if isinstance(model, dict) else {}, train if isinstance(train, dict) else {}
         grids = sorted({run.grid or "runs" for run in runs})

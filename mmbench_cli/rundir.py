@@ -354,6 +354,7 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
 TRAINER_STATE_FILE = "trainer_state.json"
+ENCODER_EVAL_FILE = "encoder_eval.json"  # a pre-trained encoder's own held-out quality (mm pretrain --stage encoder)
 EVAL_DIR = "eval"
 SAMPLES_DIR = "samples"
 RUN_FILES = (CONFIG_FILE, META_FILE, METRICS_FILE, STATUS_FILE)
@@ -662,6 +663,11 @@ class RunDir:
     def meta_path(self) -> Path:
         """``meta.json``: seed, git commit, package versions, timings."""
         return self.path / META_FILE
+
+    @property
+    def encoder_eval_path(self) -> Path:
+        """``encoder_eval.json`` of an encoder pre-training run: the encoder's own held-out quality."""
+        return self.path / ENCODER_EVAL_FILE
 
     @property
     def metrics_path(self) -> Path:

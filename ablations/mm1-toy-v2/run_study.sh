@@ -17,11 +17,14 @@ for grid in ${GRIDS:-resolution_tokens connector data_mix encoder lm_size}; do
   mm ablate "$HERE/$grid.yaml" --out "$OUT/$grid" --jobs "$JOBS" --threads "$THREADS"
 done
 find "$OUT" -path '*/eval/samples/*' -name '*.jsonl' -exec gzip -n -9 -f {} +
-python - "$OUT" <<'PY'
-"""Copy each pre-trained encoder's held-out results (encoder_eval.json, meta.json) next to the grids."""
+# Copy each pre-trained encoder's held-out results (encoder_eval.json, meta.json, config.yaml) next to the grids;
+# the script prints the encoder grid's encoder dirs (sorted), which the probes below read.
+PROBED=$(python - "$OUT" <<'PY'
+"""Copy the encoders' result files to <out>/encoders/<name>/; print the encoder grid's encoder dirs."""
 import json, shutil, sys
 from pathlib import Path
 out = Path(sys.argv[1])
+probed = set()
 for meta in sorted(out.glob("*/*/meta.json")):
     source = (json.loads(meta.read_text()).get("pretrained_encoder") or {}).get("dir")
     if source and Path(source).is_dir():
@@ -30,19 +33,16 @@ for meta in sorted(out.glob("*/*/meta.json")):
         for name in ("encoder_eval.json", "meta.json", "config.yaml"):
             if (Path(source) / name).is_file():
                 shutil.copyfile(Path(source) / name, target / name)
+        if meta.parent.parent.name == "encoder":
+            probed.add(source)
+print("\n".join(sorted(probed)))
 PY
+)
+mapfile -t ENCODERS <<< "$PROBED"
 # The encoder grid's encoders side by side on one objective-free measure: linear probes of their frozen features
 # for what the questions ask (colours, shapes, counts, positions, written words), next to randomly initialised
 # encoders of both sizes and the raw pixels (benchmarks/diagnose_world.py). Skipped once probes.json exists.
-if [ -d "$OUT/encoder" ] && [ ! -f "$OUT/encoders/probes.json" ]; then
-  mapfile -t ENCODERS < <(python - "$OUT/encoder" <<'PY'
-"""The pre-trained encoder dirs the encoder grid's cells started from, one per line, sorted."""
-import json, sys
-from pathlib import Path
-dirs = {(json.loads(m.read_text()).get("pretrained_encoder") or {}).get("dir") for m in Path(sys.argv[1]).glob("*/meta.json")}
-print("\n".join(sorted(d for d in dirs if d and Path(d).is_dir())))
-PY
-)
+if [ -n "$PROBED" ] && [ ! -f "$OUT/encoders/probes.json" ]; then
   python benchmarks/diagnose_world.py --world-version 4 --resolution 64 --num-train 1000 --num-test 300 \
     --encoders random:vit-tiny random:vit-small "${ENCODERS[@]}" --out "$OUT/encoders/probes.json"
 fi

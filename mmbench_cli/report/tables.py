@@ -579,7 +579,7 @@ def _encoder_files(run: Run, name: str, recorded: Path) -> Path | None:
     dir the run recorded."""
     above = run.path.parent.parent if run.grid is not None else run.path.parent
     for folder in (above / ENCODER_COPIES / name, recorded):
-        if (folder / "encoder_eval.json").is_file():
+        if RunDir(folder).encoder_eval_path.is_file():
             return folder
     return None
 
@@ -613,8 +613,8 @@ def encoder_rows(study: Study) -> list[dict[str, str]]:
     rows = []
     for name, runs in sorted(used.items()):
         folder = next((f for f in (_encoder_files(run, name, recorded[name]) for run in runs) if f is not None), None)
-        scores = read_json_file(folder / "encoder_eval.json", "encoder_eval.json") if folder else {}
         encoder_dir = RunDir(folder) if folder else None  # an encoder's cache dir is a run dir of its own
+        scores = read_json_file(encoder_dir.encoder_eval_path, "encoder_eval.json") if encoder_dir else {}
         meta = encoder_dir.read_meta() if encoder_dir else {}
         config = read_yaml(encoder_dir.config_path) if encoder_dir and encoder_dir.config_path.is_file() else {}
         model, train = config.get("model"), config.get("train")

@@ -301,7 +301,7 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
             scores = evaluate_objective(objective, tokenizer, val if val.samples else train, device)
             save_encoder(encoder, image_size, run_dir)
             RunDir(run_dir).drop_set_aside()  # the new encoder is saved: the run it replaces can go
-            atomic_write_json(run_dir / "encoder_eval.json", scores)
+            atomic_write_json(RunDir(run_dir).encoder_eval_path, scores)
             bad = len(train.bad) + len(val.bad)
             RunDir(run_dir).update_meta({"wall_time_s": time.perf_counter() - started, **scores,
                                          **({"bad_samples_skipped": bad} if bad else {})})

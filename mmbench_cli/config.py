@@ -75,8 +75,9 @@ class DataConfig(_Strict):
 
     source: Literal["synthetic", "local"] = "synthetic"
     world_seed: int = Field(0, description="seed of the synthetic world (independent of the training seed)")
-    world_version: Literal[1, 2, 3, 4] = Field(4, description="synthetic world version (4: Sort-of-CLEVR-like, "
-                                                 "the default; 1-3: the first worlds; docs/data.md)")
+    world_version: Literal[1, 2, 3, 4, 5] = Field(4, description="synthetic world version (4: Sort-of-CLEVR-like, "
+                                                    "the default; 5: 4 with legible text; 1-3: the first worlds; "
+                                                    "docs/data.md)")
     num_train_images: int = Field(4000, gt=0)
     num_val_images: int = Field(200, gt=0)
     num_test_images: int = Field(400, gt=0)

@@ -22,6 +22,9 @@ from mmbench_cli.data.synthetic import (
 )
 from mmbench_cli.data.types import CaptionSample, InterleavedDoc, TextDoc, VQASample
 
+# sha256 (first 16 hex) of version 4's test image 3 rendered natively: the image its committed runs were made with
+V4_TEST3_SHA = "3b60d03623f5275b"
+
 
 def _world(tmp_path: Path, seed: int = 0, name: str = "a") -> SyntheticWorld:
     return SyntheticWorld(seed, num_train_images=24, num_val_images=8, num_test_images=8, cache_dir=str(tmp_path / name))
@@ -158,7 +161,7 @@ def test_world_versions_differ_only_in_interleaved_qa(tmp_path: Path) -> None:
     assert world_from_config(load_config(None, ["data.world_version=2"]).data).version == 2
     assert world_from_config(load_config(None, []).data).version == 4  # the default since issue 13
     with pytest.raises(MMError, match="world_version"):
-        load_config(None, ["data.world_version=5"])
+        load_config(None, ["data.world_version=6"])
     from typing import get_args
 
     from mmbench_cli.config import DataConfig
@@ -232,6 +235,39 @@ def test_world_version_4_is_sort_of_clevr_like(tmp_path: Path) -> None:
     assert qa and all(t.count("Short answer:") >= 2 * t.count(templates.IMAGE_TOKEN) for t in qa)
     corpus_words = set(re.findall(r"[a-z0-9]+", " ".join(tokenizer_corpus(0)).lower()))
     assert set(re.findall(r"[a-z0-9]+", " ".join(_texts(world)).lower())) - corpus_words == set()
+
+
+def test_world_version_5_is_version_4_with_legible_text(tmp_path: Path) -> None:
+    """Version 5 has version 4's scenes, captions, questions and documents, but draws its words larger and bold,
+    inside the image: more ink survives at 64 px, and two words differ by far more than in version 4 there. Its
+    images are its own, and version 4's images are unchanged by it."""
+    from mmbench_cli.data.synthetic import scene_questions
+
+    four = SyntheticWorld(0, 40, 8, 8, cache_dir=str(tmp_path / "c"), version=4)
+    five = SyntheticWorld(0, 40, 8, 8, cache_dir=str(tmp_path / "c"), version=5)
+    assert four.image_dir != five.image_dir and four.images("test")[0].key != five.images("test")[0].key
+    for index in range(40):
+        a, b = four.scene("train", index), five.scene("train", index)
+        assert (a.objects, a.text, a.text_size, a.text_cell) == (b.objects, b.text, b.text_size, b.text_cell)
+        assert scene_questions(a, __import__("random").Random(index), 4) == \
+            scene_questions(b, __import__("random").Random(index), 5)
+    assert [c.captions for c in four.captions("train")] == [c.captions for c in five.captions("train")]
+    assert [templates.format_interleaved(d)[0] for d in four.interleaved("train")] == \
+        [templates.format_interleaved(d)[0] for d in five.interleaved("train")]
+
+    def ink(scene: Scene) -> float:  # dark pixels at 64 px
+        return float((np.asarray(render_scene(scene).resize((64, 64), Image.Resampling.BICUBIC)).max(-1) < 80).sum())
+
+    for size in ("small", "large"):
+        v4 = [Scene((), word, size, (1, 1), version=4) for word in ("cat", "dog")]
+        v5 = [Scene((), word, size, (1, 1), version=5) for word in ("cat", "dog")]
+        assert ink(v5[0]) > 2 * max(1.0, ink(v4[0]))
+        assert _diff_at(*v5, 64) > 1.5 * _diff_at(*v4, 64)
+    # a large word in a corner cell stays inside the image (no glyph cut at the border)
+    corner = np.asarray(render_scene(Scene((), "jam", "large", (2, 0), version=5)))
+    assert (corner[:, 0].max(-1) > 200).all() and (corner[:, -1].max(-1) > 200).all()
+    # version 4's rendering is what it was (its committed runs' images)
+    assert hashlib.sha256(render_scene(four.scene("test", 3)).tobytes()).hexdigest()[:16] == V4_TEST3_SHA
 
 
 def test_hard_negatives_swap_one_shape_or_the_written_word() -> None:

@@ -43,6 +43,19 @@ STATUSES = ("pending", "running", "done", "failed")
 TRACKED_PACKAGES = ("mmbench", "torch", "transformers", "tokenizers", "datasets", "lm_eval", "numpy", "pillow")
 
 
+# A CLIP encoder whose held-out retrieval (``encoder_eval.json``) is under this multiple of chance did not learn:
+# working ones here score 35-75x chance, collapsed ones (a flat loss at ln(batch size)) 1-2x.
+NEAR_CHANCE_FACTOR = 4.0
+
+
+def retrieval_near_chance(scores: Mapping[str, Any]) -> bool:
+    """Whether an ``encoder_eval.json``'s CLIP retrieval top-1 is within ``NEAR_CHANCE_FACTOR`` × chance (the
+    encoder did not learn); False for MAE scores, which have no chance level."""
+    top1, chance = scores.get("val_retrieval_top1"), scores.get("val_retrieval_chance")
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (top1, chance))
+    return numbers and float(top1) < NEAR_CHANCE_FACTOR * float(chance)  # type: ignore[arg-type]
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: a temp file in the same dir, fsync, then rename."""
     path = Path(path)

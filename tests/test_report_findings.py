@@ -293,6 +293,10 @@ def test_pretrained_encoders_are_listed_with_their_own_held_out_quality(tmp_path
     assert clip["used_by"] == "6 run(s): res_tokens"
     assert mae["quality"] == "masked-patch reconstruction loss 0.0123 (128 held-out images)"
     assert mae["used_by"] == "2 run(s): res_tokens"
+    flagged = {"val_retrieval_top1": 0.015625, "val_retrieval_chance": 1 / 128, "val_pairs": 128}  # the collapsed 32 px one
+    (copies / "vit-tiny-clip-64px-abc" / "encoder_eval.json").write_text(json.dumps(flagged))
+    [collapsed, _] = tables.encoder_rows(load.load_study([grid_dir]))
+    assert collapsed["quality"].endswith("(chance 0.8%, 128 held-out pairs) — near chance: the encoder did not learn")
     shutil.rmtree(copies / "vit-tiny-clip-64px-abc")
     [missing, _] = tables.encoder_rows(load.load_study([grid_dir]))
     assert missing["quality"].startswith("encoder_eval.json not found")

@@ -21,6 +21,23 @@ ENCODER_TINY = [
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def test_an_encoder_that_did_not_learn_is_flagged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A CLIP pre-training that never takes off (here: a learning rate of 1e-9) ends with its held-out retrieval near
+    chance; the run says so on stderr and records ``near_chance`` in encoder_eval.json and meta.json (the report's
+    encoders table shows it), so a collapsed encoder is not used silently."""
+    from mmbench_cli.rundir import retrieval_near_chance as near_chance
+
+    cfg = load_config(None, [*ENCODER_TINY, "train.encoder_objective=clip", "train.steps=2", "train.lr=1e-9"])
+    run = pretrain(cfg, tmp_path / "enc", progress=False)
+    scores = json.loads((run / "encoder_eval.json").read_text())
+    assert scores["val_retrieval_top1"] < 4 * scores["val_retrieval_chance"] and scores["near_chance"] is True
+    assert json.loads((run / "meta.json").read_text())["near_chance"] is True
+    assert "near chance" in capsys.readouterr().err
+    assert not near_chance({"val_retrieval_top1": 0.4375, "val_retrieval_chance": 1 / 128})
+    assert near_chance({"val_retrieval_top1": 0.015625, "val_retrieval_chance": 1 / 128})  # the collapsed 32 px one
+    assert not near_chance({"val_mae_loss": 0.4})  # MAE has no chance level
+
+
 @pytest.mark.parametrize("objective", ["clip", "negclip", "mae"])
 def test_encoder_pretraining_learns_and_saves_a_usable_encoder(tmp_path: Path, objective: str) -> None:
     cfg = load_config(None, [*ENCODER_TINY, f"train.encoder_objective={objective}", "train.steps=30"])

@@ -61,7 +61,7 @@ if TYPE_CHECKING:  # pragma: no cover
 #
 # Version 5 is version 4 with legible text: a larger, bold font (V5_TEXT_SIZES, drawn with a stroke). Version 4's
 # thin grey-looking glyphs blur away at 64 px: a vit-tiny trained *supervised* on its words stays at chance (4.6% of
-# 16 words after 600 steps), on version 5's it reaches 88% (benchmarks/word_learnability.py). Same scenes, captions,
+# 16 words after 600 steps), on version 5's it reaches 70% (benchmarks/word_learnability.py). Same scenes, captions,
 # questions and documents as version 4; its images, keys and image cache are its own.
 WHOLE_SCENE_QUESTIONS = {1: False, 2: True, 3: True, 4: False, 5: False}
 # How many of an image's questions follow it in a Q&A-style interleaved document (None: all of them).
@@ -102,7 +102,7 @@ TEXT_SIZES = {"small": 15, "large": 40}  # font size in native pixels
 V4_SHAPES = ("circle", "square", "triangle")
 V4_SIZES = {"small": 17, "large": 34}  # half-widths in native pixels: 8.5 / 17 px wide at 64 px
 V4_TEXT_SIZES = {"small": 28, "large": 52}  # font sizes in native pixels: letters 3.5 / 6.5 px tall at 32 px
-# World version 5: version 4 with legible text (letters 8 / 4.5 px tall at 32 px, strokes 1/20 of the font size).
+# World version 5: version 4 with legible text (fonts of 8 / 4.5 px at 32 px, strokes 1/20 of the font size).
 V5_TEXT_SIZES = {"small": 36, "large": 64}
 TEXT_STROKE = 1 / 20
 V4_WORDS = ("cat", "dog", "sun", "map", "box", "key", "cup", "hat", "pen", "bus", "egg", "fox", "owl", "jam",

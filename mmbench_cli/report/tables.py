@@ -32,7 +32,7 @@ from mmbench_cli.report.stats import (
     mean_of,
     welch_difference,
 )
-from mmbench_cli.rundir import RunDir, read_json_file
+from mmbench_cli.rundir import RunDir, read_json_file, retrieval_near_chance
 
 BOLD_ALPHA = 0.05  # a column's best value is bold when better than the runner-up at this level
 
@@ -590,8 +590,9 @@ def encoder_quality(scores: dict[str, Any]) -> str:
     if is_number(scores.get("val_retrieval_top1")):
         chance = scores.get("val_retrieval_chance")
         chance_text = f"chance {100 * float(chance):.1f}%, " if is_number(chance) else ""
+        flag = " — near chance: the encoder did not learn" if retrieval_near_chance(scores) else ""
         return (f"image→text retrieval top-1 {100 * float(scores['val_retrieval_top1']):.1f}% "
-                f"({chance_text}{_count(scores.get('val_pairs'))} held-out pairs)")
+                f"({chance_text}{_count(scores.get('val_pairs'))} held-out pairs){flag}")
     if is_number(scores.get("val_mae_loss")):
         return (f"masked-patch reconstruction loss {float(scores['val_mae_loss']):.4f} "
                 f"({_count(scores.get('val_images'))} held-out images)")

@@ -32,7 +32,7 @@ from torch import nn
 from mmbench_cli.config import Config
 from mmbench_cli.errors import MMError
 from mmbench_cli.progress import progress_bar
-from mmbench_cli.rundir import RunDir, RunLock, atomic_write_json
+from mmbench_cli.rundir import RunDir, RunLock, atomic_write_json, retrieval_near_chance
 from mmbench_cli.train import run_setup
 from mmbench_cli.train.schedule import lr_at, resolve_lr_and_wd
 
@@ -299,6 +299,12 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
                         })
                     bar.update(completed=done, loss=loss.item(), lr=lr)
             scores = evaluate_objective(objective, tokenizer, val if val.samples else train, device)
+            if retrieval_near_chance(scores):
+                scores["near_chance"] = True
+                run_setup.note(
+                    f"the pre-trained encoder's held-out retrieval is near chance ({scores['val_retrieval_top1']:.1%} "
+                    f"of {scores['val_pairs']} pairs, chance {scores['val_retrieval_chance']:.1%}): the contrastive "
+                    f"training did not take off (a flat loss at ln(batch size)); lower train.lr or change the seed")
             save_encoder(encoder, image_size, run_dir)
             RunDir(run_dir).drop_set_aside()  # the new encoder is saved: the run it replaces can go
             atomic_write_json(RunDir(run_dir).encoder_eval_path, scores)

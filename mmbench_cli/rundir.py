@@ -44,16 +44,21 @@ TRACKED_PACKAGES = ("mmbench", "torch", "transformers", "tokenizers", "datasets"
 
 
 # A CLIP encoder whose held-out retrieval (``encoder_eval.json``) is under this multiple of chance did not learn:
-# working ones here score 35-75x chance, collapsed ones (a flat loss at ln(batch size)) 1-2x.
+# working ones here score 35-75x chance, collapsed ones (a flat loss at ln(batch size)) 1-2x. Judged only over at
+# least NEAR_CHANCE_MIN_PAIRS pairs (with fewer, 4x chance is more than a working encoder may reach).
 NEAR_CHANCE_FACTOR = 4.0
+NEAR_CHANCE_MIN_PAIRS = 64
 
 
 def retrieval_near_chance(scores: Mapping[str, Any]) -> bool:
-    """Whether an ``encoder_eval.json``'s CLIP retrieval top-1 is within ``NEAR_CHANCE_FACTOR`` × chance (the
-    encoder did not learn); False for MAE scores, which have no chance level."""
+    """Whether an ``encoder_eval.json``'s CLIP retrieval top-1 is within ``NEAR_CHANCE_FACTOR`` × chance over at
+    least ``NEAR_CHANCE_MIN_PAIRS`` held-out pairs (the encoder did not learn); False for MAE scores, which have no
+    chance level, and for fewer pairs."""
     top1, chance = scores.get("val_retrieval_top1"), scores.get("val_retrieval_chance")
     numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (top1, chance))
-    return numbers and float(top1) < NEAR_CHANCE_FACTOR * float(chance)  # type: ignore[arg-type]
+    if not numbers or not chance or 1 / float(chance) < NEAR_CHANCE_MIN_PAIRS:  # type: ignore[arg-type]
+        return False
+    return float(top1) < NEAR_CHANCE_FACTOR * float(chance)  # type: ignore[arg-type]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -127,3 +127,28 @@ def test_mm_build_saves_the_pretrained_encoder(tmp_path: Path, short_recipe: Pat
     for (name, saved), loaded in zip(reference.encoder.state_dict().items(), fresh.encoder.state_dict().values(),
                                      strict=True):
         assert torch.equal(saved, loaded), name
+
+
+def test_a_collapsed_pre_training_is_run_again_from_the_next_seed(short_recipe: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the held-out retrieval of the built-in recipe's encoder is near chance (the default 32 px encoder's
+    seed 0 collapsed), it is pre-trained again from seed 1; the cached encoder is the seed-1 one and says so. An
+    encoder that trains at seed 0 is made once (the same as before the retry existed)."""
+    calls: list[float] = []
+
+    def collapse_first(scores: dict) -> bool:  # the first attempt "collapses" (a 4-step encoder is at chance anyway)
+        calls.append(scores["val_retrieval_top1"])
+        return len(calls) == 1
+
+    monkeypatch.setattr(pretrained_encoder, "retrieval_near_chance", collapse_first)
+    cached, _ = pretrained_encoder.ensure_pretrained_encoder(load_config(None, TINY), progress=False)
+    assert len(calls) == 2
+    assert json.loads((cached / "meta.json").read_text())["collapsed_seeds"] == [0]
+    assert "seed: 1" in (cached / "config.yaml").read_text()
+
+    calls.clear()
+    monkeypatch.setattr(pretrained_encoder, "retrieval_near_chance", lambda scores: calls.append(0.0) or False)
+    other, _ = pretrained_encoder.ensure_pretrained_encoder(load_config(None, [*TINY, "model.image_size=64"]),
+                                                           progress=False)
+    assert len(calls) == 1 and "collapsed_seeds" not in json.loads((other / "meta.json").read_text())
+    assert "seed: 0" in (other / "config.yaml").read_text()

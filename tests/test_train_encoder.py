@@ -27,7 +27,8 @@ def test_an_encoder_that_did_not_learn_is_flagged(tmp_path: Path, capsys: pytest
     encoders table shows it), so a collapsed encoder is not used silently."""
     from mmbench_cli.rundir import retrieval_near_chance as near_chance
 
-    cfg = load_config(None, [*ENCODER_TINY, "train.encoder_objective=clip", "train.steps=2", "train.lr=1e-9"])
+    cfg = load_config(None, [*ENCODER_TINY, "train.encoder_objective=clip", "train.steps=2", "train.lr=1e-9",
+                             "data.num_val_images=64"])
     run = pretrain(cfg, tmp_path / "enc", progress=False)
     scores = json.loads((run / "encoder_eval.json").read_text())
     assert scores["val_retrieval_top1"] < 4 * scores["val_retrieval_chance"] and scores["near_chance"] is True
@@ -36,6 +37,7 @@ def test_an_encoder_that_did_not_learn_is_flagged(tmp_path: Path, capsys: pytest
     assert not near_chance({"val_retrieval_top1": 0.4375, "val_retrieval_chance": 1 / 128})
     assert near_chance({"val_retrieval_top1": 0.015625, "val_retrieval_chance": 1 / 128})  # the collapsed 32 px one
     assert not near_chance({"val_mae_loss": 0.4})  # MAE has no chance level
+    assert not near_chance({"val_retrieval_top1": 0.125, "val_retrieval_chance": 1 / 16})  # too few pairs to judge
 
 
 @pytest.mark.parametrize("objective", ["clip", "negclip", "mae"])

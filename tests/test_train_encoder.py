@@ -1,4 +1,4 @@
-"""mm pretrain --stage encoder: CLIP and MAE objectives train a tiny ViT whose dir is a model.encoder value."""
+"""mm pretrain --stage encoder: CLIP, bag-of-words and MAE objectives train a tiny ViT whose dir is a model.encoder value."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def test_an_encoder_that_did_not_learn_is_flagged(tmp_path: Path, capsys: pytest
     assert not near_chance({"val_retrieval_top1": 0.125, "val_retrieval_chance": 1 / 16})  # too few pairs to judge
 
 
-@pytest.mark.parametrize("objective", ["clip", "negclip", "mae"])
+@pytest.mark.parametrize("objective", ["clip", "negclip", "bow", "mae"])
 def test_encoder_pretraining_learns_and_saves_a_usable_encoder(tmp_path: Path, objective: str) -> None:
     cfg = load_config(None, [*ENCODER_TINY, f"train.encoder_objective={objective}", "train.steps=30"])
     run = pretrain(cfg, tmp_path / "enc", progress=False)
@@ -52,6 +52,8 @@ def test_encoder_pretraining_learns_and_saves_a_usable_encoder(tmp_path: Path, o
     scores = json.loads((run / "encoder_eval.json").read_text())
     if objective in ("clip", "negclip"):
         assert 0.0 <= scores["val_retrieval_top1"] <= 1.0 and scores["val_pairs"] == 16
+    elif objective == "bow":
+        assert 0.0 <= scores["val_bow_r_precision"] <= 1.0 and scores["val_images"] == 16
     else:
         assert scores["val_mae_loss"] < losses[0]
 
@@ -70,3 +72,22 @@ def test_encoder_pretraining_learns_and_saves_a_usable_encoder(tmp_path: Path, o
     saved = load_file(str(run / "model.safetensors"))
     assert saved and tensors(saved) == tensors(model.encoder.hf_model.state_dict())
     assert model.encode_images(torch.zeros(2, 3, 32, 32)).shape == (2, 4, model.lm.config.hidden_size)
+
+
+def test_bag_of_words_targets_are_the_caption_tokens() -> None:
+    """The bow objective's targets: one multi-hot row per caption over the tokenizer's ids, special tokens left
+    out; a head that scores exactly those tokens highest has R-precision 1."""
+    from mmbench_cli.config import Config
+    from mmbench_cli.data.synthetic import tokenizer_source
+    from mmbench_cli.model.tokenizer import get_tokenizer
+    from mmbench_cli.train.encoder_pretrain import bag_of_words
+
+    cfg = Config()
+    tokenizer = get_tokenizer(cfg.model, tokenizer_source(cfg.data))
+    captions = ["a red circle on the left.", "two shapes: a blue square and the word owl."]
+    targets = bag_of_words(tokenizer, captions, len(tokenizer))
+    for row, caption in enumerate(captions):
+        ids = set(tokenizer(caption, add_special_tokens=False)["input_ids"]) - set(tokenizer.all_special_ids)
+        assert set(targets[row].nonzero().flatten().tolist()) == ids and ids
+    assert targets.sum(1).tolist() == [float(len(set(tokenizer(c, add_special_tokens=False)["input_ids"])))
+                                       for c in captions]

@@ -40,7 +40,7 @@ CLIP_MEAN_STD = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0
 class ViTSpec:
     """Width/depth of a built-in ViT, and whether its weights come pre-trained.
 
-    ``pretrain`` names the objective (``clip``/``mae``) of an encoder that training starts from pre-trained: the
+    ``pretrain`` names the objective (``clip``/``mae``/``bow``) of an encoder that training starts from pre-trained: the
     model layer builds the architecture, ``train.pretrained_encoder`` pre-trains it once on the configured data
     (cached by content) and loads the weights, as MM1 starts from a pre-trained CLIP.
     """
@@ -60,8 +60,9 @@ for _name, _spec in {
 }.items():
     ENCODERS.add(_name, _spec)
     # ``vit-tiny-clip``: the same ViT, CLIP-pre-trained on the run's own image-caption data before training starts;
-    # ``vit-tiny-mae``: MAE-pre-trained on the same images (MM1 Table 1 compares the two objectives)
-    for _objective in ("clip", "mae"):
+    # ``vit-tiny-mae``: MAE-pre-trained on the same images (MM1 Table 1 compares the two objectives);
+    # ``vit-tiny-bow``: trained to predict its captions' words (CatLIP-style bag-of-words classification)
+    for _objective in ("clip", "mae", "bow"):
         ENCODERS.add(f"{_name}-{_objective}", ViTSpec(_spec.hidden_size, _spec.num_layers, _spec.num_heads,
                                                       _spec.mlp_ratio, pretrain=_objective, base=_name))
 

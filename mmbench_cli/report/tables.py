@@ -585,14 +585,17 @@ def _encoder_files(run: Run, name: str, recorded: Path) -> Path | None:
 
 
 def encoder_quality(scores: dict[str, Any]) -> str:
-    """An encoder's own held-out quality in words: CLIP image→text retrieval top-1 against chance, or the MAE
-    reconstruction loss."""
+    """An encoder's own held-out quality in words: CLIP image→text retrieval top-1 against chance, the
+    bag-of-words R-precision, or the MAE reconstruction loss."""
     if is_number(scores.get("val_retrieval_top1")):
         chance = scores.get("val_retrieval_chance")
         chance_text = f"chance {100 * float(chance):.1f}%, " if is_number(chance) else ""
         flag = " — near chance: the encoder did not learn" if retrieval_near_chance(scores) else ""
         return (f"image→text retrieval top-1 {100 * float(scores['val_retrieval_top1']):.1f}% "
                 f"({chance_text}{_count(scores.get('val_pairs'))} held-out pairs){flag}")
+    if is_number(scores.get("val_bow_r_precision")):
+        return (f"caption-word R-precision {100 * float(scores['val_bow_r_precision']):.1f}% "
+                f"({_count(scores.get('val_images'))} held-out images)")
     if is_number(scores.get("val_mae_loss")):
         return (f"masked-patch reconstruction loss {float(scores['val_mae_loss']):.4f} "
                 f"({_count(scores.get('val_images'))} held-out images)")

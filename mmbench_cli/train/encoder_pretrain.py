@@ -1,9 +1,13 @@
 """``mm pretrain --stage encoder``: pre-train the image encoder on image-caption pairs, as MM1 compares.
 
-Two objectives (``train.encoder_objective``):
+Objectives (``train.encoder_objective``):
 
 - ``clip``: contrastive image-text pre-training (Radford et al. 2021) with a small text transformer; the
-  symmetric InfoNCE loss over the batch with a learned temperature.
+  symmetric InfoNCE loss over the batch with a learned temperature (``negclip``: with hard negatives).
+- ``bow``: caption bag-of-words classification (Joulin et al. 2016; CatLIP, Mehta et al. 2024): a linear head on
+  the mean-pooled patches predicts which tokens the image's caption uses (multi-label, sigmoid cross-entropy).
+  Every word a caption names is a target, so the encoder cannot get by on the features that already tell a
+  batch's captions apart, as a contrastive loss can (at toy scale CLIP keeps colours and drops shapes and words).
 - ``mae``: masked auto-encoding (He et al. 2022): 75% of patches are dropped, the ViT encodes the visible
   ones, a light decoder reconstructs the pixels of the missing ones (per-patch normalised targets).
 
@@ -94,6 +98,36 @@ class CLIPObjective(nn.Module):
             negatives = F.normalize(self.text(negative_ids, negative_mask), dim=-1)
             image_to_text = torch.cat([logits, scale * image @ negatives.t()], dim=1)
         return 0.5 * (F.cross_entropy(image_to_text, targets) + F.cross_entropy(logits.t(), targets))
+
+
+class BagOfWordsObjective(nn.Module):
+    """CatLIP-style pre-training: the ViT's mean-pooled patches → a linear head over the caption vocabulary,
+    trained to predict which tokens the image's caption contains (multi-label sigmoid cross-entropy)."""
+
+    def __init__(self, encoder: nn.Module, vocab_size: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.hidden_size, vocab_size)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-token logits ``[B, vocab]``."""
+        return self.head(self.encoder(images).mean(dim=1))
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Sigmoid cross-entropy against the multi-hot ``targets`` ``[B, vocab]``, summed over the vocabulary and
+        averaged over the batch (so rare words are not drowned by the thousands of absent ones)."""
+        loss = F.binary_cross_entropy_with_logits(self.logits(images), targets, reduction="sum")
+        return loss / len(images)
+
+
+def bag_of_words(tokenizer: PreTrainedTokenizerBase, captions: list[str], vocab_size: int) -> torch.Tensor:
+    """Multi-hot ``[B, vocab]`` targets: the tokens each caption uses (special tokens left out)."""
+    special = set(tokenizer.all_special_ids)
+    targets = torch.zeros(len(captions), vocab_size)
+    for row, ids in enumerate(tokenizer(captions, add_special_tokens=False)["input_ids"]):
+        kept = [i for i in set(ids) if i not in special and i < vocab_size]
+        targets[row, kept] = 1.0
+    return targets
 
 
 class MAEObjective(nn.Module):
@@ -243,6 +277,12 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
 
                 tokenizer = get_tokenizer(cfg.model, tokenizer_source(cfg.data))
                 objective: nn.Module = CLIPObjective(encoder, len(tokenizer))
+            elif tcfg.encoder_objective == "bow":
+                from mmbench_cli.data.synthetic import tokenizer_source
+                from mmbench_cli.model.tokenizer import get_tokenizer
+
+                tokenizer = get_tokenizer(cfg.model, tokenizer_source(cfg.data))
+                objective = BagOfWordsObjective(encoder, len(tokenizer))
             else:
                 tokenizer = None
                 objective = MAEObjective(encoder, image_size)
@@ -328,6 +368,8 @@ def _objective_loss(objective: nn.Module, tokenizer: PreTrainedTokenizerBase, im
             return objective(images, tokens["input_ids"].to(device), tokens["attention_mask"].to(device),
                              hard["input_ids"].to(device), hard["attention_mask"].to(device))
         return objective(images, tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+    if isinstance(objective, BagOfWordsObjective):
+        return objective(images, bag_of_words(tokenizer, captions, objective.head.out_features).to(device))
     return objective(images)
 
 
@@ -342,7 +384,9 @@ def hard_negatives(captions: list[str], rng: random.Random) -> list[str]:
 @torch.no_grad()
 def evaluate_objective(objective: nn.Module, tokenizer: PreTrainedTokenizerBase, data: PairData,
                        device: torch.device) -> dict[str, Any]:
-    """Held-out quality: CLIP image→text top-1 retrieval accuracy (and chance) or MAE reconstruction loss."""
+    """Held-out quality: CLIP image→text top-1 retrieval accuracy (and chance), the bag-of-words R-precision (the
+    share of a caption's tokens among the image's k top-scored tokens, k = how many the caption has), or the MAE
+    reconstruction loss."""
     objective.eval()
     rng = random.Random(0)
     indices = list(range(min(EVAL_BATCH, len(data.samples))))
@@ -354,6 +398,13 @@ def evaluate_objective(objective: nn.Module, tokenizer: PreTrainedTokenizerBase,
         pairs = len(captions)  # bad images (skip_bad) are left out of the batch
         hits = ((image @ text.t()).argmax(dim=1).cpu() == torch.arange(pairs)).float().mean().item()
         result = {"val_retrieval_top1": hits, "val_retrieval_chance": 1.0 / pairs, "val_pairs": pairs}
+    elif isinstance(objective, BagOfWordsObjective):
+        targets = bag_of_words(tokenizer, captions, objective.head.out_features)
+        logits = objective.logits(images.to(device)).cpu()
+        hits = [float(targets[row, logits[row].topk(int(targets[row].sum())).indices].mean())
+                for row in range(len(captions)) if targets[row].sum() > 0]
+        result = {"val_bow_r_precision": sum(hits) / max(1, len(hits)), "val_images": len(captions),
+                  "val_bow_loss": float(objective(images.to(device), targets.to(device)))}
     else:
         result = {"val_mae_loss": objective(images.to(device)).item(), "val_images": len(images)}
     objective.train()

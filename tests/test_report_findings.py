@@ -297,6 +297,10 @@ def test_pretrained_encoders_are_listed_with_their_own_held_out_quality(tmp_path
     (copies / "vit-tiny-clip-64px-abc" / "encoder_eval.json").write_text(json.dumps(flagged))
     [collapsed, _] = tables.encoder_rows(load.load_study([grid_dir]))
     assert collapsed["quality"].endswith("(chance 0.8%, 128 held-out pairs) — near chance: the encoder did not learn")
+    bow = {"val_bow_r_precision": 0.78, "val_bow_r_precision_prior": 0.612, "val_images": 128, "val_bow_loss": 17.7}
+    (copies / "vit-tiny-clip-64px-abc" / "encoder_eval.json").write_text(json.dumps(bow))
+    [words, _] = tables.encoder_rows(load.load_study([grid_dir]))
+    assert words["quality"] == "caption-word R-precision 78.0% (word-frequency prior 61.2%, 128 held-out images)"
     shutil.rmtree(copies / "vit-tiny-clip-64px-abc")
     [missing, _] = tables.encoder_rows(load.load_study([grid_dir]))
     assert missing["quality"].startswith("encoder_eval.json not found")

@@ -54,6 +54,7 @@ def test_encoder_pretraining_learns_and_saves_a_usable_encoder(tmp_path: Path, o
         assert 0.0 <= scores["val_retrieval_top1"] <= 1.0 and scores["val_pairs"] == 16
     elif objective == "bow":
         assert 0.0 <= scores["val_bow_r_precision"] <= 1.0 and scores["val_images"] == 16
+        assert 0.0 < scores["val_bow_r_precision_prior"] < 1.0
     else:
         assert scores["val_mae_loss"] < losses[0]
 

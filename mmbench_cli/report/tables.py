@@ -594,8 +594,10 @@ def encoder_quality(scores: dict[str, Any]) -> str:
         return (f"image→text retrieval top-1 {100 * float(scores['val_retrieval_top1']):.1f}% "
                 f"({chance_text}{_count(scores.get('val_pairs'))} held-out pairs){flag}")
     if is_number(scores.get("val_bow_r_precision")):
+        prior = scores.get("val_bow_r_precision_prior")
+        prior_text = f"word-frequency prior {100 * float(prior):.1f}%, " if is_number(prior) else ""
         return (f"caption-word R-precision {100 * float(scores['val_bow_r_precision']):.1f}% "
-                f"({_count(scores.get('val_images'))} held-out images)")
+                f"({prior_text}{_count(scores.get('val_images'))} held-out images)")
     if is_number(scores.get("val_mae_loss")):
         return (f"masked-patch reconstruction loss {float(scores['val_mae_loss']):.4f} "
                 f"({_count(scores.get('val_images'))} held-out images)")

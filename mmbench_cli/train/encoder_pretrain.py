@@ -385,8 +385,8 @@ def hard_negatives(captions: list[str], rng: random.Random) -> list[str]:
 def evaluate_objective(objective: nn.Module, tokenizer: PreTrainedTokenizerBase, data: PairData,
                        device: torch.device) -> dict[str, Any]:
     """Held-out quality: CLIP image→text top-1 retrieval accuracy (and chance), the bag-of-words R-precision (the
-    share of a caption's tokens among the image's k top-scored tokens, k = how many the caption has), or the MAE
-    reconstruction loss."""
+    share of a caption's tokens among the image's k top-scored tokens, k = how many the caption has; its prior
+    scores every image by token frequency), or the MAE reconstruction loss."""
     objective.eval()
     rng = random.Random(0)
     indices = list(range(min(EVAL_BATCH, len(data.samples))))
@@ -401,10 +401,16 @@ def evaluate_objective(objective: nn.Module, tokenizer: PreTrainedTokenizerBase,
     elif isinstance(objective, BagOfWordsObjective):
         targets = bag_of_words(tokenizer, captions, objective.head.out_features)
         logits = objective.logits(images.to(device)).cpu()
-        hits = [float(targets[row, logits[row].topk(int(targets[row].sum())).indices].mean())
-                for row in range(len(captions)) if targets[row].sum() > 0]
-        result = {"val_bow_r_precision": sum(hits) / max(1, len(hits)), "val_images": len(captions),
-                  "val_bow_loss": float(objective(images.to(device), targets.to(device)))}
+        frequency = targets.sum(0)  # the prior: every image scored by how often the held-out captions use a token
+        rows = [row for row in range(len(captions)) if targets[row].sum() > 0]
+
+        def r_precision(scores: torch.Tensor) -> float:
+            hits = [float(targets[row, scores[row].topk(int(targets[row].sum())).indices].mean()) for row in rows]
+            return sum(hits) / max(1, len(hits))
+
+        result = {"val_bow_r_precision": r_precision(logits),
+                  "val_bow_r_precision_prior": r_precision(frequency.expand_as(logits)),
+                  "val_images": len(captions), "val_bow_loss": float(objective(images.to(device), targets.to(device)))}
     else:
         result = {"val_mae_loss": objective(images.to(device)).item(), "val_images": len(images)}
     objective.train()

@@ -110,7 +110,7 @@ def test_config_hash_tracks_content() -> None:
 
 # The built-in defaults before world version 4 became the default (issue 13).
 FIRST_DEFAULTS = ["model.encoder=vit-tiny", "data.world_version=1", "train.steps=300", "train.freeze_encoder=false",
-                  "eval.shots=[0,4,8]", "eval.num_samples=100"]
+                  "eval.shots=[0,4,8]", "eval.num_samples=100", "data.num_test_images=400", "eval.batch_size=16"]
 
 
 def test_a_saved_config_takes_the_values_of_its_time_for_fields_added_later(tmp_path: Path) -> None:

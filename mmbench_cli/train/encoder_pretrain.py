@@ -271,21 +271,18 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
             seed_everything(cfg.seed)
             encoder = build_encoder(cfg.model)
             image_size = cfg.model.image_size
-            if tcfg.encoder_objective in ("clip", "negclip"):
+            tokenizer = None
+            if tcfg.encoder_objective in ("clip", "negclip", "bow"):  # the captions' tokenizer
                 from mmbench_cli.data.synthetic import tokenizer_source
                 from mmbench_cli.model.tokenizer import get_tokenizer
 
                 tokenizer = get_tokenizer(cfg.model, tokenizer_source(cfg.data))
-                objective: nn.Module = CLIPObjective(encoder, len(tokenizer))
+            if tcfg.encoder_objective == "mae":
+                objective: nn.Module = MAEObjective(encoder, image_size)
             elif tcfg.encoder_objective == "bow":
-                from mmbench_cli.data.synthetic import tokenizer_source
-                from mmbench_cli.model.tokenizer import get_tokenizer
-
-                tokenizer = get_tokenizer(cfg.model, tokenizer_source(cfg.data))
                 objective = BagOfWordsObjective(encoder, len(tokenizer))
             else:
-                tokenizer = None
-                objective = MAEObjective(encoder, image_size)
+                objective = CLIPObjective(encoder, len(tokenizer))
             objective.to(device).train()
             num_params = sum(p.numel() for p in encoder.parameters())
             peak_lr, weight_decay = resolve_lr_and_wd(tcfg, num_params)

@@ -55,8 +55,7 @@ def retrieval_near_chance(scores: Mapping[str, Any]) -> bool:
     least ``NEAR_CHANCE_MIN_PAIRS`` held-out pairs (the encoder did not learn); False for MAE scores, which have no
     chance level, and for fewer pairs."""
     top1, chance = scores.get("val_retrieval_top1"), scores.get("val_retrieval_chance")
-    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (top1, chance))
-    if not numbers or not chance or 1 / float(chance) < NEAR_CHANCE_MIN_PAIRS:  # type: ignore[arg-type]
+    if not (_number(top1) and _number(chance)) or not chance or 1 / float(chance) < NEAR_CHANCE_MIN_PAIRS:  # type: ignore[arg-type]
         return False
     return float(top1) < NEAR_CHANCE_FACTOR * float(chance)  # type: ignore[arg-type]
 

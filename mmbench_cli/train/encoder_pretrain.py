@@ -113,11 +113,15 @@ class BagOfWordsObjective(nn.Module):
         """Per-token logits ``[B, vocab]``."""
         return self.head(self.encoder(images).mean(dim=1))
 
-    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Sigmoid cross-entropy against the multi-hot ``targets`` ``[B, vocab]``, summed over the vocabulary and
         averaged over the batch (so rare words are not drowned by the thousands of absent ones)."""
-        loss = F.binary_cross_entropy_with_logits(self.logits(images), targets, reduction="sum")
-        return loss / len(images)
+        return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / len(logits)
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The bag-of-words loss of a batch of images and their captions' multi-hot targets."""
+        return self.loss(self.logits(images), targets)
 
 
 def bag_of_words(tokenizer: PreTrainedTokenizerBase, captions: list[str], vocab_size: int) -> torch.Tensor:
@@ -397,7 +401,8 @@ def evaluate_objective(objective: nn.Module, tokenizer: PreTrainedTokenizerBase,
         result = {"val_retrieval_top1": hits, "val_retrieval_chance": 1.0 / pairs, "val_pairs": pairs}
     elif isinstance(objective, BagOfWordsObjective):
         targets = bag_of_words(tokenizer, captions, objective.head.out_features)
-        logits = objective.logits(images.to(device)).cpu()
+        on_device = objective.logits(images.to(device))
+        logits = on_device.cpu()
         frequency = targets.sum(0)  # the prior: every image scored by how often the held-out captions use a token
         rows = [row for row in range(len(captions)) if targets[row].sum() > 0]
 
@@ -407,7 +412,7 @@ def evaluate_objective(objective: nn.Module, tokenizer: PreTrainedTokenizerBase,
 
         result = {"val_bow_r_precision": r_precision(logits),
                   "val_bow_r_precision_prior": r_precision(frequency.expand_as(logits)),
-                  "val_images": len(captions), "val_bow_loss": float(objective(images.to(device), targets.to(device)))}
+                  "val_images": len(captions), "val_bow_loss": float(objective.loss(on_device, targets.to(device)))}
     else:
         result = {"val_mae_loss": objective(images.to(device)).item(), "val_images": len(images)}
     objective.train()

@@ -36,6 +36,9 @@ class ModelConfig(_Strict):
     patch_size: int = Field(8, gt=0, description="ViT patch size for built-from-config encoders")
     connector: str = Field("c-abstractor", description="vision-language connector (registry name)")
     num_image_tokens: int = Field(16, gt=0, description="tokens each image becomes in the LM's input")
+    connector_pos_emb: bool = Field(True, description="add a learned position embedding to the patch features "
+                                    "before the connector (Honeybee's pos_emb), so image tokens carry where they "
+                                    "looked; runs saved before it existed had none")
     lm: str = Field("pythia-toy-2m", description="language model: size-ladder name or hf:<local dir>")
     tokenizer: str = Field("auto", description="auto (an hf: LM's own tokenizer if its dir has one, else synthetic-bpe), "
                            "synthetic-bpe (trained on the synthetic corpus) or hf:<local dir>")
@@ -80,7 +83,7 @@ class DataConfig(_Strict):
                                                     "docs/data.md)")
     num_train_images: int = Field(4000, gt=0)
     num_val_images: int = Field(200, gt=0)
-    num_test_images: int = Field(800, gt=0)
+    num_test_images: int = Field(2400, gt=0)
     data_mix: dict[str, float] = Field(default_factory=lambda: {"caption": 0.45, "interleaved": 0.45, "text": 0.10})
     seq_len: int = Field(128, gt=0, description="packed training sequence length in tokens")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
@@ -154,8 +157,8 @@ class EvalConfig(_Strict):
     shots: list[int] = Field(default_factory=lambda: [0, 4])
     seeds: int = Field(1, gt=0, description="demo-sampling seeds (random selection); mean ± std reported")
     demo_selection: Literal["random", "rices"] = "random"
-    num_samples: int = Field(800, gt=0, description="query samples per task (from the test split)")
-    batch_size: int = Field(32, gt=0)
+    num_samples: int = Field(2400, gt=0, description="query samples per task (from the test split)")
+    batch_size: int = Field(64, gt=0)
     max_new_tokens: int = Field(16, gt=0)
     num_beams: int = Field(1, gt=0)
     zero_shot_text_demos: bool = Field(False, description="Flamingo's 0-shot variant: two text-only demos")
@@ -347,7 +350,7 @@ def config_to_yaml(cfg: BaseModel) -> str:
 HASH_NEUTRAL_FIELDS: dict[str, dict[str, object]] = {
     "data": {"world_version": 1},
     "train": {"cpu_threads": 1, "trackers": ["jsonl"], "encoder_lr_scale": 1.0},
-    "model": {"resize_embeddings": False},
+    "model": {"resize_embeddings": False, "connector_pos_emb": False},
     "eval": {"vqa_normalize": "official", "rices_encoder": None},
 }
 

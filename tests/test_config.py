@@ -110,17 +110,18 @@ def test_config_hash_tracks_content() -> None:
 
 # The built-in defaults before world version 4 became the default (issue 13).
 FIRST_DEFAULTS = ["model.encoder=vit-tiny", "data.world_version=1", "train.steps=300", "train.freeze_encoder=false",
-                  "eval.shots=[0,4,8]", "eval.num_samples=100", "data.num_test_images=400", "eval.batch_size=16"]
+                  "eval.shots=[0,4,8]", "eval.num_samples=100", "data.num_test_images=400", "eval.batch_size=16",
+                  "model.connector_pos_emb=false"]
 
 
 def test_a_saved_config_takes_the_values_of_its_time_for_fields_added_later(tmp_path: Path) -> None:
     """A run's config.yaml written before data.world_version existed was made with world 1, not today's default."""
     first = config_to_dict(load_config(None, FIRST_DEFAULTS))
-    del first["data"]["world_version"], first["train"]["cpu_threads"]
+    del first["data"]["world_version"], first["train"]["cpu_threads"], first["model"]["connector_pos_emb"]
     saved = tmp_path / "config.yaml"
     saved.write_text(yaml.safe_dump(first))
     loaded = load_saved_config(saved)
-    assert loaded.data.world_version == 1 and loaded.train.cpu_threads == 1
+    assert loaded.data.world_version == 1 and loaded.train.cpu_threads == 1 and not loaded.model.connector_pos_emb
     assert config_hash(loaded) == config_hash(load_config(None, FIRST_DEFAULTS))
     assert load_config(saved).data.world_version == Config().data.world_version == 4  # a user's file: defaults
 
@@ -128,7 +129,7 @@ def test_a_saved_config_takes_the_values_of_its_time_for_fields_added_later(tmp_
 def test_world_version_1_keeps_the_hashes_of_configs_saved_before_the_field() -> None:
     """A config saved before data.world_version existed hashes as it did then (grid resume checks hashes)."""
     cfg = load_config(None, FIRST_DEFAULTS)
-    later = {"data": ("world_version",), "model": ("resize_embeddings",),
+    later = {"data": ("world_version",), "model": ("resize_embeddings", "connector_pos_emb"),
              "train": ("cpu_threads", "trackers", "encoder_lr_scale"), "eval": ("vqa_normalize", "rices_encoder")}
     saved = {name: {k: v for k, v in section.items() if k not in later.get(name, ())} if isinstance(section, dict)
              else section for name, section in config_to_dict(cfg).items()}

@@ -157,3 +157,24 @@ def test_local_sources_and_missing_type(tmp_path: Path, tokenizer) -> None:  # n
     assert batch["images"] is not None and batch["images"].shape[0] >= 6
     with pytest.raises(MMError, match="data.data_mix: interleaved"):
         _stream(tokenizer, "data.source=local", datasets)
+
+
+def test_truncation_report_counts_what_a_short_row_cuts(tokenizer) -> None:  # noqa: ANN001
+    """``Planner.truncation``: the share of each type's samples and tokens a row of ``data.seq_len`` cuts off, the
+    number checked against encoding the same samples by hand."""
+    from mmbench_cli.data.mixture import encode_interleaved, sample_text
+
+    short = _stream(tokenizer, "data.seq_len=64").planner.truncation(per_type=40)
+    long = _stream(tokenizer, "data.seq_len=4096", "model.max_seq_len=4096").planner.truncation(per_type=40)
+    assert set(short) == {"caption", "interleaved", "text"}
+    assert all(cut == {"samples_cut": 0.0, "tokens_cut": 0.0} for cut in long.values())
+    planner = _stream(tokenizer, "data.seq_len=64").planner
+    (source,) = planner.by_type["interleaved"]
+    lengths = [len(encode_interleaved(tokenizer, sample_text(doc, 0)[0], NUM_IMAGE_TOKENS))
+               for doc in planner.sources[source].samples[:40]]
+    expected = sum(length > 64 for length in lengths) / len(lengths)
+    assert short["interleaved"]["samples_cut"] == pytest.approx(expected) and expected > 0.5
+    # a cut keeps at most 64 tokens of a sample, so at least this share of tokens is dropped
+    floor = sum(max(length - 64, 0) for length in lengths) / sum(lengths)
+    assert floor <= short["interleaved"]["tokens_cut"] < floor + 0.05
+    assert short["caption"]["tokens_cut"] == 0.0  # a caption sample is far shorter than a row

@@ -242,3 +242,39 @@ def test_tokenizer_trains_on_the_callers_corpus_and_special_tokens(tmp_path) -> 
     # same corpus (same cache entry), other special tokens: the cached tokenizer is not reused
     other = _TinySource(str(tmp_path), {"eos": "<E>", "pad": "<P>", "image": "<IMG>", "eoc": "<C>"})
     assert get_tokenizer(ModelConfig(vocab_size=300), other).convert_ids_to_tokens([2, 3]) == ["<IMG>", "<C>"]
+
+
+@pytest.mark.parametrize("connector", sorted(CONNECTORS.names()))
+def test_connector_position_embedding_tells_identical_patches_apart(connector: str) -> None:
+    """With ``connector_pos_emb`` a uniform image gives image tokens that differ by where they are; without it, a
+    per-patch connector gives every token the same vector (nothing says where a token looked)."""
+    torch.manual_seed(0)
+    tokens = tokens_for(connector)
+    with_pos = build_model(tiny_cfg(connector=connector, num_image_tokens=tokens), SOURCE).eval()
+    without = build_model(tiny_cfg(connector=connector, num_image_tokens=tokens, connector_pos_emb=False),
+                          SOURCE).eval()
+    assert with_pos.connector.pos_emb is not None and without.connector.pos_emb is None
+    assert with_pos.config.connector_pos_emb  # the default
+    features = torch.ones(1, 16, with_pos.encoder.hidden_size)
+    with torch.no_grad():
+        out_with, out_without = with_pos.connector(features)[0], without.connector(features)[0]
+    assert not torch.allclose(out_with[0], out_with[-1], atol=1e-6)
+    if connector in ("linear", "mlp", "avgpool"):
+        assert torch.allclose(out_without[0], out_without[-1], atol=1e-6)
+
+
+def test_a_model_saved_before_connector_position_embeddings_loads_without_one(tmp_path) -> None:
+    """A saved model whose mm_config.json predates ``connector_pos_emb`` had none: it loads strictly, as it was."""
+    import json
+
+    torch.manual_seed(4)
+    model = build_model(tiny_cfg(connector_pos_emb=False), SOURCE).eval()
+    model.save_pretrained(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "mm_config.json").read_text())
+    del meta["model"]["connector_pos_emb"]
+    (tmp_path / "m" / "mm_config.json").write_text(json.dumps(meta))
+    loaded = load_model(tmp_path / "m")
+    assert loaded.connector.pos_emb is None and not loaded.config.connector_pos_emb
+    ids, mask, images = interleaved_batch(model, [f"{IMAGE_TOKEN}Output: x{EOC_TOKEN}"])
+    with torch.no_grad():
+        assert torch.equal(model(ids, mask, images=images).logits, loaded(ids, mask, images=images).logits)

@@ -232,6 +232,25 @@ class Planner:
             kept = kept[: len(kept) - partial]
         return kept, images[: image_tokens // self.num_image_tokens]
 
+    def truncation(self, per_type: int = 400) -> dict[str, dict[str, float]]:
+        """How much of each data type a row of ``seq_len`` tokens cuts off (a sample longer than a row loses its
+        tail): over the first ``per_type`` samples of each type in the mix (spread over its sources, variant 0),
+        the fraction of samples cut (``samples_cut``) and of tokens dropped (``tokens_cut``)."""
+        report: dict[str, dict[str, float]] = {}
+        for data_type in self.mix:
+            indices = self.by_type[data_type]
+            picks = [(indices[n % len(indices)], n // len(indices)) for n in range(per_type)]
+            picks = [(source, index) for source, index in picks if index < len(self.sources[source].samples)]
+            cut = total = dropped = 0
+            for source, index in picks:
+                ids, _, _ = self._encode(source, index, 0)
+                total += len(ids)
+                if len(ids) > self.seq_len:
+                    cut += 1
+                    dropped += len(ids) - len(self._truncate(ids, [], self.seq_len)[0])
+            report[data_type] = {"samples_cut": cut / max(len(picks), 1), "tokens_cut": dropped / max(total, 1)}
+        return report
+
     def plan_row(self, state: dict[str, Any]) -> RowPlan:
         """Pack the next row (advancing ``state`` in place)."""
         data_type = weighted_round_robin(self.mix, state["type_credits"])

@@ -28,14 +28,28 @@ def _allowed_text(values: list[int], limit: int = 12) -> str:
 
 
 class Connector(nn.Module):
-    """Base class: knows its input grid and output token count."""
+    """Base class: knows its input grid and output token count; optionally adds a learned position embedding to
+    the patch features first (Honeybee's ``pos_emb``), so that every image token can say *where* it looked."""
 
-    def __init__(self, encoder_dim: int, lm_dim: int, num_image_tokens: int, grid_size: int) -> None:
+    def __init__(self, encoder_dim: int, lm_dim: int, num_image_tokens: int, grid_size: int,
+                 pos_emb: bool = False) -> None:
         super().__init__()
         self.encoder_dim = encoder_dim
         self.lm_dim = lm_dim
         self.num_image_tokens = num_image_tokens
         self.grid_size = grid_size
+        self.pos_emb: nn.Parameter | None = None
+        if pos_emb:
+            self.pos_emb = nn.Parameter(torch.empty(1, grid_size * grid_size, encoder_dim))
+            nn.init.trunc_normal_(self.pos_emb, std=0.02)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """[N, P, D_enc] patch features → [N, T, D_lm] image tokens (position embedding added first, if any)."""
+        return self.project(features if self.pos_emb is None else features + self.pos_emb)
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """The connector proper: [N, P, D_enc] → [N, T, D_lm]."""
+        raise NotImplementedError
 
     @staticmethod
     def allowed_tokens(grid_size: int) -> list[int] | None:
@@ -53,8 +67,9 @@ class Connector(nn.Module):
 class LinearConnector(Connector):
     """One token per patch, projected by a single linear layer."""
 
-    def __init__(self, encoder_dim: int, lm_dim: int, num_image_tokens: int, grid_size: int) -> None:
-        super().__init__(encoder_dim, lm_dim, num_image_tokens, grid_size)
+    def __init__(self, encoder_dim: int, lm_dim: int, num_image_tokens: int, grid_size: int,
+                 pos_emb: bool = False) -> None:
+        super().__init__(encoder_dim, lm_dim, num_image_tokens, grid_size, pos_emb)
         self.proj = nn.Linear(encoder_dim, lm_dim)
 
     @staticmethod
@@ -62,7 +77,7 @@ class LinearConnector(Connector):
         """Exactly one token per patch."""
         return [grid_size * grid_size]
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def project(self, features: torch.Tensor) -> torch.Tensor:
         """[N, P, D_enc] → [N, P, D_lm]."""
         return self.proj(features)
 
@@ -71,8 +86,9 @@ class LinearConnector(Connector):
 class MLPConnector(LinearConnector):
     """One token per patch, projected by a two-layer GELU MLP (LLaVA-1.5)."""
 
-    def __init__(self, encoder_dim: int, lm_dim: int, num_image_tokens: int, grid_size: int) -> None:
-        Connector.__init__(self, encoder_dim, lm_dim, num_image_tokens, grid_size)
+    def __init__(self, encoder_dim: int, lm_dim: int, num_image_tokens: int, grid_size: int,
+                 pos_emb: bool = False) -> None:
+        Connector.__init__(self, encoder_dim, lm_dim, num_image_tokens, grid_size, pos_emb)
         self.proj = nn.Sequential(nn.Linear(encoder_dim, lm_dim), nn.GELU(), nn.Linear(lm_dim, lm_dim))
 
 
@@ -80,8 +96,9 @@ class MLPConnector(LinearConnector):
 class AvgPoolConnector(Connector):
     """Adaptive average pooling of the patch grid to √T×√T, then a linear projection (MM1's "Avg Pool")."""
 
-    def __init__(self, encoder_dim: int, lm_dim: int, num_image_tokens: int, grid_size: int) -> None:
-        super().__init__(encoder_dim, lm_dim, num_image_tokens, grid_size)
+    def __init__(self, encoder_dim: int, lm_dim: int, num_image_tokens: int, grid_size: int,
+                 pos_emb: bool = False) -> None:
+        super().__init__(encoder_dim, lm_dim, num_image_tokens, grid_size, pos_emb)
         self.side = math.isqrt(num_image_tokens)
         self.proj = nn.Linear(encoder_dim, lm_dim)
 
@@ -90,7 +107,7 @@ class AvgPoolConnector(Connector):
         """Square counts up to the number of patches."""
         return _square_counts(grid_size * grid_size)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def project(self, features: torch.Tensor) -> torch.Tensor:
         """[N, P, D_enc] → [N, T, D_lm]."""
         pooled = F.adaptive_avg_pool2d(self._to_grid(features), self.side)
         return self.proj(pooled.permute(0, 2, 3, 1).reshape(pooled.shape[0], -1, pooled.shape[1]))
@@ -100,8 +117,9 @@ class AvgPoolConnector(Connector):
 class AttnPoolConnector(Connector):
     """T learnable queries cross-attend to the patches (one perceiver-resampler layer), then project."""
 
-    def __init__(self, encoder_dim: int, lm_dim: int, num_image_tokens: int, grid_size: int) -> None:
-        super().__init__(encoder_dim, lm_dim, num_image_tokens, grid_size)
+    def __init__(self, encoder_dim: int, lm_dim: int, num_image_tokens: int, grid_size: int,
+                 pos_emb: bool = False) -> None:
+        super().__init__(encoder_dim, lm_dim, num_image_tokens, grid_size, pos_emb)
         self.num_heads = next(h for h in range(max(1, encoder_dim // 64), 0, -1) if encoder_dim % h == 0)
         self.queries = nn.Parameter(torch.randn(num_image_tokens, encoder_dim) * 0.02)
         self.norm_kv = nn.LayerNorm(encoder_dim)
@@ -118,7 +136,7 @@ class AttnPoolConnector(Connector):
         """Any count up to the number of patches (more queries than patches adds no information)."""
         return list(range(1, grid_size * grid_size + 1))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def project(self, features: torch.Tensor) -> torch.Tensor:
         """[N, P, D_enc] → [N, T, D_lm]."""
         n, p, d = features.shape
         heads = self.num_heads
@@ -163,8 +181,9 @@ class CAbstractor(Connector):
 
     depth = 2
 
-    def __init__(self, encoder_dim: int, lm_dim: int, num_image_tokens: int, grid_size: int) -> None:
-        super().__init__(encoder_dim, lm_dim, num_image_tokens, grid_size)
+    def __init__(self, encoder_dim: int, lm_dim: int, num_image_tokens: int, grid_size: int,
+                 pos_emb: bool = False) -> None:
+        super().__init__(encoder_dim, lm_dim, num_image_tokens, grid_size, pos_emb)
         hidden = encoder_dim
         self.side = math.isqrt(num_image_tokens)
         self.stage1 = nn.Sequential(*[ResBlock(encoder_dim if i == 0 else hidden, hidden) for i in range(self.depth)])
@@ -177,7 +196,7 @@ class CAbstractor(Connector):
         """Square counts up to the number of patches."""
         return _square_counts(grid_size * grid_size)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def project(self, features: torch.Tensor) -> torch.Tensor:
         """[N, P, D_enc] → [N, T, D_lm]."""
         x = self.stage2(self.pool(self.stage1(self._to_grid(features))))
         return self.readout(x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1]))
@@ -203,7 +222,9 @@ def check_connector(name: str, num_image_tokens: int, grid_size: int) -> type[Co
     return cls
 
 
-def build_connector(name: str, encoder_dim: int, lm_dim: int, num_image_tokens: int, grid_size: int) -> Connector:
-    """Build connector ``name`` mapping ``encoder_dim`` patch features to ``num_image_tokens`` × ``lm_dim``."""
+def build_connector(name: str, encoder_dim: int, lm_dim: int, num_image_tokens: int, grid_size: int,
+                    pos_emb: bool = False) -> Connector:
+    """Build connector ``name`` mapping ``encoder_dim`` patch features to ``num_image_tokens`` × ``lm_dim``
+    (``pos_emb``: add a learned position embedding to the patch features first)."""
     cls = check_connector(name, num_image_tokens, grid_size)
-    return cls(encoder_dim, lm_dim, num_image_tokens, grid_size)
+    return cls(encoder_dim, lm_dim, num_image_tokens, grid_size, pos_emb)

@@ -282,7 +282,8 @@ def _build_model(model_cfg: ModelConfig, tokenizer_source: TokenizerSource) -> M
         vocab_size = -(-vocab_size // 64) * 64  # nanoGPT: a multiple of 64 keeps the unembedding matmul fast
     lm = build_lm(model_cfg, vocab_size, ids["eos"], ids["pad"])
     lm_dim = lm.get_input_embeddings().embedding_dim
-    connector = build_connector(model_cfg.connector, encoder.hidden_size, lm_dim, model_cfg.num_image_tokens, grid_size)
+    connector = build_connector(model_cfg.connector, encoder.hidden_size, lm_dim, model_cfg.num_image_tokens, grid_size,
+                                model_cfg.connector_pos_emb)
     return MLLM(model_cfg, encoder, connector, lm, tokenizer, tokenizer_source.special_tokens)
 
 
@@ -292,7 +293,7 @@ def load_model(directory: str | Path, device: str = "cpu") -> MLLM:
     from safetensors.torch import load_model as load_weights
     from transformers import AutoConfig, AutoTokenizer
 
-    from mmbench_cli.config import ModelConfig
+    from mmbench_cli.config import HASH_NEUTRAL_FIELDS, ModelConfig
     from mmbench_cli.model.encoders import VisionEncoder, vision_model_from_config
     from mmbench_cli.model.lm import lm_from_config
     from mmbench_cli.model.tokenizer import add_special_tokens, legacy_special_tokens
@@ -306,7 +307,7 @@ def load_model(directory: str | Path, device: str = "cpu") -> MLLM:
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != FORMAT:
             raise ValueError("wrong format")
-        model_cfg = ModelConfig.model_validate(meta["model"])
+        model_cfg = ModelConfig.model_validate({**HASH_NEUTRAL_FIELDS["model"], **meta["model"]})
         encoder_cfg = AutoConfig.from_pretrained(str(directory / "encoder"), local_files_only=True)
         lm_cfg = AutoConfig.from_pretrained(str(directory / "lm"), local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
@@ -317,7 +318,8 @@ def load_model(directory: str | Path, device: str = "cpu") -> MLLM:
     encoder = VisionEncoder(vision_model_from_config(encoder_cfg), meta["image_mean"], meta["image_std"])
     lm = lm_from_config(lm_cfg)
     connector = build_connector(model_cfg.connector, encoder.hidden_size, lm.get_input_embeddings().embedding_dim,
-                                model_cfg.num_image_tokens, encoder.grid_size(model_cfg.image_size))
+                                model_cfg.num_image_tokens, encoder.grid_size(model_cfg.image_size),
+                                model_cfg.connector_pos_emb)
     model = MLLM(model_cfg, encoder, connector, lm, tokenizer, special_tokens)
     try:
         load_weights(model, str(directory / WEIGHTS), strict=True, device=device)

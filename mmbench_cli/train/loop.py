@@ -256,6 +256,9 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
         scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
 
         stream = TrainStream(cfg, model.tokenizer, model.num_image_tokens, model.image_mean, model.image_std)
+        cuts = stream.planner.truncation() if ctx.is_main else {}
+        if show and ctx.is_main:
+            _note_truncation(cfg, cuts)
         state = TrainState()
         if start_step is not None:
             scales = [group.get("lr_scale", 1.0) for group in optimizer.param_groups]
@@ -294,7 +297,7 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
                 "num_params": num_params, "flops_per_step": flops_per_step, "lr": peak_lr,
                 "weight_decay": weight_decay, "world_size": ctx.world_size, "device": str(ctx.device),
                 "precision": str(autocast_dtype or torch.float32).removeprefix("torch."),
-                "wall_time_s": state.elapsed_s, "resumed_from": start_step,
+                "wall_time_s": state.elapsed_s, "resumed_from": start_step, "seq_len_cuts": cuts,
                 **({"pretrained_encoder": pretrained} if pretrained else {}),
             })
             run.write_status("running")
@@ -327,6 +330,23 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
     finally:
         if lock is not None:
             lock.release()
+
+
+# A data type losing more than this share of its tokens to the row length gets a note when training starts.
+TRUNCATION_NOTE = 0.05
+
+
+def _note_truncation(cfg: Config, cuts: dict[str, dict[str, float]]) -> None:
+    """Say which data types ``data.seq_len`` cuts (samples longer than a row lose their tail, so their later
+    images and Q&A are never trained on)."""
+    from rich.console import Console
+
+    for data_type, cut in cuts.items():
+        if cut["tokens_cut"] > TRUNCATION_NOTE:
+            Console(stderr=True).print(
+                f"[yellow]note:[/] data.seq_len={cfg.data.seq_len} cuts {cut['tokens_cut']:.0%} of the {data_type} "
+                f"tokens ({cut['samples_cut']:.0%} of its samples are longer than a row and lose their tail); "
+                "raise data.seq_len (with model.max_seq_len) to train on them", highlight=False, soft_wrap=True)
 
 
 def build_trainable_model(cfg: Config) -> MLLM:

@@ -52,8 +52,9 @@ def pretrain_config(cfg: Config) -> Config | None:
     hf_lm = is_local_path(cfg.model.lm)  # the caption tokenizer: an hf: LM's own, else the synthetic BPE
     model = ModelConfig(encoder=spec.base, image_size=cfg.model.image_size, patch_size=cfg.model.patch_size,
                         tokenizer=cfg.model.tokenizer, vocab_size=cfg.model.vocab_size,
-                        lm=cfg.model.lm if hf_lm else defaults.lm)
+                        lm=cfg.model.lm if hf_lm else defaults.lm, connector_pos_emb=False)
     # what the encoder's weights do not depend on is normalised, so those settings share one cached encoder
+    # (connector_pos_emb: the MLLM's connector, absent from an encoder; False keeps the keys made before it existed)
     # (captions are cut at encoder_pretrain.CAPTION_MAX_TOKENS, not data.seq_len)
     data = cfg.data.model_copy(update={"data_mix": DataConfig().data_mix, "num_workers": 0, "cache_dir": None,
                                        "seq_len": DataConfig().seq_len})

@@ -37,10 +37,11 @@ def test_the_key_follows_what_the_weights_depend_on() -> None:
     key = pretrained_encoder.encoder_dir(base)
     assert key is not None and key.name.startswith("vit-tiny-clip-32px-")
     assert pretrained_encoder.encoder_dir(load_config(None, ["model.encoder=vit-tiny"])) is None
-    # the mixture, the seed, the connector, a registry LM, the training sequence length and eval do not change it
+    # the mixture, the seed, the connector, a registry LM, the training sequence length, the test split (never read
+    # by encoder pre-training) and eval do not change it
     for same in ("data.data_mix.caption=1.0", "seed=3", "model.connector=avgpool", "model.lm=pythia-toy-2m",
                  "data.seq_len=192", "eval.num_samples=7", "eval.shots=[0]", "train.steps=5",
-                 "train.freeze_encoder=false"):
+                 "train.freeze_encoder=false", "model.connector_pos_emb=false", "data.num_test_images=2400"):
         assert pretrained_encoder.encoder_dir(load_config(None, [*TINY, same])) == key, same
     # resolution, the world and its size do
     for other in ("model.image_size=64", "data.world_version=1", "data.num_train_images=48"):

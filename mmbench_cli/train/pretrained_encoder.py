@@ -56,8 +56,10 @@ def pretrain_config(cfg: Config) -> Config | None:
     # what the encoder's weights do not depend on is normalised, so those settings share one cached encoder
     # (connector_pos_emb: the MLLM's connector, absent from an encoder; False keeps the keys made before it existed)
     # (captions are cut at encoder_pretrain.CAPTION_MAX_TOKENS, not data.seq_len)
+    # (and the test split, which encoder pre-training never reads: held at 800, the default when this was added,
+    # so the encoders cached before it keep their keys)
     data = cfg.data.model_copy(update={"data_mix": DataConfig().data_mix, "num_workers": 0, "cache_dir": None,
-                                       "seq_len": DataConfig().seq_len})
+                                       "seq_len": DataConfig().seq_len, "num_test_images": 800})
     train = TrainConfig(stage="encoder", encoder_objective=spec.pretrain, device=cfg.train.device, freeze_encoder=False,
                         precision=cfg.train.precision, cpu_threads=cfg.train.cpu_threads, log_every=10,
                         **ENCODER_RECIPE)

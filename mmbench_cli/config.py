@@ -36,9 +36,9 @@ class ModelConfig(_Strict):
     patch_size: int = Field(8, gt=0, description="ViT patch size for built-from-config encoders")
     connector: str = Field("c-abstractor", description="vision-language connector (registry name)")
     num_image_tokens: int = Field(16, gt=0, description="tokens each image becomes in the LM's input")
-    connector_pos_emb: bool = Field(True, description="add a learned position embedding to the patch features "
+    connector_pos_emb: bool = Field(False, description="add a learned position embedding to the patch features "
                                     "before the connector (Honeybee's pos_emb), so image tokens carry where they "
-                                    "looked; runs saved before it existed had none")
+                                    "looked (off by default: it made the toy grid's seeds 4-8x further apart)")
     lm: str = Field("pythia-toy-2m", description="language model: size-ladder name or hf:<local dir>")
     tokenizer: str = Field("auto", description="auto (an hf: LM's own tokenizer if its dir has one, else synthetic-bpe), "
                            "synthetic-bpe (trained on the synthetic corpus) or hf:<local dir>")

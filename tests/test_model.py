@@ -250,11 +250,11 @@ def test_connector_position_embedding_tells_identical_patches_apart(connector: s
     per-patch connector gives every token the same vector (nothing says where a token looked)."""
     torch.manual_seed(0)
     tokens = tokens_for(connector)
-    with_pos = build_model(tiny_cfg(connector=connector, num_image_tokens=tokens), SOURCE).eval()
-    without = build_model(tiny_cfg(connector=connector, num_image_tokens=tokens, connector_pos_emb=False),
-                          SOURCE).eval()
+    with_pos = build_model(tiny_cfg(connector=connector, num_image_tokens=tokens, connector_pos_emb=True),
+                           SOURCE).eval()
+    without = build_model(tiny_cfg(connector=connector, num_image_tokens=tokens), SOURCE).eval()
     assert with_pos.connector.pos_emb is not None and without.connector.pos_emb is None
-    assert with_pos.config.connector_pos_emb  # the default
+    assert not without.config.connector_pos_emb  # the default
     features = torch.ones(1, 16, with_pos.encoder.hidden_size)
     with torch.no_grad():
         out_with, out_without = with_pos.connector(features)[0], without.connector(features)[0]

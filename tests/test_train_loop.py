@@ -67,6 +67,8 @@ def test_short_run_writes_the_run_dir_contract(tmp_path: Path) -> None:
     assert metrics[-1]["train_flops"] > metrics[0]["train_flops"] > 0
     meta = json.loads((run / "meta.json").read_text())
     assert meta["num_params"] > 0 and meta["flops_per_step"] > 0 and meta["seed"] == 0
+    cuts = meta["seq_len_cuts"]  # 64-token rows cut the world's interleaved documents, never its captions
+    assert cuts["interleaved"]["tokens_cut"] > 0.05 and cuts["caption"] == {"samples_cut": 0.0, "tokens_cut": 0.0}
     assert read_status(run) == "done" and not (run / ".lock").exists()
 
     # The same command again resumes from the final checkpoint: nothing retrained, curve unchanged.
@@ -199,3 +201,17 @@ def test_second_writer_is_refused(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_training_says_how_much_the_row_length_cuts(tmp_path: Path) -> None:
+    """``mm pretrain`` names a data type whose samples lose more than 5% of their tokens to ``data.seq_len``."""
+    short = _cli([*TINY, "train.steps=1", "--out", str(tmp_path / "short")], timeout=600)
+    assert short.returncode == 0, short.stderr
+    note = next(line for line in short.stderr.splitlines() if "note: data.seq_len=64 cuts" in line)
+    assert "of the interleaved tokens" in note
+    cut = json.loads((tmp_path / "short" / "meta.json").read_text())["seq_len_cuts"]["interleaved"]["tokens_cut"]
+    assert f"cuts {cut:.0%} of" in note
+    long = _cli([*TINY, "train.steps=1", "data.seq_len=1024", "model.max_seq_len=1024", "--out",
+                 str(tmp_path / "long")], timeout=600)
+    assert long.returncode == 0, long.stderr
+    assert "cuts" not in long.stderr

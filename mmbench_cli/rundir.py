@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from mmbench_cli.errors import MMError
 from mmbench_cli.families import FAMILIES, guess_family
@@ -55,7 +55,7 @@ def retrieval_near_chance(scores: Mapping[str, Any]) -> bool:
     least ``NEAR_CHANCE_MIN_PAIRS`` held-out pairs (the encoder did not learn); False for MAE scores, which have no
     chance level, and for fewer pairs."""
     top1, chance = scores.get("val_retrieval_top1"), scores.get("val_retrieval_chance")
-    if not (_number(top1) and _number(chance)) or not chance or 1 / float(chance) < NEAR_CHANCE_MIN_PAIRS:  # type: ignore[arg-type]
+    if not (is_number(top1) and is_number(chance)) or not chance or 1 / float(chance) < NEAR_CHANCE_MIN_PAIRS:  # type: ignore[arg-type]
         return False
     return float(top1) < NEAR_CHANCE_FACTOR * float(chance)  # type: ignore[arg-type]
 
@@ -503,7 +503,8 @@ def model_dir_checkpoint(path: str | Path) -> Checkpoint:
 
 
 # ----------------------------------------------------------------------------------------- results schema
-def _number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
+    """Whether ``value`` is an int or float (not a bool): the one check of a number read from a results file."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -542,18 +543,18 @@ class ResultCell:
     @classmethod
     def from_json(cls, data: Any, where: str, task: str = "") -> ResultCell:
         """Validate and read one cell (MMError naming ``where`` on anything malformed)."""
-        if not isinstance(data, dict) or not _number(data.get("value")):
+        if not isinstance(data, dict) or not is_number(data.get("value")):
             raise MMError(f"{where}: expected an object with a numeric 'value'; re-run mm eval")
         for name in ("seeds", "seed_ids", "reused"):
             values = data.get(name, [])
-            if not isinstance(values, list) or not all(_number(v) for v in values):
+            if not isinstance(values, list) or not all(is_number(v) for v in values):
                 raise MMError(f"{where}.{name}: expected a list of numbers; re-run mm eval")
         samples = data.get("samples", [])
         if not isinstance(samples, list) or not all(isinstance(s, str) for s in samples):
             raise MMError(f"{where}.samples: expected a list of paths; re-run mm eval")
-        if data.get("n") is not None and not _number(data.get("n")):
+        if data.get("n") is not None and not is_number(data.get("n")):
             raise MMError(f"{where}.n: expected a number; re-run mm eval")
-        if data.get("std") is not None and not _number(data.get("std")):
+        if data.get("std") is not None and not is_number(data.get("std")):
             raise MMError(f"{where}.std: expected a number; re-run mm eval")
         metric = data.get("metric")
         family = data.get("family")
@@ -636,7 +637,7 @@ class EvalResult:
         flops = data.get("train_flops")
         return cls(
             run=str(data.get("run", "")), step=found, config_hash=data.get("config_hash"),
-            checkpoint_hash=data.get("checkpoint_hash"), train_flops=flops if _number(flops) else None,
+            checkpoint_hash=data.get("checkpoint_hash"), train_flops=flops if is_number(flops) else None,
             checkpoint=data.get("checkpoint"), tasks=tasks, summary=summary,
             extra={key: value for key, value in data.items() if key not in _RESULT_FIELDS},
         )
@@ -823,7 +824,7 @@ class RunDir:
     # training log, metadata, status
     def read_metrics(self) -> list[dict[str, Any]]:
         """The training log lines with a numeric step, sorted by step (a torn last line is skipped)."""
-        records = [r for r in read_jsonl(self.metrics_path) if isinstance(r, dict) and _number(r.get("step"))]
+        records = [r for r in read_jsonl(self.metrics_path) if isinstance(r, dict) and is_number(r.get("step"))]
         return sorted(records, key=lambda record: record["step"])
 
     def last_metrics(self, tail_bytes: int = 4096) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from mmbench_cli.errors import MMError
-from mmbench_cli.rundir import Checkpoint, EvalResult, ResultCell, RunDir, read_json_file
+from mmbench_cli.rundir import Checkpoint, EvalResult, ResultCell, RunDir, is_number, read_json_file
 
 SEED_AXIS = "seed"
 CELL_RECORD = "ablate.json"  # a grid cell's state as mm ablate records it: {"state": ..., "error": ...}
@@ -247,11 +247,6 @@ def parse_cell_id(name: str) -> dict[str, str]:
             return {}
         axes[key] = value
     return axes
-
-
-def is_number(value: object) -> bool:
-    """Whether ``value`` is an int or float (not a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def is_run_dir(path: Path) -> bool:

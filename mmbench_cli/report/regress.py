@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mmbench_cli.errors import MMError
-from mmbench_cli.report.load import Study
+from mmbench_cli.report.load import Study, is_number
 from mmbench_cli.report.stats import DEFAULT_RESAMPLES, paired_drop_pvalue
 
 FORMAT = "mmbench-baseline"
@@ -121,7 +121,7 @@ def read_baseline(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def _finite(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return is_number(value) and math.isfinite(value)
 
 
 def compare(

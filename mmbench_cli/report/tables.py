@@ -140,7 +140,7 @@ def _family_estimate(run: Run, step: int, family: str, shots: str, tasks: dict[s
     estimate = mean_of(scored or members)
     result, known = run.results.get(step), FAMILIES.get(family)
     summary = result.summary.get(shots, {}).get(known.summary_key) if result is not None and known else None
-    if isinstance(summary, (int, float)) and not isinstance(summary, bool):
+    if is_number(summary):
         if estimate is None:
             return Estimate(value=float(summary), seed_values=[float(summary)])
         estimate.value, estimate.seed_values = float(summary), [float(summary)]
@@ -338,7 +338,7 @@ def answer_prior(study: Study, tasks: list[str], shots: str) -> float | None:
         for task in tasks:
             cell = run.entry(step, task, shots) if step is not None else None
             prior = cell.extra.get("prior") if cell is not None else None
-            if isinstance(prior, (int, float)) and not isinstance(prior, bool) and math.isfinite(prior):
+            if is_number(prior) and math.isfinite(prior):
                 priors.setdefault(task, []).append(float(prior))
     if not tasks or any(task not in priors for task in tasks):
         return None

@@ -41,8 +41,15 @@ def test_the_key_follows_what_the_weights_depend_on() -> None:
     # by encoder pre-training) and eval do not change it
     for same in ("data.data_mix.caption=1.0", "seed=3", "model.connector=avgpool", "model.lm=pythia-toy-2m",
                  "data.seq_len=192", "eval.num_samples=7", "eval.shots=[0]", "train.steps=5",
-                 "train.freeze_encoder=false", "model.connector_pos_emb=false", "data.num_test_images=2400"):
+                 "train.freeze_encoder=false", "model.connector_pos_emb=true", "data.num_test_images=2400"):
         assert pretrained_encoder.encoder_dir(load_config(None, [*TINY, same])) == key, same
+    # the default encoder's key is the one it had before model.connector_pos_emb and the 2400-image test split
+    # existed (examples/reports/resolution-tokens/ at 9f6f3b7 names vit-tiny-clip-64px-f8c2b7daec144fea), so
+    # encoders cached then are still found
+    from mmbench_cli.model.device import resolve_device
+
+    if resolve_device("auto").type == "cpu":  # the device type is part of the key
+        assert pretrained_encoder.encoder_dir(load_config(None, [])).name == "vit-tiny-clip-64px-f8c2b7daec144fea"
     # resolution, the world and its size do
     for other in ("model.image_size=64", "data.world_version=1", "data.num_train_images=48"):
         assert pretrained_encoder.encoder_dir(load_config(None, [*TINY, other])) != key, other

@@ -52,12 +52,11 @@ def pretrain_config(cfg: Config) -> Config | None:
     hf_lm = is_local_path(cfg.model.lm)  # the caption tokenizer: an hf: LM's own, else the synthetic BPE
     model = ModelConfig(encoder=spec.base, image_size=cfg.model.image_size, patch_size=cfg.model.patch_size,
                         tokenizer=cfg.model.tokenizer, vocab_size=cfg.model.vocab_size,
-                        lm=cfg.model.lm if hf_lm else defaults.lm, connector_pos_emb=False)
+                        lm=cfg.model.lm if hf_lm else defaults.lm)
     # what the encoder's weights do not depend on is normalised, so those settings share one cached encoder
-    # (connector_pos_emb: the MLLM's connector, absent from an encoder; False keeps the keys made before it existed)
     # (captions are cut at encoder_pretrain.CAPTION_MAX_TOKENS, not data.seq_len)
-    # (and the test split, which encoder pre-training never reads: held at 800, the default when this was added,
-    # so the encoders cached before it keep their keys)
+    # (and the test split, which encoder pre-training never reads: held at 800, the default until the 2400 one, so
+    # the default's encoders cached before keep their keys; a config with another test size got a new key once)
     data = cfg.data.model_copy(update={"data_mix": DataConfig().data_mix, "num_workers": 0, "cache_dir": None,
                                        "seq_len": DataConfig().seq_len, "num_test_images": 800})
     train = TrainConfig(stage="encoder", encoder_objective=spec.pretrain, device=cfg.train.device, freeze_encoder=False,
@@ -72,6 +71,9 @@ def cache_key(recipe: Config) -> str:
     from mmbench_cli.model.device import resolve_device
 
     config = {section: value for section, value in config_to_dict(recipe).items() if section != "eval"}
+    # a setting of the MLLM's connector, which an encoder has none of; left out so that the keys of the encoders
+    # cached before the field existed stay valid
+    config["model"].pop("connector_pos_emb", None)
     payload = {"recipe_version": RECIPE_VERSION, "config": config,
                "device": resolve_device(recipe.train.device).type}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

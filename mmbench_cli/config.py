@@ -127,8 +127,9 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(100, gt=0, description="after the log-spaced steps, a checkpoint every K steps")
     log_spaced_checkpoints: bool = True
     log_every: int = Field(10, gt=0)
-    encoder_objective: Literal["clip", "negclip", "bow", "mae"] = Field(
+    encoder_objective: Literal["clip", "negclip", "twinclip", "bow", "mae"] = Field(
         "clip", description="objective of --stage encoder (negclip: CLIP + hard negatives with swapped shapes/words; "
+                            "twinclip: CLIP on batches of synthetic images and their counterfactual twins; "
                             "bow: predict the caption's words, CatLIP-style)")
     trackers: list[Literal["jsonl", "tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=lambda: ["jsonl"],

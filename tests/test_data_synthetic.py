@@ -284,6 +284,35 @@ def test_hard_negatives_swap_one_shape_or_the_written_word() -> None:
     assert swap_attributes("a page about red things.", random.Random(0)) == []
 
 
+def test_twins_change_one_shape_or_the_word_and_nothing_else(tmp_path: Path) -> None:
+    """Each training image's counterfactual twin (the twinclip encoder objective) differs from it in exactly one
+    thing: one object's shape, or the written word; colours, sizes, places and the other objects stay. Twins are
+    deterministic, aligned with captions(split), rendered into their own folder, and their captions describe them."""
+    world = _world(tmp_path, name="twins")
+    originals, twins = world.captions("train"), world.twins("train")
+    assert len(twins) == len(originals)
+    changed = {"shape": 0, "word": 0}
+    for original, twin in zip(originals, twins, strict=True):
+        before, after = original.image.scene, twin.image.scene
+        shape_changes = [(a, b) for a, b in zip(before.objects, after.objects, strict=True) if a != b]
+        if before.text != after.text:
+            changed["word"] += 1
+            assert not shape_changes and after.text and after.text_size == before.text_size
+        else:
+            changed["shape"] += 1
+            assert len(shape_changes) == 1
+            a, b = shape_changes[0]
+            assert a.shape != b.shape and (a.color, a.size, a.cell, a.offset) == (b.color, b.size, b.cell, b.offset)
+        assert twin.image.path.parent.name == "train-twins" and twin.image_id != original.image_id
+        named = " ".join(twin.captions)  # shapes may be plural ("two triangles"); the text may be a number
+        assert all(o.shape in named for o in after.objects)
+        assert after.text is None or after.text in re.findall(r"[a-z0-9]+", named)
+    assert changed["shape"] and changed["word"]
+    other = _world(tmp_path, name="twins-b").twins("train")
+    assert [t.image.scene for t in other] == [t.image.scene for t in twins]
+    assert np.array_equal(np.asarray(twins[0].image.load()), np.asarray(render_scene(twins[0].image.scene)))
+
+
 def test_stored_pixels_are_the_resized_png_and_are_read_back(tmp_path: Path) -> None:
     """A synthetic image keeps its resized pixels on disk: the first call stores exactly what decoding and
     resizing give, later calls read that file (not the PNG), and a file of the wrong length is redone."""

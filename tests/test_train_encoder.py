@@ -40,7 +40,7 @@ def test_an_encoder_that_did_not_learn_is_flagged(tmp_path: Path, capsys: pytest
     assert not near_chance({"val_retrieval_top1": 0.125, "val_retrieval_chance": 1 / 16})  # too few pairs to judge
 
 
-@pytest.mark.parametrize("objective", ["clip", "negclip", "bow", "mae"])
+@pytest.mark.parametrize("objective", ["clip", "negclip", "twinclip", "bow", "mae"])
 def test_encoder_pretraining_learns_and_saves_a_usable_encoder(tmp_path: Path, objective: str) -> None:
     cfg = load_config(None, [*ENCODER_TINY, f"train.encoder_objective={objective}", "train.steps=30"])
     run = pretrain(cfg, tmp_path / "enc", progress=False)
@@ -50,7 +50,7 @@ def test_encoder_pretraining_learns_and_saves_a_usable_encoder(tmp_path: Path, o
     losses = [row["loss"] for row in read_jsonl(run / "metrics.jsonl")]
     assert losses[-1] < losses[0]
     scores = json.loads((run / "encoder_eval.json").read_text())
-    if objective in ("clip", "negclip"):
+    if objective in ("clip", "negclip", "twinclip"):
         assert 0.0 <= scores["val_retrieval_top1"] <= 1.0 and scores["val_pairs"] == 16
     elif objective == "bow":
         assert 0.0 <= scores["val_bow_r_precision"] <= 1.0 and scores["val_images"] == 16

@@ -24,6 +24,7 @@ nothing leaks from train into val/test. Images are rendered lazily on first use 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import random
@@ -228,6 +229,21 @@ def make_scene_v4(rng: random.Random, version: int = 4) -> Scene:
         text_size = rng.choice(tuple(V4_TEXT_SIZES))
         text_cell = cells[num_objects]
     return Scene(objects, text, text_size, text_cell, version=version)
+
+
+def twin_scene(scene: Scene, rng: random.Random) -> Scene:
+    """A counterfactual twin of ``scene``: the same picture with one object's shape changed, or (in half of the
+    scenes that have one) its written word changed. Placed next to ``scene`` in a contrastive batch, it makes the
+    encoder keep what plain CLIP batches let it drop (colours, counts and places already tell captions apart)."""
+    shapes, words = (V4_SHAPES, V4_WORDS) if scene.version >= 4 else (SHAPES, WORDS)
+    if scene.text and rng.random() < 0.5:
+        text = rng.choice([word for word in words if word != scene.text]) if not scene.is_number else str(
+            rng.choice([number for number in range(10, 100) if str(number) != scene.text]))
+        return dataclasses.replace(scene, text=text)
+    objects = list(scene.objects)
+    index = rng.randrange(len(objects))
+    objects[index] = dataclasses.replace(objects[index], shape=rng.choice([s for s in shapes if s != objects[index].shape]))
+    return dataclasses.replace(scene, objects=tuple(objects))
 
 
 def scene_for_version(rng: random.Random, version: int) -> Scene:
@@ -778,6 +794,24 @@ class SyntheticWorld:
                 image_id=image.key, image=image, captions=captions, meta={"split": split, "source": "synthetic"}
             ))
         self._memo[("captions", split)] = samples
+        return list(samples)
+
+    def twins(self, split: str) -> list[CaptionSample]:
+        """The counterfactual twin of every image of ``split`` (``twin_scene``: one shape or the word changed), with
+        five captions each, in the order of ``captions(split)``; rendered lazily into the image cache's
+        ``<split>-twins`` folder. Used by the ``twinclip`` encoder pre-training only."""
+        self._check_split(split)
+        if ("twins", split) in self._memo:
+            return list(self._memo[("twins", split)])
+        samples = []
+        for index in range(self.num_images[split]):
+            scene = twin_scene(self.scene(split, index), _rng("twin", self.seed, split, index))
+            image = SyntheticImage(key=f"{self._key_prefix}:{split}-twin:{index}",
+                                   path=self.image_dir / f"{split}-twins" / f"{index:06d}.png", scene=scene)
+            captions = scene_captions(scene, _rng("twin-captions", self.seed, split, index))
+            samples.append(CaptionSample(image_id=image.key, image=image, captions=captions,
+                                         meta={"split": split, "source": "synthetic", "twin": True}))
+        self._memo[("twins", split)] = samples
         return list(samples)
 
     def vqa(self, split: str, kind: str = "vqa") -> list[VQASample]:

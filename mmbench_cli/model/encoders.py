@@ -62,7 +62,9 @@ for _name, _spec in {
     # ``vit-tiny-clip``: the same ViT, CLIP-pre-trained on the run's own image-caption data before training starts;
     # ``vit-tiny-mae``: MAE-pre-trained on the same images (MM1 Table 1 compares the two objectives);
     # ``vit-tiny-bow``: trained to predict its captions' words (CatLIP-style bag-of-words classification)
-    for _objective in ("clip", "mae", "bow"):
+    # ``vit-tiny-twinclip``: CLIP on batches that pair each synthetic image with its counterfactual twin (one shape or
+    # the written word changed), so the encoder must keep shapes and words
+    for _objective in ("clip", "mae", "bow", "twinclip"):
         ENCODERS.add(f"{_name}-{_objective}", ViTSpec(_spec.hidden_size, _spec.num_layers, _spec.num_heads,
                                                       _spec.mlp_ratio, pretrain=_objective, base=_name))
 

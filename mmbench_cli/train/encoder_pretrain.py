@@ -247,6 +247,17 @@ def _caption_samples(cfg: Config, split: str) -> list[Any]:
     return samples
 
 
+def _twin_data(cfg: Config, train: PairData) -> PairData:
+    """The counterfactual twins of the synthetic world's training images (``twinclip``), aligned with ``train``."""
+    if cfg.data.source != "synthetic":
+        raise MMError("train.encoder_objective: twinclip needs the synthetic world (data.source: synthetic), which can "
+                      "draw each image's counterfactual twin; use clip for local data")
+    from mmbench_cli.data.synthetic import world_from_config
+
+    return PairData(world_from_config(cfg.data).twins("train"), train.image_size, tuple(train.mean.flatten().tolist()),
+                    tuple(train.std.flatten().tolist()))
+
+
 def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, force: bool = False, progress: bool = True,
                      inside_distributed: bool = False) -> Path:
     """Pre-train ``model.encoder`` with ``train.encoder_objective`` and save it into ``out_dir``.
@@ -276,7 +287,7 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
             encoder = build_encoder(cfg.model)
             image_size = cfg.model.image_size
             tokenizer = None
-            if tcfg.encoder_objective in ("clip", "negclip", "bow"):  # the captions' tokenizer
+            if tcfg.encoder_objective in ("clip", "negclip", "twinclip", "bow"):  # the captions' tokenizer
                 from mmbench_cli.data.synthetic import tokenizer_source
                 from mmbench_cli.model.tokenizer import get_tokenizer
 
@@ -297,6 +308,7 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
                              cfg.data.skip_bad)
             if len(train.samples) < 2:
                 raise MMError("data: --stage encoder needs at least 2 training images")
+            twins = _twin_data(cfg, train) if tcfg.encoder_objective == "twinclip" else None
             val = PairData(_caption_samples(cfg, "val"), image_size, encoder.image_mean, encoder.image_std,
                            cfg.data.skip_bad)
             wrote_run = True
@@ -319,8 +331,12 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
                         fresh = list(range(len(train.samples)))
                         rng.shuffle(fresh)
                         order += fresh
-                    indices, order = order[:batch_size], order[batch_size:]
+                    take = batch_size if twins is None else max(1, batch_size // 2)  # twins fill the other half
+                    indices, order = order[:take], order[take:]
                     images, captions = train.batch(indices, rng)
+                    if twins is not None:
+                        twin_images, twin_captions = twins.batch(indices, rng)
+                        images, captions = torch.cat([images, twin_images]), captions + twin_captions
                     negatives = hard_negatives(captions, rng) if tcfg.encoder_objective == "negclip" else None
                     with _autocast(device, autocast_dtype):
                         loss = _objective_loss(objective, tokenizer, images, captions, device, negatives)

@@ -91,3 +91,15 @@ def test_bag_of_words_targets_are_the_caption_tokens() -> None:
         ids = set(tokenizer(caption, add_special_tokens=False)["input_ids"]) - set(tokenizer.all_special_ids)
         assert set(targets[row].nonzero().flatten().tolist()) == ids and ids
     assert set(targets.unique().tolist()) == {0.0, 1.0}  # "a" and "the" repeat in a caption: still one target each
+
+
+def test_twinclip_needs_the_synthetic_world() -> None:
+    """twinclip draws each training image's counterfactual twin, which only the synthetic world can: with local data
+    it is a one-line error naming the field and the alternative, before any training."""
+    from mmbench_cli.errors import MMError
+    from mmbench_cli.train.encoder_pretrain import _twin_data
+
+    cfg = load_config(None, [*ENCODER_TINY, "train.encoder_objective=twinclip"])
+    local = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": "local"})})
+    with pytest.raises(MMError, match="twinclip needs the synthetic world"):
+        _twin_data(local, None)  # type: ignore[arg-type]

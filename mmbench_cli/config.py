@@ -118,6 +118,8 @@ class TrainConfig(_Strict):
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * min_lr_ratio")
     grad_clip: float = Field(1.0, ge=0)
     freeze_encoder: bool = Field(True, description="keep the (pre-trained) image encoder fixed in the mllm stage")
+    freeze_lm: bool = Field(False, description="keep the LM fixed in the mllm stage (LLaVA's stage 1: with a frozen "
+                                               "encoder only the connector trains)")
     encoder_lr_scale: float = Field(1.0, gt=0, description="the image encoder's learning rate relative to train.lr")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
@@ -350,7 +352,7 @@ def config_to_yaml(cfg: BaseModel) -> str:
 # stay valid.
 HASH_NEUTRAL_FIELDS: dict[str, dict[str, object]] = {
     "data": {"world_version": 1},
-    "train": {"cpu_threads": 1, "trackers": ["jsonl"], "encoder_lr_scale": 1.0},
+    "train": {"cpu_threads": 1, "trackers": ["jsonl"], "encoder_lr_scale": 1.0, "freeze_lm": False},
     "model": {"resize_embeddings": False, "connector_pos_emb": False},
     "eval": {"vqa_normalize": "official", "rices_encoder": None},
 }

@@ -215,3 +215,23 @@ def test_training_says_how_much_the_row_length_cuts(tmp_path: Path) -> None:
                  str(tmp_path / "long")], timeout=600)
     assert long.returncode == 0, long.stderr
     assert "cuts" not in long.stderr
+
+
+def test_freeze_lm_trains_only_what_is_not_frozen(tmp_path: Path) -> None:
+    """train.freeze_lm (LLaVA's stage 1 with a frozen encoder): the LM's weights after training equal its weights at
+    step 0 bit for bit, while the connector's moved; the default (false) trains the LM."""
+    from safetensors.torch import load_file
+
+    def weights(run: Path, step: int, prefix: str) -> dict[str, torch.Tensor]:
+        state = load_file(str(run / "checkpoints" / f"step_{step}" / "model.safetensors"))
+        return {name: tensor for name, tensor in state.items() if name.startswith(prefix)}
+
+    frozen = pretrain(load_config(None, [*TINY, "train.steps=4", "train.freeze_lm=true", "train.freeze_encoder=true"]),
+                      tmp_path / "frozen", progress=False)
+    for name, tensor in weights(frozen, 0, "lm.").items():
+        assert torch.equal(tensor, weights(frozen, 4, "lm.")[name]), name
+    before, after = weights(frozen, 0, "connector."), weights(frozen, 4, "connector.")
+    assert before and any(not torch.equal(tensor, after[name]) for name, tensor in before.items())
+    trained = pretrain(load_config(None, [*TINY, "train.steps=4"]), tmp_path / "trained", progress=False)
+    lm_before, lm_after = weights(trained, 0, "lm."), weights(trained, 4, "lm.")
+    assert any(not torch.equal(tensor, lm_after[name]) for name, tensor in lm_before.items())

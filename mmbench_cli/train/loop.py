@@ -350,14 +350,17 @@ def _note_truncation(cfg: Config, cuts: dict[str, dict[str, float]]) -> None:
 
 
 def build_trainable_model(cfg: Config) -> MLLM:
-    """``cfg``'s model as ``mm pretrain`` trains it: built, and its encoder frozen when ``train.freeze_encoder`` says so
-    (no gradient flows into it: it runs forward only). Benchmarks and the dry-run estimate time this same model."""
+    """``cfg``'s model as ``mm pretrain`` trains it: built, its encoder frozen when ``train.freeze_encoder`` says so
+    (no gradient flows into it: it runs forward only) and its LM when ``train.freeze_lm`` does (gradients pass through
+    it to the connector). Benchmarks and the dry-run estimate time this same model."""
     from mmbench_cli.data.synthetic import tokenizer_source
     from mmbench_cli.model import build_model
 
     model = build_model(cfg.model, tokenizer_source(cfg.data))
     if cfg.train.freeze_encoder:
         model.encoder.requires_grad_(False)
+    if cfg.train.freeze_lm:
+        model.lm.requires_grad_(False)
     return model
 
 

@@ -41,9 +41,10 @@ def test_the_key_follows_what_the_weights_depend_on() -> None:
     # by encoder pre-training) and eval do not change it
     for same in ("data.data_mix.caption=1.0", "seed=3", "model.connector=avgpool", "model.lm=pythia-toy-2m",
                  "data.seq_len=192", "eval.num_samples=7", "eval.shots=[0]", "train.steps=5",
-                 "train.freeze_encoder=false", "model.connector_pos_emb=true", "data.num_test_images=2400"):
+                 "train.freeze_encoder=false", "train.freeze_lm=true", "model.connector_pos_emb=true",
+                 "data.num_test_images=2400"):
         assert pretrained_encoder.encoder_dir(load_config(None, [*TINY, same])) == key, same
-    # the default encoder's key is the one it had before model.connector_pos_emb and the 2400-image test split
+    # the default encoder's key is the one it had before model.connector_pos_emb, train.freeze_lm and the 2400-image test split
     # existed (examples/reports/resolution-tokens/ at 9f6f3b7 names vit-tiny-clip-64px-f8c2b7daec144fea), so
     # encoders cached then are still found
     from mmbench_cli.model.device import resolve_device

@@ -74,6 +74,7 @@ def cache_key(recipe: Config) -> str:
     # a setting of the MLLM's connector, which an encoder has none of; left out so that the keys of the encoders
     # cached before the field existed stay valid
     config["model"].pop("connector_pos_emb", None)
+    config["train"].pop("freeze_lm", None)  # likewise an MLLM-stage setting, added later
     payload = {"recipe_version": RECIPE_VERSION, "config": config,
                "device": resolve_device(recipe.train.device).type}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -102,4 +102,4 @@ def test_twinclip_needs_the_synthetic_world() -> None:
     cfg = load_config(None, [*ENCODER_TINY, "train.encoder_objective=twinclip"])
     local = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": "local"})})
     with pytest.raises(MMError, match="twinclip needs the synthetic world"):
-        _twin_data(local, None)  # type: ignore[arg-type]
+        _twin_data(local, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))

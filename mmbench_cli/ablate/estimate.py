@@ -83,7 +83,7 @@ def schedule_for(plan: GridPlan, executor: str, options: dict[str, Any]) -> Sche
 
 def _model_key(cfg: Config) -> str:
     return config_hash(cfg.model) + config_hash(cfg.data) + f"/{cfg.train.batch_size}x{cfg.train.grad_accum}" \
-        f"/{cfg.train.cpu_threads}/{cfg.train.device}/{cfg.train.stage}/{cfg.train.freeze_encoder}"
+        f"/{cfg.train.cpu_threads}/{cfg.train.device}/{cfg.train.stage}/{cfg.train.freeze_encoder}/{cfg.train.freeze_lm}"
 
 
 def _timed(function: Any, repeats: int) -> float:

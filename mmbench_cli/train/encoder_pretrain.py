@@ -247,15 +247,14 @@ def _caption_samples(cfg: Config, split: str) -> list[Any]:
     return samples
 
 
-def _twin_data(cfg: Config, train: PairData) -> PairData:
-    """The counterfactual twins of the synthetic world's training images (``twinclip``), aligned with ``train``."""
+def _twin_data(cfg: Config, image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> PairData:
+    """The counterfactual twins of the synthetic world's training images (``twinclip``), in the order of its captions."""
     if cfg.data.source != "synthetic":
         raise MMError("train.encoder_objective: twinclip needs the synthetic world (data.source: synthetic), which can "
                       "draw each image's counterfactual twin; use clip for local data")
     from mmbench_cli.data.synthetic import world_from_config
 
-    return PairData(world_from_config(cfg.data).twins("train"), train.image_size, tuple(train.mean.flatten().tolist()),
-                    tuple(train.std.flatten().tolist()))
+    return PairData(world_from_config(cfg.data).twins("train"), image_size, mean, std)
 
 
 def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, force: bool = False, progress: bool = True,
@@ -308,7 +307,8 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
                              cfg.data.skip_bad)
             if len(train.samples) < 2:
                 raise MMError("data: --stage encoder needs at least 2 training images")
-            twins = _twin_data(cfg, train) if tcfg.encoder_objective == "twinclip" else None
+            twins = (_twin_data(cfg, image_size, encoder.image_mean, encoder.image_std)
+                     if tcfg.encoder_objective == "twinclip" else None)
             val = PairData(_caption_samples(cfg, "val"), image_size, encoder.image_mean, encoder.image_std,
                            cfg.data.skip_bad)
             wrote_run = True

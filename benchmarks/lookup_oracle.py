@@ -11,6 +11,7 @@ per question type next to that type's answer prior (``evaluate.prior``).
 
     python benchmarks/lookup_oracle.py                       # 600 steps, pythia-toy-2m, 800 test questions
     python benchmarks/lookup_oracle.py --steps 300 --out runs/lookup-oracle-300
+    python benchmarks/lookup_oracle.py --out runs/lookup-oracle-lr6e-3 --results /tmp/x.json train.lr=0.006
 
 Writes ``benchmarks/results/lookup_oracle.json`` (and the run under ``--out``).
 """
@@ -97,6 +98,7 @@ def main() -> None:
     parser.add_argument("--lm", default="pythia-toy-2m")
     parser.add_argument("--num-test", type=int, default=800)
     parser.add_argument("--out", type=Path, default=Path("runs/lookup-oracle"))
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides for mm pretrain (e.g. train.lr=0.006)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -121,7 +123,7 @@ def main() -> None:
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     run = args.out / "run"
     started = time.perf_counter()
-    subprocess.run(["mm", "pretrain", str(config_file), "--out", str(run)], check=True)
+    subprocess.run(["mm", "pretrain", str(config_file), *args.overrides, "--out", str(run)], check=True)
     train_s = time.perf_counter() - started
 
     test = documents(world, "test")[: args.num_test]
@@ -135,7 +137,8 @@ def main() -> None:
         per_step[step] = evaluate(load_model(run / "checkpoints" / f"step_{step}").eval(), test, by_type)
     table, overall = per_step[args.steps]
     result = {"benchmark": "lookup_oracle", "command": " ".join(["python", "benchmarks/lookup_oracle.py", *sys.argv[1:]]),
-              "steps": args.steps, "lm": args.lm, "train_documents": len(train), "train_s": round(train_s, 1),
+              "steps": args.steps, "lm": args.lm, "overrides": args.overrides, "train_documents": len(train),
+              "train_s": round(train_s, 1),
               "num_test": len(test), "accuracy": overall, "by_type": table,
               "per_step": {str(step): {"accuracy": acc, "by_type": rows} for step, (rows, acc) in per_step.items()},
               "date": time.strftime("%Y-%m-%d")}

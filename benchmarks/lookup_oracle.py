@@ -24,7 +24,6 @@ import random
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import yaml
@@ -55,17 +54,17 @@ def documents(world: object, split: str) -> list[tuple[str, object]]:
 
 
 def evaluate(model: object, test: list[tuple[str, object]], by_type: dict[str, str]) -> tuple[list[dict], float]:
-    """Greedy answers to the test prompts: per question type accuracy, prior and top answers (printed), and overall."""
+    """Greedy answers to the test prompts: the per-question-type table (``vqa_by_question_type.type_table``, printed)
+    and the overall accuracy."""
     import torch
+    from vqa_by_question_type import print_table, type_table
 
     from mmbench_cli.evaluate.fewshot import postprocess
     from mmbench_cli.evaluate.metrics import vqa_accuracy
-    from mmbench_cli.evaluate.prior import question_type
 
     tokenizer = model.tokenizer  # type: ignore[attr-defined]
     tokenizer.padding_side = "left"
-    rows: dict[str, list[float]] = defaultdict(list)
-    answers_given: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    records = []
     for start in range(0, len(test), 64):
         chunk = test[start:start + 64]
         batch = tokenizer([prompt for prompt, _ in chunk], return_tensors="pt", padding=True)
@@ -73,20 +72,11 @@ def evaluate(model: object, test: list[tuple[str, object]], by_type: dict[str, s
             new = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=6)  # type: ignore[attr-defined]
         for (_, sample), ids in zip(chunk, new, strict=True):
             answer = postprocess(tokenizer.decode(ids, skip_special_tokens=False), "vqa").strip()
-            kind = question_type(sample)
-            rows[kind].append(vqa_accuracy(answer, sample.answers))
-            answers_given[kind][answer] += 1
-    table = []
-    for kind, scores in sorted(rows.items()):
-        queries = [sample for _, sample in test if question_type(sample) == kind]
-        prior = 100 * sum(vqa_accuracy(by_type[kind], s.answers) for s in queries) / len(queries)
-        top = sorted(answers_given[kind].items(), key=lambda item: -item[1])[:3]
-        table.append({"question_type": kind, "n": len(scores), "accuracy": round(100 * sum(scores) / len(scores), 1),
-                      "prior": round(prior, 1), "prior_answer": by_type[kind], "top_answers": top})
-        print(f"  {kind:12s}  n={len(scores):4d}  accuracy {table[-1]['accuracy']:5.1f}  prior {prior:5.1f} "
-              f"({by_type[kind]})  answers {top}")
-    overall = round(100 * sum(sum(s) for s in rows.values()) / sum(len(s) for s in rows.values()), 1)
-    print(f"  all           accuracy {overall:.1f}")
+            records.append((sample.question, answer, 100 * vqa_accuracy(answer, sample.answers), sample.answers))
+    table = type_table(records, by_type)
+    print_table(table)
+    overall = round(sum(score for _, _, score, _ in records) / len(records), 1)
+    print(f"  all            accuracy {overall:.1f}")
     return table, overall
 
 

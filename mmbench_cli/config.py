@@ -129,10 +129,11 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(100, gt=0, description="after the log-spaced steps, a checkpoint every K steps")
     log_spaced_checkpoints: bool = True
     log_every: int = Field(10, gt=0)
-    encoder_objective: Literal["clip", "negclip", "twinclip", "bow", "mae"] = Field(
+    encoder_objective: Literal["clip", "negclip", "twinclip", "bow", "attributes", "mae"] = Field(
         "clip", description="objective of --stage encoder (negclip: CLIP + hard negatives with swapped shapes/words; "
                             "twinclip: CLIP on batches of synthetic images and their counterfactual twins; "
-                            "bow: predict the caption's words, CatLIP-style)")
+                            "bow: predict the caption's words, CatLIP-style; attributes: supervised on the synthetic "
+                            "scenes' labels, what is in each cell, the word, the count)")
     trackers: list[Literal["jsonl", "tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=lambda: ["jsonl"],
         description="where training metrics and eval results go: jsonl (the run dir's own files, always written) "

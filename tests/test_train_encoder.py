@@ -40,7 +40,7 @@ def test_an_encoder_that_did_not_learn_is_flagged(tmp_path: Path, capsys: pytest
     assert not near_chance({"val_retrieval_top1": 0.125, "val_retrieval_chance": 1 / 16})  # too few pairs to judge
 
 
-@pytest.mark.parametrize("objective", ["clip", "negclip", "twinclip", "bow", "mae"])
+@pytest.mark.parametrize("objective", ["clip", "negclip", "twinclip", "bow", "attributes", "mae"])
 def test_encoder_pretraining_learns_and_saves_a_usable_encoder(tmp_path: Path, objective: str) -> None:
     cfg = load_config(None, [*ENCODER_TINY, f"train.encoder_objective={objective}", "train.steps=30"])
     run = pretrain(cfg, tmp_path / "enc", progress=False)
@@ -55,6 +55,10 @@ def test_encoder_pretraining_learns_and_saves_a_usable_encoder(tmp_path: Path, o
     elif objective == "bow":
         assert 0.0 <= scores["val_bow_r_precision"] <= 1.0 and scores["val_images"] == 16
         assert 0.0 < scores["val_bow_r_precision_prior"] < 1.0
+    elif objective == "attributes":
+        assert scores["val_images"] == 16 and scores["val_attributes_loss"] < losses[0]
+        for head in ("cell_color", "cell_shape", "cell_size", "word", "count"):
+            assert 0.0 <= scores[f"val_{head}_accuracy"] <= 1.0 and 0.0 < scores[f"val_{head}_majority"] <= 1.0
     else:
         assert scores["val_mae_loss"] < losses[0]
 
@@ -103,3 +107,46 @@ def test_twinclip_needs_the_synthetic_world() -> None:
     local = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": "local"})})
     with pytest.raises(MMError, match="twinclip needs the synthetic world"):
         _twin_data(local, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def test_attribute_labels_describe_the_scene(tmp_path: Path) -> None:
+    """The attributes objective's labels: in each of the 3x3 cells the object's colour, shape and size (class 0:
+    empty; the text's cell: the "text" shape class), the written word and the object count, read off the scene
+    that the renderer draws."""
+    from mmbench_cli.data.synthetic import COLORS, V4_SHAPES, V4_WORDS, SyntheticWorld, attribute_classes, scene_attributes
+    from mmbench_cli.train.encoder_pretrain import attribute_targets
+
+    world = SyntheticWorld(seed=0, num_train_images=8, num_val_images=2, num_test_images=2, cache_dir=str(tmp_path), version=4)
+    classes = attribute_classes(4)
+    seen_word = False
+    for index in range(8):
+        scene = world.scene("train", index)
+        labels = scene_attributes(scene)
+        assert labels["count"] == [len(scene.objects)]
+        assert sum(1 for value in labels["cell_color"] if value) == len(scene.objects)
+        for obj in scene.objects:
+            cell = obj.cell[0] * 3 + obj.cell[1]
+            assert labels["cell_color"][cell] == tuple(COLORS).index(obj.color) + 1
+            assert labels["cell_shape"][cell] == V4_SHAPES.index(obj.shape) + 1
+        if scene.text:
+            seen_word = True
+            assert labels["word"] == [V4_WORDS.index(scene.text) + 1]
+            assert labels["cell_shape"][scene.text_cell[0] * 3 + scene.text_cell[1]] == classes["cell_shape"] - 1
+        else:
+            assert labels["word"] == [0]
+        for name, values in labels.items():
+            assert all(0 <= value < classes[name] for value in values), name
+    assert seen_word
+    targets = attribute_targets(world.captions("train")[:3])
+    assert targets["cell_color"].shape == (3, 9) and targets["word"].shape == (3, 1)
+
+
+def test_attributes_needs_the_synthetic_world() -> None:
+    """Only the synthetic world labels its scenes: with local data the attributes objective is a one-line error."""
+    from mmbench_cli.errors import MMError
+    from mmbench_cli.train.encoder_pretrain import _attribute_classes
+
+    cfg = load_config(None, [*ENCODER_TINY, "train.encoder_objective=attributes"])
+    local = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": "local"})})
+    with pytest.raises(MMError, match="attributes needs the synthetic world"):
+        _attribute_classes(local)

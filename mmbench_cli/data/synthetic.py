@@ -231,6 +231,41 @@ def make_scene_v4(rng: random.Random, version: int = 4) -> Scene:
     return Scene(objects, text, text_size, text_cell, version=version)
 
 
+# The heads of the ``attributes`` encoder pre-training: what is in each of the 3x3 cells, the word, the count.
+ATTRIBUTE_GRID = 3
+
+
+def attribute_classes(version: int) -> dict[str, int]:
+    """How many classes each head of ``scene_attributes`` has in world ``version`` (class 0 is "nothing")."""
+    shapes, words = (V4_SHAPES, V4_WORDS) if version >= 4 else (SHAPES, WORDS)
+    sizes = V4_SIZES if version >= 4 else SIZES
+    return {"cell_color": len(COLORS) + 1, "cell_shape": len(shapes) + 2, "cell_size": len(sizes) + 1,
+            "word": len(words) + 2, "count": 7}
+
+
+def scene_attributes(scene: Scene) -> dict[str, list[int]]:
+    """Class labels of ``scene`` for a supervised (ImageNet-style) encoder pre-training: per cell of the 3x3 grid
+    (row-major) the object's colour, shape (or "text", or nothing) and size, plus the written word (a number is
+    one class) and the number of objects. Class 0 is always "nothing there"."""
+    shapes, words = (V4_SHAPES, V4_WORDS) if scene.version >= 4 else (SHAPES, WORDS)
+    sizes = tuple(V4_SIZES if scene.version >= 4 else SIZES)
+    colors = tuple(COLORS)
+    cells = ATTRIBUTE_GRID * ATTRIBUTE_GRID
+    color, shape, size = [0] * cells, [0] * cells, [0] * cells
+    for obj in scene.objects:
+        index = obj.cell[0] * ATTRIBUTE_GRID + obj.cell[1]
+        color[index] = colors.index(obj.color) + 1
+        shape[index] = shapes.index(obj.shape) + 1
+        size[index] = sizes.index(obj.size) + 1
+    word = 0
+    if scene.text:
+        word = len(words) + 1 if scene.is_number else words.index(scene.text) + 1
+        if scene.text_cell is not None:
+            shape[scene.text_cell[0] * ATTRIBUTE_GRID + scene.text_cell[1]] = len(shapes) + 1
+    return {"cell_color": color, "cell_shape": shape, "cell_size": size, "word": [word],
+            "count": [min(len(scene.objects), 6)]}
+
+
 def twin_scene(scene: Scene, rng: random.Random) -> Scene:
     """A counterfactual twin of ``scene``: the same picture with one object's shape changed, or (in half of the
     scenes that have one) its written word changed. Placed next to ``scene`` in a contrastive batch, it makes the

@@ -64,7 +64,8 @@ for _name, _spec in {
     # ``vit-tiny-bow``: trained to predict its captions' words (CatLIP-style bag-of-words classification)
     # ``vit-tiny-twinclip``: CLIP on batches that pair each synthetic image with its counterfactual twin (one shape or
     # the written word changed), so the encoder must keep shapes and words
-    for _objective in ("clip", "mae", "bow", "twinclip"):
+    # ``vit-tiny-attributes``: supervised on the synthetic scenes' labels (each cell's contents, the word, the count)
+    for _objective in ("clip", "mae", "bow", "twinclip", "attributes"):
         ENCODERS.add(f"{_name}-{_objective}", ViTSpec(_spec.hidden_size, _spec.num_layers, _spec.num_heads,
                                                       _spec.mlp_ratio, pretrain=_objective, base=_name))
 

@@ -8,6 +8,8 @@ Objectives (``train.encoder_objective``):
   the mean-pooled patches predicts which tokens the image's caption uses (multi-label, sigmoid cross-entropy).
   Every word a caption names is a target, so the encoder cannot get by on the features that already tell a
   batch's captions apart, as a contrastive loss can (at toy scale CLIP keeps colours and drops shapes and words).
+- ``attributes``: supervised classification of the synthetic world's scene labels (what is in each of the 3x3
+  cells, the written word, the count), as a ViT is pre-trained on ImageNet's classes; synthetic data only.
 - ``mae``: masked auto-encoding (He et al. 2022): 75% of patches are dropped, the ViT encodes the visible
   ones, a light decoder reconstructs the pixels of the missing ones (per-patch normalised targets).
 
@@ -134,6 +136,46 @@ def bag_of_words(tokenizer: PreTrainedTokenizerBase, captions: list[str], vocab_
     return targets
 
 
+class AttributeObjective(nn.Module):
+    """Supervised pre-training on the synthetic world's scene labels (as a ViT is pre-trained on ImageNet classes):
+    the patch grid average-pooled to the world's 3x3 cells, a linear head per cell attribute (colour, shape or
+    text, size: ``synthetic.scene_attributes``) and, on the mean-pooled patches, heads for the written word and the
+    object count; the loss is the sum of the heads' mean cross-entropies. Every attribute is a target, so the
+    encoder keeps shapes and words, which a contrastive batch lets it drop."""
+
+    def __init__(self, encoder: nn.Module, classes: dict[str, int], grid: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.grid = grid
+        self.heads = nn.ModuleDict({name: nn.Linear(encoder.hidden_size, count) for name, count in classes.items()})
+
+    def logits(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per head ``[B, positions, classes]`` (positions: the grid's cells for ``cell_*`` heads, else 1)."""
+        patches = self.encoder(images)  # [B, N, H]
+        side = math.isqrt(patches.size(1))
+        spatial = patches.transpose(1, 2).reshape(patches.size(0), -1, side, side)
+        cells = F.adaptive_avg_pool2d(spatial, self.grid).flatten(2).transpose(1, 2)  # [B, grid*grid, H]
+        pooled = patches.mean(dim=1, keepdim=True)
+        return {name: head(cells if name.startswith("cell_") else pooled) for name, head in self.heads.items()}
+
+    @staticmethod
+    def loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The sum over heads of the mean cross-entropy over images and positions."""
+        return sum(F.cross_entropy(value.flatten(0, 1), targets[name].flatten()) for name, value in logits.items())
+
+    def forward(self, images: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The attribute loss of a batch of images and their ``attribute_targets``."""
+        return self.loss(self.logits(images), targets)
+
+
+def attribute_targets(samples: list[Any]) -> dict[str, torch.Tensor]:
+    """``scene_attributes`` of synthetic caption samples stacked per head: ``{head: long[B, positions]}``."""
+    from mmbench_cli.data.synthetic import scene_attributes
+
+    labels = [scene_attributes(sample.image.scene) for sample in samples]
+    return {name: torch.tensor([label[name] for label in labels]) for name in labels[0]}
+
+
 class MAEObjective(nn.Module):
     """Masked auto-encoder around a transformers ViT: encode visible patches, decode all, score the masked."""
 
@@ -247,6 +289,21 @@ def _caption_samples(cfg: Config, split: str) -> list[Any]:
     return samples
 
 
+def _attribute_classes(cfg: Config) -> tuple[dict[str, int], int]:
+    """The heads of the ``attributes`` objective for the configured world (which alone has scene labels), and the
+    side of its grid of cells."""
+    if cfg.data.source != "synthetic":
+        raise MMError("train.encoder_objective: attributes needs the synthetic world (data.source: synthetic), whose "
+                      "scenes label every image; use clip for local data")
+    from mmbench_cli.data.synthetic import ATTRIBUTE_GRID, attribute_classes
+
+    return attribute_classes(cfg.data.world_version), ATTRIBUTE_GRID
+
+
+def _on(targets: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: value.to(device) for name, value in targets.items()}
+
+
 def _twin_data(cfg: Config, image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> PairData:
     """The counterfactual twins of the synthetic world's training images (``twinclip``), in the order of its captions."""
     if cfg.data.source != "synthetic":
@@ -295,6 +352,8 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
                 objective: nn.Module = MAEObjective(encoder, image_size)
             elif tcfg.encoder_objective == "bow":
                 objective = BagOfWordsObjective(encoder, len(tokenizer))
+            elif tcfg.encoder_objective == "attributes":
+                objective = AttributeObjective(encoder, *_attribute_classes(cfg))
             else:
                 objective = CLIPObjective(encoder, len(tokenizer))
             objective.to(device).train()
@@ -339,7 +398,11 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
                         images, captions = torch.cat([images, twin_images]), captions + twin_captions
                     negatives = hard_negatives(captions, rng) if tcfg.encoder_objective == "negclip" else None
                     with _autocast(device, autocast_dtype):
-                        loss = _objective_loss(objective, tokenizer, images, captions, device, negatives)
+                        if isinstance(objective, AttributeObjective):
+                            loss = objective(images.to(device), _on(attribute_targets(
+                                [train.samples[i] for i in indices]), device))
+                        else:
+                            loss = _objective_loss(objective, tokenizer, images, captions, device, negatives)
                     loss.backward()
                     grad_norm = float(torch.nn.utils.clip_grad_norm_(objective.parameters(), tcfg.grad_clip or math.inf))
                     if not (math.isfinite(loss.item()) and math.isfinite(grad_norm)):
@@ -429,6 +492,14 @@ def evaluate_objective(objective: nn.Module, tokenizer: PreTrainedTokenizerBase,
         result = {"val_bow_r_precision": r_precision(logits),
                   "val_bow_r_precision_prior": r_precision(frequency.expand_as(logits)),
                   "val_images": len(captions), "val_bow_loss": float(objective.loss(on_device, targets.to(device)))}
+    elif isinstance(objective, AttributeObjective):
+        targets = attribute_targets([data.samples[i] for i in indices])
+        logits = {name: value.cpu() for name, value in objective.logits(images.to(device)).items()}
+        result = {"val_images": len(images), "val_attributes_loss": float(objective.loss(logits, targets))}
+        for name, value in logits.items():  # held-out accuracy per head, and its majority-class baseline
+            target = targets[name]
+            result[f"val_{name}_accuracy"] = float((value.argmax(-1) == target).float().mean())
+            result[f"val_{name}_majority"] = float((target == target.flatten().mode().values).float().mean())
     else:
         result = {"val_mae_loss": objective(images.to(device)).item(), "val_images": len(images)}
     objective.train()

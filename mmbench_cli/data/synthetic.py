@@ -235,10 +235,16 @@ def make_scene_v4(rng: random.Random, version: int = 4) -> Scene:
 ATTRIBUTE_GRID = 3
 
 
+def _vocabulary(version: int) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The shapes, words and sizes that world ``version`` draws from (versions 4 and 5 share theirs)."""
+    if version >= 4:
+        return V4_SHAPES, V4_WORDS, tuple(V4_SIZES)
+    return SHAPES, WORDS, tuple(SIZES)
+
+
 def attribute_classes(version: int) -> dict[str, int]:
     """How many classes each head of ``scene_attributes`` has in world ``version`` (class 0 is "nothing")."""
-    shapes, words = (V4_SHAPES, V4_WORDS) if version >= 4 else (SHAPES, WORDS)
-    sizes = V4_SIZES if version >= 4 else SIZES
+    shapes, words, sizes = _vocabulary(version)
     return {"cell_color": len(COLORS) + 1, "cell_shape": len(shapes) + 2, "cell_size": len(sizes) + 1,
             "word": len(words) + 2, "count": 7}
 
@@ -247,8 +253,7 @@ def scene_attributes(scene: Scene) -> dict[str, list[int]]:
     """Class labels of ``scene`` for a supervised (ImageNet-style) encoder pre-training: per cell of the 3x3 grid
     (row-major) the object's colour, shape (or "text", or nothing) and size, plus the written word (a number is
     one class) and the number of objects. Class 0 is always "nothing there"."""
-    shapes, words = (V4_SHAPES, V4_WORDS) if scene.version >= 4 else (SHAPES, WORDS)
-    sizes = tuple(V4_SIZES if scene.version >= 4 else SIZES)
+    shapes, words, sizes = _vocabulary(scene.version)
     colors = tuple(COLORS)
     cells = ATTRIBUTE_GRID * ATTRIBUTE_GRID
     color, shape, size = [0] * cells, [0] * cells, [0] * cells
@@ -270,7 +275,7 @@ def twin_scene(scene: Scene, rng: random.Random) -> Scene:
     """A counterfactual twin of ``scene``: the same picture with one object's shape changed, or (in half of the
     scenes that have one) its written word changed. Placed next to ``scene`` in a contrastive batch, it makes the
     encoder keep what plain CLIP batches let it drop (colours, counts and places already tell captions apart)."""
-    shapes, words = (V4_SHAPES, V4_WORDS) if scene.version >= 4 else (SHAPES, WORDS)
+    shapes, words, _ = _vocabulary(scene.version)
     if scene.text and rng.random() < 0.5:
         text = rng.choice([word for word in words if word != scene.text]) if not scene.is_number else str(
             rng.choice([number for number in range(10, 100) if str(number) != scene.text]))

@@ -300,10 +300,6 @@ def _attribute_classes(cfg: Config) -> tuple[dict[str, int], int]:
     return attribute_classes(cfg.data.world_version), ATTRIBUTE_GRID
 
 
-def _on(targets: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {name: value.to(device) for name, value in targets.items()}
-
-
 def _twin_data(cfg: Config, image_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> PairData:
     """The counterfactual twins of the synthetic world's training images (``twinclip``), in the order of its captions."""
     if cfg.data.source != "synthetic":
@@ -398,11 +394,8 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
                         images, captions = torch.cat([images, twin_images]), captions + twin_captions
                     negatives = hard_negatives(captions, rng) if tcfg.encoder_objective == "negclip" else None
                     with _autocast(device, autocast_dtype):
-                        if isinstance(objective, AttributeObjective):
-                            loss = objective(images.to(device), _on(attribute_targets(
-                                [train.samples[i] for i in indices]), device))
-                        else:
-                            loss = _objective_loss(objective, tokenizer, images, captions, device, negatives)
+                        loss = _objective_loss(objective, tokenizer, images, captions, device, negatives,
+                                               [train.samples[i] for i in indices])
                     loss.backward()
                     grad_norm = float(torch.nn.utils.clip_grad_norm_(objective.parameters(), tcfg.grad_clip or math.inf))
                     if not (math.isfinite(loss.item()) and math.isfinite(grad_norm)):
@@ -439,8 +432,11 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
 
 
 def _objective_loss(objective: nn.Module, tokenizer: PreTrainedTokenizerBase, images: torch.Tensor, captions: list[str],
-                    device: torch.device, negatives: list[str] | None = None) -> torch.Tensor:
+                    device: torch.device, negatives: list[str] | None = None,
+                    samples: list[Any] | None = None) -> torch.Tensor:
     images = images.to(device)
+    if isinstance(objective, AttributeObjective):  # labelled by the batch's scenes (``samples``), not its captions
+        return objective(images, {name: value.to(device) for name, value in attribute_targets(samples or []).items()})
     if isinstance(objective, CLIPObjective):
         tokens = tokenizer(captions, padding=True, truncation=True, max_length=CAPTION_MAX_TOKENS, return_tensors="pt")
         if negatives:

@@ -17,6 +17,13 @@
 - ``caption_scores``: pycocoevalcap's CIDEr (CIDEr-D), BLEU-4, METEOR and ROUGE-L after its Java PTB
   tokenizer, with per-sample scores for bootstrap confidence intervals; ``cider_by_domain``: NoCaps's
   in-domain / near-domain / out-domain / entire CIDEr, each domain scored on its own as the nocaps evaluation.
+- ``multiple_choice_scores``: lm-evaluation-harness's ``multiple_choice`` output type: ``acc`` (the option with
+  the highest log-likelihood is the gold one) and ``acc_norm`` (log-likelihood divided by the option string's
+  length in characters); ties go to the first option, as numpy's argmax. ``circular_accuracy``: MMBench's
+  CircularEval (a question counts only when every rotation of its options is answered correctly).
+- ``pope_scores``: POPE's ``evaluate.py`` (RUCAIBox/POPE): the answer's text before the first '.', commas
+  dropped, split on spaces; "No", "not" or "no" among the words means *no*, anything else *yes*; *yes* is the
+  positive class; accuracy, precision, recall, F1 and the ratio of *yes* answers, an undefined ratio being 0.
 
 Quirks of the official script are kept on purpose (marked "as the official script") so that numbers match.
 """
@@ -383,6 +390,101 @@ def bootstrap_ci(
     lo = means[int((1 - confidence) / 2 * num_resamples)]
     hi = means[min(num_resamples - 1, int((1 + confidence) / 2 * num_resamples))]
     return lo, hi
+
+
+# --------------------------------------------------------------------------- multiple choice, yes/no
+def first_argmax(values: Sequence[float]) -> int:
+    """The index of the largest value, the first one on ties (numpy's ``argmax``)."""
+    if not values:
+        raise MMError("multiple choice: a question has no options to choose from")
+    best = 0
+    for index, value in enumerate(values):
+        if value > values[best]:
+            best = index
+    return best
+
+
+def chosen_options(loglikelihoods: Sequence[float], choices: Sequence[str]) -> tuple[int, int]:
+    """(the option picked by log-likelihood, the option picked by log-likelihood per character) of one question.
+
+    The per-character variant divides by ``len(choice)`` as lm-eval's ``acc_norm`` (an empty option counts as
+    one character, so nothing is divided by zero).
+    """
+    if len(loglikelihoods) != len(choices):
+        raise MMError(f"multiple choice: {len(loglikelihoods)} log-likelihoods for {len(choices)} options")
+    normalized = [ll / max(1, len(choice)) for ll, choice in zip(loglikelihoods, choices, strict=True)]
+    return first_argmax(list(loglikelihoods)), first_argmax(normalized)
+
+
+def multiple_choice_scores(loglikelihoods: Sequence[Sequence[float]], gold: Sequence[int],
+                           choices: Sequence[Sequence[str]] | Sequence[str]) -> dict[str, float]:
+    """lm-eval's ``acc`` and ``acc_norm`` in percent over questions.
+
+    ``loglikelihoods[i][j]``: the log-likelihood of option ``j`` of question ``i``; ``gold[i]``: the index of the
+    right option; ``choices[i][j]``: the option's string (one list shared by every question is accepted too).
+    """
+    if not loglikelihoods:
+        raise MMError("multiple choice: no questions to score")
+    if len(gold) != len(loglikelihoods):
+        raise MMError(f"multiple choice: {len(gold)} gold answers for {len(loglikelihoods)} questions")
+    shared = bool(choices) and isinstance(choices[0], str)
+    if not shared and len(choices) != len(loglikelihoods):
+        raise MMError(f"multiple choice: {len(choices)} option lists for {len(loglikelihoods)} questions")
+    hits = hits_norm = 0
+    for index, (lls, answer) in enumerate(zip(loglikelihoods, gold, strict=True)):
+        options = choices if shared else choices[index]
+        picked, picked_norm = chosen_options(list(lls), [str(o) for o in options])  # type: ignore[union-attr]
+        hits += picked == int(answer)
+        hits_norm += picked_norm == int(answer)
+    return {"acc": 100.0 * hits / len(gold), "acc_norm": 100.0 * hits_norm / len(gold)}
+
+
+def circular_accuracy(question_ids: Sequence[str | int], correct: Sequence[bool | float]) -> float:
+    """MMBench's CircularEval in percent: of the distinct questions (rotations share a question id), those whose
+    every rotation is answered correctly."""
+    if len(question_ids) != len(correct):
+        raise MMError(f"circular accuracy: {len(question_ids)} question ids for {len(correct)} answers")
+    if not question_ids:
+        raise MMError("circular accuracy: no answers to score")
+    solved: dict[str, bool] = {}
+    for question, right in zip(question_ids, correct, strict=True):
+        key = str(question)
+        solved[key] = solved.get(key, True) and bool(right)
+    return 100.0 * sum(solved.values()) / len(solved)
+
+
+def pope_answer(text: str) -> str:
+    """POPE's parsing of a free-form answer into ``yes`` or ``no`` (see the module docstring)."""
+    if text.find(".") != -1:
+        text = text.split(".")[0]
+    words = text.replace(",", "").split(" ")
+    return "no" if "No" in words or "not" in words or "no" in words else "yes"
+
+
+def _yes_label(label: str | bool | int) -> int:
+    """1 for a *yes* label (POPE: anything but "no"), 0 for *no*; booleans and 0/1 taken as they are."""
+    if isinstance(label, bool | int):
+        return int(bool(label))
+    return 0 if str(label).strip().lower() == "no" else 1
+
+
+def pope_scores(predictions: Sequence[str], labels: Sequence[str | bool | int]) -> dict[str, float]:
+    """POPE's accuracy, precision, recall, F1 (yes is positive) and yes ratio, in percent (undefined ones: 0)."""
+    if len(predictions) != len(labels):
+        raise MMError(f"POPE: {len(predictions)} answers for {len(labels)} labels")
+    if not predictions:
+        raise MMError("POPE: no answers to score")
+    predicted = [1 if pope_answer(str(p)) == "yes" else 0 for p in predictions]
+    truth = [_yes_label(label) for label in labels]
+    tp = sum(1 for p, t in zip(predicted, truth, strict=True) if p == 1 and t == 1)
+    fp = sum(1 for p, t in zip(predicted, truth, strict=True) if p == 1 and t == 0)
+    tn = sum(1 for p, t in zip(predicted, truth, strict=True) if p == 0 and t == 0)
+    fn = sum(1 for p, t in zip(predicted, truth, strict=True) if p == 0 and t == 1)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"accuracy": 100.0 * (tp + tn) / len(truth), "precision": 100.0 * precision, "recall": 100.0 * recall,
+            "f1": 100.0 * f1, "yes_ratio": 100.0 * sum(predicted) / len(predicted)}
 
 
 # ----------------------------------------------------------------- scorers named by families.METRICS

@@ -1,7 +1,7 @@
 """Text tasks: our lm-eval model (``model="mm"``) against lm-eval's own ``hf`` model on the same GPT-NeoX weights.
 
 The MLLM's language model is saved as a plain Hugging Face checkpoint (``save_pretrained`` of the GPT-NeoX LM and
-the tokenizer) and both models run the same YAML tasks (``evals/``: cloze, facts, perplexity) in one process,
+the tokenizer) and both models run the same YAML tasks (packaged ``resources/evals/``: cloze, facts, perplexity) in one process,
 alternating over ``--rounds`` rounds, same batch size and thread count. Reports each model's scores (they must be
 identical up to float summation order: the check is |difference| <= 1e-6 relative), the median seconds spent in
 each model's request methods (loglikelihood, loglikelihood_rolling, generate_until) and the throughput ratio

@@ -77,7 +77,7 @@ def _not_yet(command: str, issue: str) -> None:
 @app.command(
     epilog="Examples:\n\n"
     "  mm build\n\n"
-    "  mm build ablations/base.yaml model.connector=avgpool model.num_image_tokens=64 -o models/avgpool\n\n"
+    "  mm build model.connector=avgpool model.num_image_tokens=64 -o models/avgpool\n\n"
     "  mm build --data data.num_train_images=500",
 )
 @user_errors_exit_2
@@ -117,7 +117,7 @@ def build(
 @app.command(
     epilog="Examples:\n\n"
     "  mm pretrain --out runs/toy\n\n"
-    "  mm pretrain ablations/base.yaml train.steps=1000 model.image_size=96 --out runs/res96\n\n"
+    "  mm pretrain train.steps=1000 model.image_size=96 --out runs/res96\n\n"
     "  torchrun --nproc_per_node 2 -m mmbench_cli.cli pretrain --out runs/ddp",
 )
 @user_errors_exit_2
@@ -156,7 +156,7 @@ def pretrain(
     "  mm eval runs/toy --all-checkpoints --tasks synthetic-vqa synthetic-caption --seeds 3\n\n"
     "  mm eval runs/toy --tasks synthetic-vqa --shots 4 --demo-selection rices\n\n"
     "  mm eval runs/toy --tasks text:textcore text:mm_synth_perplexity\n\n"
-    "  mm eval runs/toy --tasks vqav2 --task-data evals/real_tasks.example.yaml\n\n"
+    "  mm eval runs/toy --tasks vqav2 --task-data examples/real_tasks.example.yaml\n\n"
     "  mm eval --predictions results.json --task vqav2 --annotations ann.json --questions q.json\n\n"
     "  mm eval --predictions results.json --task vizwiz --annotations val.json --allow-subset",
 )
@@ -231,8 +231,9 @@ def evaluate(
     "  mm ablate ablations/mm1_connector.yaml --executor ray --address auto\n\n"
     "  mm ablate --grid resolution,tokens --executor slurm --partition gpu --gpus-per-cell 1 --timeout-min 120\n\n"
     "  mm ablate --grid resolution,tokens --dry-run --json | jq .estimate.total_s\n\n"
-    "  mm ablate ablations/base.yaml train.steps=100 --grid connector --jobs 2 --out runs/conn\n\n"
-    "Axes and their presets: ablations/axes.yaml (resolution, tokens, connector, encoder, data_mix, lm_size, "
+    "  mm ablate train.steps=100 --grid connector --jobs 2 --out runs/conn\n\n"
+    "Axes and their presets: the package's axes.yaml, or ./ablations/axes.yaml if you have one (resolution, "
+    "tokens, connector, encoder, data_mix, lm_size, "
     "seed); any dotted config key is an axis too (--grid train.lr=1e-3,3e-3). Re-running skips done cells "
     "and resumes interrupted ones. Exit code 1 if some cell failed.",
 )
@@ -269,7 +270,8 @@ def ablate(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and its estimated cost; run nothing."),
     throughput: float | None = typer.Option(None, "--throughput", help="FLOP/s for --dry-run's time estimate "
                                             "(default: time the cells' models now)."),
-    axes_file: Path | None = typer.Option(None, "--axes", help="Axis presets file (default ablations/axes.yaml)."),
+    axes_file: Path | None = typer.Option(None, "--axes", help="Axis presets file (default: ./ablations/axes.yaml "
+                                      "if present, else the packaged presets)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document (the plan, or the run's outcome) "
                                  "on stdout instead of tables; progress stays on stderr."),
 ) -> None:
@@ -333,7 +335,7 @@ def lm_eval_command(ctx: typer.Context) -> None:
     """lm-evaluation-harness's own command line, with our model registered as `--model mm`.
 
     `mm lm-eval --model_args path=runs/toy --tasks textcore --limit 20 --log_samples --output_path out/`:
-    `--model mm` and `--include_path evals/` unless given; lm-eval's own models (`hf`, ...) work too;
+    `--model mm` and `--include_path` (the packaged text tasks) unless given; lm-eval's own models (`hf`, ...) work too;
     `mm lm-eval --help` is lm-eval's help.
     """
     from mmbench_cli.evaluate.lm_eval_hook import run_cli

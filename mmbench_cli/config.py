@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mmbench_cli.errors import MMError
+from mmbench_cli.resources import resource_path
 
 DATA_TYPES = ("caption", "interleaved", "text")
 
@@ -395,11 +396,11 @@ AXES_ENV = "MMBENCH_AXES"
 
 
 def default_axes_path() -> Path:
-    """Where the axis presets (and the MM1 claims they test) live: ``$MMBENCH_AXES``, else
-    ``./ablations/axes.yaml``, else the source tree's. Read by ``mm ablate`` (presets) and ``mm report`` (claims)."""
+    """Where the axis presets (and the MM1 claims they test) live: ``$MMBENCH_AXES``, else a user's own
+    ``./ablations/axes.yaml``, else the package's. Read by ``mm ablate`` (presets) and ``mm report`` (claims)."""
     if os.environ.get(AXES_ENV):
         return Path(os.environ[AXES_ENV])
     local = Path("ablations/axes.yaml")
     if local.exists():
         return local
-    return Path(__file__).resolve().parents[1] / "ablations" / "axes.yaml"
+    return resource_path("axes.yaml")

@@ -20,7 +20,7 @@ from mmbench_cli.errors import MMError
 from mmbench_cli.rundir import EvalResult
 
 REPO = Path(__file__).resolve().parents[1]
-AXES = REPO / "ablations" / "axes.yaml"
+AXES = REPO / "mmbench_cli" / "resources" / "axes.yaml"
 
 
 def plan(grid: list[str], overrides: list[str] | None = None, **kwargs):

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from mmbench_cli.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
-AXES = str(REPO / "ablations" / "axes.yaml")
+AXES = str(REPO / "mmbench_cli" / "resources" / "axes.yaml")
 # A cell of a few seconds: 6 steps of 2 rows of 64 tokens (checkpoints at 0, 3, 6), 16-px images, the smallest LM,
 # 4 eval queries per task and shots.
 TINY = [*MECHANICS,

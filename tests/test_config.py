@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_base_yaml_equals_builtin_defaults() -> None:
-    assert load_config(REPO / "ablations" / "base.yaml") == Config()
+    assert load_config(REPO / "mmbench_cli" / "resources" / "base.yaml") == Config()
 
 
 def test_overrides_parse_yaml_values() -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from model_fixtures import save_tiny_model
 
+from mmbench_cli.resources import resource_path
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -86,7 +88,7 @@ def test_mm_eval_text_tasks_via_cli(tiny_model_dir: Path, tmp_path: Path) -> Non
     user_tasks = tmp_path / "mytasks"
     user_tasks.mkdir()
     (user_tasks / "my_facts.yaml").write_text(
-        "include: " + str(Path(__file__).resolve().parents[1] / "evals" / "mm_synth_facts.yaml") + "\n"
+        "include: " + str(resource_path("evals", "mm_synth_facts.yaml")) + "\n"
         "task: my_facts\n"
     )
     result = CliRunner().invoke(app, ["eval", str(model_dir), "--tasks", "text:textcore", "text:my_facts",
@@ -99,6 +101,15 @@ def test_mm_eval_text_tasks_via_cli(tiny_model_dir: Path, tmp_path: Path) -> Non
     assert results["tasks"]["text:my_facts"]["0"]["value"] == results["tasks"]["text:mm_synth_facts"]["0"]["value"]
     samples = model_dir / "eval" / results["tasks"]["text:mm_synth_facts"]["0"]["samples"][0]
     assert samples.is_file() and len(samples.read_text().splitlines()) == results["tasks"]["text:mm_synth_facts"]["0"]["n"]
+
+    # lm-eval runs every document of a text task, so --num-samples is not one of its inputs: no re-run
+    before = samples.stat().st_mtime_ns
+    again = CliRunner().invoke(app, ["eval", str(model_dir), "--tasks", "text:textcore", "text:my_facts",
+                                     "--include-path", str(user_tasks), "--num-samples", "3"])
+    assert again.exit_code == 0, again.output
+    assert samples.stat().st_mtime_ns == before
+    rerun = json.loads((model_dir / "eval" / "step_0.json").read_text())
+    assert rerun["tasks"]["text:textcore"] == results["tasks"]["text:textcore"]
 
     bad = CliRunner().invoke(app, ["eval", str(model_dir), "--tasks", "text:no_such_task"])
     assert bad.exit_code == 2 and "unknown text task" in bad.output

@@ -29,7 +29,7 @@ from mmbench_cli.errors import MMError
 from mmbench_cli.rundir import RunDir, RunLock, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
-AXES = str(REPO / "ablations" / "axes.yaml")
+AXES = str(REPO / "mmbench_cli" / "resources" / "axes.yaml")
 # The toy model shrunk for speed (as tests/test_train_loop.py): 3 steps, checkpoints at 0, 1, 2, 3.
 TINY = [*MECHANICS,
     "model.lm=pythia-toy-1m", "model.image_size=32", "model.num_image_tokens=4", "data.seq_len=64",

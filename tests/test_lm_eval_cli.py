@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from mmbench_cli.errors import MMError
 from mmbench_cli.evaluate.lm_eval_hook import lm_eval_argv, model_path
 
-EVALS = Path(__file__).resolve().parents[1] / "evals"
+EVALS = Path(__file__).resolve().parents[1] / "mmbench_cli" / "resources" / "evals"
 TASK_METADATA = {"world_seed": 0, "num_train_images": 24, "num_test_images": 8}
 
 

@@ -15,7 +15,7 @@ from mmbench_cli.ablate.grid import build_plan
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "ablations" / "mm1-toy"
-AXES = REPO / "ablations" / "axes.yaml"
+AXES = REPO / "mmbench_cli" / "resources" / "axes.yaml"
 EXPECTED_CELLS = {"resolution_tokens": 8, "connector": 8, "encoder": 6, "data_mix": 18, "lm_size": 3, "vqa_world": 6,
                   "data_mix_64px": 4, "vqa_world_seed1": 2}
 

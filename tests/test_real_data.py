@@ -360,7 +360,7 @@ def test_default_config_saves_and_hashes_as_before(tmp_path: Path, monkeypatch: 
         (tmp_path / "runs" / "mm1-toy" / "encoders" / name).mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     for grid in sorted(path for path in study.glob("*.yaml") if path.name != "base.yaml"):
-        plan = build_plan(str(grid), [], [], axes_path=REPO / "ablations" / "axes.yaml")
+        plan = build_plan(str(grid), [], [], axes_path=REPO / "mmbench_cli" / "resources" / "axes.yaml")
         store = GridStore(REPO / "runs" / "mm1-toy" / plan.name)
         store.check_compatible(plan)
         assert [c.id for c in plan.cells if store.cell_state(c.id) != "done"] == [], grid.name
@@ -380,7 +380,7 @@ def test_committed_second_edition_grids_resume_with_nothing_to_do() -> None:
     if not committed:
         pytest.skip("no committed second-edition grid")
     for grid in committed:
-        plan = build_plan(str(grid), [], [], axes_path=REPO / "ablations" / "axes.yaml")
+        plan = build_plan(str(grid), [], [], axes_path=REPO / "mmbench_cli" / "resources" / "axes.yaml")
         store = GridStore(REPO / "runs" / "mm1-toy-v2" / plan.name)
         store.check_compatible(plan)
         assert [c.id for c in plan.cells if store.cell_state(c.id) != "done"] == [], grid.name

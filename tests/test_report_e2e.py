@@ -11,6 +11,7 @@ from model_fixtures import MECHANICS
 from typer.testing import CliRunner
 
 from mmbench_cli.cli import app
+from mmbench_cli.resources import resource_path
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [*MECHANICS,
@@ -25,7 +26,7 @@ runner = CliRunner()
 @pytest.mark.slow
 def test_report_on_real_grid_and_regression_check(tmp_path: Path) -> None:
     grid = tmp_path / "runs" / "res"
-    made = runner.invoke(app, ["ablate", *TINY, "--grid", "resolution=16,32", "--axes", str(REPO / "ablations" / "axes.yaml"),
+    made = runner.invoke(app, ["ablate", *TINY, "--grid", "resolution=16,32", "--axes", str(resource_path("axes.yaml")),
                                "--out", str(grid), "--threads", "1"])
     assert made.exit_code == 0, made.output
 

@@ -164,7 +164,7 @@ def test_mixtures_are_ordered_by_their_shares(tmp_path: Path) -> None:
 
 
 def test_claims_come_from_the_axes_file(tmp_path: Path) -> None:
-    repo_axes = findings.axis_claims(Path(__file__).resolve().parents[1] / "ablations" / "axes.yaml")
+    repo_axes = findings.axis_claims(Path(__file__).resolve().parents[1] / "mmbench_cli" / "resources" / "axes.yaml")
     assert {"resolution", "tokens", "connector", "encoder", "data_mix", "lm_size"} <= set(repo_axes)
     assert "seed" not in repo_axes
     assert findings.axis_claims(tmp_path / "missing.yaml") == {}

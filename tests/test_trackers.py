@@ -192,7 +192,7 @@ def test_missing_tracker_is_one_line_exit_2_before_training(tmp_path: Path, monk
 def test_a_grid_asking_for_a_missing_tracker_is_refused_before_any_cell(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(trackers.TensorBoardTracker, "requires", "no_such_module_for_mmbench_tests")
-    axes = str(Path(__file__).resolve().parents[1] / "ablations" / "axes.yaml")
+    axes = str(Path(__file__).resolve().parents[1] / "mmbench_cli" / "resources" / "axes.yaml")
     result = CliRunner().invoke(app, ["ablate", *TINY, "train.trackers=[jsonl,tensorboard]", "--grid", "seed=0,1",
                                       "--axes", axes, "--out", str(tmp_path / "grid"), "--jobs", "1"])
     assert result.exit_code == 2, result.output

@@ -22,6 +22,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from mmbench_cli.resources import resource_path
+
 REGISTRY_MODULE = "lm_eval.api.registry"
 MODEL_NAME = "mm"
 TARGET = "mmbench_cli.evaluate.text:MMLM"
@@ -124,7 +126,6 @@ def model_path(args: Mapping[str, Any]) -> tuple[str | None, str | None, dict[st
 
 # ------------------------------------------------------------------------------------------ mm lm-eval
 SUBCOMMANDS = ("run", "ls", "validate")
-EVALS_DIR = Path(__file__).resolve().parents[2] / "evals"
 
 
 def lm_eval_argv(argv: Sequence[str]) -> list[str]:
@@ -137,8 +138,8 @@ def lm_eval_argv(argv: Sequence[str]) -> list[str]:
     extra = []
     if "--model" not in names:
         extra += ["--model", MODEL_NAME]
-    if "--include_path" not in names and EVALS_DIR.is_dir():
-        extra += ["--include_path", str(EVALS_DIR)]
+    if "--include_path" not in names:
+        extra += ["--include_path", str(resource_path("evals"))]
     if args[0] == "run":
         return ["run", *extra, *args[1:]]
     return [*extra, *args]

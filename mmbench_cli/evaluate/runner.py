@@ -544,10 +544,13 @@ def _evaluate_checkpoint(target: Target, checkpoint: Checkpoint, data: dict[str,
     if text_tasks:
         from mmbench_cli.evaluate.text import run_text_tasks
 
-        fingerprint = hashlib.sha256(json.dumps([info["content_hash"], sorted(map(str, request.include_paths)),
-                                                 settings.num_samples]).encode()).hexdigest()[:16]
+        # lm-eval runs each text task on all its documents (no limit), so eval.num_samples is not an input.
+        # Results written before this rule carry it in their fingerprint: those stay valid at the same value.
+        inputs = [info["content_hash"], sorted(map(str, request.include_paths))]
+        fingerprint = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()[:16]
+        legacy = hashlib.sha256(json.dumps([*inputs, settings.num_samples]).encode()).hexdigest()[:16]
         todo = [t for t in text_tasks
-                if request.force or getattr(results.cell(t, 0), "fingerprint", None) != fingerprint]
+                if request.force or getattr(results.cell(t, 0), "fingerprint", None) not in (fingerprint, legacy)]
         if todo:
             model = model or load_model(checkpoint.path, device=device)
             text_results = run_text_tasks(model, [t[len(TEXT_PREFIX):] for t in todo], request.include_paths,

@@ -23,14 +23,13 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
 from mmbench_cli.errors import MMError
+from mmbench_cli.families import FAMILIES, METRICS, TEXT_PREFIX
+from mmbench_cli.resources import resource_path
+from mmbench_cli.rundir import ResultCell, samples_file_name
 
 if TYPE_CHECKING:
     from mmbench_cli.config import DataConfig
     from mmbench_cli.model.mllm import MLLM
-from mmbench_cli.families import FAMILIES, METRICS, TEXT_PREFIX
-from mmbench_cli.rundir import ResultCell, samples_file_name
-
-EVALS_DIR = Path(__file__).resolve().parents[2] / "evals"
 
 
 def _resolve_model_dir(path: str | Path) -> Path:
@@ -193,7 +192,7 @@ def task_manager(include_paths: Sequence[str | Path] = (), include_defaults: boo
     """
     from lm_eval.tasks import TaskManager
 
-    paths = [str(EVALS_DIR)] + [str(Path(p)) for p in include_paths]
+    paths = [str(resource_path("evals"))] + [str(Path(p)) for p in include_paths]
     for path in paths[1:]:
         if not Path(path).is_dir():
             raise MMError(f"--include-path {path}: not a directory of lm-eval task YAMLs")

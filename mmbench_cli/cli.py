@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from mmbench_cli import __version__
 from mmbench_cli.errors import MMError
 
 app = typer.Typer(
@@ -54,7 +53,9 @@ def user_errors_exit_2(func: F) -> F:
 
 def _version_callback(value: bool) -> None:
     if value:
-        console.print(f"mm (mmbench) {__version__}")
+        from mmbench_cli.doctor import version_line
+
+        console.print(version_line(), highlight=False)
         raise typer.Exit()
 
 
@@ -72,6 +73,43 @@ CONFIG_ARGS_HELP = "Optional config YAML, then `key.sub=value` overrides (anythi
 
 def _not_yet(command: str, issue: str) -> None:
     raise MMError(f"`mm {command}` is not implemented yet ({issue}); nothing was run")
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  mm doctor\n\n"
+    "  mm doctor --json | jq .main_job_can_run",
+)
+@user_errors_exit_2
+def doctor(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of the table."),
+) -> None:
+    """Check what runs need (Java, a writable cache, torch, extras), one line each; exit 0 when the main job can run.
+
+    Exit 2 when a required check fails (the README's main job would stop on it); optional extras never fail it.
+    """
+    import json
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    from mmbench_cli.doctor import as_json as doctor_json
+    from mmbench_cli.doctor import can_run_main_job, run_checks
+
+    checks = run_checks()
+    if as_json:
+        console.print_json(json.dumps(doctor_json(checks)))
+    else:
+        table = Table(show_header=False, box=None, pad_edge=False)
+        for check in checks:
+            mark = "[green]ok[/]" if check.ok else ("[bold red]missing[/]" if check.required else "[yellow]--[/]")
+            table.add_row(mark, check.name, escape(check.detail))
+        console.print(table)
+    if not can_run_main_job(checks):
+        failed = [check.name for check in checks if check.required and not check.ok]
+        raise MMError(f"the main job cannot run here: fix {', '.join(failed)} (see above)")
+    if not as_json:
+        console.print("The main job can run here: mm ablate --grid resolution,tokens", highlight=False)
 
 
 @app.command(

@@ -295,9 +295,17 @@ def _lock_problem(raw: bytes) -> str | None:
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
-    """The git commit of the mmbench source tree (with ``-dirty`` if modified), or None outside git."""
-    cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
+    """The git commit of the mmbench source tree (with ``-dirty`` if modified), or None outside git.
+
+    An installed package (site-packages) is not a source tree, even inside someone else's git repository (a project's
+    .venv): the repository must be the one the package's own folder sits at the top of."""
+    source = Path(__file__).resolve().parents[1]
+    cwd = Path(cwd) if cwd else source
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        if cwd == source and Path(top).resolve() != source:
+            return None
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()

@@ -25,6 +25,7 @@ FORBIDDEN = {
     "report": {"model", "train", "data", "evaluate", "ablate", "cli"},
     "ablate": {"report", "cli"},
     **{base: {"model", "data", "train", "evaluate", "ablate", "report", "cli"} for base in BASE},
+    "doctor": {"model", "data", "train", "evaluate", "ablate", "report", "cli"},  # `mm doctor`: checks, no models
 }
 
 

@@ -123,6 +123,27 @@ def _weights_diff(a: Path, b: Path) -> dict[str, float] | None:
     return {"max_abs": max_abs, "max_rel": max_rel}
 
 
+def _scale_summary(grid_dir: Path) -> dict[str, Any] | None:
+    """The scaled recipe's cell: each task's 0-shot value and answer prior at its last checkpoint (VQA - prior, OCR)."""
+    from mmbench_cli.rundir import RunDir
+
+    cells = sorted(path.parent for path in grid_dir.glob("*/config.yaml"))
+    if not cells:
+        return None
+    results = RunDir(cells[0]).final_results()
+    if results is None:
+        return {"cell": cells[0].name, "status": "no results"}
+    tasks = {}
+    for task, by_shots in results.tasks.items():
+        cell = by_shots.get("0")
+        if cell is None:
+            continue
+        prior = (cell.extra or {}).get("prior")
+        tasks[task] = {"value": round(cell.value, 3), "prior": None if prior is None else round(prior, 3),
+                       "minus_prior": None if prior is None else round(cell.value - prior, 3)}
+    return {"cell": cells[0].name, "step": results.step, "tasks": tasks}
+
+
 def summarize(work: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Collect the check's results into one JSON (written atomically) and print it."""
     import torch
@@ -157,7 +178,7 @@ def summarize(work: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]
         "resume": {"killed_after_step": args.killed_after_step, "run": resumed, "bit_identical": identical,
                    "weights_diff_vs_uninterrupted": diff, "tolerance_max_rel": args.tolerance,
                    "within_tolerance": identical or (diff is not None and diff["max_rel"] <= args.tolerance)},
-        "eval": evaluation, "timings_s": timings,
+        "eval": evaluation, "scale_cell": _scale_summary(work / "scale"), "timings_s": timings,
         "mfu_target": 0.35, "mfu_target_met": bool(single.get("mfu") and single["mfu"] >= 0.35),
     }
     atomic_write_json(out, result)

@@ -5,7 +5,8 @@
 #      saved locally as hf:<dir>; `mm build` prints the parameter count) pre-trained with bf16 autocast for
 #      STEPS steps: tokens/s and MFU against that ceiling;
 #   3. the same command under a 1-process `torchrun` (nccl);
-#   4. a 0/4/8-shot eval of the result (synthetic VQA and captioning);
+#   4. a 0/4/8-shot eval of the result (synthetic VQA and captioning), and one cell of ablations/scale.yaml (the
+#      scaled recipe, shortened) with its VQA - prior and OCR;
 #   5. the same training killed with SIGKILL after a checkpoint, then `--resume`d: final weights compared with
 #      the uninterrupted run (bit-identical, or within a relative tolerance where CUDA kernels are not
 #      deterministic);
@@ -48,6 +49,11 @@ if [[ "$DEVICE" == cpu ]]; then
   TRAIN=(train.batch_size=2 train.warmup_steps=2 train.log_every=5 train.checkpoint_every=10 train.device=cpu)
   EVAL=(--num-samples 4 --batch-size 4 --device cpu)
   KILL_AT=10
+  # the scaled recipe's plumbing only: its grid file, one cell, shrunk to seconds
+  SCALE=(--grid resolution=28 --grid tokens=4 model.encoder=vit-tiny model.lm=pythia-toy-1m model.max_seq_len=128
+         train.steps=4 train.batch_size=2 train.warmup_steps=1 train.device=cpu data.num_train_images=32
+         data.num_val_images=4 data.num_test_images=24 data.seq_len=64 data.num_workers=0 eval.num_samples=8
+         "eval.shots=[0]" eval.batch_size=8)
 else
   OUT="${OUT:-benchmarks/results/gpu_check.json}"
   STEPS="${STEPS:-300}"
@@ -59,6 +65,9 @@ else
          train.device=cuda train.precision=bf16)
   EVAL=(--num-samples 64 --batch-size 32 --device cuda)
   KILL_AT=100
+  # one cell of the scaled recipe (224 px, 64 tokens, ~95M parameters), a quarter of its 6,000 steps
+  SCALE=(--grid resolution=224 --grid tokens=64 train.steps=1500 train.checkpoint_every=500 train.device=cuda
+         eval.num_samples=800)
 fi
 OVERRIDES=(name=gpu-check "model.lm=hf:$WORK/lm" model.tokenizer=synthetic-bpe model.resize_embeddings=true
            "${MODEL[@]}" "${DATA[@]}" "${TRAIN[@]}" "train.steps=$STEPS")
@@ -82,6 +91,9 @@ stage train_single mm pretrain "${OVERRIDES[@]}" --out "$WORK/single"
 stage train_torchrun torchrun --standalone --nproc_per_node 1 -m mmbench_cli.cli pretrain "${OVERRIDES[@]}" \
   --out "$WORK/ddp"
 stage eval mm eval "$WORK/single" --tasks synthetic-vqa synthetic-caption --shots 0 4 8 "${EVAL[@]}"
+
+# one cell of ablations/scale.yaml: does the scaled recipe learn what the CPU default cannot (VQA - prior, OCR)?
+stage scale_cell mm ablate ablations/scale.yaml "${SCALE[@]}" --out "$WORK/scale" --jobs 1
 
 # kill -9 after a checkpoint at >= KILL_AT, then resume to the end
 echo "== resume: train, SIGKILL after a checkpoint at step >= $KILL_AT, --resume" >&2

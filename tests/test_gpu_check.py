@@ -35,4 +35,8 @@ def test_gpu_check_dry_mode_runs_every_stage(tmp_path: Path) -> None:
     assert resume["weights_diff_vs_uninterrupted"] == {"max_abs": 0.0, "max_rel": 0.0}
     assert set(result["eval"]) == {"synthetic-vqa", "synthetic-caption"}
     assert all(set(cells) == {"0", "4", "8"} for cells in result["eval"].values())
-    assert {"train_single", "train_torchrun", "eval", "kill_and_resume"} <= set(result["timings_s"])
+    assert {"train_single", "train_torchrun", "eval", "kill_and_resume", "scale_cell"} <= set(result["timings_s"])
+    scale = result["scale_cell"]  # the scaled recipe's grid file ran one (shrunk) cell, reported against its priors
+    assert scale["cell"] == "resolution=28,tokens=4" and scale["step"] == 4
+    vqa = scale["tasks"]["synthetic-vqa"]
+    assert vqa["minus_prior"] == round(vqa["value"] - vqa["prior"], 3) and "synthetic-ocr" in scale["tasks"]

@@ -39,6 +39,7 @@ LMS.add("pythia-toy-2m", PythiaSpec(hidden_size=192, num_layers=3, num_heads=6))
 LMS.add("pythia-toy-5m", PythiaSpec(hidden_size=256, num_layers=5, num_heads=8))
 LMS.add("pythia-toy-10m", PythiaSpec(hidden_size=384, num_layers=5, num_heads=8))
 LMS.add("pythia-toy-30m", PythiaSpec(hidden_size=512, num_layers=9, num_heads=8))
+LMS.add("pythia-toy-85m", PythiaSpec(hidden_size=768, num_layers=12, num_heads=12))  # Pythia-160M's shape; ablations/scale.yaml
 
 
 def build_pythia(spec: PythiaSpec, vocab_size: int, max_seq_len: int, eos_id: int = 0, pad_id: int = 1) -> nn.Module:

@@ -81,25 +81,28 @@ def test_contrasts_against_the_base_value_and_the_interaction(grid: Path) -> Non
     assert study.grids[0]["base_values"] == {"resolution": "32", "tokens": "16", "seed": "0"}
     found = findings.study_findings(study, claims={"resolution": "higher is better"})
     rows = {(row.contrast, row.measure.key): row for row in found.rows}
-    assert {contrast for contrast, _ in rows} == {"resolution 64 vs 32", "tokens 4 vs 16",
-                                                  "resolution 64 vs 32 × tokens 4 vs 16"}
+    # arms named in the order of the difference: the larger number first on a numeric axis
+    assert {contrast for contrast, _ in rows} == {"resolution 64 − 32", "tokens 16 − 4",
+                                                  "(resolution 64 − 32) × (tokens 16 − 4)"}
     for task in ("vqa", "caption"):
-        resolution = rows[("resolution 64 vs 32", f"{task}@0")]
+        resolution = rows[("resolution 64 − 32", f"{task}@0")]
         by_hand = ((_mean(64, 4, task) - _mean(32, 4, task)) + (_mean(64, 16, task) - _mean(32, 16, task))) / 2
         assert resolution.result.diff == pytest.approx(by_hand) and by_hand == pytest.approx(20.0, abs=1.0)
         assert resolution.base_mean == pytest.approx((_mean(32, 4, task) + _mean(32, 16, task)) / 2)
-        interaction = rows[("resolution 64 vs 32 × tokens 4 vs 16", f"{task}@0")]
-        by_hand = (_mean(64, 4, task) - _mean(32, 4, task)) - (_mean(64, 16, task) - _mean(32, 16, task))
+        interaction = rows[("(resolution 64 − 32) × (tokens 16 − 4)", f"{task}@0")]
+        by_hand = (_mean(64, 16, task) - _mean(32, 16, task)) - (_mean(64, 4, task) - _mean(32, 4, task))
         assert interaction.result.diff == pytest.approx(by_hand)
-        assert interaction.simple_labels == ("tokens=16", "tokens=4")
+        assert interaction.simple_labels == ("tokens=4", "tokens=16")
+        tokens = rows[("tokens 16 − 4", f"{task}@0")]
+        assert tokens.arms == ("16", "4") and tokens.result.diff == pytest.approx(tokens.value_mean - tokens.base_mean)
         assert resolution.claim == "higher is better" and interaction.claim is None
         assert resolution.result.seeds == 2 and resolution.result.paired and resolution.clustered
-    vqa = rows[("resolution 64 vs 32", "vqa@0")].result
+    vqa = rows[("resolution 64 − 32", "vqa@0")].result
     assert vqa.n == IMAGES * QUESTIONS and vqa.clusters == IMAGES  # two questions per image: one cluster
-    assert rows[("resolution 64 vs 32", "caption@0")].result.clusters == IMAGES
+    assert rows[("resolution 64 − 32", "caption@0")].result.clusters == IMAGES
     # Holm over every contrast of the report; a 20-point effect on these queries is an effect
     assert [row.p_adjusted for row in found.rows] == pytest.approx(stats.holm([row.result.p_value for row in found.rows]))
-    assert rows[("resolution 64 vs 32", "vqa@0")].verdict == stats.EFFECT
+    assert rows[("resolution 64 − 32", "vqa@0")].verdict == stats.EFFECT
     assert all(row.mde > 0 for row in found.rows)
 
 
@@ -116,12 +119,14 @@ def test_findings_come_first_in_html_and_markdown(grid: Path, tmp_path: Path) ->
     result = runner.invoke(app, ["report", str(grid), "-o", str(out), "--resamples", "200", "--no-plots"])
     assert result.exit_code == 0, result.output
     page = (out / "index.html").read_text()
-    assert page.index('<section id="findings">') < page.index('<nav>') < page.index('id="summary"')
+    assert page.index('<h2>Summary</h2>') < page.index('<section id="findings">') < page.index('<nav>')
+    assert page.index('<nav>') < page.index('id="summary"')
     assert page[page.index("<table"):].startswith('<table class="data findings" id="table-findings-res_tokens"')
     assert "MM1 says" in page and "averaged over tokens" in page
     markdown = (out / "report.md").read_text()
-    assert markdown.index("## Findings") < markdown.index("## MM1-style summary")
-    assert "| resolution 64 vs 32 |" in markdown and "**effect**" in markdown
+    assert markdown.index("## Summary") < markdown.index("## Findings") < markdown.index("## MM1-style summary")
+    assert "## Summary" in "\n".join(markdown.splitlines()[:25]) and "resolution 64 beats 32 by" in markdown
+    assert "| resolution 64 − 32 |" in markdown and "**effect**" in markdown
     assert '<a href="summary.csv" download>summary.csv</a>' in page
 
 
@@ -181,7 +186,7 @@ def test_few_shot_gain_is_a_paired_contrast_over_all_cells(tmp_path: Path) -> No
               for shots in ("0", "8")}
     gain = sum(values["8"]) / 4 - sum(values["0"]) / 4
     assert caption.result.diff == pytest.approx(gain) and caption.result.paired and caption.result.seeds == 2
-    assert caption.contrast == "shots 8 vs 0" and caption.claim == findings.SHOTS_CLAIM
+    assert caption.contrast == "shots 8 − 0" and caption.claim == findings.SHOTS_CLAIM
 
 
 def test_answer_prior_line_readme_link_and_escaped_claims(tmp_path: Path) -> None:

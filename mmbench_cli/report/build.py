@@ -26,6 +26,7 @@ from mmbench_cli.rundir import atomic_write_text
 if TYPE_CHECKING:  # the report modules import pandas/matplotlib: loaded only when a report is made
     import pandas as pd
 
+    from mmbench_cli.report.findings import Findings
     from mmbench_cli.report.load import Study
     from mmbench_cli.report.plots import Figure
     from mmbench_cli.report.tables import Table
@@ -125,10 +126,10 @@ def make_report(
     comparisons = None
     verdict = ""
     if baseline_metrics is not None:
-        current = collect(study)
+        current = collect(study, with_noise=True)
         if not current:
             raise MMError(f"{study.name}: no eval/step_<N>.json results to compare with {baseline}; run mm eval first")
-        comparisons = compare(baseline_metrics, current, tolerance, alpha, resamples)
+        comparisons = compare(baseline_metrics, current, tolerance, alpha)
         comparisons.sort(key=lambda c: (not c.failed, c.status != "not significant", c.key))
         failed = sum(c.failed for c in comparisons)
         verdict = (
@@ -139,20 +140,21 @@ def make_report(
 
     mark = time.perf_counter()
     has_results = any(run.results for run in study.runs)
+    findings = findings_module.study_findings(study, alpha) if has_results else None
+    timings["findings_s"] = time.perf_counter() - mark
+    mark = time.perf_counter()
     main_tables: list[Table] = []
     parts = study.per_grid() if study.multi_grid else []
-    sections = [_section(part, resamples) for part in parts]
+    sections = [_section(part, resamples, findings) for part in parts]
     summary = None
     if study.multi_grid:
         if has_results:
             summary = tables.summary_table(study, resamples)  # all cells, named <grid>/<cell>: summary.csv
     elif has_results:
-        main_tables = _study_tables(study, resamples)
+        grid = str(study.grids[0].get("label", "")) if study.grids else None
+        main_tables = _study_tables(study, resamples, findings_module.effect_marks(findings, grid))
         summary = main_tables[0]
     timings["tables_s"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    findings = findings_module.study_findings(study, alpha) if has_results else None
-    timings["findings_s"] = time.perf_counter() - mark
     mark = time.perf_counter()
     figures: list[Figure] = []
     plot_paths: dict[str, str] = {}
@@ -172,7 +174,7 @@ def make_report(
     csv_files = (["summary.csv"] if summary is not None else []) + [
         section.csv_name for section in sections if section.csv_name and section.tables]
     context = {
-        "title": f"mm report: {study.name}",
+        "title": report_title(study),
         "findings": findings,
         "unfinished": tables.unfinished_cells(study),
         "readme": NOTES_FILE if (out / NOTES_FILE).is_file() else "",
@@ -222,19 +224,28 @@ def make_report(
                         sections)
 
 
-def _study_tables(study: Study, resamples: int) -> list[Table]:
+def report_title(study: Study) -> str:
+    """The report's title: its grids' own names (``grid.json``: ``resolution-tokens``, not the dir they were copied
+    to), else the run dirs' names."""
+    names = [str(grid.get("name") or grid.get("label")) for grid in study.grids]
+    if not names:
+        names = [run.name for run in study.runs][:4] + (["…"] if len(study.runs) > 4 else [])
+    return "mm report: " + ", ".join(names)
+
+
+def _study_tables(study: Study, resamples: int, marks: set[tuple[str, str, str, str]] | None = None) -> list[Table]:
     """The tables of a single-study report or of one grid's section: summary (first: it is the CSV), one effect
     table per axis, per-task scores, VQA accuracy by answer type (when per-sample files split it) and caption
     grounding (synthetic captioning with per-sample files)."""
     from mmbench_cli.report import answer_types, grounding, tables
 
-    found = [tables.summary_table(study, resamples), *tables.effect_tables(study, resamples),
+    found = [tables.summary_table(study, resamples), *tables.effect_tables(study, resamples, marks),
              tables.task_table(study, resamples)]
     optional = [answer_types.answer_type_table(study, resamples), grounding.grounding_table(study, resamples)]
     return found + [table for table in optional if table is not None]
 
 
-def _section(part: Study, resamples: int) -> Section:
+def _section(part: Study, resamples: int, findings: Findings | None = None) -> Section:
     """The section of one grid (or of the plain run dirs) of a multi-grid study; figures are added later."""
     grid = part.grids[0] if part.grids else None
     if grid is not None:
@@ -246,7 +257,10 @@ def _section(part: Study, resamples: int) -> Section:
     else:
         name, section_id, description = "other runs", "other-runs", "Run dirs given besides the grids."
         source = ", ".join(str(run.path) for run in part.runs)
-    found = _study_tables(part, resamples) if any(run.results for run in part.runs) else []
+    from mmbench_cli.report.findings import effect_marks
+
+    marks = effect_marks(findings, name if grid is not None else None)
+    found = _study_tables(part, resamples, marks) if any(run.results for run in part.runs) else []
     for table in found:
         table.id = f"{section_id}-{table.id}"
     return Section(

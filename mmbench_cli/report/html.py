@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from markupsafe import Markup
 
-from mmbench_cli.report.findings import Finding, Findings
+from mmbench_cli.report.findings import Finding, Findings, summary_view
 from mmbench_cli.report.plots import Figure
 from mmbench_cli.report.regress import Comparison
 from mmbench_cli.report.stats import DIRECTION, EFFECT, NO_EFFECT
@@ -66,6 +66,8 @@ def render_html(context: dict[str, Any]) -> str:
     shared, varying = metadata_layout(context["metadata"])
     return env.get_template("report.html.j2").render({
         **context, "figures": figures, "sections": sections, "fmt": fmt, "findings_view": findings_view(context["findings"]),
+        "summary": summary_view(context["findings"]) if context["findings"] is not None and context["findings"].rows
+        else None,
         "findings_note": findings_note(context["findings"]) if context["findings"] is not None else "",
         "metadata_shared": shared, "metadata_columns": [(key, METADATA_COLUMNS[key]) for key in varying],
         "cost_columns": list(COST_COLUMNS.items()), "cost_note": COST_NOTE,
@@ -83,14 +85,17 @@ def _signed(value: float, decimals: int) -> str:
     return text[1:] if float(text) == 0 else text.replace("-", "−")
 
 
-def finding_cells(row: Finding) -> dict[str, str]:
-    """A Findings row as display strings (rounded to what its CI supports)."""
+def finding_cells(row: Finding) -> dict[str, Any]:
+    """A Findings row as display strings (rounded to what its CI supports); the means are named by arm, in the
+    order of the difference."""
     result, decimals = row.result, row.decimals
     if row.simple_effects is not None and row.simple_labels is not None:
         here = [f"{row.simple_labels[1]}: Δ {_signed(row.simple_effects[1], decimals)}",
                 f"{row.simple_labels[0]}: Δ {_signed(row.simple_effects[0], decimals)}"]
     else:
-        here = [f"{fmt(row.base_mean, decimals)} → {fmt(row.value_mean, decimals)}"]
+        suffix = "-shot" if row.kind == "shots" else ""
+        here = [f"{row.arms[0]}{suffix}: {fmt(row.value_mean, decimals)}",
+                f"{row.arms[1]}{suffix}: {fmt(row.base_mean, decimals)}"]
     seeds = f"{result.seeds} (seed noise unmeasured)" if result.se_seeds is None else str(result.seeds)
     queries = f"{result.n} ({result.clusters} img)" if row.clustered else f"{result.n} (unclustered)"
     if not result.paired:
@@ -102,7 +107,7 @@ def finding_cells(row: Finding) -> dict[str, str]:
         "ci": f"[{fmt(result.ci_low, decimals)}, {fmt(result.ci_high, decimals)}]".replace("-", "−"),
         "p": fmt_p(row.p_adjusted), "p_raw": fmt_p(result.p_value), "seeds": seeds, "queries": queries,
         "verdict_class": VERDICT_CLASS.get(row.verdict, "none"),
-        "mde": f"{abs(row.mde):.{decimals}f}" if row.mde == row.mde else "—",
+        "mde": f"{abs(row.mde):.{decimals}f}" if row.mde == row.mde else "—", "flags": list(row.flags),
     }
 
 
@@ -135,18 +140,30 @@ def findings_note(findings: Findings) -> str:
     """What the Findings table shows and how it was tested (one paragraph, the same in HTML and markdown)."""
     counts = findings.counts()
     total = len(findings.rows)
+    unmeasured = [row for row in findings.rows if row.result.se_seeds is None]
+    seeds = ""
+    if unmeasured and len(unmeasured) == total:
+        seeds = (" With one seed per cell the training-seed noise is not measured and the interval covers the queries "
+                 "only.")
+    elif unmeasured:
+        seeds = (f" {len(unmeasured)} of the {total} rows compare cells with one seed each: their training-seed noise "
+                 "is not measured and their interval covers the queries only (column seeds).")
     return (
         f"{total} contrasts: {counts.get(EFFECT, 0)} effect, {counts.get(DIRECTION, 0)} direction, not significant, "
-        f"{counts.get(NO_EFFECT, 0)} no detectable effect. Each grid's axis values against its base value (the one its "
-        "base config has), averaged over the grid's other axes, for a two-axis grid each interaction (the "
-        "difference of differences), and the few-shot gain (most shots against 0 on the same queries, over all "
-        "cells), per measure, at each cell's last evaluated checkpoint, from the per-sample "
-        "files: queries paired across cells that answered the same ones, standard errors clustered by image, a "
-        "cell's training seeds pooled with the grid's between-seed variance added (Welch–Satterthwaite t). "
+        f"{counts.get(NO_EFFECT, 0)} no detectable effect. Each contrast is named in the order of its difference "
+        "(\"tokens 16 − 4\": the 16-token cells minus the 4-token ones; on a numeric axis the larger value first, "
+        "else the value against the grid's base value), averaged over the grid's other axes; for a two-axis grid each "
+        "interaction (the difference of differences), and the few-shot gain (most shots − 0 on the same queries, over "
+        "all cells); per measure, at each cell's last evaluated checkpoint, from the per-sample files: queries paired "
+        "across cells that answered the same ones, standard errors clustered by image, each cell's training seeds "
+        "pooled, with the grid's between-seed variance added (each cell's estimate truncated at 0, then pooled; "
+        "Welch–Satterthwaite t, capped at the seed variance's df). "
         f"p: Holm-adjusted over all {total} contrasts of this report; verdict: effect (adjusted p < {findings.alpha}), "
         f"direction, not significant (only the unadjusted p < {findings.alpha}), else no detectable effect; MDE: "
-        f"the effect this contrast would detect with 80% power at alpha {findings.alpha} (unadjusted). With one seed "
-        "per cell the training-seed noise is not measured and the interval covers the queries only."
+        f"the effect this contrast would detect with 80% power at alpha {findings.alpha} (unadjusted). Flags: an "
+        "encoder whose own held-out quality is near chance, cells still improving over their last two checkpoints "
+        "by more than their CI (not converged), a measure whose every cell is within its CI of the answer prior."
+        + seeds
     )
 
 
@@ -221,8 +238,8 @@ def _findings_md(findings: Findings | None) -> str:
     """The Findings section in markdown: one table per grid, the claim on each contrast's first row."""
     if findings is None or not findings.rows:
         return "## Findings\n\nNo grid axes to contrast (plain run dirs, or one value per axis).\n"
-    parts = ["## Findings\n", md_escape(findings_note(findings)) + "\n"]
-    headers = ["contrast", "measure", "base → value", "effect [95% CI]", "p (Holm)", "seeds", "queries", "verdict",
+    parts = ['<a id="findings"></a>\n\n## Findings\n', md_escape(findings_note(findings)) + "\n"]
+    headers = ["contrast", "measure", "means", "effect [95% CI]", "p (Holm)", "seeds", "queries", "verdict", "flags",
                "MM1 says"]
     for grid in findings_view(findings):
         rows = []
@@ -235,12 +252,34 @@ def _findings_md(findings: Findings | None) -> str:
                 rows.append([md_escape(contrast["contrast"]) if first else "", md_escape(cells["measure"]),
                              md_escape("; ".join(cells["here"])), f"{cells['effect']} {cells['ci']}", cells["p"],
                              md_escape(cells["seeds"]), md_escape(cells["queries"]), verdict,
-                             md_escape(contrast["claim"]) if first else ""])
+                             md_escape("; ".join(cells["flags"])), md_escape(contrast["claim"]) if first else ""])
         if grid["grid"]:
             parts.append(f'<a id="{html.escape(grid["id"])}"></a>\n\n### Findings: {md_escape(grid["grid"])}\n')
         parts.append(markdown_table(headers, rows) + "\n")
     for note in findings.skipped:
         parts.append(f"Note: {md_escape(note)}.\n")
+    return "\n".join(parts)
+
+
+def summary_md(findings: Findings | None) -> str:
+    """The Summary a report opens with (``findings.summary_view``), in markdown."""
+    parts = ["## Summary\n"]
+    if findings is None or not findings.rows:
+        parts.append("No grid axes to contrast (plain run dirs, or one value per axis): the tables below have the "
+                     "numbers.\n")
+        return "\n".join(parts)
+    view = summary_view(findings)
+    counts = findings.counts()
+    parts.append(f"{len(findings.rows)} tested contrasts: {counts.get(EFFECT, 0)} effect, {counts.get(DIRECTION, 0)} "
+                 f"direction, not significant, {counts.get(NO_EFFECT, 0)} no detectable effect "
+                 "([Findings](#findings) has every row and how it was tested).\n")
+    parts += [f"**{md_escape(line)}**\n" for line in view["top"]]  # type: ignore[attr-defined]
+    for grid in view["grids"]:  # type: ignore[attr-defined]
+        title = f"[{md_escape(grid['grid'])}](#{grid['id']})" if grid["grid"] else "Findings"
+        lines = [f"- {md_escape(sentence)}" for sentence in grid["sentences"]]
+        if grid["none"]:
+            lines.append(f"- {md_escape(grid['none'])}")
+        parts.append(f"**{title}**\n\n" + "\n".join(lines or ["- nothing tested"]) + "\n")
     return "\n".join(parts)
 
 
@@ -280,7 +319,7 @@ def _cost_md(rows: list[dict[str, str]]) -> str:
 
 def render_markdown(context: dict[str, Any], plot_paths: dict[str, str]) -> str:
     """The markdown twin of the HTML report; plots are linked as SVG files beside it."""
-    parts = [f"# {md_escape(context['title'])}\n"]
+    parts = [f"# {md_escape(context['title'])}\n", summary_md(context.get("findings"))]
     sources = ", ".join(f"`{s}`" for s in context["sources"])
     axes = _axes_md(context["axes"])
     parts.append(

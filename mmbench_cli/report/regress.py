@@ -2,8 +2,10 @@
 
 A metric regresses when it drops by more than its tolerance (``--tolerance``, or a per-metric
 ``"tolerance"`` in the baseline file) **and**, where both sides have per-sample scores, the drop is
-significant under a one-sided paired bootstrap over the matched query ids (p < alpha). A metric in the
-baseline that is missing now counts as a regression; new metrics are listed but never fail.
+significant (one-sided p < alpha) under the same seed-aware contrast as the report's Findings
+(``stats.linear_contrast``): the matched queries paired, clustered by image, and, when the current grid has
+cells with several training seeds, its pooled between-seed variance added for the two runs compared. A metric
+in the baseline that is missing now counts as a regression; new metrics are listed but never fail.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from mmbench_cli.errors import MMError
 from mmbench_cli.report.load import Study, is_number
-from mmbench_cli.report.stats import DEFAULT_RESAMPLES, paired_drop_pvalue
+from mmbench_cli.report.stats import linear_contrast, one_sided_p, pooled_seed_variance
 
 FORMAT = "mmbench-baseline"
 VERSION = 1
@@ -54,8 +56,11 @@ def metric_key(run: str, task: str, shots: str) -> str:
     return f"{run}/{task}/{shots}shot"
 
 
-def collect(study: Study) -> dict[str, dict[str, Any]]:
-    """Every task × shots metric of every run at its last evaluated checkpoint, with per-sample scores."""
+def collect(study: Study, with_noise: bool = False) -> dict[str, dict[str, Any]]:
+    """Every task × shots metric of every run at its last evaluated checkpoint, with per-sample scores; with
+    ``with_noise`` also each query's image (``clusters``) and the grid's pooled seed variance (``seed_variance``)
+    for the test (not saved in a baseline)."""
+    pools = _seed_pools(study) if with_noise else {}
     metrics: dict[str, dict[str, Any]] = {}
     for run in study.runs:
         step = run.final_step
@@ -75,8 +80,44 @@ def collect(study: Study) -> dict[str, dict[str, Any]]:
                 scores = run.sample_scores(step, task, shots)
                 if scores:
                     record["scores"] = scores
+                if with_noise:
+                    record["clusters"] = run.sample_clusters(step, task, shots)
+                    record["seed_variance"] = pools.get((task, shots))
                 metrics[metric_key(run.name, task, shots)] = record
     return metrics
+
+
+def _seed_pools(study: Study) -> dict[tuple[str, str], tuple[float, int] | None]:
+    """(task, shots) -> the between-seed variance of one run's score, pooled over the study's cells with several
+    seeds (``stats.pooled_seed_variance``, as in Findings); None where no cell has two seeds."""
+    pools: dict[tuple[str, str], tuple[float, int] | None] = {}
+    for task, info in study.tasks().items():
+        for shots in info.shots:
+            cells = []
+            for runs in study.groups().values():
+                seeds = [{task: scores} for run in runs if run.final_step is not None
+                         and (scores := run.sample_scores(run.final_step, task, shots))]
+                cells.append(seeds)
+            pooled = pooled_seed_variance([cell for cell in cells if cell])
+            pools[(task, shots)] = pooled
+    return pools
+
+
+def drop_pvalue(baseline: dict[str, float], current: dict[str, float], drop: float,
+                clusters: dict[str, str | None] | None = None,
+                seed_variance: tuple[float, int] | None = None) -> tuple[float, int] | None:
+    """One-sided p-value that the true drop (baseline − current) is ≤ 0, given the observed ``drop`` of the reported
+    values: its standard error from ``stats.linear_contrast`` over the matched queries (paired, clustered by image
+    where ``clusters`` names one, plus twice the between-seed variance of one run when given). Returns (p, matched
+    queries), or None when fewer than two queries match (then only the tolerance decides)."""
+    ids = sorted(set(baseline) & set(current))
+    if len(ids) < 2:
+        return None
+    labels = {("score", i): label for i, label in (clusters or {}).items() if label is not None and i in baseline}
+    result = linear_contrast([(-1.0, [{"score": {i: baseline[i] for i in ids}}]),
+                              (1.0, [{"score": {i: current[i] for i in ids}}])],
+                             labels or None, seed_pool=[], pooled_variance=seed_variance)
+    return one_sided_p(drop, result.se, result.df), len(ids)
 
 
 def baseline_document(study: Study) -> dict[str, Any]:
@@ -129,7 +170,6 @@ def compare(
     current: dict[str, dict[str, Any]],
     tolerance: float,
     alpha: float = 0.05,
-    resamples: int = DEFAULT_RESAMPLES,
 ) -> list[Comparison]:
     """Compare current metrics with a baseline; see the module docstring for the rule."""
     rows = []
@@ -143,7 +183,7 @@ def compare(
         drop = float(base["value"]) - now["value"]
         test = None
         if base.get("scores") and now.get("scores"):
-            test = paired_drop_pvalue(base["scores"], now["scores"], drop, resamples)
+            test = drop_pvalue(base["scores"], now["scores"], drop, now.get("clusters"), now.get("seed_variance"))
         p_value, matched = test if test else (None, 0)
         if drop <= 0:
             status = "ok"

@@ -3,10 +3,10 @@
 Numbers come from each run's last evaluated checkpoint. A cell pools its training seeds (a ``seed`` grid
 axis) into a mean with the seeds' spread; every number carries a 95% bootstrap interval from per-sample
 scores (see ``stats.py``). What a table *shows* is rounded to what that interval supports
-(``stats.decimals_for``; the CSVs keep every digit); the best value of a column is bold only when it is
-significantly better than the runner-up (``stats.estimate_difference``: paired over queries, clustered by
-image, the seeds' spread added; p < ``BOLD_ALPHA``); a column with the same value in every row is left out of
-the display and named in the table's note.
+(``stats.decimals_for``; the CSVs keep every digit). Significance has one test, the Findings' seed-aware contrast:
+a per-axis effect table bolds the better side of each contrast whose Findings verdict is *effect*; the per-cell
+tables bold nothing (they are descriptions). A column with the same value in every row is left out of the display
+and named in the table's note.
 """
 
 from __future__ import annotations
@@ -27,14 +27,10 @@ from mmbench_cli.report.stats import (
     DEFAULT_RESAMPLES,
     Estimate,
     decimals_for,
-    estimate_difference,
     from_scores,
     mean_of,
-    welch_difference,
 )
 from mmbench_cli.rundir import RunDir, read_json_file, retrieval_near_chance
-
-BOLD_ALPHA = 0.05  # a column's best value is bold when better than the runner-up at this level
 
 
 class RepeatedCheckpoint(TypedDict):
@@ -234,20 +230,19 @@ def make_table(
     lookup: Callable[[str, Column], Estimate | None],
     index_names: list[str],
     resamples: int,
+    bold_cells: set[tuple[str, str]] | None = None,
 ) -> Table:
     """A report table: one row per ``index`` entry, one column per ``columns``, each cell the ``lookup`` estimate
-    (value ±seed std, 95% bootstrap CI, rounded to what the CI supports; a column's best value in bold when it is
-    significantly better than the runner-up; constant columns hidden from the display)."""
+    (value ±seed std, 95% bootstrap CI, rounded to what the CI supports; constant columns hidden from the display).
+    ``bold_cells``: (row, column key) pairs to show in bold, from the Findings (``findings.effect_marks``)."""
     labels = [c.label for c in columns]
     values = pd.DataFrame(index=pd.Index(index), columns=labels, dtype=float)
     text = pd.DataFrame(index=pd.Index(index), columns=labels, dtype=object)
     ci = pd.DataFrame(index=pd.Index(index), columns=labels, dtype=object)
     seed_std = pd.DataFrame(index=pd.Index(index), columns=labels, dtype=float)
-    estimates: dict[str, dict[str, Estimate | None]] = {c.label: {} for c in columns}
     for row in index:
         for column in columns:
             estimate = lookup(row, column)
-            estimates[column.label][row] = estimate
             values.at[row, column.label] = estimate.value if estimate else float("nan")
             interval = estimate.ci(resamples) if estimate else None
             decimals = _decimals(estimate, interval)
@@ -260,9 +255,9 @@ def make_table(
             ci.at[row, column.label] = f"[{fmt(interval[0], decimals)}, {fmt(interval[1], decimals)}]" if interval else ""
     bold = pd.DataFrame(False, index=values.index, columns=values.columns)
     for column in columns:
-        best = significant_best(estimates[column.label], column.lower_is_better)
-        if best is not None:
-            bold.at[best, column.label] = True
+        for row in index:
+            if (row, column.key) in (bold_cells or set()):
+                bold.at[row, column.label] = True
     hidden = [c.label for c in columns if len(index) > 1 and text[c.label].nunique() == 1 and values[c.label].notna().all()
               and values[c.label].nunique() == 1]
     return Table(table_id, title, note, values, text, ci, bold, index_names, seed_std, hidden)
@@ -280,23 +275,6 @@ def _decimals(estimate: Estimate | None, interval: tuple[float, float] | None) -
     if estimate is not None:  # nothing says how precise it is: the decimals it has, up to 3
         return len(f"{estimate.value:.3f}".rstrip("0").partition(".")[2])
     return 3
-
-
-def significant_best(estimates: dict[str, Estimate | None], lower_is_better: bool = False,
-                     alpha: float = BOLD_ALPHA) -> str | None:
-    """The row whose value is best and significantly better than the runner-up's (two-sided p < ``alpha``; per-query
-    scores paired and clustered with the seeds' spread added, else Welch over the seeds), or None."""
-    known = [(row, e) for row, e in estimates.items() if e is not None and not math.isnan(e.value)]
-    if len(known) < 2:
-        return None
-    known.sort(key=lambda item: item[1].value, reverse=not lower_is_better)
-    (best, top), (_, runner) = known[0], known[1]
-    if top.value == runner.value:
-        return None
-    test = estimate_difference(runner, top)
-    if test is None:
-        test = welch_difference(runner.seed_values, top.seed_values)
-    return best if test is not None and test.p_value < alpha else None
 
 
 def csv_frame(table: Table) -> pd.DataFrame:
@@ -370,7 +348,8 @@ def task_table(study: Study, resamples: int = DEFAULT_RESAMPLES) -> Table:
     )
 
 
-BOLD_NOTE = "bold: the best value of a column, only when significantly better than the runner-up (p < 0.05)."
+BOLD_NOTE = ("nothing is bold: which differences are real is tested once, in Findings (seed-aware, "
+             "Holm-adjusted), and marked in the per-axis effect tables.")
 
 
 def seed_note(study: Study) -> str:
@@ -402,23 +381,31 @@ def _axis_effects(study: Study, columns: list[Column]) -> dict[str, dict[str, di
     return effects
 
 
-def effect_tables(study: Study, resamples: int = DEFAULT_RESAMPLES) -> list[Table]:
-    """One table per grid axis: the mean of each MM1 column over the cells sharing each axis value."""
+EFFECT_BOLD_NOTE = ("bold: the better side of a contrast against the base value that Findings calls an effect "
+                    "(seed-aware, Holm-adjusted; the same test as there, so nothing else is bold).")
+
+
+def effect_tables(study: Study, resamples: int = DEFAULT_RESAMPLES,
+                  marks: set[tuple[str, str, str, str]] | None = None) -> list[Table]:
+    """One table per grid axis: the mean of each MM1 column over the cells sharing each axis value; ``marks`` (axis,
+    value, family, shots) from ``findings.effect_marks`` say which cells are the better side of an effect."""
     columns = summary_columns(study)
     effects = axis_effects(study, columns)
     tables = []
     for axis, by_value in effects.items():
+        bold = {(value, column.key) for value in by_value for column in columns
+                if (axis, value, column.family, column.shots or "") in (marks or set())}
         tables.append(
             make_table(
                 f"effect-{axis}",
                 f"Effect of {axis}",
-                f"Mean over the cells with each {axis} value; [95% bootstrap CI]; {BOLD_NOTE} "
-                "The tested contrasts are in Findings.",
+                f"Mean over the cells with each {axis} value; [95% bootstrap CI over queries]; {EFFECT_BOLD_NOTE}",
                 list(by_value),
                 columns,
                 lambda v, c, by_value=by_value: by_value[v][c.key],
                 [axis],
                 resamples,
+                bold,
             )
         )
     return tables
@@ -602,6 +589,29 @@ def encoder_quality(scores: dict[str, Any]) -> str:
         return (f"masked-patch reconstruction loss {float(scores['val_mae_loss']):.4f} "
                 f"({_count(scores.get('val_images'))} held-out images)")
     return "—"
+
+
+def near_chance_encoders(study: Study) -> dict[str, str]:
+    """Run name -> the cache name of the pre-trained encoder it started from, for runs whose encoder's own held-out
+    quality is near chance (``rundir.retrieval_near_chance``: it did not learn); made once per study."""
+    return study.memo("near-chance-encoders", lambda: _near_chance_encoders(study))
+
+
+def _near_chance_encoders(study: Study) -> dict[str, str]:
+    found: dict[str, str] = {}
+    verdicts: dict[str, bool] = {}
+    for run in study.runs:
+        source = run.meta.get("pretrained_encoder")
+        if not (isinstance(source, dict) and isinstance(source.get("dir"), str)):
+            continue
+        name = Path(source["dir"]).name
+        if name not in verdicts:
+            folder = _encoder_files(run, name, Path(source["dir"]))
+            scores = read_json_file(RunDir(folder).encoder_eval_path, "encoder_eval.json") if folder else {}
+            verdicts[name] = isinstance(scores, dict) and retrieval_near_chance(scores)
+        if verdicts[name]:
+            found[run.name] = name
+    return found
 
 
 def encoder_rows(study: Study) -> list[dict[str, str]]:

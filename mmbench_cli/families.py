@@ -35,8 +35,8 @@ class Family:
 
     ``summary_key`` is the per-shot average's key in a results JSON ``summary``; ``summary_task`` (when set)
     is a task whose own value is the summary (lm-eval's ``textcore`` group) instead of a mean over tasks.
-    ``prompt`` picks the few-shot prompt and answer clean-up style (``caption`` or ``vqa``); ``None`` for
-    families that are not prompted with images (text tasks run through lm-eval).
+    ``prompt`` names the task type (``mmbench_cli/evaluate/task_types/``) whose prompts, answers and scorer the
+    family's tasks use; ``None`` for families that are not prompted with images (text tasks run through lm-eval).
     """
 
     name: str
@@ -55,6 +55,11 @@ METRICS: dict[str, Metric] = {
         Metric("CIDEr", "caption", "cider", scale=100.0),
         Metric("vqa_accuracy", "vqa", "vqa_accuracy", scale=100.0),
         Metric("vizwiz_accuracy", "vqa", "vizwiz_accuracy", scale=100.0),
+        Metric("mc_accuracy", "multiple_choice", "option_accuracy", scale=100.0),
+        Metric("mc_accuracy_norm", "multiple_choice", "option_accuracy", scale=100.0),
+        Metric("circular_accuracy", "multiple_choice", "circular_accuracy", scale=100.0),
+        Metric("pope_accuracy", "yes_no", "pope_accuracy", scale=100.0),
+        Metric("pope_f1", "yes_no", "pope_f1", scale=100.0),
         Metric("acc", "text", None, scale=100.0),
         Metric("acc_norm", "text", None, scale=100.0),
         Metric("exact_match", "text", None, scale=100.0),
@@ -69,6 +74,10 @@ FAMILIES: dict[str, Family] = {
         Family("caption", "Caption", "caption_avg", "caption avg", ("CIDEr",), prompt="caption", max_new_tokens=20),
         Family("vqa", "VQA", "vqa_avg", "VQA avg", ("vqa_accuracy", "vizwiz_accuracy"), prompt="vqa",
                max_new_tokens=5),
+        Family("multiple_choice", "Multiple choice", "mc_avg", "MC avg",
+               ("mc_accuracy", "mc_accuracy_norm", "circular_accuracy"), prompt="multiple_choice", max_new_tokens=1),
+        Family("yes_no", "POPE", "pope_avg", "POPE avg", ("pope_accuracy", "pope_f1"), prompt="yes_no",
+               max_new_tokens=3),
         Family("text", "TextCore", "textcore", "TextCore", ("acc", "acc_norm", "exact_match", "word_perplexity",
                                                               "perplexity"),
                prompt=None, max_new_tokens=None, summary_task="text:textcore"),
@@ -79,6 +88,7 @@ FAMILIES: dict[str, Family] = {
 PROMPTED_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.prompt is not None)
 SUMMARY_KEYS = tuple(family.summary_key for family in FAMILIES.values())
 TEXT_PREFIX = "text:"  # text tasks are named ``text:<lm-eval task or group>``
+TEXT_FAMILY = "text"  # the family of the text tasks lm-evaluation-harness scores
 
 
 def family_of_metric(metric: str | None) -> str | None:

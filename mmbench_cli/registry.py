@@ -1,4 +1,4 @@
-"""One tiny generic registry, shared by encoders, connectors, LMs, tasks, data formats and executors.
+"""One tiny generic registry, shared by encoders, connectors, LMs, tasks, task types, data formats and executors.
 
 Adding a component is one class plus one decorator line::
 
@@ -85,4 +85,7 @@ CONNECTORS: Registry[Any] = Registry("connector", "model.connector", ("mmbench_c
 LMS: Registry[Any] = Registry("language model", "model.lm", ("mmbench_cli.model.lm",))
 DATA_FORMATS: Registry[Any] = Registry("data format", "format", ("mmbench_cli.data.formats",))
 TASKS: Registry[Any] = Registry("task", "eval.tasks", ("mmbench_cli.evaluate.tasks",))
+TASK_TYPES: Registry[Any] = Registry("task type", "task_type", (
+    "mmbench_cli.evaluate.task_types.caption", "mmbench_cli.evaluate.task_types.vqa",
+    "mmbench_cli.evaluate.task_types.multiple_choice", "mmbench_cli.evaluate.task_types.yes_no"))
 EXECUTORS: Registry[Any] = Registry("executor", "--executor", ("mmbench_cli.ablate.executors",))

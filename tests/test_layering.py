@@ -96,3 +96,44 @@ def test_family_names_and_summary_keys_live_in_the_families_table() -> None:
     spelled = re.compile(r"""["'](caption_avg|vqa_avg)["']|FAMILY_LABELS\s*=|SUMMARY_KEYS\s*=\s*[{(]""")
     offenders = _lines_matching(spelled, "families.py")
     assert not offenders, "\n".join(offenders)
+
+
+def _compared_names() -> list[str]:
+    from mmbench_cli.families import FAMILIES, METRICS
+    from mmbench_cli.registry import TASK_TYPES
+
+    return sorted(set(FAMILIES) | set(METRICS) | set(TASK_TYPES.names()), key=len, reverse=True)
+
+
+# The data layer's sample kinds and mixture types (caption, vqa, interleaved, text) are data types, not task families:
+# it produces samples and cannot import the task types, so it is not held to this rule.
+NAME_OWNERS = ("evaluate/task_types/", "families.py", "data/")
+
+
+def name_comparisons(text: str, names: list[str]) -> list[tuple[int, str]]:
+    """(line, text) of each comparison of a family / task-type / metric name spelled as a string literal:
+    ``x == "vqa"``, ``"CIDEr" != y``, ``x in ("caption", ...)``, ``FAMILIES["text"]``, ``METRICS["..."]``."""
+    quoted = "|".join(re.escape(name) for name in names)
+    literal = rf"""["']({quoted})["']"""
+    pattern = re.compile(rf"""(==|!=)\s*{literal}|{literal}\s*(==|!=)|\bin\s*[(\[{{]\s*{literal}|"""
+                         rf"""(FAMILIES|METRICS|TASK_TYPES)\s*(\[|\.get\()\s*{literal}""")
+    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1) if pattern.search(line)]
+
+
+def test_only_task_types_and_families_compare_family_task_type_or_metric_names() -> None:
+    """Behaviour that differs by family, task type or metric lives in ``evaluate/task_types/`` (or the families
+    table); everything else asks them (a task type's method, a ``Family`` field), never ``family == "vqa"``."""
+    names = _compared_names()
+    offenders = [
+        f"{path.relative_to(PACKAGE.parent)}:{number}: {line}"
+        for path in _modules() if not str(path.relative_to(PACKAGE)).startswith(NAME_OWNERS)
+        for number, line in name_comparisons(path.read_text(encoding="utf-8"), names)
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_name_comparison_checker_sees_the_usual_spellings() -> None:
+    names = ["vqa", "caption", "CIDEr"]
+    code = ('if spec.family == "vqa": pass\nif "CIDEr" != m: pass\nok = x in ("caption", "y")\n'
+            'f = FAMILIES["vqa"]\nlabel = "vqa avg"\nkinds = {"vqa": 1}\n')
+    assert [line for line, _ in name_comparisons(code, names)] == [1, 2, 3, 4]

@@ -85,6 +85,52 @@ class VQASample:
 
 
 @dataclass
+class MultipleChoiceSample:
+    """A question with lettered options and one right option (ScienceQA, MMBench, SEED-Bench, MMMU style).
+
+    ``images`` are in reading order; when ``question`` holds ``<image>`` markers (MMMU's ``<image 1>`` slots) each
+    marker is where the image at that position goes, otherwise the images come before the question.
+    ``rotation`` numbers MMBench CircularEval's shifted copies of one question (0: the original order).
+    """
+
+    question_id: str
+    images: list[ImageRef]
+    question: str
+    options: list[str]
+    answer: int
+    hint: str = ""
+    rotation: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image(self) -> ImageRef:
+        """The first image (what RICES compares and what a one-image prompt shows)."""
+        if not self.images:
+            raise MMError(f"question {self.question_id}: has no image")
+        return self.images[0]
+
+    @property
+    def image_id(self) -> str:
+        """The first image's key (the id a record names when it has no question id)."""
+        return self.image.key
+
+
+@dataclass
+class YesNoSample:
+    """A yes/no question about an image with its label (POPE's object-presence probes).
+
+    ``meta["split"]`` says how a negative was drawn (``random``, ``popular`` or ``adversarial``).
+    """
+
+    question_id: str
+    image_id: str
+    image: ImageRef
+    question: str
+    label: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class InterleavedDoc:
     """A document of text passages and images in reading order (MMC4/OBELICS style)."""
 

@@ -170,6 +170,10 @@ def extra_metric_lines(extra: dict[str, Any]) -> list[str]:
     if isinstance(extra.get("cider_by_domain"), dict):
         lines.append("CIDEr by domain: " + ", ".join(f"{name} {value:.2f}"
                                                      for name, value in extra["cider_by_domain"].items()))
+    for group, scores in extra.items():  # the other task types' groups (multiple_choice, pope): name value, ...
+        if group not in ("answerability", "cider_by_domain") and isinstance(scores, dict) and scores and all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in scores.values()):
+            lines.append(f"{group}: " + ", ".join(f"{name} {value:.2f}" for name, value in scores.items()))
     return lines
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mmbench_cli.data import templates
@@ -79,30 +79,45 @@ def select_rices(pool: Sequence[Query], pool_features: torch.Tensor, query_featu
     return [[pool[int(i)] for i in reversed(row.tolist())] for row in top]
 
 
-def build_prompt(demos: Sequence[Query], query: Query, text_only_demos: bool = False) -> tuple[str, list[ImageRef]]:
+def build_prompt(demos: Sequence[Any], query: Any, text_only_demos: bool = False,
+                 format_demo: Callable[[Any], str] = templates.format_demo,
+                 format_query: Callable[[Any], str] = templates.format_query,
+                 images_of: Callable[[Any], list[ImageRef]] = lambda sample: [sample.image]) -> tuple[str, list[ImageRef]]:
     """(prompt text, images in order of appearance) for ``demos`` then ``query``.
 
-    With ``text_only_demos`` the demos keep their text but lose their ``<image>`` markers and images
-    (Flamingo's zero-shot variant).
+    The formats default to the training templates of captions and VQA; a task type passes its own. With
+    ``text_only_demos`` the demos keep their text but lose their ``<image>`` markers and images (Flamingo's
+    zero-shot variant).
     """
     if text_only_demos:
-        text = "".join(templates.format_demo(d).replace(templates.IMAGE_TOKEN, "") for d in demos)
-        return text + templates.format_query(query), [query.image]
-    return templates.fewshot_prompt(demos, query), [d.image for d in demos] + [query.image]
+        text = "".join(format_demo(d).replace(templates.IMAGE_TOKEN, "") for d in demos)
+        return text + format_query(query), images_of(query)
+    text = "".join(format_demo(d) for d in demos) + format_query(query)
+    return text, [image for sample in (*demos, query) for image in images_of(sample)]
+
+
+def cut_at_stops(text: str) -> str:
+    """A generation up to its first stop string (end of chunk, end of text, padding, an image, a new line)."""
+    for stop in STOP_STRINGS:
+        text = text.split(stop, 1)[0]
+    return text
+
+
+def clean_short_answer(text: str) -> str:
+    """open_flamingo's ``postprocess_vqa_generation``: what precedes "Question"/"Answer"/"Short" and the first ", "."""
+    text = re.split("Question|Answer|Short", cut_at_stops(text), maxsplit=1)[0]
+    return re.split(", ", text, maxsplit=1)[0].strip()
+
+
+def clean_caption(text: str) -> str:
+    """open_flamingo's ``postprocess_captioning_generation``: what precedes "Output", double quotes dropped."""
+    return cut_at_stops(text).split("Output", 1)[0].replace('"', "").strip()
+
+
+CLEANERS: dict[str | None, Callable[[str], str]] = {"vqa": clean_short_answer, "caption": clean_caption}
 
 
 def postprocess(text: str, style: str | None) -> str:
     """Cut a generation at the first stop string, then clean it as open_flamingo does for the prompt style
-    (``families.FAMILIES[family].prompt``: ``vqa`` or ``caption``).
-
-    VQA: keep what precedes "Question"/"Answer"/"Short" and the first ", " (``postprocess_vqa_generation``).
-    Captioning: keep what precedes "Output" and drop double quotes (``postprocess_captioning_generation``).
-    """
-    for stop in STOP_STRINGS:
-        text = text.split(stop, 1)[0]
-    if style == "vqa":
-        text = re.split("Question|Answer|Short", text, maxsplit=1)[0]
-        text = re.split(", ", text, maxsplit=1)[0]
-    else:
-        text = text.split("Output", 1)[0].replace('"', "")
-    return text.strip()
+    (``vqa``: ``clean_short_answer``; anything else: ``clean_caption``)."""
+    return CLEANERS.get(style, clean_caption)(text)

@@ -304,22 +304,28 @@ def caption_scores_per_sample(
     return corpus, samples
 
 
-def _score_one(name: str, gts: dict[str, list[str]], res: dict[str, list[str]]) -> tuple[float, list[float]]:
-    if name == "CIDEr":
-        from pycocoevalcap.cider.cider import Cider
+def _cider(gts: dict[str, list[str]], res: dict[str, list[str]]) -> tuple[float, list[float]]:
+    from pycocoevalcap.cider.cider import Cider
 
-        score, scores = Cider().compute_score(gts, res)
-        return score, list(scores)
-    if name == "Bleu_4":
-        from pycocoevalcap.bleu.bleu import Bleu
+    score, scores = Cider().compute_score(gts, res)
+    return score, list(scores)
 
-        score, scores = Bleu(4).compute_score(gts, res, verbose=0)
-        return score[3], list(scores[3])
-    if name == "ROUGE_L":
-        from pycocoevalcap.rouge.rouge import Rouge
 
-        score, scores = Rouge().compute_score(gts, res)
-        return score, list(scores)
+def _bleu_4(gts: dict[str, list[str]], res: dict[str, list[str]]) -> tuple[float, list[float]]:
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    score, scores = Bleu(4).compute_score(gts, res, verbose=0)
+    return score[3], list(scores[3])
+
+
+def _rouge_l(gts: dict[str, list[str]], res: dict[str, list[str]]) -> tuple[float, list[float]]:
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    score, scores = Rouge().compute_score(gts, res)
+    return score, list(scores)
+
+
+def _meteor(gts: dict[str, list[str]], res: dict[str, list[str]]) -> tuple[float, list[float]]:
     from pycocoevalcap.meteor.meteor import Meteor
 
     _check_java()
@@ -329,6 +335,16 @@ def _score_one(name: str, gts: dict[str, list[str]], res: dict[str, list[str]]) 
     finally:
         del meteor
     return score, list(scores)
+
+
+# pycocoevalcap's scorers by the names COCOEvalCap reports them under
+_COCO_SCORERS: dict[str, Callable[[dict[str, list[str]], dict[str, list[str]]], tuple[float, list[float]]]] = {
+    "CIDEr": _cider, "Bleu_4": _bleu_4, "ROUGE_L": _rouge_l, "METEOR": _meteor,
+}
+
+
+def _score_one(name: str, gts: dict[str, list[str]], res: dict[str, list[str]]) -> tuple[float, list[float]]:
+    return _COCO_SCORERS[name](gts, res)
 
 
 NOCAPS_DOMAINS = ("in-domain", "near-domain", "out-domain")
@@ -508,10 +524,39 @@ def _mean_scorer(score: Callable[..., float]) -> Callable[..., tuple[float, list
     return scorer
 
 
+def option_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """1 when the chosen option is the right one (its continuation string), else 0."""
+    return float(prediction.strip() == answers[0].strip())
+
+
+def pope_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """1 when POPE's parsing of the answer equals the label (``answers[0]``: yes or no), else 0."""
+    return float(pope_answer(prediction) == ("no" if answers[0].strip().lower() == "no" else "yes"))
+
+
+def score_circular(ids: Sequence[str], predictions: Sequence[str],
+                   references: Sequence[Sequence[str]]) -> tuple[float, list[float]]:
+    """CircularEval over ids ``<question>#r<k>`` (rotations of one question): a question counts when every rotation
+    is right; per sample, whether that rotation is right."""
+    per_sample = [option_accuracy(p, r) for p, r in zip(predictions, references, strict=True)]
+    questions = [re.sub(r"#r\d+$", "", str(i)) for i in ids]
+    return circular_accuracy(questions, per_sample) / 100.0, per_sample
+
+
+def score_pope_f1(ids: Sequence[str], predictions: Sequence[str],
+                  references: Sequence[Sequence[str]]) -> tuple[float, list[float]]:
+    """POPE's F1 (yes positive) over the answers; per sample, whether the parsed answer is right."""
+    labels = [r[0] for r in references]
+    per_sample = [pope_accuracy(p, [label]) for p, label in zip(predictions, labels, strict=True)]
+    return pope_scores(list(predictions), labels)["f1"] / 100.0, per_sample
+
+
 score_vqa_accuracy = _mean_scorer(vqa_accuracy)
 score_vizwiz_accuracy = _mean_scorer(vizwiz_accuracy)
 SCORERS: dict[str, Callable[..., tuple[float, list[float]]]] = {
     "cider": cider, "vqa_accuracy": score_vqa_accuracy, "vizwiz_accuracy": score_vizwiz_accuracy,
+    "option_accuracy": _mean_scorer(option_accuracy), "circular_accuracy": score_circular,
+    "pope_accuracy": _mean_scorer(pope_accuracy), "pope_f1": score_pope_f1,
 }
 # Scorers that take the ``normalize`` option (eval.vqa_normalize); the others ignore it.
 NORMALIZING_SCORERS = ("vqa_accuracy",)

@@ -21,20 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmbench_cli.errors import MMError
-from mmbench_cli.evaluate.runner import (
-    extra_metrics,
-    references_of,
-    sample_fields,
-    sample_id,
-    score_predictions,
-)
-from mmbench_cli.evaluate.tasks import load_samples, resolve_task
-from mmbench_cli.families import METRICS
+from mmbench_cli.evaluate.scoring import score_predictions
+from mmbench_cli.evaluate.tasks import TaskSpec, load_samples, resolve_task
 from mmbench_cli.rundir import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     from mmbench_cli.config import DataConfig
-    from mmbench_cli.data.types import CaptionSample, VQASample
 
 ID_KEYS = ("question_id", "image_id", "image", "id")
 TEXT_KEYS = ("answer", "caption", "prediction")
@@ -57,8 +49,9 @@ def score_file(predictions_path: str | Path, task: str, task_data: dict[str, dic
     spec = resolve_task(task, task_data)
     records = _read_predictions(path)
     samples = load_samples(spec, "query", data_cfg or DataConfig(), verify="none")
-    by_id = _index(samples, spec.family)
-    expected = list(dict.fromkeys(sample_id(s) for s in samples))
+    kind = spec.task_type
+    by_id = _index(samples, spec)
+    expected = list(dict.fromkeys(kind.sample_id(s) for s in samples))
 
     chosen: dict[str, tuple[int, str, float | None]] = {}  # sample id → (record number, text, answerable score)
     repeats: list[tuple[int, Any, int]] = []
@@ -73,7 +66,7 @@ def score_file(predictions_path: str | Path, task: str, task_data: dict[str, dic
         if sample is None:
             unknown.append((number, key))
             continue
-        sid = sample_id(sample)
+        sid = kind.sample_id(sample)
         if sid in chosen:
             repeats.append((number, key, chosen[sid][0]))
             continue
@@ -88,7 +81,7 @@ def score_file(predictions_path: str | Path, task: str, task_data: dict[str, dic
         raise MMError(f"{path}: record {number}: id {key!r} is not in the {task} annotations ({len(unknown)} "
                       "such prediction(s) in all); check the ids and the annotation file")
     missing = [sid for sid in expected if sid not in chosen]
-    what = "images" if spec.family == "caption" else "questions"
+    what = "questions" if hasattr(samples[0], "question") else "images"
     if missing and not allow_subset:
         raise MMError(f"{path}: results miss {len(missing)} of the {len(expected)} {what} in the {task} annotations "
                       f"(e.g. {missing[0]!r}); the official evaluation refuses that: predict every one, or pass "
@@ -96,20 +89,21 @@ def score_file(predictions_path: str | Path, task: str, task_data: dict[str, dic
 
     ids = [sid for sid in expected if sid in chosen]
     preds = [chosen[sid][1] for sid in ids]
-    refs = [references_of(by_id[sid]) for sid in ids]
+    refs = [kind.references(by_id[sid], spec) for sid in ids]
     value, per_sample = score_predictions(spec, ids, preds, refs, vqa_normalize)
     lines = []
     for sid, prediction, references, score in zip(ids, preds, refs, per_sample, strict=True):
         line = {"id": sid, "prediction": prediction, "references": references, "score": score,
-                **sample_fields(by_id[sid])}
+                **{k: v for k, v in kind.record_fields(by_id[sid]).items() if k != "question"}}
         if chosen[sid][2] is not None:
             line["predicted_answerable"] = chosen[sid][2]
         lines.append(line)
     result: dict[str, Any] = {"task": task, "metric": spec.metric, "value": value, "n": len(ids),
                               "total": len(expected), "subset": bool(missing)}
-    if METRICS[spec.metric].scorer == "vqa_accuracy":
-        result["vqa_normalize"] = vqa_normalize
-    result.update(extra_metrics(spec, lines))
+    normalize = kind.normalization(spec, vqa_normalize)
+    if normalize is not None:
+        result["vqa_normalize"] = normalize
+    result.update(kind.extra_metrics(spec, lines))
     if out:
         out = Path(out)
         atomic_write_text(out, "".join(json.dumps(line) + "\n" for line in lines))
@@ -122,12 +116,12 @@ def summary_path(out: Path) -> Path:
     return out.with_name(out.stem + ".summary.json")
 
 
-def _index(samples: list[CaptionSample | VQASample], family: str) -> dict[str, CaptionSample | VQASample]:
-    """Sample by every id a result file may use: its own id, the image id of a caption, an image's file name."""
-    by_id: dict[str, CaptionSample | VQASample] = {}
+def _index(samples: list[Any], spec: TaskSpec) -> dict[str, Any]:
+    """Sample by every id a result file may use: its own id, the image id of an image-only sample (a caption)."""
+    by_id: dict[str, Any] = {}
     for sample in samples:
-        by_id.setdefault(sample_id(sample), sample)
-        if family == "caption":
+        by_id.setdefault(spec.task_type.sample_id(sample), sample)
+        if not hasattr(sample, "question"):
             by_id.setdefault(str(sample.image_id), sample)
     return by_id
 

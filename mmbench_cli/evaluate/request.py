@@ -114,10 +114,7 @@ class EvalSettings:
 
     def vqa_normalize_for(self, spec: TaskSpec) -> str | None:
         """The VQA normalisation a task's metric uses (None for metrics it does not apply to)."""
-        from mmbench_cli.families import METRICS
-
-        metric = METRICS.get(spec.metric)
-        return self.vqa_normalize if metric is not None and metric.scorer == "vqa_accuracy" else None
+        return spec.task_type.normalization(spec, self.vqa_normalize)
 
     def fingerprint(self, spec: TaskSpec, checkpoint_hash: str) -> str:
         """A short hash of everything that decides a cell's value (batch size excluded: it does not).

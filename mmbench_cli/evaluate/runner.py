@@ -1,7 +1,8 @@
-"""``mm eval``: few-shot captioning/VQA and lm-eval text tasks over one or every checkpoint of a run.
+"""``mm eval``: few-shot multimodal tasks and lm-eval text tasks over one or every checkpoint of a run.
 
-For each checkpoint, each task, each shot count and each demo seed (a "cell"), the runner builds the
-few-shot prompts, generates answers in left-padded batches with the KV cache, scores them, and writes
+A generic loop over (checkpoint, task, shots, seed) cells: for each, the task's type (``task_types/``) builds the
+few-shot prompts, the model generates answers (``engine.generate_batch``: left-padded batches with the KV cache)
+or scores each choice (``engine.choice_loglikelihoods``), the task type scores them, and the runner writes
 
 - ``eval/step_<N>.json``: an ``rundir.EvalResult`` (value = mean over seeds, std, n, ...);
 - ``eval/samples/step_<N>/<task>.<k>shot.seed<S>.jsonl``: one line per query
@@ -11,7 +12,7 @@ The request arrives typed (``EvalRequest``); every run-dir path comes from ``run
 
 Cells already in the results JSON (same settings, same checkpoint) are reused unless ``force``. Image
 features are computed once per image per checkpoint (``ImageFeatureCache``) and shared by every demo and
-query that shows that image. Scores use the MM1 scale: CIDEr x 100 and VQA accuracy in %.
+query that shows that image. Scores use the MM1 scale: CIDEr x 100, accuracies in %.
 """
 
 from __future__ import annotations
@@ -20,15 +21,19 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmbench_cli.errors import MMError
 from mmbench_cli.evaluate import fewshot
+from mmbench_cli.evaluate.engine import EncoderFeatures, ImageFeatureCache, choice_loglikelihoods, generate_batch
 from mmbench_cli.evaluate.request import EvalRequest, EvalSettings, ResolvedEval
-from mmbench_cli.evaluate.tasks import TaskSpec, load_samples, resolve_task, result_metadata
-from mmbench_cli.families import FAMILIES, METRICS, TEXT_PREFIX
+from mmbench_cli.evaluate.scoring import mean_extra_metrics, sample_id, score_predictions
+from mmbench_cli.evaluate.target import Target, resolve_target
+from mmbench_cli.evaluate.task_types import MULTIPLE_CHOICE, TaskType
+from mmbench_cli.evaluate.tasks import TaskSpec, add_task_dirs, load_samples, resolve_task, result_metadata
+from mmbench_cli.families import TEXT_PREFIX
 from mmbench_cli.progress import ProgressBar, progress_bar
 from mmbench_cli.rundir import (
     Checkpoint,
@@ -36,246 +41,21 @@ from mmbench_cli.rundir import (
     ResultCell,
     RunDir,
     atomic_write_text,
-    model_dir_checkpoint,
     stored_file,
     summarize,
 )
 
 if TYPE_CHECKING:
-    import torch
     from rich.console import Console
 
-    from mmbench_cli.config import Config, DataConfig
-    from mmbench_cli.data.types import CaptionSample, ImageRef, VQASample
+    from mmbench_cli.config import DataConfig
     from mmbench_cli.model.mllm import MLLM
 
+# the generation core and targets live in engine.py and target.py; their names stay importable from here
+__all__ = ["DEMO_POOL_SIZE", "CellResult", "EncoderFeatures", "ImageFeatureCache", "Target", "TaskData",
+           "evaluate", "generate_batch", "length_buckets", "resolve_target", "run_cell", "sample_id"]
+
 DEMO_POOL_SIZE = 2048  # open_flamingo's query_set_size
-
-
-# ------------------------------------------------------------------------------------------- targets
-@dataclass
-class Target:
-    """What ``mm eval`` was pointed at: the run dir results go to and the checkpoints to evaluate."""
-
-    run: RunDir
-    checkpoints: list[Checkpoint]
-    config: Config
-    name: str
-    notes: list[str] = field(default_factory=list)  # what the user should know about the choice made
-
-
-def resolve_target(path: str | Path, all_checkpoints: bool = False) -> Target:
-    """A run dir (last or all checkpoints), a ``checkpoints/step_<N>/`` dir, or a ``mm build -o`` model dir."""
-    from mmbench_cli.config import Config, load_saved_config
-    from mmbench_cli.rundir import CHECKPOINTS_DIR, MODEL_FILE
-
-    path = Path(path)
-    if not path.exists():
-        raise MMError(f"{path}: no such run dir or checkpoint; pass a run dir (runs/<name>), a "
-                      "checkpoints/step_<N>/ dir, or a model saved by `mm build -o`")
-    notes = []
-    if (path / MODEL_FILE).is_file():
-        run = RunDir(path.parent.parent if path.parent.name == CHECKPOINTS_DIR else path)
-        checkpoints = [model_dir_checkpoint(path)]
-    else:
-        run = RunDir(path)
-        checkpoints = run.checkpoints()
-        if not checkpoints:
-            raise MMError(f"{path}: no checkpoints found (expected checkpoints/step_<N>/ with model.safetensors); "
-                          "train with `mm pretrain` or pass a model dir saved by `mm build -o`")
-        skipped = [step for step in run.incomplete_checkpoint_steps() if step > checkpoints[-1].step]
-        if skipped:
-            notes.append(f"{run.checkpoints_dir}: step_{skipped[-1]} has no checkpoint.json (incomplete or damaged) "
-                         f"and is skipped; the last complete checkpoint is step {checkpoints[-1].step}")
-        if not all_checkpoints:
-            checkpoints = checkpoints[-1:]
-    config_path = run.config_path
-    config = load_saved_config(config_path) if config_path.is_file() else Config()
-    return Target(run=run, checkpoints=checkpoints, config=config, name=run.path.resolve().name, notes=notes)
-
-
-# ------------------------------------------------------------------------------------ generation core
-class ImageFeatureCache:
-    """LM-space image embeddings, computed once per image key (per model) and reused by every prompt."""
-
-    def __init__(self, model: MLLM, batch_size: int = 64) -> None:
-        self.model = model
-        self.batch_size = batch_size
-        self.features: dict[str, torch.Tensor] = {}
-        self.computed = 0
-
-    def ensure(self, images: Sequence[ImageRef]) -> None:
-        """Encode the images whose keys are not cached yet (in batches)."""
-        import torch
-
-        from mmbench_cli.data.images import preprocess
-
-        todo: dict[str, ImageRef] = {}
-        for image in images:
-            if image.key not in self.features and image.key not in todo:
-                todo[image.key] = image
-        refs = list(todo.values())
-        device = next(self.model.parameters()).device
-        for start in range(0, len(refs), self.batch_size):
-            chunk = refs[start:start + self.batch_size]
-            pixels = preprocess(chunk, self.model.image_size, self.model.image_mean, self.model.image_std)
-            with torch.no_grad():
-                embeds = self.model.encode_images(pixels.to(device))
-            for ref, emb in zip(chunk, embeds, strict=True):
-                self.features[ref.key] = emb
-            self.computed += len(chunk)
-
-    def stack(self, images: Sequence[ImageRef]) -> torch.Tensor:
-        """[N, num_image_tokens, d] embeddings of ``images`` in order (computing any that are missing)."""
-        import torch
-
-        self.ensure(images)
-        return torch.stack([self.features[image.key] for image in images])
-
-    def pooled(self, images: Sequence[ImageRef]) -> torch.Tensor:
-        """One vector per image (mean over its tokens) — the similarity space of RICES."""
-        return self.stack(images).float().mean(dim=1)
-
-
-class EncoderFeatures:
-    """RICES's similarity space from a separate CLIP-style encoder (``eval.rices_encoder``), as open_flamingo's
-    RICES uses CLIP image embeddings: one vector per image, computed once per image key (shared by checkpoints).
-    """
-
-    def __init__(self, spec: str, device: str, batch_size: int = 64) -> None:
-        from mmbench_cli.model.encoders import load_similarity_encoder
-
-        self.encoder = load_similarity_encoder(spec).to(device).eval()
-        self.device = device
-        self.batch_size = batch_size
-        self.features: dict[str, torch.Tensor] = {}
-
-    def pooled(self, images: Sequence[ImageRef]) -> torch.Tensor:
-        """[N, D] embeddings of ``images`` in order (at the encoder's own resolution and normalisation)."""
-        import torch
-
-        from mmbench_cli.data.images import preprocess
-
-        todo = list({image.key: image for image in images if image.key not in self.features}.values())
-        for start in range(0, len(todo), self.batch_size):
-            chunk = todo[start:start + self.batch_size]
-            pixels = preprocess(chunk, self.encoder.image_size, self.encoder.image_mean, self.encoder.image_std)
-            with torch.no_grad():
-                embeds = self.encoder(pixels.to(self.device))
-            for ref, emb in zip(chunk, embeds, strict=True):
-                self.features[ref.key] = emb.float()
-        return torch.stack([self.features[image.key] for image in images])
-
-
-def generate_batch(
-    model: MLLM,
-    prompts: Sequence[str],
-    images: Sequence[Sequence[ImageRef]],
-    cache: ImageFeatureCache,
-    max_new_tokens: int,
-    num_beams: int = 1,
-    encoded: Sequence[list[int]] | None = None,
-) -> tuple[list[str], int]:
-    """Generate continuations of interleaved ``prompts`` (left-padded, KV cache); returns (texts, longest prompt).
-
-    ``encoded``: the prompts' token ids when the caller has them already (``encode_interleaved`` of each prompt).
-    """
-    import torch
-
-    from mmbench_cli.data.templates import encode_interleaved
-
-    if encoded is None:
-        encoded = [encode_interleaved(model.tokenizer, text, model.num_image_tokens) for text in prompts]
-    longest = max(len(ids) for ids in encoded)
-    device = next(model.parameters()).device
-    input_ids = torch.full((len(encoded), longest), model.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(encoded), longest), dtype=torch.long)
-    for row, ids in enumerate(encoded):
-        input_ids[row, longest - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, longest - len(ids):] = 1
-    flat_images = [image for row in images for image in row]
-    image_embeds = cache.stack(flat_images) if flat_images else None
-    new_tokens = model.generate(input_ids.to(device), attention_mask.to(device), image_embeds=image_embeds,
-                                max_new_tokens=max_new_tokens, num_beams=num_beams)
-    stops = {model.eoc_token_id, model.eos_token_id}
-    rows = []
-    for row in new_tokens.tolist():  # up to the first stop: the pads after it depend on when the batch stopped
-        end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
-        rows.append(row[:end])
-    return model.tokenizer.batch_decode(rows, skip_special_tokens=False), longest
-
-
-# ------------------------------------------------------------------------------------------ scoring
-def references_of(sample: CaptionSample | VQASample) -> list[str]:
-    """The reference captions or the annotators' answers of a query."""
-    return list(sample.captions) if hasattr(sample, "captions") else list(sample.answers)
-
-
-def sample_id(sample: CaptionSample | VQASample) -> str:
-    """The id a per-sample record carries: the question id of a VQA sample, else the image id."""
-    return str(getattr(sample, "question_id", None) or sample.image_id)
-
-
-def score_predictions(spec: TaskSpec, ids: Sequence[str], predictions: Sequence[str],
-                      references: Sequence[Sequence[str]], vqa_normalize: str = "official") -> tuple[float, list[float]]:
-    """(corpus score, per-sample scores) with the task's metric, on its reported scale (families.METRICS).
-
-    ``vqa_normalize`` (``eval.vqa_normalize``) is passed to the scorers that normalise VQA answers.
-    """
-    from mmbench_cli.evaluate.metrics import NORMALIZING_SCORERS, SCORERS
-
-    if not predictions:
-        raise MMError(f"task {spec.name}: no predictions to score")
-    metric = METRICS[spec.metric]
-    if metric.scorer is None:
-        raise MMError(f"task {spec.name}: metric {spec.metric} is not computed from generated answers")
-    options = {"normalize": vqa_normalize} if metric.scorer in NORMALIZING_SCORERS else {}
-    corpus, per_sample = SCORERS[metric.scorer](ids, predictions, references, **options)
-    return metric.scale * corpus, [metric.scale * value for value in per_sample]
-
-
-def sample_fields(sample: CaptionSample | VQASample) -> dict[str, Any]:
-    """What a per-sample record carries for the task's extra metrics: VizWiz's ``answerable`` label and NoCaps's
-    ``domain``, when the annotations give them."""
-    return {key: sample.meta[key] for key in ("answerable", "domain") if sample.meta.get(key) is not None}
-
-
-def extra_metrics(spec: TaskSpec, records: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """A task's extra metrics from its per-sample records, on the reported scale (x100), as the official evals:
-
-    - ``answerability`` (VizWiz, when every record has an ``answerable`` label): ``average_precision`` and ``f1``
-      of the predicted answerability (a record's ``predicted_answerable``, else 0 if it answered "unanswerable");
-    - ``cider_by_domain`` (NoCaps, when records carry a ``domain``): in-domain / near-domain / out-domain / entire.
-    """
-    from mmbench_cli.evaluate import metrics
-
-    extra: dict[str, dict[str, float]] = {}
-    if not records:
-        return extra
-    if spec.metric == "vizwiz_accuracy" and all(r.get("answerable") is not None for r in records):
-        predicted = [float(r["predicted_answerable"]) if r.get("predicted_answerable") is not None
-                     else metrics.predicted_answerable(str(r["prediction"])) for r in records]
-        scores = metrics.vizwiz_answerability([int(r["answerable"]) for r in records], predicted)
-        if scores is not None:
-            extra["answerability"] = {name: 100.0 * value for name, value in scores.items()}
-    if spec.family == "caption" and any(r.get("domain") for r in records):
-        by_domain = metrics.cider_by_domain([str(r["id"]) for r in records], [str(r["prediction"]) for r in records],
-                                            [list(r["references"]) for r in records],
-                                            [r.get("domain") for r in records])
-        extra["cider_by_domain"] = {name: 100.0 * value for name, value in by_domain.items()}
-    return extra
-
-
-def mean_extra_metrics(per_seed: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """The mean over demo seeds of each extra metric (those every seed has)."""
-    if not per_seed:
-        return {}
-    merged: dict[str, dict[str, float]] = {}
-    for group in per_seed[0]:
-        if all(group in seed for seed in per_seed):
-            names = [n for n in per_seed[0][group] if all(n in seed[group] for seed in per_seed)]
-            merged[group] = {n: sum(seed[group][n] for seed in per_seed) / len(per_seed) for n in names}
-    return merged
 
 
 # --------------------------------------------------------------------------------------------- cells
@@ -303,27 +83,30 @@ class TaskData:
         self.world_version = data_cfg.world_version
 
     def _answer_prior(self, data_cfg: DataConfig) -> float | None:
-        """VQA-family tasks: the score of answering with each question type's most common training answer."""
-        if self.spec.family != "vqa":
+        """The task type's answer prior (e.g. VQA: each question type's most common training answer), scored with
+        the task's metric; None when the type has none or there is no demo split to take it from."""
+        kind = self.spec.task_type
+        if type(kind).answer_prior is TaskType.answer_prior:
             return None
-        from mmbench_cli.evaluate.prior import answer_prior
-
         try:
             train = self.train or load_samples(self.spec, "demos", data_cfg)
         except MMError:  # no training split described (e.g. a 0-shot run on local files): no prior
             return None
-        return answer_prior(train, self.queries,
-                            lambda ids, predictions, references: score_predictions(self.spec, ids, predictions,
-                                                                                   references, self.vqa_normalize))
+        return kind.answer_prior(self.spec, train, self.queries,
+                                 lambda ids, predictions, references: score_predictions(self.spec, ids, predictions,
+                                                                                        references, self.vqa_normalize))
 
     def cell_metadata(self) -> dict[str, Any]:
-        """What every results cell of this task carries besides its numbers (vocabulary, answer prior)."""
+        """What every results cell of this task carries besides its numbers (vocabulary, answer prior, chance)."""
         extra = result_metadata(self.spec, self.world_version)
         if self.prior is not None:
             extra["prior"] = self.prior
+        chance = self.spec.task_type.chance(self.spec, self.queries)
+        if chance is not None:
+            extra["chance"] = chance
         return extra
 
-    def pool(self, seed: int, rices: bool) -> list[CaptionSample | VQASample]:
+    def pool(self, seed: int, rices: bool) -> list[Any]:
         """The demo pool: all train samples for RICES (capped), a per-seed random subset otherwise."""
         return fewshot.demo_pool(self.train, DEMO_POOL_SIZE, 0 if rices else seed)
 
@@ -344,13 +127,14 @@ def run_cell(model: MLLM, data: TaskData, shots: int, seed: int, settings: EvalS
              rices_features: EncoderFeatures | None = None, bucket_by_length: bool = True) -> CellResult:
     """Evaluate one (task, shots, seed) cell and write its per-sample JSONL atomically.
 
-    RICES ranks demos by the model's own pooled image features, or by ``rices_features`` when given. Queries
-    are generated in length-bucketed batches (``length_buckets``; ``bucket_by_length=False``: in query order)
-    and written back in query order.
+    The task type builds the prompts and turns the model's output into answers: ``generate_until`` types generate
+    (in length-bucketed batches, ``length_buckets``; ``bucket_by_length=False``: in query order), ``multiple_choice``
+    types compare the log-likelihoods of their choices (``engine.choice_loglikelihoods``). RICES ranks demos by
+    the model's own pooled image features, or by ``rices_features`` when given.
     """
     from mmbench_cli.data.templates import encode_interleaved
 
-    spec = data.spec
+    spec, kind = data.spec, data.spec.task_type
     start = time.perf_counter()
     queries = data.queries
     text_only = shots == 0 and settings.text_only_zero_shot
@@ -366,32 +150,41 @@ def run_cell(model: MLLM, data: TaskData, shots: int, seed: int, settings: EvalS
             demos = fewshot.select_random(pool, len(queries), num_demos, seed)
     else:
         demos = [[] for _ in queries]
-    max_new = settings.max_new_tokens or spec.max_new_tokens or 16
-    built = [fewshot.build_prompt(demos[i], queries[i], text_only) for i in range(len(queries))]
+    built = [kind.build_prompt(demos[i], queries[i], spec, text_only) for i in range(len(queries))]
     encoded = [encode_interleaved(model.tokenizer, text, model.num_image_tokens) for text, _ in built]
-    batches = (length_buckets([len(ids) for ids in encoded], settings.batch_size) if bucket_by_length else
-               [list(range(b, min(b + settings.batch_size, len(queries)))) for b in range(0, len(queries),
-                                                                                          settings.batch_size)])
-    raw = [""] * len(queries)
-    longest = 0
-    for batch in batches:
-        texts, prompt_len = generate_batch(model, [built[i][0] for i in batch], [built[i][1] for i in batch], cache,
-                                           max_new, settings.num_beams, encoded=[encoded[i] for i in batch])
-        longest = max(longest, prompt_len)
-        for i, text in zip(batch, texts, strict=True):
-            raw[i] = text
+    longest = max((len(ids) for ids in encoded), default=0)
+    chosen: list[dict[str, Any]] = [{} for _ in queries]
+    if kind.output_type == MULTIPLE_CHOICE:
+        raw: list[Any] = choice_loglikelihoods(model, [text for text, _ in built], [images for _, images in built],
+                                               [kind.choices(q, spec) for q in queries], cache, settings.batch_size)
+        predictions = []
+        for i, query in enumerate(queries):
+            answer, chosen[i] = kind.choose(query, spec, raw[i])
+            predictions.append(answer)
         if progress is not None:
-            progress.update(advance=len(batch))
-    predictions = [fewshot.postprocess(t, FAMILIES[spec.family].prompt) for t in raw]
-    ids = [sample_id(q) for q in queries]
-    references = [references_of(q) for q in queries]
+            progress.update(advance=len(queries))
+    else:
+        max_new = settings.max_new_tokens or spec.max_new_tokens or 16
+        batches = (length_buckets([len(ids) for ids in encoded], settings.batch_size) if bucket_by_length else
+                   [list(range(b, min(b + settings.batch_size, len(queries))))
+                    for b in range(0, len(queries), settings.batch_size)])
+        raw = [""] * len(queries)
+        for batch in batches:
+            texts, _ = generate_batch(model, [built[i][0] for i in batch], [built[i][1] for i in batch], cache,
+                                      max_new, settings.num_beams, encoded=[encoded[i] for i in batch])
+            for i, text in zip(batch, texts, strict=True):
+                raw[i] = text
+            if progress is not None:
+                progress.update(advance=len(batch))
+        predictions = [kind.postprocess(text, spec) for text in raw]
+    ids = [kind.sample_id(q) for q in queries]
+    references = [kind.references(q, spec) for q in queries]
     value, per_sample = score_predictions(spec, ids, predictions, references, settings.vqa_normalize)
     lines = []
     for i, query in enumerate(queries):
         record = {"id": ids[i], "prediction": predictions[i], "references": references[i], "score": per_sample[i],
-                  "raw": raw[i], "demos": [sample_id(d) for d in demos[i]], **sample_fields(query)}
-        if hasattr(query, "question"):
-            record["question"] = query.question
+                  **({} if chosen[i] else {"raw": raw[i]}), "demos": [kind.sample_id(d) for d in demos[i]],
+                  **kind.record_fields(query), **chosen[i]}
         lines.append(json.dumps(record))
     atomic_write_text(samples_path, "\n".join(lines) + "\n")
     return CellResult(value=value, n=len(queries), samples_path=samples_path,
@@ -426,6 +219,7 @@ def evaluate(request: EvalRequest, console: Console | None = None) -> list[Path]
             Console(stderr=True).print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     plan = request.resolve(target.config.eval)
     settings = plan.settings
+    add_task_dirs(request.include_paths)  # the user's task files, before any task name is looked up
     mm_tasks = [t for t in plan.tasks if not t.startswith(TEXT_PREFIX)]
     text_tasks = [t for t in plan.tasks if t.startswith(TEXT_PREFIX)]
     specs = {name: resolve_task(name, request.task_data) for name in mm_tasks}  # unknown tasks fail before any work
@@ -456,15 +250,16 @@ def evaluate(request: EvalRequest, console: Console | None = None) -> list[Path]
 
 def _cell_extra(task: TaskData, shots: int, settings: EvalSettings, run: RunDir, samples: list[str]) -> dict[str, Any]:
     """A results cell's ``extra``: the task's metadata, the VQA normalisation and RICES encoder that produced the
-    numbers (where they apply), and the task's extra metrics (mean over the demo seeds' per-sample files)."""
+    numbers (where they apply), and the task type's extra metrics (mean over the demo seeds' per-sample files)."""
     extra = task.cell_metadata()
     normalize = settings.vqa_normalize_for(task.spec)
     if normalize is not None:
         extra["vqa_normalize"] = normalize
     if shots and settings.rices_encoder:
         extra["rices_encoder"] = settings.rices_encoder
-    if task.spec.metric == "vizwiz_accuracy" or any(q.meta.get("domain") for q in task.queries):
-        per_seed = [extra_metrics(task.spec, run.read_samples(run.eval_dir / rel)) for rel in samples]
+    kind = task.spec.task_type
+    if kind.has_extra_metrics(task.spec, task.queries):
+        per_seed = [kind.extra_metrics(task.spec, run.read_samples(run.eval_dir / rel)) for rel in samples]
         extra.update(mean_extra_metrics(per_seed))
     return extra
 

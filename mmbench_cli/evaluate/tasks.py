@@ -1,19 +1,24 @@
-"""Evaluation tasks as data: each names its family, metric, where its queries and demos come from.
+"""Evaluation tasks as data: YAML files naming a task type, where queries and demos come from, and the metric.
 
-Built-in tasks (registry ``TASKS``):
+Built-in tasks ship inside the package (``mmbench_cli/resources/tasks/*.yaml``, read with ``importlib.resources``
+so a wheel install has them) and fill the ``TASKS`` registry; ``--include-path DIR`` adds a user's task files
+(``add_task_dirs``). A task file::
 
-- synthetic-caption / synthetic-vqa / synthetic-ocr: the embedded synthetic world (queries from ``test``,
-  demos from ``train``), no files needed;
-- coco, nocaps, textcaps (captioning, CIDEr) and vqav2, okvqa, textvqa, vizwiz (VQA accuracy) read from
-  local files described in a task-data YAML (``mm eval --task-data FILE``)::
+    name: scienceqa-img            # the name --tasks uses
+    task_type: multiple_choice     # caption | vqa | multiple_choice | yes_no (registry TASK_TYPES)
+    metric: mc_accuracy            # default: the type's; one of its family's metrics (families.py)
+    description: ScienceQA, image questions
+    format: scienceqa              # files: the data format (registry DATA_FORMATS) of query/demos
+    query: {path: problems.json, images: images/, split: test}    # optional: local files, or in --task-data
+    demos: {path: problems.json, images: images/, split: train}
+    synthetic: shape_choice        # instead of files: a split kind of the synthetic world
+    split: test                    # synthetic: the world split queries come from (demos: demo_split, train)
+    max_new_tokens: 5              # generate_until types: the answer's length in tokens
+    options: {choices: letter}     # options of the task type (multiple_choice: choices text|letter, ...)
 
-      vqav2:
-        query: {path: v2_mscoco_val2014_annotations.json, questions: v2_OpenEnded_mscoco_val2014_questions.json,
-                images: val2014/}
-        demos: {path: v2_mscoco_train2014_annotations.json, questions: ..., images: train2014/}
-
-  Each entry is a ``DatasetSpec`` (``format`` defaults to the task's); a whole new task can be declared the
-  same way with ``family`` and ``metric`` keys. Text tasks are ``text:<lm-eval task or group>``.
+A new task of an existing type is one such file and no code. Local paths may also come from a task-data YAML
+(``mm eval --task-data FILE``: task name → ``{query: spec, demos: spec}``), which can declare a whole task with
+``family`` (its task type) and ``metric`` too. Text tasks are ``text:<lm-eval task or group>``.
 """
 
 from __future__ import annotations
@@ -24,19 +29,24 @@ from typing import TYPE_CHECKING, Any
 
 from mmbench_cli.errors import MMError
 from mmbench_cli.families import FAMILIES, METRICS, PROMPTED_FAMILIES
-from mmbench_cli.registry import TASKS
+from mmbench_cli.registry import TASK_TYPES, TASKS
 
 if TYPE_CHECKING:
     from mmbench_cli.config import DataConfig
-    from mmbench_cli.data.types import CaptionSample, VQASample
+    from mmbench_cli.evaluate.task_types import TaskType
+
+TASK_KEYS = ("name", "task_type", "metric", "description", "format", "query", "demos", "synthetic", "split",
+             "demo_split", "max_new_tokens", "options")
+SYNTHETIC_SPLITS = ("test", "train")  # the default query and demo splits of a synthetic task
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     """One few-shot multimodal task: what to load, how to prompt, how to score.
 
-    ``source`` is ``"synthetic"`` (with ``synthetic_kind``: caption, vqa or ocr) or ``"files"`` (``query``
-    and ``demos`` are DatasetSpec dicts, filled from the task-data YAML).
+    ``family`` is the task type's name (``mmbench_cli/evaluate/task_types/``). ``source`` is ``"synthetic"``
+    (with ``synthetic_kind``: a split kind of the world) or ``"files"`` (``query`` and ``demos`` are DatasetSpec
+    dicts, from the task file or the task-data YAML).
     """
 
     name: str
@@ -50,38 +60,134 @@ class TaskSpec:
     max_new_tokens: int | None = None
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    splits: tuple[str, str] = SYNTHETIC_SPLITS
+    path: str | None = None  # the task file it was read from
+
+    @property
+    def task_type(self) -> TaskType:
+        """The task type that prompts, answers and scores this task."""
+        return TASK_TYPES.get(self.family)
 
     def fingerprint(self) -> dict[str, Any]:
-        """What decides this task's numbers besides the model (used to decide whether a cell is reusable)."""
-        return {"family": self.family, "metric": self.metric, "source": self.source,
-                "synthetic_kind": self.synthetic_kind, "query": self.query, "demos": self.demos}
+        """What decides this task's numbers besides the model (used to decide whether a cell is reusable).
+
+        Options and non-default synthetic splits enter only when set, so the tasks that existed before them keep
+        their fingerprints (and their cells stay reusable)."""
+        found = {"family": self.family, "metric": self.metric, "source": self.source,
+                 "synthetic_kind": self.synthetic_kind, "query": self.query, "demos": self.demos}
+        if self.options:
+            found["options"] = self.options
+        if self.splits != SYNTHETIC_SPLITS:
+            found["splits"] = list(self.splits)
+        return found
 
 
-def _synthetic(name: str, family: str, metric: str, kind: str, description: str, tokens: int) -> TaskSpec:
-    return TaskSpec(name=name, family=family, metric=metric, source="synthetic", synthetic_kind=kind,
-                    max_new_tokens=tokens, description=description)
+# ------------------------------------------------------------------------------------------ task files
+def _where(origin: str, key: str) -> str:
+    return f"{origin}: {key}"
 
 
-def _files(name: str, family: str, metric: str, fmt: str, description: str, tokens: int) -> TaskSpec:
-    return TaskSpec(name=name, family=family, metric=metric, default_format=fmt, max_new_tokens=tokens,
-                    description=description)
+def parse_task(data: Any, origin: str) -> TaskSpec:
+    """A TaskSpec from one task file's mapping (MMError naming the file and key on anything wrong)."""
+    if not isinstance(data, dict):
+        raise MMError(f"{origin}: expected a mapping with name, task_type, ...")
+    unknown = sorted(set(data) - set(TASK_KEYS))
+    if unknown:
+        raise MMError(f"{_where(origin, unknown[0])}: unknown key; allowed: {', '.join(TASK_KEYS)}")
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip() or name.startswith("text:"):
+        raise MMError(f"{_where(origin, 'name')}: needs a task name (not text:..., which names lm-eval tasks)")
+    kind = data.get("task_type")
+    if kind not in TASK_TYPES:
+        raise MMError(f"{_where(origin, 'task_type')}: {kind!r} unknown; choose from: {', '.join(TASK_TYPES.names())}")
+    type_ = TASK_TYPES.get(kind)
+    metric = data.get("metric", type_.default_metric)
+    allowed = [m for m in FAMILIES[kind].metrics if METRICS[m].scorer is not None]
+    if metric not in allowed:
+        raise MMError(f"{_where(origin, 'metric')}: {metric!r} is not a {kind} metric; choose from: {', '.join(allowed)}")
+    synthetic = data.get("synthetic")
+    if synthetic is not None and synthetic not in type_.synthetic_kinds:
+        raise MMError(f"{_where(origin, 'synthetic')}: {synthetic!r} is not a synthetic {kind} split; choose from: "
+                      f"{', '.join(type_.synthetic_kinds) or 'none'}")
+    if synthetic is None and not isinstance(data.get("format"), str):
+        raise MMError(f"{origin}: give `format:` (a data format for local files) or `synthetic:` (a world split)")
+    options = data.get("options") or {}
+    if not isinstance(options, dict):
+        raise MMError(f"{_where(origin, 'options')}: expected a mapping")
+    tokens = data.get("max_new_tokens", type_.max_new_tokens)
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise MMError(f"{_where(origin, 'max_new_tokens')}: {tokens!r} must be an integer >= 1")
+    splits = (str(data.get("split", SYNTHETIC_SPLITS[0])), str(data.get("demo_split", SYNTHETIC_SPLITS[1])))
+    spec = TaskSpec(name=name, family=kind, metric=metric, source="synthetic" if synthetic else "files",
+                    synthetic_kind=synthetic, default_format=data.get("format"), max_new_tokens=tokens,
+                    description=str(data.get("description", "")), options=dict(options), splits=splits,
+                    path=origin)
+    if synthetic is None and (data.get("query") or data.get("demos")):
+        spec = with_files(spec, {key: data[key] for key in ("query", "demos") if data.get(key)})
+    return spec
 
 
-for _spec in (
-    _synthetic("synthetic-caption", "caption", "CIDEr", "caption", "captions of the synthetic world", 20),
-    _synthetic("synthetic-vqa", "vqa", "vqa_accuracy", "vqa", "colour/count/position/yes-no questions", 5),
-    _synthetic("synthetic-ocr", "vqa", "vqa_accuracy", "ocr", "what word is written (TextVQA-like)", 5),
-    _files("coco", "caption", "CIDEr", "coco-karpathy", "COCO captions (Karpathy test split)", 20),
-    _files("nocaps", "caption", "CIDEr", "nocaps", "NoCaps (COCO-format annotations)", 20),
-    _files("textcaps", "caption", "CIDEr", "textcaps", "TextCaps captions", 20),
-    _files("vqav2", "vqa", "vqa_accuracy", "vqav2", "VQAv2 (annotations + questions JSON)", 5),
-    _files("okvqa", "vqa", "vqa_accuracy", "okvqa", "OK-VQA (VQAv2 format)", 5),
-    _files("textvqa", "vqa", "vqa_accuracy", "textvqa", "TextVQA", 5),
-    _files("vizwiz", "vqa", "vizwiz_accuracy", "vizwiz", "VizWiz VQA (unanswerable as VizWiz's eval)", 5),
-):
-    TASKS.add(_spec.name, _spec)
+def _read_task_file(path: Path, origin: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise MMError(f"{origin}: not valid YAML ({str(error).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise MMError(f"{origin}: not UTF-8 text") from None
 
 
+def builtin_task_files() -> list[Path]:
+    """The task YAMLs shipped in the package (``mmbench_cli/resources/tasks/``, ``resources.resource_path``), by name."""
+    from mmbench_cli.resources import resource_path
+
+    return sorted(p for p in resource_path("tasks").iterdir() if p.suffix in (".yaml", ".yml"))
+
+
+def _register(spec: TaskSpec) -> None:
+    if spec.name in TASKS and TASKS.get(spec.name) != spec:
+        earlier = TASKS.get(spec.name).path or "a built-in task"
+        raise MMError(f"{spec.path}: task {spec.name!r} is already defined by {earlier}; give it another name")
+    TASKS.add(spec.name, spec)
+
+
+def add_task_dirs(paths: list[Path] | list[str] | tuple[Path, ...]) -> list[str]:
+    """Register the multimodal task files under each ``--include-path`` directory (or file); returns their names.
+
+    A YAML there without a ``task_type`` key is not ours (lm-eval's text tasks share the option) and is skipped.
+    """
+    import yaml
+
+    names = []
+    for root in map(Path, paths):
+        if not root.exists():
+            raise MMError(f"--include-path {root}: no such directory or file")
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml"))
+        for path in files:
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (yaml.YAMLError, UnicodeDecodeError):
+                continue  # lm-eval's YAMLs may use its own tags (!function); a task file of ours must parse
+            if isinstance(data, dict) and "task_type" in data:
+                spec = parse_task(data, str(path))
+                _register(spec)
+                names.append(spec.name)
+    return names
+
+
+def task_table() -> list[TaskSpec]:
+    """Every registered multimodal task, by name (``mm eval --list-tasks``)."""
+    return [spec for _, spec in TASKS.items()]
+
+
+for _file in builtin_task_files():
+    _register(parse_task(_read_task_file(_file, f"mmbench_cli/resources/tasks/{_file.name}"),
+                         f"mmbench_cli/resources/tasks/{_file.name}"))
+
+
+# ------------------------------------------------------------------------------------- local file specs
 def read_task_data(path: str | Path | None) -> dict[str, dict[str, Any]]:
     """Read a task-data YAML (task name → {query: spec, demos: spec, family?, metric?}); {} for None."""
     if path is None:
@@ -119,56 +225,57 @@ def resolve_task(name: str, task_data: dict[str, dict[str, Any]] | None = None) 
         spec = TaskSpec(name=name, family=family, metric=metric, max_new_tokens=FAMILIES[family].max_new_tokens)
     else:
         raise MMError(f"unknown task {name!r}; choose from: {', '.join(TASKS.names())}, text:<lm-eval task>, "
-                      "or declare it in --task-data")
+                      "a task file in --include-path DIR, or declare it in --task-data")
     if entry is None:
         return spec
     if spec.source == "synthetic":
         raise MMError(f"task-data {name}: synthetic tasks take no files; use another task name")
-    fmt = entry.get("format", spec.default_format)
-    query = _dataset_spec(name, "query", entry.get("query"), fmt, spec.family)
-    demos = _dataset_spec(name, "demos", entry.get("demos"), fmt, spec.family) if entry.get("demos") else None
-    return replace(spec, query=query, demos=demos,
-                   max_new_tokens=int(entry.get("max_new_tokens", spec.max_new_tokens or 16)))
+    spec = with_files(replace(spec, default_format=entry.get("format", spec.default_format)),
+                      {key: entry[key] for key in ("query", "demos") if entry.get(key)}, "task-data")
+    return replace(spec, max_new_tokens=int(entry.get("max_new_tokens", spec.max_new_tokens or 16)))
 
 
-def _dataset_spec(task: str, role: str, raw: Any, fmt: str | None, family: str) -> dict[str, Any]:
+def with_files(spec: TaskSpec, files: dict[str, Any], where: str | None = None) -> TaskSpec:
+    """``spec`` with its ``query`` and/or ``demos`` DatasetSpecs (a demos spec alone keeps the query's)."""
+    origin = where or spec.path or "task"
+    query = _dataset_spec(spec, "query", files["query"], origin) if "query" in files else spec.query
+    demos = _dataset_spec(spec, "demos", files["demos"], origin) if "demos" in files else spec.demos
+    return replace(spec, query=query, demos=demos)
+
+
+def _dataset_spec(spec: TaskSpec, role: str, raw: Any, origin: str) -> dict[str, Any]:
     from pydantic import ValidationError
 
     from mmbench_cli.config import DatasetSpec
 
+    task = spec.name
     if not isinstance(raw, dict):
-        raise MMError(f"task-data {task}.{role}: expected a mapping like {{path: ..., images: ...}}")
-    data = {"format": fmt, **raw}
+        raise MMError(f"{origin} {task}.{role}: expected a mapping like {{path: ..., images: ...}}")
+    data = {"format": spec.default_format, **raw}
     for key in ("path", "questions", "images"):
         if isinstance(data.get(key), str):
             data[key] = str(Path(data[key]).expanduser())
     if data["format"] == "coco-karpathy" and role == "query":
         data.setdefault("split", "test")  # Karpathy's test split; demos default to train (+restval)
-    data.setdefault("kind", family)
+    if spec.task_type.dataset_kind is not None:
+        data.setdefault("kind", spec.task_type.dataset_kind)
     try:
         return DatasetSpec.model_validate(data).model_dump(mode="json")
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise MMError(f"task-data {task}.{role}.{where}: {first['msg']}") from None
+        raise MMError(f"{origin} {task}.{role}.{where}: {first['msg']}") from None
 
 
+# ------------------------------------------------------------------------------------------------ samples
 def result_metadata(spec: TaskSpec, world_version: int = 1) -> dict[str, Any]:
-    """What a task's results cells carry besides the numbers, for readers that cannot load the task.
-
-    Synthetic captioning records the world's colour and shape words (``vocabulary``; world version 4 draws three
-    of the five shapes), so a report can check whether captions name what is in the image without importing the
-    data package.
-    """
-    if spec.source == "synthetic" and spec.synthetic_kind == "caption":
-        from mmbench_cli.data.synthetic import COLORS, SHAPES, V4_SHAPES
-
-        return {"vocabulary": {"colour": list(COLORS), "shape": list(V4_SHAPES if world_version >= 4 else SHAPES)}}
-    return {}
+    """What a task's results cells carry besides the numbers, for readers that cannot load the task (the task
+    type's ``result_metadata``: e.g. synthetic captioning's colour and shape words)."""
+    return spec.task_type.result_metadata(spec, world_version)
 
 
-def load_samples(spec: TaskSpec, role: str, data_cfg: DataConfig, verify: str = "header") -> list[CaptionSample | VQASample]:
-    """Samples for ``role`` ("query" or "demos") of a task: CaptionSample or VQASample objects.
+def load_samples(spec: TaskSpec, role: str, data_cfg: DataConfig, verify: str = "header") -> list[Any]:
+    """Samples for ``role`` ("query" or "demos") of a task, of its task type's sample type.
 
     ``verify`` is how hard image files are checked (``none`` when only the annotations are needed, as to score
     another system's predictions).
@@ -176,11 +283,8 @@ def load_samples(spec: TaskSpec, role: str, data_cfg: DataConfig, verify: str = 
     if spec.source == "synthetic":
         from mmbench_cli.data.synthetic import world_from_config
 
-        world = world_from_config(data_cfg)
-        split = "test" if role == "query" else "train"
-        if spec.synthetic_kind == "caption":
-            return world.captions(split)
-        return world.vqa(split, spec.synthetic_kind or "vqa")
+        split = spec.splits[0] if role == "query" else spec.splits[1]
+        return spec.task_type.synthetic_samples(world_from_config(data_cfg), split, spec)
     dataset = spec.query if role == "query" else spec.demos
     if dataset is None:
         if role == "query":
@@ -191,17 +295,14 @@ def load_samples(spec: TaskSpec, role: str, data_cfg: DataConfig, verify: str = 
     return load_dataset(dataset, spec, verify)
 
 
-def load_dataset(dataset: dict[str, Any], spec: TaskSpec, verify: str = "header") -> list[CaptionSample | VQASample]:
+def load_dataset(dataset: dict[str, Any], spec: TaskSpec, verify: str = "header") -> list[Any]:
     """Load a DatasetSpec dict through the data formats registry and check the samples fit the task."""
     from mmbench_cli.config import DatasetSpec
     from mmbench_cli.data.formats import load_dataset_spec
-    from mmbench_cli.data.types import CaptionSample, VQASample
 
     samples = load_dataset_spec(DatasetSpec.model_validate(dataset), False, verify)
-    wanted = CaptionSample if spec.family == "caption" else VQASample
-    good = [s for s in samples if isinstance(s, wanted)]
+    good = [s for s in samples if spec.task_type.accepts(s)]
     if not good:
         raise MMError(f"{dataset['path']}: no {spec.family} samples for task {spec.name} "
                       f"(format {dataset.get('format')}); check the file and format")
     return good
-

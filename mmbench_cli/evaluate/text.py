@@ -23,7 +23,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
 from mmbench_cli.errors import MMError
-from mmbench_cli.families import FAMILIES, METRICS, TEXT_PREFIX
+from mmbench_cli.families import FAMILIES, METRICS, TEXT_FAMILY, TEXT_PREFIX
 from mmbench_cli.resources import resource_path
 from mmbench_cli.rundir import ResultCell, samples_file_name
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 
 def _resolve_model_dir(path: str | Path) -> Path:
-    from mmbench_cli.evaluate.runner import resolve_target
+    from mmbench_cli.evaluate.target import resolve_target
 
     return resolve_target(path).checkpoints[-1].path
 
@@ -225,7 +225,7 @@ def run_text_tasks(model: MLLM, names: Sequence[str], include_paths: Sequence[st
 
 
 def _main_metric(metrics: dict[str, Any]) -> tuple[str, float] | None:
-    for name in FAMILIES["text"].metrics:
+    for name in FAMILIES[TEXT_FAMILY].metrics:
         for key, value in metrics.items():
             if key.split(",")[0] == name and isinstance(value, int | float):
                 return name, float(value)

@@ -27,6 +27,7 @@ class Metric:
     scorer: str | None
     higher_is_better: bool = True
     scale: float = 1.0  # the factor from the underlying metric to the reported number (MM1: CIDEr x 100, % acc)
+    unit: str = "points"  # what a difference is counted in, in prose ("CIDEr" for CIDEr, percentage points else)
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,13 @@ class Family:
     prompt: str | None
     max_new_tokens: int | None
     summary_task: str | None = None
+    queries_are_images: bool = False  # one query per image (captioning): a query id is an image id
 
 
 METRICS: dict[str, Metric] = {
     metric.name: metric
     for metric in (
-        Metric("CIDEr", "caption", "cider", scale=100.0),
+        Metric("CIDEr", "caption", "cider", scale=100.0, unit="CIDEr"),
         Metric("vqa_accuracy", "vqa", "vqa_accuracy", scale=100.0),
         Metric("vizwiz_accuracy", "vqa", "vizwiz_accuracy", scale=100.0),
         Metric("mc_accuracy", "multiple_choice", "option_accuracy", scale=100.0),
@@ -71,7 +73,8 @@ METRICS: dict[str, Metric] = {
 FAMILIES: dict[str, Family] = {
     family.name: family
     for family in (
-        Family("caption", "Caption", "caption_avg", "caption avg", ("CIDEr",), prompt="caption", max_new_tokens=20),
+        Family("caption", "Caption", "caption_avg", "caption avg", ("CIDEr",), prompt="caption", max_new_tokens=20,
+               queries_are_images=True),
         Family("vqa", "VQA", "vqa_avg", "VQA avg", ("vqa_accuracy", "vizwiz_accuracy"), prompt="vqa",
                max_new_tokens=5),
         Family("multiple_choice", "Multiple choice", "mc_avg", "MC avg",
@@ -95,6 +98,18 @@ def family_of_metric(metric: str | None) -> str | None:
     """The family a metric belongs to (None for a metric not in the table)."""
     found = METRICS.get(metric or "")
     return found.family if found else None
+
+
+def unit_word(metric: str | None) -> str:
+    """What a difference in ``metric`` is counted in, in prose (unknown metrics and mixed units: points)."""
+    found = METRICS.get(metric or "")
+    return found.unit if found else "points"
+
+
+def queries_are_images(family: str | None) -> bool:
+    """Whether a family's queries are images (captioning), so that a query id is an image id."""
+    found = FAMILIES.get(family or "")
+    return found.queries_are_images if found else False
 
 
 def higher_is_better(metric: str | None) -> bool:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from mmbench_cli.config import default_axes_path, read_yaml
 from mmbench_cli.errors import MMError
-from mmbench_cli.families import FAMILIES, family_of_metric, higher_is_better
+from mmbench_cli.families import FAMILIES, family_of_metric, higher_is_better, unit_word
 from mmbench_cli.report.grounding import query_precisions, run_vocabularies
 from mmbench_cli.report.load import SEED_AXIS, Run, Study
 from mmbench_cli.report.stats import (
@@ -269,7 +269,7 @@ def _cell_checks(runs: list[Run], seeds: list[SeedScores], measure: Measure,
 
 
 def _unit_word(measure: Measure) -> str:
-    return "points" if measure.grounding or measure.unit != "CIDEr" else "CIDEr"
+    return "points" if measure.grounding else unit_word(measure.unit)
 
 
 def _flags(measure: Measure, groups: list[str], checks: dict[str, _CellChecks], encoders: dict[str, list[str]],
@@ -474,7 +474,7 @@ def _number_text(value: float, decimals: int) -> str:
 def _unit(measure: Measure) -> str:
     if measure.grounding:
         return "points of colour precision"
-    return "CIDEr" if measure.unit == "CIDEr" else "points"
+    return unit_word(measure.unit)
 
 
 def _where(measure: Measure) -> str:

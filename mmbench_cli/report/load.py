@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from mmbench_cli.errors import MMError
+from mmbench_cli.families import queries_are_images
 from mmbench_cli.rundir import Checkpoint, EvalResult, ResultCell, RunDir, is_number, read_json_file
 
 SEED_AXIS = "seed"
@@ -304,7 +305,7 @@ def cluster_key(record: dict[str, Any], family: str | None = None) -> str | None
         image, sep, number = ident.rpartition(":q")  # the synthetic world's question ids: <image id>:q<k>
         if sep and image and number.isdigit():
             return f"image:{image}"
-    if family == "caption" and isinstance(ident, (str, int)) and not isinstance(ident, bool):
+    if queries_are_images(family) and isinstance(ident, (str, int)) and not isinstance(ident, bool):
         return f"image:{ident}"
     return None
 

@@ -207,11 +207,10 @@ def axis_bars(study: Study, resamples: int = DEFAULT_RESAMPLES) -> list[Figure]:
                                              linewidth=0.8, zorder=4)
                         handles.setdefault("one training seed (a cell's run)", dots)
             family = next(f for f in FAMILIES.values() if f.name == family_columns[0].family)
-            if family.name == "vqa":
-                family_tasks = [t for t, info in tasks.items() if info.family == "vqa"]
-                prior = answer_prior(study, family_tasks, family_columns[0].shots or "0")
-                if prior is not None:
-                    handles.setdefault("answer prior", panel.axhline(prior, color="#555555", linestyle="--", linewidth=1))
+            family_tasks = [t for t, info in tasks.items() if info.family == family.name]
+            prior = answer_prior(study, family_tasks, family_columns[0].shots or "0")  # where the tasks record one
+            if prior is not None:
+                handles.setdefault("answer prior", panel.axhline(prior, color="#555555", linestyle="--", linewidth=1))
             panel.set_title(title)
             panel.set_ylabel(_family_unit(family.name, tasks))
             _tick_labels(panel, [_short(v, 24) for v in values])
@@ -456,7 +455,7 @@ def dynamics(study: Study) -> list[Figure]:
                             by_flops[group].setdefault(float(step), []).append((flops, cell.value))
                         if (run.name, step) in repeated:
                             flagged.append((float(step), flops, cell.value))
-            prior = answer_prior(study, [task], shots) if info.family == "vqa" else None
+            prior = answer_prior(study, [task], shots)  # None where the task records no prior
             for row, (lines, xlabel, unit) in enumerate(((by_step, "training step (log)", ""),
                                                          (by_flops, "training compute (log)", "FLOP"))):
                 panel = panels[row][j]
@@ -482,7 +481,7 @@ def dynamics(study: Study) -> list[Figure]:
             f"{task} ({info.metric or 'score'}) at each evaluated checkpoint vs. training step and vs. training compute "
             "(FLOPs); one line per cell through its checkpoints in step order (mean over its training seeds), shaded: "
             "min..max over the seeds; × a checkpoint whose content hash repeats (see Repeated checkpoints)"
-            + ("; dashed: the answer prior" if info.family == "vqa" else "") + ".", _to_svg(fig)))
+            + ("; dashed: the answer prior" if prior is not None else "") + ".", _to_svg(fig)))
     return figures
 
 

@@ -203,8 +203,8 @@ def evaluate(
     args: list[str] = typer.Argument(
         None, show_default=False,
         help="RUN_OR_CHECKPOINT (a run dir, a checkpoints/step_N dir, or a `mm build -o` dir), then "
-        "`--tasks T ...` (synthetic-caption, synthetic-vqa, synthetic-ocr, coco, nocaps, textcaps, vqav2, okvqa, "
-        "textvqa, vizwiz, text:<lm-eval task|group>), `--shots K ...` and `--include-path DIR ...`.",
+        "`--tasks T ...` (see --list-tasks; text:<lm-eval task|group> for text), `--shots K ...` and "
+        "`--include-path DIR ...` (your task YAMLs: multimodal ones with a task_type key, lm-eval's text tasks).",
     ),
     seeds: int | None = typer.Option(None, "--seeds", help="Demo seeds (random selection); mean ± std."),
     all_checkpoints: bool = typer.Option(False, "--all-checkpoints", help="Evaluate every checkpoint of the run."),
@@ -233,6 +233,8 @@ def evaluate(
                                              "encoder (hf:<dir>) instead of the model's features."),
     as_json: bool = typer.Option(False, "--json", help="Print the results files as one JSON document on stdout "
                                  "instead of tables; progress goes to stderr."),
+    list_tasks: bool = typer.Option(False, "--list-tasks", help="List the multimodal tasks (built in and in "
+                                    "--include-path) with their task type, metric and data, then exit."),
 ) -> None:
     """Few-shot captioning (CIDEr) and VQA (VQA accuracy), and text tasks through lm-evaluation-harness."""
     from mmbench_cli.evaluate import cli_eval
@@ -240,6 +242,9 @@ def evaluate(
     from mmbench_cli.evaluate.tasks import read_task_data
 
     positional, multi = cli_eval.parse_extra_args(list(args or []))
+    if list_tasks:
+        cli_eval.list_tasks([Path(p) for p in multi.get("--include-path", [])], console, as_json)
+        return
     files = cli_eval.AnnotationFiles(annotations, questions, images, data_format)
     task_map = read_task_data(task_data)
     if predictions is not None:

@@ -160,6 +160,29 @@ def score_predictions_command(predictions: Path, task: str | None, task_data: di
         console.print(f"per-sample scores: {out}\nsummary: {summary_path(Path(out))}", highlight=False, soft_wrap=True)
 
 
+def list_tasks(include_paths: list[Path], console: Console, as_json: bool = False) -> None:
+    """``mm eval --list-tasks``: every multimodal task with its type, metric, data and where it is defined."""
+    from mmbench_cli.evaluate.tasks import add_task_dirs, task_table
+
+    add_task_dirs(include_paths)
+    rows = [{"task": spec.name, "type": spec.family, "metric": spec.metric,
+             "data": f"synthetic:{spec.synthetic_kind}" if spec.source == "synthetic" else str(spec.default_format),
+             "description": spec.description, "file": spec.path or ""} for spec in task_table()]
+    if as_json:
+        import json
+
+        print(json.dumps({"tasks": rows}, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="multimodal tasks (text tasks: text:<lm-eval task or group>)", title_justify="left")
+    for column in ("task", "type", "metric", "data", "description"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["task"], row["type"], row["metric"], row["data"], row["description"])
+    console.print(table)
+
+
 def extra_metric_lines(extra: dict[str, Any]) -> list[str]:
     """One line per extra metric group of a results cell or summary (VizWiz answerability, NoCaps domains)."""
     lines = []

@@ -28,6 +28,7 @@ import dataclasses
 import io
 import math
 import random
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -39,7 +40,15 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mmbench_cli.data.templates import EOC_TOKEN as EOC
 from mmbench_cli.data.templates import SPECIAL_TOKENS, text_qa
-from mmbench_cli.data.types import CaptionSample, ImageRef, InterleavedDoc, TextDoc, VQASample
+from mmbench_cli.data.types import (
+    CaptionSample,
+    ImageRef,
+    InterleavedDoc,
+    MultipleChoiceSample,
+    TextDoc,
+    VQASample,
+    YesNoSample,
+)
 from mmbench_cli.errors import MMError
 from mmbench_cli.rundir import atomic_write_bytes
 
@@ -76,6 +85,7 @@ RENDER_VERSION = 1  # bump when rendering changes (invalidates the image cache)
 RESIZE_VERSION = 1  # bump when data.images.resize_square changes (invalidates the stored resized pixels)
 NATIVE_SIZE = 256
 SPLITS = ("train", "val", "test")
+POPE_NEGATIVES = ("random", "popular", "adversarial")  # how POPE draws the absent objects it asks about
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 38, 38),
@@ -872,6 +882,66 @@ class SyntheticWorld:
                     meta={"split": split, "kind": kind, "hard": item["hard"], "source": "synthetic"},
                 ))
         self._memo[("vqa", split, kind)] = samples
+        return list(samples)
+
+    # multiple choice and POPE-style probes --------------------------------------------------------
+    def multiple_choice(self, split: str) -> list[MultipleChoiceSample]:
+        """"what shape is the red one?" for a colour that one object of the image has, with the world's shapes as
+        options (the right one and up to three others, shuffled per question; world 4's three shapes are all
+        options). Images where no colour is unique ask nothing."""
+        if ("choice", split) in self._memo:
+            return list(self._memo[("choice", split)])
+        shapes = _vocabulary(self.version)[0]
+        samples = []
+        for image in self.images(split):
+            index = int(image.path.stem)
+            rng = _rng("choice", self.seed, split, index)
+            colours = Counter(obj.color for obj in image.scene.objects)
+            unique = [obj for obj in image.scene.objects if colours[obj.color] == 1]
+            if not unique:
+                continue
+            obj = rng.choice(unique)
+            options = [obj.shape, *rng.sample([s for s in shapes if s != obj.shape], min(3, len(shapes) - 1))]
+            rng.shuffle(options)
+            samples.append(MultipleChoiceSample(
+                question_id=f"{image.key}:choice", images=[image], question=f"what shape is the {obj.color} one?",
+                options=options, answer=options.index(obj.shape),
+                meta={"split": split, "source": "synthetic", "image_id": image.key}))
+        self._memo[("choice", split)] = samples
+        return list(samples)
+
+    def pope(self, split: str, negatives: str = "random", per_image: int = 3) -> list[YesNoSample]:
+        """POPE-style object-presence questions ("is there a red circle in the image?"): for each image up to
+        ``per_image`` of its objects (colour + shape) answered yes, and as many absent objects answered no, drawn
+        as POPE draws them from the split's statistics: ``random`` (uniformly), ``popular`` (the split's most
+        frequent objects) or ``adversarial`` (the objects that co-occur most with the image's own)."""
+        if negatives not in POPE_NEGATIVES:
+            raise MMError(f"pope negatives {negatives!r}: choose from {', '.join(POPE_NEGATIVES)}")
+        key = ("pope", split, negatives, str(per_image))
+        if key in self._memo:
+            return list(self._memo[key])
+        shapes = _vocabulary(self.version)[0]
+        vocabulary = [f"{colour} {shape}" for colour in COLORS for shape in shapes]
+        present = [sorted({f"{obj.color} {obj.shape}" for obj in image.scene.objects}) for image in self.images(split)]
+        frequency = Counter(name for names in present for name in names)
+        together: Counter[tuple[str, str]] = Counter((a, b) for names in present for a in names for b in names if a != b)
+        samples = []
+        for image, names in zip(self.images(split), present, strict=True):
+            index = int(image.path.stem)
+            positives = _rng("pope", self.seed, split, index).sample(names, min(per_image, len(names)))
+            absent = [name for name in vocabulary if name not in names]
+            if negatives == "random":
+                chosen = _rng("pope-random", self.seed, split, index).sample(absent, min(len(positives), len(absent)))
+            else:
+                score = {n: frequency[n] if negatives == "popular" else sum(together[(own, n)] for own in names)
+                         for n in absent}
+                chosen = sorted(absent, key=lambda n: (-score[n], n))[:len(positives)]
+            for number, (name, label) in enumerate([(n, "yes") for n in positives] + [(n, "no") for n in chosen]):
+                samples.append(YesNoSample(
+                    question_id=f"{image.key}:pope{number}", image_id=image.key, image=image,
+                    question=f"is there {'an' if name[0] in 'aeiou' else 'a'} {name} in the image?", label=label,
+                    meta={"split": negatives, "source": "synthetic", "object": name}))
+        self._memo[key] = samples
         return list(samples)
 
     # interleaved documents -----------------------------------------------------------------------

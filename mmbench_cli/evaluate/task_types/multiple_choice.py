@@ -108,7 +108,7 @@ class MultipleChoiceType(TaskType):
         return rotation_id(sample.question_id, sample.rotation)
 
     def record_fields(self, sample: Any) -> dict[str, Any]:
-        return {"question": sample.question}
+        return {"image_id": sample.image_id, "question": sample.question}
 
     # ---- scores
     def has_extra_metrics(self, spec: TaskSpec, queries: Sequence[Any]) -> bool:

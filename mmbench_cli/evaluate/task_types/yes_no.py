@@ -45,7 +45,7 @@ class YesNoType(TaskType):
         return [sample.label]
 
     def record_fields(self, sample: Any) -> dict[str, Any]:
-        fields = {"question": sample.question}
+        fields = {"image_id": sample.image_id, "question": sample.question}
         if sample.meta.get("split"):
             fields["negatives"] = sample.meta["split"]
         return fields

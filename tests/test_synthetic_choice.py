@@ -55,12 +55,12 @@ def test_pope_negatives_follow_the_worlds_statistics(world: SyntheticWorld) -> N
 
 def test_choice_loglikelihoods_do_not_depend_on_the_batch(tmp_path: Path) -> None:
     import torch
+    from model_fixtures import save_tiny_model
+    from test_eval import TINY
 
     from mmbench_cli.data.templates import encode_interleaved
     from mmbench_cli.evaluate.engine import ImageFeatureCache, choice_loglikelihoods
     from mmbench_cli.model import load_model
-    from model_fixtures import save_tiny_model
-    from test_eval import TINY
 
     model = load_model(save_tiny_model(tmp_path / "model", TINY))
     world = SyntheticWorld(seed=0, num_train_images=4, num_val_images=2, num_test_images=6, version=4)

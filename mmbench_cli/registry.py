@@ -83,7 +83,8 @@ class Registry(Generic[T]):
 ENCODERS: Registry[Any] = Registry("encoder", "model.encoder", ("mmbench_cli.model.encoders",))
 CONNECTORS: Registry[Any] = Registry("connector", "model.connector", ("mmbench_cli.model.connectors",))
 LMS: Registry[Any] = Registry("language model", "model.lm", ("mmbench_cli.model.lm",))
-DATA_FORMATS: Registry[Any] = Registry("data format", "format", ("mmbench_cli.data.formats",))
+DATA_FORMATS: Registry[Any] = Registry("data format", "format", ("mmbench_cli.data.formats",
+                                                                  "mmbench_cli.data.benchmarks"))
 TASKS: Registry[Any] = Registry("task", "eval.tasks", ("mmbench_cli.evaluate.tasks",))
 TASK_TYPES: Registry[Any] = Registry("task type", "task_type", (
     "mmbench_cli.evaluate.task_types.caption", "mmbench_cli.evaluate.task_types.vqa",

@@ -726,7 +726,7 @@ def load_dataset_spec(spec: DatasetSpec, skip_bad: bool = False, verify: str = "
     loader = DATA_FORMATS.get(spec.format)
     ctx = LoadContext(spec=spec, skip_bad=skip_bad, verify=verify)
     path = Path(spec.path).expanduser()
-    if path.is_dir():
+    if path.is_dir() and not getattr(loader, "reads_directories", False):
         samples = load_hf_directory(spec, ctx)
     elif not path.exists():
         raise MMError(f"{path}: file not found; check data.datasets[].path")

@@ -77,7 +77,8 @@ class TaskData:
                  vqa_normalize: str = "official") -> None:
         self.spec = spec
         self.vqa_normalize = vqa_normalize
-        self.queries = fewshot.query_set(load_samples(spec, "query", data_cfg), num_samples)
+        self.queries = spec.task_type.expand_queries(fewshot.query_set(load_samples(spec, "query", data_cfg),
+                                                                       num_samples), spec)
         self.train = load_samples(spec, "demos", data_cfg) if need_demos else []
         self.prior = self._answer_prior(data_cfg)
         self.world_version = data_cfg.world_version

@@ -48,6 +48,10 @@ class TaskType:
         """The synthetic world's samples of ``split`` for a task of this type."""
         raise MMError(f"task {spec.name}: task type {self.name} has no synthetic split")
 
+    def expand_queries(self, queries: Sequence[Any], spec: TaskSpec) -> list[Any]:
+        """The queries a cell asks, from the task's query set (e.g. CircularEval's rotations of each question)."""
+        return list(queries)
+
     def accepts(self, sample: Any) -> bool:
         """Whether a loaded sample belongs to a task of this type."""
         return isinstance(sample, self.sample_type)

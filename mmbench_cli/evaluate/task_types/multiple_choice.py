@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from mmbench_cli.data import templates
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 LETTERS = "ABCDEFGHIJ"
 CHOICE_STYLES = ("text", "letter")
+CIRCULAR_METRIC = "circular_accuracy"  # MMBench's CircularEval: every rotation of a question must be right
 NORMALIZED_METRIC = "mc_accuracy_norm"  # the metric that picks the option by log-likelihood per character
 ROTATION = re.compile(r"#r\d+$")  # a CircularEval rotation's suffix on its question id
 
@@ -59,6 +61,19 @@ class MultipleChoiceType(TaskType):
 
     def synthetic_samples(self, world: SyntheticWorld, split: str, spec: TaskSpec) -> list[Any]:
         return world.multiple_choice(split)
+
+    def expand_queries(self, queries: Sequence[Any], spec: TaskSpec) -> list[Any]:
+        """With CircularEval (``metric: circular_accuracy`` or ``options: {circular: true}``), every question
+        followed by its rotations: options shifted by 1..k-1 places (ABCD, BCDA, CDAB, DABC), the answer with them."""
+        if not (spec.metric == CIRCULAR_METRIC or spec.options.get("circular")):
+            return list(queries)
+        expanded = []
+        for sample in queries:
+            count = len(sample.options)
+            expanded += [replace(sample, options=sample.options[shift:] + sample.options[:shift],
+                                 answer=(sample.answer - shift) % count, rotation=shift, meta=dict(sample.meta))
+                         for shift in range(count)]
+        return expanded
 
     # ---- prompts
     def _body(self, sample: MultipleChoiceSample) -> str:

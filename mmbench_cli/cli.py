@@ -77,6 +77,37 @@ def _not_yet(command: str, issue: str) -> None:
 
 @app.command(
     epilog="Examples:\n\n"
+    "  mm cache\n\n"
+    "  mm cache clear\n\n"
+    "  MMBENCH_FEATURE_STORE_MB=0 mm eval runs/mm1-toy   # without the store",
+)
+@user_errors_exit_2
+def cache(
+    action: str = typer.Argument("show", help="show (path and size) | clear (delete every stored feature)"),
+) -> None:
+    """The frozen-encoder feature store: where it is and its size, or `clear` to empty it.
+
+    A frozen encoder's features are computed once per image and reused by every step, demo, checkpoint and grid
+    cell with the same encoder weights (same numbers as without); `$MMBENCH_FEATURE_STORE_MB` caps it (0: off).
+    """
+    from mmbench_cli.rundir import feature_store_cap_bytes, feature_store_dir, feature_store_usage
+
+    if action not in ("show", "clear"):
+        raise MMError(f"mm cache: unknown action {action!r}; use `mm cache` (show) or `mm cache clear`")
+    root, cap = feature_store_dir(), feature_store_cap_bytes()
+    if action == "clear":
+        from mmbench_cli.model.feature_store import clear_store
+
+        freed = clear_store(root)
+        console.print(f"cleared {root}: {freed / 2**20:.1f} MB freed", highlight=False)
+        return
+    size, shards = feature_store_usage(root)
+    state = f"cap {cap / 2**20:.0f} MB" if cap else "off (MMBENCH_FEATURE_STORE_MB=0)"
+    console.print(f"{root}: {size / 2**20:.1f} MB in {shards} shards, {state}", highlight=False)
+
+
+@app.command(
+    epilog="Examples:\n\n"
     "  mm doctor\n\n"
     "  mm doctor --json | jq .main_job_can_run",
 )

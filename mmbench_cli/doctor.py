@@ -19,7 +19,13 @@ from pathlib import Path
 
 from mmbench_cli import __version__
 from mmbench_cli.errors import MMError
-from mmbench_cli.rundir import cache_root, git_commit
+from mmbench_cli.rundir import (
+    cache_root,
+    feature_store_cap_bytes,
+    feature_store_dir,
+    feature_store_usage,
+    git_commit,
+)
 
 PINNED_TORCH = "2.13.0"
 # extra name -> the modules it brings (found without importing them)
@@ -134,10 +140,23 @@ def check_cache(configured: str | None = None) -> Check:
     return Check("cache dir", True, f"{root}: {_human(_dir_size(root))} used, {_human(free)} free")
 
 
+def check_feature_store(configured: str | None = None) -> Check:
+    """The frozen-encoder feature store's size on disk and its cap (``$MMBENCH_FEATURE_STORE_MB``; 0: off)."""
+    try:
+        root, cap = feature_store_dir(configured), feature_store_cap_bytes()
+    except (OSError, MMError) as error:
+        return Check("feature store", False, f"not usable ({getattr(error, 'strerror', None) or error})",
+                     required=False)
+    size, shards = feature_store_usage(root)
+    state = f"cap {_human(cap)}" if cap else "off (MMBENCH_FEATURE_STORE_MB=0)"
+    return Check("feature store", True, f"{root}: {_human(size)} in {shards} shards, {state}; `mm cache clear` "
+                                        "empties it", required=False)
+
+
 def run_checks() -> list[Check]:
     """Every check, in the order they are printed."""
     return [Check("mmbench", True, version_line()), check_python(), *check_torch(), check_java(), *check_packages(),
-            check_cache()]
+            check_cache(), check_feature_store()]
 
 
 def can_run_main_job(checks: list[Check]) -> bool:

@@ -368,6 +368,52 @@ def cache_root(configured: str | None = None) -> Path:
     return path
 
 
+
+FEATURE_STORE_DIR = "features"  # model.feature_store's shards: <cache>/features/<namespace>/*.safetensors
+FEATURE_SHARD_SUFFIX = ".safetensors"
+FEATURE_STORE_MB = 4096  # default cap of the feature store
+
+
+def feature_store_cap_bytes() -> int:
+    """The feature store's size cap from ``$MMBENCH_FEATURE_STORE_MB`` (default 4096; 0 turns the store off)."""
+    raw = os.environ.get("MMBENCH_FEATURE_STORE_MB", str(FEATURE_STORE_MB))
+    try:
+        megabytes = float(raw)
+    except ValueError:
+        raise MMError(f"MMBENCH_FEATURE_STORE_MB={raw!r} is not a number; give megabytes (0 turns the store off)") \
+            from None
+    return max(0, int(megabytes * 2**20))
+
+
+def feature_store_dir(configured: str | None = None) -> Path:
+    """Where the frozen-encoder feature store lives: ``cache_root(configured)/features``."""
+    return cache_root(configured) / FEATURE_STORE_DIR
+
+
+def feature_shards(root: Path) -> Iterator[os.DirEntry[str]]:
+    """Every shard file of the feature store at ``root`` (one level of namespace dirs; vanished ones skipped)."""
+    try:
+        namespaces = [entry for entry in os.scandir(root) if entry.is_dir()]
+    except FileNotFoundError:
+        return
+    for namespace in namespaces:
+        try:
+            yield from (entry for entry in os.scandir(namespace.path) if entry.name.endswith(FEATURE_SHARD_SUFFIX))
+        except FileNotFoundError:
+            continue
+
+
+def feature_store_usage(root: Path) -> tuple[int, int]:
+    """(bytes, shards) the feature store at ``root`` holds on disk."""
+    total = count = 0
+    for entry in feature_shards(root):
+        try:
+            total += entry.stat().st_size
+            count += 1
+        except FileNotFoundError:
+            continue
+    return total, count
+
 # ------------------------------------------------------------------------------------------------ layout
 CONFIG_FILE = "config.yaml"
 META_FILE = "meta.json"

@@ -40,6 +40,10 @@ class ModelConfig(_Strict):
     connector_pos_emb: bool = Field(False, description="add a learned position embedding to the patch features "
                                     "before the connector (Honeybee's pos_emb), so image tokens carry where they "
                                     "looked (off by default: it made the toy grid's seeds 4-8x further apart)")
+    fusion: str = Field("splice", description="how the LM reads the image: splice (image tokens in the input, MM1), "
+                        "xattn (Flamingo's gated cross-attention blocks), mam (splice + mPLUG-Owl2's modality-adaptive "
+                        "norms and K/V); docs/model.md")
+    xattn_every: int = Field(1, gt=0, description="xattn: a cross-attention block before every this many LM layers")
     lm: str = Field("pythia-toy-2m", description="language model: size-ladder name or hf:<local dir>")
     tokenizer: str = Field("auto", description="auto (an hf: LM's own tokenizer if its dir has one, else synthetic-bpe), "
                            "synthetic-bpe (trained on the synthetic corpus) or hf:<local dir>")
@@ -355,7 +359,7 @@ def config_to_yaml(cfg: BaseModel) -> str:
 HASH_NEUTRAL_FIELDS: dict[str, dict[str, object]] = {
     "data": {"world_version": 1},
     "train": {"cpu_threads": 1, "trackers": ["jsonl"], "encoder_lr_scale": 1.0, "freeze_lm": False},
-    "model": {"resize_embeddings": False, "connector_pos_emb": False},
+    "model": {"resize_embeddings": False, "connector_pos_emb": False, "fusion": "splice", "xattn_every": 1},
     "eval": {"vqa_normalize": "official", "rices_encoder": None},
 }
 

@@ -82,6 +82,7 @@ class Registry(Generic[T]):
 
 ENCODERS: Registry[Any] = Registry("encoder", "model.encoder", ("mmbench_cli.model.encoders",))
 CONNECTORS: Registry[Any] = Registry("connector", "model.connector", ("mmbench_cli.model.connectors",))
+FUSIONS: Registry[Any] = Registry("fusion", "model.fusion", ("mmbench_cli.model.fusion",))
 LMS: Registry[Any] = Registry("language model", "model.lm", ("mmbench_cli.model.lm",))
 DATA_FORMATS: Registry[Any] = Registry("data format", "format", ("mmbench_cli.data.formats",
                                                                   "mmbench_cli.data.benchmarks"))

@@ -32,7 +32,8 @@ from mmbench_cli.errors import MMError
 
 SEED_AXIS = "seed"
 # Config keys whose values name registry entries; a grid value is checked against the registry up front.
-KEY_REGISTRIES = {"model.connector": "CONNECTORS", "model.encoder": "ENCODERS", "model.lm": "LMS"}
+KEY_REGISTRIES = {"model.connector": "CONNECTORS", "model.encoder": "ENCODERS", "model.lm": "LMS",
+                  "model.fusion": "FUSIONS"}
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 

@@ -88,9 +88,13 @@ def build_and_report(cfg: Config, tokenizer_source: TokenizerSource, out: Path |
                   f"[{model.num_image_tokens}, {lm_dim}]")
     table.add_row("language model", _name(m.lm), type(model.lm).__name__, _fmt_params(counts["lm"]),
                   f"[{cfg.data.seq_len}, {model.lm.get_output_embeddings().weight.shape[0]}]")
+    if "fusion" in counts:
+        table.add_row("fusion", m.fusion, type(model.fusion).__name__, _fmt_params(counts["fusion"]),
+                      f"[{cfg.data.seq_len}, {lm_dim}]")
     table.add_row("tokenizer", _name(m.tokenizer), type(model.tokenizer).__name__, "-", f"{len(model.tokenizer)} tokens")
     table.add_row("total", "", "MLLM", _fmt_params(counts["total"]), "", style="bold")
     console.print(table)
+    console.print(f"fusion: [bold]{m.fusion}[/]: {model.fusion.anatomy()}")
     flops = model.flops_per_sample(cfg.data.seq_len)
     console.print(f"image tokens per image: [bold]{model.num_image_tokens}[/] ({m.image_size}px, patch "
                   f"{model.encoder.patch_size}: {grid}×{grid} patches → {m.connector})")

@@ -1,9 +1,11 @@
-"""The MLLM: image encoder → connector → tokens spliced into a decoder-only LM at ``<image>`` positions.
+"""The MLLM: image encoder → connector → image tokens the decoder-only LM reads at its ``<image>`` positions.
 
 Reads like MM1's Figure 2: each image becomes ``num_image_tokens`` embeddings that overwrite the
 ``<image>`` placeholder slots of the text, so any number of images can sit anywhere in a sequence
 (interleaved documents, few-shot prompts). Loss is on text tokens only. Generation reuses the HF LM's
-own ``generate`` (greedy or beam, KV cache, left padding) on the spliced input embeddings.
+own ``generate`` (greedy or beam, KV cache, left padding) on the spliced input embeddings. ``model.fusion``
+(fusion.py) says how the LM reads the image tokens: spliced (the default, as above), through Flamingo's gated
+cross-attention blocks (the slots then stay marker tokens), or spliced with mPLUG-Owl2's modality-adaptive layers.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from mmbench_cli.model.encoders import (
     patch_grid,
     quiet_transformers,
 )
+from mmbench_cli.model.fusion import Fusion, build_fusion
 from mmbench_cli.model.lm import build_lm
 from mmbench_cli.model.tokenizer import (
     SPECIAL_ROLES,
@@ -35,6 +38,7 @@ from mmbench_cli.model.tokenizer import (
     resolve_tokenizer_spec,
     special_token_ids,
 )
+from mmbench_cli.registry import FUSIONS
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
@@ -62,6 +66,7 @@ class MLLM(nn.Module):
         self.encoder = encoder
         self.connector = connector
         self.lm = lm
+        self.fusion: Fusion = build_fusion(config.fusion, lm, config.num_image_tokens, config.xattn_every)
         self.tokenizer = tokenizer
         self.special_tokens = effective_special_tokens(tokenizer, special_tokens)
         self.num_image_tokens: int = config.num_image_tokens
@@ -83,11 +88,17 @@ class MLLM(nn.Module):
     def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None = None,
               image_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings with the image-token slots overwritten by image embeddings (in reading order)."""
+        return self._inputs(input_ids, images, image_embeds)[0]
+
+    def _inputs(self, input_ids: torch.Tensor, images: torch.Tensor | None,
+                image_embeds: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the LM's input embeddings, the image tokens [N, T, D] or None): spliced into the slots unless the
+        fusion reads them another way (xattn leaves the slots as ``<image>`` marker tokens)."""
         embeds = self.lm.get_input_embeddings()(input_ids)
         image_mask = input_ids == self.image_token_id
         num_slots = int(image_mask.sum())
         if num_slots == 0:
-            return embeds
+            return embeds, None
         if image_embeds is None:
             if images is None:
                 raise ValueError(f"input_ids hold {num_slots} image-token slots but no images were given")
@@ -97,13 +108,15 @@ class MLLM(nn.Module):
                 f"{num_slots} image-token slots (= {num_slots / self.num_image_tokens:g} images × "
                 f"{self.num_image_tokens}) but {image_embeds.shape[0]} images were given"
             )
-        return embeds.masked_scatter(image_mask.unsqueeze(-1), image_embeds.to(embeds.dtype))
+        if not self.fusion.splices:
+            return embeds, image_embeds
+        return embeds.masked_scatter(image_mask.unsqueeze(-1), image_embeds.to(embeds.dtype)), image_embeds
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 image_embeds: torch.Tensor | None = None) -> CausalLMOutputWithPast:
         """Causal-LM output (logits [B, L, V]; loss over text tokens when ``labels`` is given)."""
-        inputs_embeds = self.embed(input_ids, images, image_embeds)
+        inputs_embeds, image_embeds = self._inputs(input_ids, images, image_embeds)
         position_ids = None
         if attention_mask is not None and bool((attention_mask == 0).any()):
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding
@@ -111,8 +124,9 @@ class MLLM(nn.Module):
             attention_mask = None  # all ones: lets SDPA take its is_causal fast path
         if labels is not None:
             labels = labels.masked_fill(input_ids == self.image_token_id, -100)
-        return self.lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                       position_ids=position_ids, labels=labels, use_cache=False)
+        with self.fusion.conditioned(input_ids == self.image_token_id, image_embeds):
+            return self.lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                           position_ids=position_ids, labels=labels, use_cache=False)
 
     # ---- generation ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -125,7 +139,7 @@ class MLLM(nn.Module):
 
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        inputs_embeds = self.embed(input_ids, images, image_embeds)
+        inputs_embeds, image_embeds = self._inputs(input_ids, images, image_embeds)
         stops = stop_token_ids if stop_token_ids is not None else [self.eoc_token_id, self.eos_token_id]
         vocab = self.lm.get_output_embeddings().weight.shape[0]
         padding_ids = list(range(len(self.tokenizer), vocab))  # embedding rows past the tokenizer: never emit
@@ -133,33 +147,41 @@ class MLLM(nn.Module):
             max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False, use_cache=use_cache,
             eos_token_id=stops, pad_token_id=self.pad_token_id, suppress_tokens=padding_ids or None, **kwargs,
         )
-        return self.lm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                generation_config=generation_config)
+        with self.fusion.conditioned(input_ids == self.image_token_id, image_embeds):
+            return self.lm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                    generation_config=generation_config)
 
     # ---- accounting ----------------------------------------------------------------------------------
     def param_counts(self) -> dict[str, int]:
-        """Parameters per component: encoder, connector, lm (and its input embedding), total."""
+        """Parameters per component: encoder, connector, lm (and its input embedding), fusion (its new blocks,
+        when there are any), total."""
         def count(module: nn.Module) -> int:
             return sum(p.numel() for p in module.parameters())
 
         counts = {"encoder": count(self.encoder), "connector": count(self.connector), "lm": count(self.lm)}
         counts["lm_embedding"] = self.lm.get_input_embeddings().weight.numel()
-        counts["total"] = counts["encoder"] + counts["connector"] + counts["lm"]
+        fusion = count(self.fusion)
+        if fusion:
+            counts["fusion"] = fusion
+        counts["total"] = counts["encoder"] + counts["connector"] + counts["lm"] + fusion
         return counts
 
     def lm_flops_per_token(self, seq_len: int) -> int:
-        """LM training FLOPs per token (forward+backward): 6·N_matmul + 12·layers·d·seq_len (PaLM, App. B)."""
+        """LM training FLOPs per token (forward+backward): 6·N_matmul + 12·layers·d·seq_len (PaLM, App. B), plus
+        what the fusion's blocks cost per position (xattn's cross-attention and gated feed-forward)."""
         emb_in = self.lm.get_input_embeddings().weight
         emb_out = self.lm.get_output_embeddings().weight
         matmul_params = sum(p.numel() for p in self.lm.parameters()) - emb_in.numel()
         if emb_out is emb_in:  # tied: the unembedding matmul still costs
             matmul_params += emb_out.numel()
         cfg = self.lm.config
-        return 6 * matmul_params + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
+        attention = 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
+        return 6 * matmul_params + attention + self.fusion.flops_per_token()
 
     def image_flops(self) -> int:
         """Training FLOPs of encoder + connector per image, counted once: forward + backward (3× forward) for what
-        trains, forward only for a frozen encoder (``train.freeze_encoder``: no gradient flows into it)."""
+        trains, forward only for a frozen encoder (``train.freeze_encoder``: no gradient flows into it); plus what
+        the fusion spends per image (xattn's key/value projections, mam's image-position twins)."""
         frozen = not any(parameter.requires_grad for parameter in self.encoder.parameters())
         if self._image_flops is None or self._image_flops[0] != frozen:
             from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
@@ -176,7 +198,7 @@ class MLLM(nn.Module):
                 self.connector(features)
             encoder_flops = (1 if frozen else 3) * encoder.get_total_flops()
             self._image_flops = (frozen, encoder_flops + 3 * connector.get_total_flops())
-        return self._image_flops[1]
+        return self._image_flops[1] + self.fusion.flops_per_image()
 
     def flops_per_sample(self, seq_len: int, num_images: int = 1) -> int:
         """Training FLOPs of one sequence of ``seq_len`` tokens holding ``num_images`` images."""
@@ -271,6 +293,7 @@ def build_model(model_cfg: ModelConfig, tokenizer_source: TokenizerSource) -> ML
 
 
 def _build_model(model_cfg: ModelConfig, tokenizer_source: TokenizerSource) -> MLLM:
+    FUSIONS.get(model_cfg.fusion)  # an unknown name fails before anything is built
     encoder_dir = hf_path(model_cfg.encoder)
     grid_size = check_image_tokens(model_cfg, hf_encoder_patch_size(encoder_dir) if encoder_dir else None)
     tokenizer = get_tokenizer(model_cfg, tokenizer_source)

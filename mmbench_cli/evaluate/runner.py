@@ -282,6 +282,7 @@ def _evaluate_checkpoint(target: Target, checkpoint: Checkpoint, data: dict[str,
     from mmbench_cli.config import config_hash
     from mmbench_cli.evaluate.metrics import mean_std
     from mmbench_cli.model import load_model
+    from mmbench_cli.model.feature_store import use_feature_store
 
     run, step, settings = target.run, checkpoint.step, plan.settings
     info = checkpoint.info()
@@ -313,7 +314,7 @@ def _evaluate_checkpoint(target: Target, checkpoint: Checkpoint, data: dict[str,
             longest = (earlier.extra or {}).get("max_prompt_tokens") if earlier is not None and reuse else None
             for seed in todo:
                 if model is None:
-                    model = load_model(checkpoint.path, device=device)
+                    model = use_feature_store(load_model(checkpoint.path, device=device), target.config)
                     cache = ImageFeatureCache(model)
                 bar.update(description=f"step {step} {name} {k}-shot seed {seed}")
                 cell = run_cell(model, task, k, seed, settings, cache,

@@ -33,12 +33,17 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from mmbench_cli.rundir import FEATURE_SHARD_SUFFIX as SHARD_SUFFIX
 from mmbench_cli.rundir import feature_shards, feature_store_cap_bytes, feature_store_dir, feature_store_usage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmbench_cli.config import Config
+    from mmbench_cli.model.mllm import MLLM
 
 FEATURE_CHUNK = 8  # images per encoder call, whatever the batch: the same shapes give the same bits
 MEMORY_FRACTION = 0.25  # share of the cap a process may hold in memory
@@ -297,3 +302,12 @@ def frozen_features(cache_dir: str | None = None) -> FeatureFunction:
     ``encoder_features`` directly; both give the same bits."""
     store = open_store(cache_dir)
     return encoder_features if store is None else store.features
+
+
+def use_feature_store(model: MLLM, cfg: Config) -> MLLM:
+    """Give ``model`` its frozen encoder's features through the store when ``train.freeze_encoder`` says the encoder
+    stays fixed (``MMBENCH_FEATURE_STORE_MB=0``: computed directly, the same bits); a training encoder never uses it.
+    """
+    if cfg.train.freeze_encoder:
+        model.frozen_features = frozen_features(cfg.data.cache_dir)
+    return model

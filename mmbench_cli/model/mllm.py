@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
     from mmbench_cli.config import ModelConfig
+    from mmbench_cli.model.feature_store import FeatureFunction
 
 FORMAT = "mmbench-mllm"
 FORMAT_VERSION = 2  # 2: mm_config.json names the special tokens (version 1 saves are still read)
@@ -79,10 +80,14 @@ class MLLM(nn.Module):
         self.eos_token_id: int = ids["eos"]
         self.pad_token_id: int = ids["pad"]
         self._image_flops: tuple[bool, int] | None = None  # (encoder frozen when counted, FLOPs)
+        # set for a frozen encoder only (feature_store.frozen_features): its features then come from the store
+        self.frozen_features: FeatureFunction | None = None
 
     # ---- forward -------------------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images [N, 3, H, W] → LM-space image tokens [N, num_image_tokens, d_lm]."""
+        if self.frozen_features is not None:
+            return self.connector(self.frozen_features(self.encoder, images))
         return self.connector(self.encoder(images))
 
     def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None = None,

@@ -355,8 +355,9 @@ def build_trainable_model(cfg: Config) -> MLLM:
     it to the connector). Benchmarks and the dry-run estimate time this same model."""
     from mmbench_cli.data.synthetic import tokenizer_source
     from mmbench_cli.model import build_model
+    from mmbench_cli.model.feature_store import use_feature_store
 
-    model = build_model(cfg.model, tokenizer_source(cfg.data))
+    model = use_feature_store(build_model(cfg.model, tokenizer_source(cfg.data)), cfg)  # frozen: features stored
     if cfg.train.freeze_encoder:
         model.encoder.requires_grad_(False)
     if cfg.train.freeze_lm:

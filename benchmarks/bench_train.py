@@ -65,16 +65,17 @@ def build(cfg, tmp: Path):
     """Model, optimizer, stream and a _Trainer for ``cfg`` (single process, CPU)."""
     from mmbench_cli.data.mixture import TrainStream
     from mmbench_cli.train.distributed import DistContext
-    from mmbench_cli.train.loop import _Trainer, build_optimizer, build_trainable_model, seed_everything
+    from mmbench_cli.train.loop import _Trainer, build_trainable_model
+    from mmbench_cli.train.strategies import SingleStrategy, seed_everything
 
     seed_everything(cfg.seed)
     model = build_trainable_model(cfg)  # as mm pretrain (random weights: a step's cost does not depend on them)
-    model.train()
-    optimizer = build_optimizer(model, 1e-3, 0.1, torch.device("cpu"))
+    strategy = SingleStrategy(DistContext(), cfg.train.model_copy(update={"precision": "fp32"}))
+    strategy.setup(model, 1e-3, 0.1)
     stream = TrainStream(cfg, model.tokenizer, model.num_image_tokens, model.image_mean, model.image_std)
     flops = (float(model.lm_flops_per_token(cfg.data.seq_len)) * cfg.data.seq_len, float(model.image_flops()))
-    trainer = _Trainer(cfg, DistContext(), model, model, optimizer, None, stream, None, 1e-3, flops, tmp)
-    return model, optimizer, stream, trainer
+    trainer = _Trainer(cfg, strategy, stream, 1e-3, flops, tmp)
+    return model, strategy.optimizer, stream, trainer
 
 
 def time_loop(trainer, steps: int) -> dict[str, float]:

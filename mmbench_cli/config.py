@@ -139,6 +139,15 @@ class TrainConfig(_Strict):
                             "twinclip: CLIP on batches of synthetic images and their counterfactual twins; "
                             "bow: predict the caption's words, CatLIP-style; attributes: supervised on the synthetic "
                             "scenes' labels, what is in each cell, the word, the count)")
+    strategy: Literal["auto", "single", "ddp", "fsdp"] = Field(
+        "auto", description="how the model is trained across processes (train/strategies.py): auto (ddp under torchrun, "
+        "else single), single, ddp (replicated weights), fsdp (FSDP2 fully_shard: weights, gradients and optimizer "
+        "state sharded per LM block; under torchrun)")
+    fsdp_sharding: Literal["full", "grad_op"] = Field(
+        "full", description="train.strategy=fsdp: full (weights resharded after each block's forward: least memory) or "
+        "grad_op (weights kept gathered from forward to backward: less communication, as ZeRO-2)")
+    activation_checkpointing: bool = Field(False, description="recompute each LM block's activations in the backward "
+                                           "pass instead of keeping them (less memory, ~1/3 more compute)")
     trackers: list[Literal["jsonl", "tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=lambda: ["jsonl"],
         description="where training metrics and eval results go: jsonl (the run dir's own files, always written) "
@@ -358,7 +367,8 @@ def config_to_yaml(cfg: BaseModel) -> str:
 # stay valid.
 HASH_NEUTRAL_FIELDS: dict[str, dict[str, object]] = {
     "data": {"world_version": 1},
-    "train": {"cpu_threads": 1, "trackers": ["jsonl"], "encoder_lr_scale": 1.0, "freeze_lm": False},
+    "train": {"cpu_threads": 1, "trackers": ["jsonl"], "encoder_lr_scale": 1.0, "freeze_lm": False,
+              "strategy": "auto", "fsdp_sharding": "full", "activation_checkpointing": False},
     "model": {"resize_embeddings": False, "connector_pos_emb": False, "fusion": "splice", "xattn_every": 1},
     "eval": {"vqa_normalize": "official", "rices_encoder": None},
 }

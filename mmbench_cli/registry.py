@@ -91,3 +91,4 @@ TASK_TYPES: Registry[Any] = Registry("task type", "task_type", (
     "mmbench_cli.evaluate.task_types.caption", "mmbench_cli.evaluate.task_types.vqa",
     "mmbench_cli.evaluate.task_types.multiple_choice", "mmbench_cli.evaluate.task_types.yes_no"))
 EXECUTORS: Registry[Any] = Registry("executor", "--executor", ("mmbench_cli.ablate.executors",))
+STRATEGIES: Registry[Any] = Registry("training strategy", "train.strategy", ("mmbench_cli.train.strategies",))

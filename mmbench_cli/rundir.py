@@ -423,6 +423,7 @@ CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_JSON = "checkpoint.json"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
+OPTIMIZER_SHARDS_DIR = "optimizer"  # train.strategy=fsdp: the sharded optimizer state (torch.distributed.checkpoint)
 RNG_FILE = "rng.safetensors"
 TRAINER_STATE_FILE = "trainer_state.json"
 ENCODER_EVAL_FILE = "encoder_eval.json"  # a pre-trained encoder's own held-out quality (mm pretrain --stage encoder)
@@ -517,7 +518,8 @@ class Checkpoint:
     @property
     def has_trainer_state(self) -> bool:
         """Whether training can resume from this checkpoint (optimizer, RNG and trainer state saved)."""
-        return all((self.path / name).is_file() for name in (OPTIMIZER_FILE, RNG_FILE, TRAINER_STATE_FILE))
+        optimizer = (self.path / OPTIMIZER_FILE).is_file() or (self.path / OPTIMIZER_SHARDS_DIR).is_dir()
+        return optimizer and all((self.path / name).is_file() for name in (RNG_FILE, TRAINER_STATE_FILE))
 
     def recorded_info(self) -> dict[str, Any]:
         """``checkpoint.json`` as written (its step defaulted to the dir's), computing nothing: no weights are read,

@@ -120,7 +120,7 @@ def test_lock_refuses_second_writer(tmp_path) -> None:
 def test_encoder_lr_scale_gives_the_encoder_its_own_learning_rate(tmp_path) -> None:
     """train.encoder_lr_scale: the encoder's parameter groups get lr x scale; the scale survives a resume; at 1.0 the
     optimizer is the two groups it always was (so earlier checkpoints' optimizer states still load)."""
-    from mmbench_cli.train.loop import build_optimizer
+    from mmbench_cli.train.strategies import build_optimizer
 
     class Tiny(torch.nn.Module):
         def __init__(self) -> None:

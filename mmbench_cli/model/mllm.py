@@ -217,13 +217,20 @@ class MLLM(nn.Module):
         return num_rows * seq_len * self.lm_flops_per_token(seq_len) + num_images * self.image_flops()
 
     # ---- persistence ---------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write model.safetensors, mm_config.json, encoder/ and lm/ HF configs and the tokenizer files."""
-        from safetensors.torch import save_model
+    def save_pretrained(self, directory: str | Path, weights: Mapping[str, torch.Tensor] | None = None) -> Path:
+        """Write model.safetensors, mm_config.json, encoder/ and lm/ HF configs and the tokenizer files.
+
+        ``weights``: a full state dict to write instead of this module's own (a sharded model's consolidated
+        weights, gathered by its training strategy; tied duplicates already dropped)."""
+        from safetensors.torch import save_file, save_model
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_model(self, str(directory / WEIGHTS))
+        if weights is None:
+            save_model(self, str(directory / WEIGHTS))
+        else:
+            save_file({name: tensor.contiguous() for name, tensor in weights.items()}, str(directory / WEIGHTS),
+                      metadata={"format": "pt"})
         self.encoder.hf_model.config.save_pretrained(str(directory / "encoder"))
         self.lm.config.save_pretrained(str(directory / "lm"))
         self.tokenizer.save_pretrained(str(directory))

@@ -4,7 +4,9 @@ A checkpoint ``checkpoints/step_<N>/`` holds what ``MLLM.save_pretrained`` write
 ``mm_config.json``, tokenizer files), ``checkpoint.json`` (``step, content_hash, tokens_seen, train_flops,
 wall_time_s``) and the trainer state needed to resume exactly:
 
-- ``optimizer.safetensors``: every optimizer state tensor (``state.<param index>.<name>``);
+- ``optimizer.safetensors``: every optimizer state tensor (``state.<param index>.<name>``); under
+  ``train.strategy=fsdp`` instead ``optimizer/``, each rank's shard written with ``torch.distributed.checkpoint``
+  (whose small ``.metadata`` index is a pickle: load such checkpoints only from sources you trust);
 - ``rng.safetensors``: the torch CPU (and CUDA) generator states as uint8 tensors;
 - ``trainer_state.json``: scalars — param groups, data-stream position, python/numpy RNG, log accumulators.
 
@@ -22,6 +24,7 @@ from mmbench_cli.errors import MMError
 from mmbench_cli.rundir import (
     MODEL_FILE,
     OPTIMIZER_FILE,
+    OPTIMIZER_SHARDS_DIR,
     RNG_FILE,
     TRAINER_STATE_FILE,
     Checkpoint,
@@ -131,12 +134,20 @@ def save_trainer_state(
     """Write optimizer, RNG and ``extra`` (data position, counters — JSON-able) into ``directory``."""
     from safetensors.torch import save_file
 
-    directory = Path(directory)
     opt_tensors, opt_scalars = optimizer_to_tensors(optimizer)
-    save_file(opt_tensors, str(directory / OPTIMIZER_FILE))
+    save_file(opt_tensors, str(Path(directory) / OPTIMIZER_FILE))
+    save_rng_and_counters(directory, opt_scalars, extra)
+
+
+def save_rng_and_counters(directory: str | Path, optimizer_scalars: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Write the RNG states and ``trainer_state.json`` (the optimizer's JSON part, RNGs, ``extra``): the trainer
+    state besides the optimizer tensors, which each strategy writes in its own format."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
     save_file(rng_state_tensors(), str(directory / RNG_FILE))
     atomic_write_json(
-        directory / TRAINER_STATE_FILE, {"optimizer": opt_scalars, "rng": python_rng_state(), **extra}
+        directory / TRAINER_STATE_FILE, {"optimizer": optimizer_scalars, "rng": python_rng_state(), **extra}
     )
 
 
@@ -149,7 +160,9 @@ def trainer_state_problem(directory: str | Path) -> str | None:
     from safetensors import safe_open
 
     directory = Path(directory)
-    missing = [name for name in (OPTIMIZER_FILE, RNG_FILE, TRAINER_STATE_FILE, MODEL_FILE)
+    sharded = (directory / OPTIMIZER_SHARDS_DIR).is_dir()
+    missing = [name for name in ((RNG_FILE, TRAINER_STATE_FILE, MODEL_FILE) if sharded else
+                                 (OPTIMIZER_FILE, RNG_FILE, TRAINER_STATE_FILE, MODEL_FILE))
                if not (directory / name).is_file()]
     if missing:
         return f"no {', '.join(missing)}"
@@ -160,7 +173,7 @@ def trainer_state_problem(directory: str | Path) -> str | None:
     absent = [key for key in TRAINER_STATE_KEYS if not isinstance(state, dict) or key not in state]
     if absent:
         return f"{TRAINER_STATE_FILE} lacks {', '.join(absent[:3])}"
-    for name in (OPTIMIZER_FILE, RNG_FILE, MODEL_FILE):
+    for name in (RNG_FILE, MODEL_FILE) if sharded else (OPTIMIZER_FILE, RNG_FILE, MODEL_FILE):
         try:
             with safe_open(str(directory / name), framework="pt"):
                 pass
@@ -183,23 +196,31 @@ def resume_point(checkpoints: list[Checkpoint], max_step: int) -> tuple[Checkpoi
     return None, notes
 
 
-def load_trainer_state(directory: str | Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore optimizer and RNGs from ``directory``; return the JSON state (with the ``extra`` keys).
+def load_trainer_state(directory: str | Path, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """Restore optimizer (unless None: a strategy that keeps it elsewhere loads it) and RNGs from ``directory``;
+    return the JSON state (with the ``extra`` keys).
 
     MMError naming the checkpoint if its trainer state is missing, damaged or does not fit the optimizer.
     """
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    missing = [name for name in (OPTIMIZER_FILE, RNG_FILE, TRAINER_STATE_FILE) if not (directory / name).is_file()]
+    needed = (RNG_FILE, TRAINER_STATE_FILE) if optimizer is None else (OPTIMIZER_FILE, RNG_FILE, TRAINER_STATE_FILE)
+    missing = [name for name in needed if not (directory / name).is_file()]
     if missing:
         raise MMError(f"{directory}: checkpoint has no trainer state ({', '.join(missing)}); cannot resume from it")
     try:
         state = json.loads((directory / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
-        optimizer_from_tensors(optimizer, load_file(str(directory / OPTIMIZER_FILE)), state["optimizer"])
+        if optimizer is not None:
+            optimizer_from_tensors(optimizer, load_file(str(directory / OPTIMIZER_FILE)), state["optimizer"])
         restore_rng(load_file(str(directory / RNG_FILE)), state["rng"])
     except Exception as error:  # noqa: BLE001 - garbled JSON, not safetensors, wrong shapes: one message
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
-        raise MMError(f"{directory}: damaged trainer state ({type(error).__name__}: {first}); "
-                      "delete this checkpoint dir to resume from an earlier one, or use --force to start over") from None
+        raise damaged_state(directory, error) from None
     return state
+
+
+def damaged_state(directory: Path, error: Exception) -> MMError:
+    """The one-line error for a checkpoint whose trainer state cannot be loaded."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    return MMError(f"{directory}: damaged trainer state ({type(error).__name__}: {first}); "
+                   "delete this checkpoint dir to resume from an earlier one, or use --force to start over")

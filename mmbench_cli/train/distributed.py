@@ -36,13 +36,14 @@ class DistContext:
         return self.world_size > 1
 
 
-def init_distributed(device_name: str) -> DistContext:
-    """Join the torchrun process group if there is one (``WORLD_SIZE`` > 1) and pick this rank's device."""
+def init_distributed(device_name: str, process_group: bool = False) -> DistContext:
+    """Join the torchrun process group if there is one (``WORLD_SIZE`` > 1, or ``process_group`` and a torchrun of
+    one rank: FSDP needs a group even then) and pick this rank's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
-    if world_size > 1:
+    if world_size > 1 or (process_group and "MASTER_ADDR" in os.environ):
         import torch.distributed as dist
 
         if not dist.is_initialized():
@@ -83,8 +84,7 @@ def barrier(ctx: DistContext) -> None:
 
 def shutdown(ctx: DistContext) -> None:
     """Leave the process group if this process joined one."""
-    if ctx.distributed:
-        import torch.distributed as dist
+    import torch.distributed as dist
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

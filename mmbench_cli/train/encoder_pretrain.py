@@ -21,7 +21,6 @@ value for ``model.encoder`` in any later config or ablation grid.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
@@ -320,8 +319,8 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
     """
     from mmbench_cli.model.device import use_cpu_threads
     from mmbench_cli.model.encoders import build_encoder
-    from mmbench_cli.train.distributed import resolve_device
-    from mmbench_cli.train.loop import resolve_precision, seed_everything
+    from mmbench_cli.train.distributed import DistContext, resolve_device
+    from mmbench_cli.train.strategies import SingleStrategy, seed_everything
 
     run_setup.check_data_inputs(cfg)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not inside_distributed:
@@ -334,7 +333,7 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
         try:
             device = resolve_device(tcfg.device)
             use_cpu_threads(device, tcfg.cpu_threads)
-            autocast_dtype = resolve_precision(tcfg.precision, device)
+            strategy = SingleStrategy(DistContext(device=device), tcfg)  # one process: the objective is small
             seed_everything(cfg.seed)
             encoder = build_encoder(cfg.model)
             image_size = cfg.model.image_size
@@ -352,12 +351,11 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
                 objective = AttributeObjective(encoder, *_attribute_classes(cfg))
             else:
                 objective = CLIPObjective(encoder, len(tokenizer))
-            objective.to(device).train()
             num_params = sum(p.numel() for p in encoder.parameters())
             peak_lr, weight_decay = resolve_lr_and_wd(tcfg, num_params)
-            from mmbench_cli.train.loop import build_optimizer
-
-            optimizer = build_optimizer(objective, peak_lr, weight_decay, device)
+            strategy.setup(objective, peak_lr, weight_decay)
+            optimizer = strategy.optimizer
+            params = list(objective.parameters())
             train = PairData(_caption_samples(cfg, "train"), image_size, encoder.image_mean, encoder.image_std,
                              cfg.data.skip_bad)
             if len(train.samples) < 2:
@@ -393,16 +391,14 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
                         twin_images, twin_captions = twins.batch(indices, rng)
                         images, captions = torch.cat([images, twin_images]), captions + twin_captions
                     negatives = hard_negatives(captions, rng) if tcfg.encoder_objective == "negclip" else None
-                    with _autocast(device, autocast_dtype):
+                    with strategy.autocast():
                         loss = _objective_loss(objective, tokenizer, images, captions, device, negatives,
                                                [train.samples[i] for i in indices])
-                    loss.backward()
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(objective.parameters(), tcfg.grad_clip or math.inf))
-                    if not (math.isfinite(loss.item()) and math.isfinite(grad_norm)):
+                    strategy.backward(loss)
+                    grad_norm = strategy.optimizer_step(params, tcfg.grad_clip or math.inf)
+                    if not (math.isfinite(loss.item()) and math.isfinite(grad_norm)):  # the run fails: nothing saved
                         raise MMError(f"train: non-finite loss {loss.item()} or grad norm {grad_norm} at step {step + 1}; "
                                       "training stopped; lower train.lr or raise train.warmup_steps")
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
                     done = step + 1
                     if done % tcfg.log_every == 0 or done in (1, tcfg.steps):
                         RunDir(run_dir).append_metrics({
@@ -522,6 +518,3 @@ def save_encoder(encoder: nn.Module, image_size: int, run_dir: Path) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
-    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()

@@ -1,5 +1,5 @@
 """The pre-training loop: AdamW + warm-up/cosine, grad clipping and accumulation, Pythia-style checkpoints,
-exact resume, and DDP under torchrun.
+exact resume, on one process or under torchrun (how: the ``train.strategy`` object, ``strategies.py``).
 
 One optimizer step consumes ``train.batch_size`` packed rows (global, across ranks) in ``train.grad_accum``
 micro-batches. The loss is the mean over every label token of the global batch, whatever the split into
@@ -8,15 +8,12 @@ ranks and micro-batches, so 1 process and N processes (or 1 and k accumulation s
 
 from __future__ import annotations
 
-import contextlib
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,19 +21,10 @@ from mmbench_cli.config import DATA_TYPES, Config
 from mmbench_cli.errors import MMError
 from mmbench_cli.model.device import use_cpu_threads
 from mmbench_cli.progress import progress_bar
-from mmbench_cli.rundir import (
-    CHECKPOINT_JSON,
-    MODEL_FILE,
-    RunDir,
-    RunLock,
-    atomic_dir,
-    atomic_write_json,
-    file_content_hash,
-    step_dir_name,
-)
+from mmbench_cli.rundir import RunDir, RunLock, step_dir_name
 from mmbench_cli.trackers import TrackerSet, open_trackers, require_trackers
 from mmbench_cli.train import run_setup
-from mmbench_cli.train.checkpoints import checkpoint_schedule, load_trainer_state, save_trainer_state
+from mmbench_cli.train.checkpoints import checkpoint_schedule
 from mmbench_cli.train.distributed import (
     DistContext,
     all_reduce_sum,
@@ -47,6 +35,7 @@ from mmbench_cli.train.distributed import (
 )
 from mmbench_cli.train.pretrained_encoder import ensure_pretrained_encoder, load_pretrained_encoder
 from mmbench_cli.train.schedule import lr_at, resolve_lr_and_wd
+from mmbench_cli.train.strategies import TrainingStrategy, build_strategy, seed_everything
 
 if TYPE_CHECKING:
     from mmbench_cli.data.mixture import TrainStream
@@ -80,32 +69,6 @@ class TrainState:
     train_flops: float = 0.0
     elapsed_s: float = 0.0
     window: LogWindow = field(default_factory=LogWindow)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: bf16 (else fp16) on CUDA for ``auto``; None (fp32) elsewhere.
-
-    Low-precision autocast is refused off CUDA: on CPUs without bf16 matmul units it is hundreds of times slower.
-    """
-    if precision == "fp32":
-        return None
-    if device.type != "cuda":
-        if precision == "auto":
-            return None
-        raise MMError(
-            f"train.precision: {precision} autocast is only used on CUDA (on {device.type} it is far slower "
-            "than fp32); use train.precision=auto or fp32"
-        )
-    if precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported()):
-        return torch.float16
-    return torch.bfloat16
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (every rank the same: identical initial weights)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def check_batch_shape(cfg: Config, world_size: int) -> int:
@@ -153,7 +116,8 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False, force: bool
     """Train ``cfg``'s model on its data mixture into the run dir ``out_dir``; return the run dir.
 
     Resumes automatically from the newest checkpoint when the dir holds a run of the same config (or, with
-    ``resume``, one differing only in resumable keys); ``force`` starts over. Under torchrun, runs as DDP.
+    ``resume``, one differing only in resumable keys); ``force`` starts over. Under torchrun, runs as
+    ``train.strategy`` says (auto: DDP).
     """
     run_setup.check_out_dir(Path(out_dir))
     if cfg.train.stage == "encoder":
@@ -162,7 +126,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False, force: bool
         return pretrain_encoder(cfg, out_dir, resume=resume, force=force, progress=progress)
     run_setup.check_data_inputs(cfg)
     require_trackers(cfg.train.trackers)  # a tracker that is not installed: refused before anything starts
-    ctx = init_distributed(cfg.train.device)
+    ctx = init_distributed(cfg.train.device, process_group=cfg.train.strategy == "fsdp")
     use_cpu_threads(ctx.device, cfg.train.cpu_threads)
     try:
         check_batch_shape(cfg, ctx.world_size)
@@ -225,7 +189,7 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
     # Everything that can be refused is checked before the run dir is touched: config (on load), precision,
     # model (built here), optimizer settings. Only then is the dir claimed (an old run set aside with --force).
     tcfg = cfg.train
-    autocast_dtype = resolve_precision(tcfg.precision, ctx.device)
+    strategy = build_strategy(tcfg, ctx)
     _precheck_run_dir(cfg, run_dir, resume, force, ctx)
     seed_everything(cfg.seed)
     model = build_trainable_model(cfg)
@@ -250,10 +214,12 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
             if made is not None:
                 load_pretrained_encoder(model, made[0])
                 pretrained = {"dir": str(made[0]), "pretrain_s": round(made[1], 3)}
-        model.to(ctx.device)
-        model.train()
-        optimizer = build_optimizer(model, peak_lr, weight_decay, ctx.device, tcfg.encoder_lr_scale)
-        scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
+        # Training FLOPs: LM per token (6N + attention) and encoder+connector per image, counted exactly per step
+        # (on the unwrapped model: a sharded one runs only inside its forward).
+        flops_per_row = float(model.lm_flops_per_token(cfg.data.seq_len)) * cfg.data.seq_len
+        flops_per_image = float(model.image_flops())
+        flops_per_step = float(model.flops_per_sample(cfg.data.seq_len)) * tcfg.batch_size  # estimate: 1 image/row
+        strategy.setup(model, peak_lr, weight_decay, tcfg.encoder_lr_scale)  # wraps, then builds the optimizer
 
         stream = TrainStream(cfg, model.tokenizer, model.num_image_tokens, model.image_mean, model.image_std)
         cuts = stream.planner.truncation() if ctx.is_main else {}
@@ -261,8 +227,10 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
             _note_truncation(cfg, cuts)
         state = TrainState()
         if start_step is not None:
+            optimizer = strategy.optimizer
+            assert optimizer is not None
             scales = [group.get("lr_scale", 1.0) for group in optimizer.param_groups]
-            saved = load_trainer_state(run.checkpoint_dir(start_step), optimizer)
+            saved = strategy.load(run.checkpoint_dir(start_step))
             for group, scale in zip(optimizer.param_groups, scales, strict=True):  # the saved groups lack it
                 group["lr_scale"] = scale
             try:
@@ -273,30 +241,14 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
             except (KeyError, TypeError, ValueError) as error:
                 raise MMError(f"{run.checkpoint_dir(start_step)}: damaged trainer state ({type(error).__name__}: "
                               f"{error}); delete this checkpoint dir to resume from an earlier one") from None
-            if scaler is not None and saved.get("grad_scaler"):
-                scaler.load_state_dict(saved["grad_scaler"])
 
-        train_model: torch.nn.Module = model
-        if ctx.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            # Text-only rows skip the encoder, so some parameters get no gradient on some ranks.
-            train_model = DistributedDataParallel(
-                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                find_unused_parameters=True,
-            )
-
-        # Training FLOPs: LM per token (6N + attention) and encoder+connector per image, counted exactly per step.
-        flops_per_row = float(model.lm_flops_per_token(cfg.data.seq_len)) * cfg.data.seq_len
-        flops_per_image = float(model.image_flops())
-        flops_per_step = float(model.flops_per_sample(cfg.data.seq_len)) * tcfg.batch_size  # estimate: 1 image/row
         if ctx.is_main:
             started = True
             run.truncate_metrics(start_step)
             run_setup.write_run_files(cfg, run_dir, {
                 "num_params": num_params, "flops_per_step": flops_per_step, "lr": peak_lr,
                 "weight_decay": weight_decay, "world_size": ctx.world_size, "device": str(ctx.device),
-                "precision": str(autocast_dtype or torch.float32).removeprefix("torch."),
+                "precision": strategy.precision_name, **_strategy_meta(strategy),
                 "wall_time_s": state.elapsed_s, "resumed_from": start_step, "seq_len_cuts": cuts,
                 **({"pretrained_encoder": pretrained} if pretrained else {}),
             })
@@ -304,8 +256,7 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
         barrier(ctx)
 
         trackers = open_trackers(cfg, run_dir, "train", start_step) if ctx.is_main else TrackerSet({}, run_dir, {})
-        trainer = _Trainer(cfg, ctx, model, train_model, optimizer, scaler, stream, autocast_dtype,
-                           peak_lr, (flops_per_row, flops_per_image), run_dir, trackers)
+        trainer = _Trainer(cfg, strategy, stream, peak_lr, (flops_per_row, flops_per_image), run_dir, trackers)
         with trackers:
             trainer.run(state, show)
         if ctx.is_main:
@@ -365,27 +316,12 @@ def build_trainable_model(cfg: Config) -> MLLM:
     return model
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device,
-                    encoder_lr_scale: float = 1.0) -> torch.optim.AdamW:
-    """AdamW with decay on matrices only (biases, norms and 1-d gains are not decayed), as nanoGPT.
-
-    With ``encoder_lr_scale`` != 1 the image encoder's parameters get their own groups, whose learning rate is
-    the schedule's times that scale (``lr_scale`` in the group; the step loop applies it)."""
-    encoder = getattr(model, "encoder", None)
-    in_encoder = {id(p) for p in encoder.parameters()} if encoder is not None and encoder_lr_scale != 1.0 else set()
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = []
-    parts = [(1.0, [p for p in params if id(p) not in in_encoder])]  # the two groups every run has
-    if in_encoder:
-        parts.append((encoder_lr_scale, [p for p in params if id(p) in in_encoder]))
-    for number, (scale, members) in enumerate(parts):
-        for decay, chosen in ((weight_decay, [p for p in members if p.dim() >= 2]),
-                              (0.0, [p for p in members if p.dim() < 2])):
-            if chosen or number == 0:
-                groups.append({"params": chosen, "weight_decay": decay, "lr_scale": scale})
-    # The fused kernel (CUDA and CPU) is ~10x faster than the per-tensor loop on this toy model's many small tensors.
-    fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=fused or None)
+def _strategy_meta(strategy: TrainingStrategy) -> dict[str, Any]:
+    """meta.json's record of how the run was trained (the strategy, and FSDP's sharding)."""
+    meta: dict[str, Any] = {"strategy": strategy.name}
+    if strategy.name == "fsdp":
+        meta["fsdp_sharding"] = strategy.tcfg.fsdp_sharding
+    return meta
 
 
 def _load_weights(model: torch.nn.Module, ckpt_dir: Path) -> None:
@@ -403,15 +339,16 @@ def _load_weights(model: torch.nn.Module, ckpt_dir: Path) -> None:
 class _Trainer:
     """The step loop, split from set-up so that each reads on one screen."""
 
-    def __init__(self, cfg: Config, ctx: DistContext, model: MLLM, train_model: torch.nn.Module,
-                 optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, stream: TrainStream,
-                 autocast_dtype: torch.dtype | None,
-                 peak_lr: float, flops: tuple[float, float], run_dir: Path, trackers: TrackerSet | None = None) -> None:
-        self.cfg, self.ctx, self.model, self.train_model = cfg, ctx, model, train_model
+    def __init__(self, cfg: Config, strategy: TrainingStrategy, stream: TrainStream, peak_lr: float,
+                 flops: tuple[float, float], run_dir: Path, trackers: TrackerSet | None = None) -> None:
+        assert strategy.model is not None and strategy.optimizer is not None, "strategy.setup first"
+        self.cfg, self.strategy, self.ctx = cfg, strategy, strategy.ctx
+        self.model: MLLM = strategy.model  # type: ignore[assignment]
+        self.optimizer = strategy.optimizer
         self.trackers = trackers or TrackerSet({}, run_dir, {})
-        self.optimizer, self.scaler, self.stream = optimizer, scaler, stream
-        self.autocast_dtype, self.peak_lr, self.run_dir = autocast_dtype, peak_lr, run_dir
+        self.stream, self.peak_lr, self.run_dir = stream, peak_lr, run_dir
         self.flops_per_row, self.flops_per_image = flops
+        ctx, model = self.ctx, self.model
         self.rows = check_batch_shape(cfg, ctx.world_size) * ctx.world_size  # global rows per micro-batch
         self.ignore_ids = tuple({int(model.image_token_id)})
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -448,7 +385,7 @@ class _Trainer:
         """Stop the run (MMError naming the step) on a non-finite loss, or grad norm when no fp16 loss scaler is
         expected to skip such steps; nothing of this step is logged or checkpointed."""
         bad = [f"{name} {value}" for name, value in (("loss", loss), ("grad norm", grad_norm))
-               if not math.isfinite(value) and (name == "loss" or self.scaler is None)]
+               if not math.isfinite(value) and (name == "loss" or self.strategy.scaler is None)]
         if bad:
             raise MMError(f"train: non-finite {' and '.join(bad)} at step {step}; training stopped, the last "
                           f"checkpoint is {self._last_saved_name()}; lower train.lr or raise train.warmup_steps")
@@ -473,29 +410,20 @@ class _Trainer:
             for row, kind in enumerate(_row_types(batch, valid.size(0))):
                 counts[3 + DATA_TYPES.index(kind)] += valid[row].sum()
         all_reduce_sum(counts, self.ctx)
-        norm = self.ctx.world_size / max(counts[0].item(), 1.0)  # DDP averages grads over ranks: undo it
+        norm = self.ctx.world_size / max(counts[0].item(), 1.0)  # DDP and FSDP average grads over ranks: undo it
         loss_sums = torch.zeros(1 + len(DATA_TYPES), dtype=torch.float64)
         for index, batch in enumerate(batches):
-            last = index == len(batches) - 1
-            sync = contextlib.nullcontext() if last or not self.ctx.distributed else self.train_model.no_sync()
-            with sync:
+            with self.strategy.micro_batch(last=index == len(batches) - 1):
                 per_token = self._forward(_to_device(batch, self.ctx.device))
                 loss = per_token.sum() * norm
-                (self.scaler.scale(loss) if self.scaler else loss).backward()
+                used_images = batch.get("images") is not None and batch["images"].size(0) > 0
+                self.strategy.backward(self.strategy.skipped_params_loss(loss, used_images))
             row_sums = per_token.detach().sum(dim=1).double().cpu()
             loss_sums[0] += row_sums.sum()
             for row, kind in enumerate(_row_types(batch, row_sums.size(0))):
                 loss_sums[1 + DATA_TYPES.index(kind)] += row_sums[row]
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = self.strategy.optimizer_step(self.params, max_norm)
         all_reduce_sum(loss_sums, self.ctx)
         window.loss_sum += loss_sums[0].item()
         window.label_tokens += counts[0].item()
@@ -513,11 +441,9 @@ class _Trainer:
         return valid
 
     def _forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        autocast = (torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
-                    else contextlib.nullcontext())
-        with autocast:
-            output = self.train_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                      images=batch.get("images"), labels=None)
+        with self.strategy.autocast():
+            output = self.strategy.train_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                               images=batch.get("images"), labels=None)
         return token_losses(output.logits, batch["labels"], self.ignore_ids)
 
     def log(self, state: TrainState, lr: float, grad_norm: float) -> None:
@@ -542,25 +468,19 @@ class _Trainer:
         state.window = LogWindow()
 
     def save(self, state: TrainState) -> None:
-        """Write checkpoint ``step_<N>`` atomically (rank 0): weights, tokenizer, trainer state, checkpoint.json."""
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):  # same on every rank
+        """Write checkpoint ``step_<N>`` (the strategy writes it atomically, from the ranks it chooses): weights,
+        tokenizer, trainer state, checkpoint.json."""
+        if not self.strategy.weights_finite():  # same on every rank
             raise MMError(f"train: the weights became non-finite by step {state.step}; training stopped before "
                           f"saving {step_dir_name(state.step)} (the last checkpoint is {self._last_saved_name()}); "
                           "lower train.lr or raise train.warmup_steps")
-        if not self.ctx.is_main:
-            return
-        with atomic_dir(RunDir(self.run_dir).checkpoint_dir(state.step)) as tmp:
-            self.model.save_pretrained(tmp)
-            extra: dict[str, Any] = {
-                "step": state.step, "tokens_seen": state.tokens_seen, "train_flops": state.train_flops,
-                "elapsed_s": state.elapsed_s,
-                "window": state.window.to_json(), "data": self.stream.state_dict(),
-                "grad_scaler": self.scaler.state_dict() if self.scaler else None,
-            }
-            save_trainer_state(tmp, self.optimizer, extra)
-            atomic_write_json(tmp / CHECKPOINT_JSON, {
-                "step": state.step, "content_hash": file_content_hash(tmp / MODEL_FILE),
-                "tokens_seen": state.tokens_seen, "train_flops": state.train_flops, "wall_time_s": state.elapsed_s,
-            })
-        RunDir(self.run_dir).drop_set_aside()  # the new run has a checkpoint: the run it replaces can go
-        self.trackers.log_checkpoint(state.step, RunDir(self.run_dir).checkpoint_dir(state.step))
+        directory = RunDir(self.run_dir).checkpoint_dir(state.step)
+        extra: dict[str, Any] = {
+            "step": state.step, "tokens_seen": state.tokens_seen, "train_flops": state.train_flops,
+            "elapsed_s": state.elapsed_s, "window": state.window.to_json(), "data": self.stream.state_dict(),
+        }
+        self.strategy.save(directory, extra, {"step": state.step, "tokens_seen": state.tokens_seen,
+                                              "train_flops": state.train_flops, "wall_time_s": state.elapsed_s})
+        if self.ctx.is_main:
+            RunDir(self.run_dir).drop_set_aside()  # the new run has a checkpoint: the run it replaces can go
+            self.trackers.log_checkpoint(state.step, directory)

@@ -284,13 +284,14 @@ class FSDPStrategy(TrainingStrategy):
         return model
 
     def skipped_params_loss(self, loss: torch.Tensor, used_images: bool) -> torch.Tensor:
-        """On a micro-batch without images, add 0 x the image path's parameters (the root unit's, gathered while
-        the forward's root stays unsharded) so that this rank reduces a (zero) gradient for them like the others."""
+        """On a micro-batch without images, add 0 x the image path's parameters (encoder, connector, fusion blocks:
+        the root unit's, still gathered after the forward) so that this rank reduces a (zero) gradient for each of
+        them like the ranks that used them."""
         if used_images:
             return loss
         assert self.model is not None
-        skipped = [p for name in ("encoder", "connector") for p in getattr(self.model, name).parameters()
-                   if p.requires_grad]
+        skipped = [p for name in ("encoder", "connector", "fusion") if hasattr(self.model, name)
+                   for p in getattr(self.model, name).parameters() if p.requires_grad]
         return loss + sum((0.0 * p.sum() for p in skipped), torch.zeros((), device=loss.device))
 
     def clip(self, params: list[torch.nn.Parameter], max_norm: float) -> float:

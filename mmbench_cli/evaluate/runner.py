@@ -102,6 +102,8 @@ class TaskData:
         extra = result_metadata(self.spec, self.world_version)
         if self.prior is not None:
             extra["prior"] = self.prior
+            if self.spec.task_type.prior_basis:  # VQA's cells keep their old shape: the report knows its basis
+                extra["prior_by"] = self.spec.task_type.prior_basis
         chance = self.spec.task_type.chance(self.spec, self.queries)
         if chance is not None:
             extra["chance"] = chance

@@ -31,6 +31,7 @@ from mmbench_cli.report.tables import (
     Column,
     answer_prior,
     axis_effects,
+    chance_level,
     repeated_points,
     run_estimate,
     summary_columns,
@@ -211,6 +212,9 @@ def axis_bars(study: Study, resamples: int = DEFAULT_RESAMPLES) -> list[Figure]:
             prior = answer_prior(study, family_tasks, family_columns[0].shots or "0")  # where the tasks record one
             if prior is not None:
                 handles.setdefault("answer prior", panel.axhline(prior, color="#555555", linestyle="--", linewidth=1))
+            chance = chance_level(study, family_tasks, family_columns[0].shots or "0")
+            if chance is not None:
+                handles.setdefault("chance", panel.axhline(chance, color="#999999", linestyle=":", linewidth=1))
             panel.set_title(title)
             panel.set_ylabel(_family_unit(family.name, tasks))
             _tick_labels(panel, [_short(v, 24) for v in values])
@@ -456,6 +460,7 @@ def dynamics(study: Study) -> list[Figure]:
                         if (run.name, step) in repeated:
                             flagged.append((float(step), flops, cell.value))
             prior = answer_prior(study, [task], shots)  # None where the task records no prior
+            chance = chance_level(study, [task], shots)
             for row, (lines, xlabel, unit) in enumerate(((by_step, "training step (log)", ""),
                                                          (by_flops, "training compute (log)", "FLOP"))):
                 panel = panels[row][j]
@@ -466,6 +471,8 @@ def dynamics(study: Study) -> list[Figure]:
                                   label="repeated checkpoint hash")
                 if prior is not None:
                     panel.axhline(prior, color="#555555", linestyle="--", linewidth=1, label="answer prior")
+                if chance is not None:
+                    panel.axhline(chance, color="#999999", linestyle=":", linewidth=1, label="chance")
                 _log_x(panel, [x for points in lines.values() for seeds in points.values() for x, _ in seeds],
                        max_ticks=(8, 5)[row], unit=unit)
                 panel.set_xlabel(xlabel)
@@ -481,7 +488,8 @@ def dynamics(study: Study) -> list[Figure]:
             f"{task} ({info.metric or 'score'}) at each evaluated checkpoint vs. training step and vs. training compute "
             "(FLOPs); one line per cell through its checkpoints in step order (mean over its training seeds), shaded: "
             "min..max over the seeds; × a checkpoint whose content hash repeats (see Repeated checkpoints)"
-            + ("; dashed: the answer prior" if prior is not None else "") + ".", _to_svg(fig)))
+            + ("; dashed: the answer prior" if prior is not None else "")
+            + ("; dotted: chance" if chance is not None else "") + ".", _to_svg(fig)))
     return figures
 
 

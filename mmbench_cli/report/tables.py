@@ -307,34 +307,58 @@ def summary_table(study: Study, resamples: int = DEFAULT_RESAMPLES) -> Table:
     return make_table("summary", "MM1-style summary", note, list(groups), [*columns, loss_column], lookup, ["cell"], resamples)
 
 
-def answer_prior(study: Study, tasks: list[str], shots: str) -> float | None:
-    """The mean answer prior (``extra["prior"]``) of ``tasks`` at ``shots`` over the runs' last checkpoints, when every
-    task records one (another eval version may not: then None)."""
-    priors: dict[str, list[float]] = {}
+def recorded_level(study: Study, tasks: list[str], shots: str, key: str) -> float | None:
+    """The mean of a level every results cell of ``tasks`` at ``shots`` records in its extras (``prior``, ``chance``)
+    over the runs' last checkpoints, when every task records one (another eval version may not: then None)."""
+    levels: dict[str, list[float]] = {}
     for run in study.runs:
         step = run.final_step
         for task in tasks:
             cell = run.entry(step, task, shots) if step is not None else None
-            prior = cell.extra.get("prior") if cell is not None else None
-            if is_number(prior) and math.isfinite(prior):
-                priors.setdefault(task, []).append(float(prior))
-    if not tasks or any(task not in priors for task in tasks):
+            level = cell.extra.get(key) if cell is not None else None
+            if is_number(level) and math.isfinite(level):
+                levels.setdefault(task, []).append(float(level))
+    if not tasks or any(task not in levels for task in tasks):
         return None
-    return sum(sum(v) / len(v) for v in priors.values()) / len(priors)
+    return sum(sum(v) / len(v) for v in levels.values()) / len(levels)
+
+
+def answer_prior(study: Study, tasks: list[str], shots: str) -> float | None:
+    """The mean answer prior (``extra["prior"]``) of ``tasks`` at ``shots`` (``recorded_level``)."""
+    return recorded_level(study, tasks, shots, "prior")
+
+
+def chance_level(study: Study, tasks: list[str], shots: str) -> float | None:
+    """The mean chance level (``extra["chance"]``: a uniform random answer's expected score) of ``tasks``."""
+    return recorded_level(study, tasks, shots, "chance")
+
+
+VQA_PRIOR = "every query answered with its question type's most common training answer"
+
+
+def _prior_basis(study: Study, task: str, shots: str) -> str:
+    """How a task's prior was made, as its cells say (``extra["prior_by"]``; VQA's cells predate the field)."""
+    for run in study.runs:
+        cell = run.entry(run.final_step, task, shots) if run.final_step is not None else None
+        if cell is not None and isinstance(cell.extra.get("prior_by"), str):
+            return cell.extra["prior_by"]
+    return VQA_PRIOR
 
 
 def prior_note(study: Study) -> str:
-    """The note's "answer prior" clause: each VQA-family task's prior (the score of answering every query with its
-    question type's most common training answer), where the results record one ("" otherwise)."""
-    priors = []
+    """The note's "answer prior" and "chance" clauses: each task's prior (the score of answering without the image,
+    as its task type defines it) and chance level, where the results record them ("" otherwise)."""
+    priors: dict[str, list[str]] = {}
+    chances = []
     for task, info in study.tasks().items():
         prior = answer_prior(study, [task], info.shots[0]) if info.shots else None
         if prior is not None:
-            priors.append(f"{task} {prior:.1f}")
-    if not priors:
-        return ""
-    return ("; answer prior (every query answered with its question type's most common training answer, same "
-            "metric): " + ", ".join(priors))
+            priors.setdefault(_prior_basis(study, task, info.shots[0]), []).append(f"{task} {prior:.1f}")
+        chance = chance_level(study, [task], info.shots[0]) if info.shots else None
+        if chance is not None:
+            chances.append(f"{task} {chance:.1f}")
+    note = "".join(f"; answer prior ({basis}, same metric): " + ", ".join(values) for basis, values in priors.items())
+    return note + ("; chance (a uniform random answer): " + ", ".join(chances) if chances else "")
 
 
 def task_table(study: Study, resamples: int = DEFAULT_RESAMPLES) -> Table:
@@ -724,6 +748,13 @@ def describe_prediction(record: dict[str, Any]) -> tuple[str, str]:
     references = record.get("references")
     refs = [str(r) for r in references] if isinstance(references, list) else ([str(references)] if references else [])
     choices = record.get("choices") if isinstance(record.get("choices"), list) else None
+    options, chosen, gold = record.get("options"), record.get("chosen"), record.get("gold")
+    if isinstance(options, list) and isinstance(chosen, int) and isinstance(gold, int):  # a multimodal choice task
+        def option(index: int) -> str:
+            return f"{chr(65 + index)}. {options[index]}" if 0 <= index < len(options) else str(index)
+
+        listed = " | ".join(option(i) for i in range(len(options)))
+        return f"chose {option(chosen)} (options: {listed})", f"answer: {option(gold)}"
     pairs = _loglikelihoods(record.get("prediction"))
     if pairs is None:
         distinct = list(dict.fromkeys(refs))  # VQA's ten annotators mostly agree: each answer once

@@ -42,6 +42,7 @@ class TaskType:
     max_new_tokens: ClassVar[int] = 16
     default_metric: ClassVar[str] = ""
     synthetic_kinds: ClassVar[tuple[str, ...]] = ()  # the synthetic world's splits of this type
+    prior_basis: ClassVar[str | None] = None  # how the answer prior is made, in the report's words (cells: prior_by)
 
     # ---- data
     def synthetic_samples(self, world: SyntheticWorld, split: str, spec: TaskSpec) -> list[Any]:

@@ -58,6 +58,7 @@ class MultipleChoiceType(TaskType):
     max_new_tokens = 1
     default_metric = "mc_accuracy"
     synthetic_kinds = ("shape_choice",)
+    prior_basis = "always the option position most often right in the demo split"
 
     def synthetic_samples(self, world: SyntheticWorld, split: str, spec: TaskSpec) -> list[Any]:
         return world.multiple_choice(split)

@@ -31,6 +31,7 @@ class YesNoType(TaskType):
     max_new_tokens = 3
     default_metric = "pope_accuracy"
     synthetic_kinds = ("pope",)
+    prior_basis = "always the demo split's most common label"
 
     def synthetic_samples(self, world: SyntheticWorld, split: str, spec: TaskSpec) -> list[Any]:
         return world.pope(split, str(spec.options.get("negatives", "random")))

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from mmbench_cli.errors import MMError
 from mmbench_cli.resources import resource_path
 
 REGISTRY_MODULE = "lm_eval.api.registry"
@@ -122,6 +123,30 @@ def model_path(args: Mapping[str, Any]) -> tuple[str | None, str | None, dict[st
     for name in following[:used]:
         rest.pop(name, None)
     return best, key, rest
+
+
+def load_model_from_args(path: str | None, args: Mapping[str, Any], ignored: Sequence[str], takes: str,
+                         device: str = "cpu") -> Any:
+    """Our MLLM from an evaluation harness's ``model_args``: ``path`` (a run dir: its last checkpoint, a checkpoint
+    dir or a ``mm build -o`` dir) plus the other ``args``; keys in ``ignored`` (the harness's own) are dropped and any
+    other key is an MMError naming ``takes`` (what the model accepts). A CUDA device without CUDA falls back to CPU,
+    as the harnesses' hf models do."""
+    path, _, unknown = model_path({"path": path, **args})
+    unknown = {k: v for k, v in unknown.items() if k not in ignored}
+    if path is None:
+        raise MMError("model_args: pass path=<run dir, checkpoint dir or mm build -o dir> (or pretrained=)")
+    if unknown:
+        shown = ",".join(f"{k}={v}" for k, v in unknown.items())
+        raise MMError(f"model_args: unknown argument(s) {shown} for model mm (path={path}); a path containing "
+                      f"commas that does not exist as split may be quoted: path=\"runs/g/a=1,b=2\"; model mm takes {takes}")
+    import torch
+
+    from mmbench_cli.evaluate.target import resolve_target
+    from mmbench_cli.model import load_model
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        device = "cpu"
+    return load_model(resolve_target(path).checkpoints[-1].path, device=device)
 
 
 # ------------------------------------------------------------------------------------------ mm lm-eval

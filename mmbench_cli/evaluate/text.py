@@ -32,12 +32,6 @@ if TYPE_CHECKING:
     from mmbench_cli.model.mllm import MLLM
 
 
-def _resolve_model_dir(path: str | Path) -> Path:
-    from mmbench_cli.evaluate.target import resolve_target
-
-    return resolve_target(path).checkpoints[-1].path
-
-
 # model_args lm-eval itself may add (from its --batch_size/--device options and the like); others are refused
 LM_EVAL_KEYS = frozenset({"max_batch_size", "trust_remote_code", "dtype", "parallelize"})
 
@@ -52,22 +46,10 @@ class MMLM(TemplateLM):
                  device: str = "cpu", max_length: int | None = None, **kwargs: Any) -> None:
         super().__init__()
         if model is None:
-            from mmbench_cli.evaluate.lm_eval_hook import model_path
+            from mmbench_cli.evaluate.lm_eval_hook import load_model_from_args
 
-            path, _, unknown = model_path({"path": path, **kwargs})
-            unknown = {k: v for k, v in unknown.items() if k not in LM_EVAL_KEYS}
-            if path is None:
-                raise MMError("model_args: pass path=<run dir, checkpoint dir or mm build -o dir> (or pretrained=)")
-            if unknown:
-                shown = ",".join(f"{k}={v}" for k, v in unknown.items())
-                raise MMError(f"model_args: unknown argument(s) {shown} for model mm (path={path}); a path containing "
-                              "commas that does not exist as split may be quoted: path=\"runs/g/a=1,b=2\"; model mm "
-                              "takes path (alias pretrained), batch_size, device, max_length")
-            from mmbench_cli.model import load_model
-
-            if str(device).startswith("cuda") and not torch.cuda.is_available():
-                device = "cpu"  # lm-eval's CLI defaults to cuda:0; its hf model falls back to CPU the same way
-            model = load_model(_resolve_model_dir(path), device=device)
+            model = load_model_from_args(path, kwargs, LM_EVAL_KEYS, "path (alias pretrained), batch_size, device, "
+                                         "max_length", device)
         self.model = model.eval()
         self.tokenizer = model.tokenizer
         self._device = next(model.parameters()).device

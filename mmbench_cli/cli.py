@@ -426,6 +426,33 @@ def lm_eval_command(ctx: typer.Context) -> None:
 
 
 @app.command(
+    name="lmms-eval",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+    add_help_option=False,
+)
+@user_errors_exit_2
+def lmms_eval_command(ctx: typer.Context) -> None:
+    """lmms-eval's own command line (extra `mmbench[lmms]`), with our model as `--model mm` (the default).
+
+    `mm lmms-eval --model_args path=runs/toy --tasks my_vqa --include_path tasks/ --log_samples --output_path out/`:
+    0 shots (lmms-eval's demos are text only: interleaved k-shot is `mm eval --shots`); exits 1 when an evaluation
+    fails and 2 on a user error, where lmms-eval itself logs and exits 0; `mm lmms-eval --help` is lmms-eval's help.
+    """
+    from mmbench_cli.evaluate.lmms_eval_hook import run_cli
+
+    if not ctx.args or ctx.args[0] in ("-h", "--help"):  # our examples above lmms-eval's own help
+        console.print(
+            "mm lmms-eval: lmms-eval's command line with `--model mm` (default) registered; 0 shots.\n\nExamples:\n\n"
+            "  mm lmms-eval --model_args path=runs/toy --tasks my_vqa --include_path tasks/ --log_samples "
+            "--output_path out/\n"
+            "  mm lmms-eval --model_args path=runs/toy/checkpoints/step_400 --tasks my_vqa --use_cache cache/\n"
+            "  mm lmms-eval tasks list\n\nlmms-eval's help follows.\n", highlight=False, markup=False, soft_wrap=True)
+    code = run_cli(ctx.args or ["--help"])
+    if code:
+        raise typer.Exit(code=code)
+
+
+@app.command(
     epilog="Examples:\n\n"
     "  mm report runs/grid\n\n"
     "  mm report runs/res32 runs/res64 -o reports/resolution\n\n"

@@ -22,6 +22,7 @@ Standard library only at import time; lmms-eval and torch are imported when a co
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -170,9 +171,9 @@ def check_include_path(args: Sequence[str]) -> None:
     directory = Path(include_path)
     if not directory.is_dir():
         raise MMError(f"--include_path {include_path}: not a directory of lmms-eval task YAMLs")
-    import lmms_eval.tasks as builtin
-
-    clashes = shadowed_tasks(directory, Path(builtin.__file__).parent)
+    spec = importlib.util.find_spec("lmms_eval")  # located, not imported (that takes seconds)
+    builtin_dir = Path(list(spec.submodule_search_locations)[0]) / "tasks" if spec and spec.submodule_search_locations else None
+    clashes = shadowed_tasks(directory, builtin_dir) if builtin_dir is not None else []
     if clashes:
         name, mine, theirs = clashes[0]
         more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
@@ -205,9 +206,13 @@ class _Failures:
 def run_cli(argv: Sequence[str]) -> int:
     """Run lmms-eval's command line on ``argv`` (``--model mm`` by default); returns the exit code: 1 when any
     evaluation failed (lmms-eval itself would exit 0). ``MMError``s (bad path, shadowed task) propagate."""
+    if importlib.util.find_spec("lmms_eval") is None:
+        raise MMError("lmms-eval is not installed: pip install 'mmbench[lmms]'")
     args = list(argv)
-    if args and args[0] in SUBCOMMANDS or any(a in ("-h", "--help") for a in args):
+    if args and args[0] in SUBCOMMANDS:
         return _dispatch(args)
+    if any(a in ("-h", "--help") for a in args):
+        return _dispatch(["eval", "--help"])
     args = lmms_eval_argv(args)
     check_include_path(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # we run offline: tasks read local files or the HF cache
@@ -227,12 +232,21 @@ def run_cli(argv: Sequence[str]) -> int:
     if user_errors:
         raise user_errors[0]
     for error in failures.errors:
-        print(f"mm lmms-eval: evaluation failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-              " (rerun with --verbosity DEBUG for the traceback)", file=sys.stderr)
+        print(f"mm lmms-eval: evaluation failed: {_describe(error)} (rerun with --verbosity DEBUG for the traceback)",
+              file=sys.stderr)
     if failures.few_shot:
         print(f"mm lmms-eval: warning: {', '.join(failures.few_shot)} ran with few-shot demos from its YAML, which "
               "lmms-eval gives as text only; use `mm eval --shots` for interleaved image demos", file=sys.stderr)
     return 1 if failures.errors else 0
+
+
+def _describe(error: BaseException) -> str:
+    """``Type: first line`` of an exception, looking through tenacity's RetryError (lmms-eval retries task loading)."""
+    last = getattr(error, "last_attempt", None)
+    inner = last.exception() if last is not None and hasattr(last, "exception") else None
+    error = inner or error
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def _dispatch(args: list[str]) -> int:

@@ -64,6 +64,29 @@ lmms_eval_specific_kwargs:
     pre_prompt: "Question: "
     post_prompt: " Short answer:"
 '''
+CHOICE_YAML = '''task: local_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_visual: !function utils.doc_to_visual
+doc_to_text: !function utils.doc_to_text
+doc_to_choice: {choices}
+doc_to_target: colour_index
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+lmms_eval_specific_kwargs:
+  mm:
+    pre_prompt: "Question: "
+    post_prompt: " Short answer:"
+'''
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +141,7 @@ def test_default_arguments_and_few_shot_refusal() -> None:
         lmms_eval_argv(["--tasks", "x", "--num_fewshot=2"])
 
 
+@pytest.mark.slow
 def test_model_args_pinned_to_the_checkpoint_for_the_response_cache(trained_run: Path) -> None:
     step_3 = trained_run.resolve() / "checkpoints" / "step_3"
     assert pin_checkpoint(f"path={trained_run},batch_size=2") == f"path={step_3},batch_size=2"
@@ -169,10 +193,12 @@ def test_filelock_keeps_lmms_evals_reentrant_locks(tmp_path: Path) -> None:
 @needs_lmms_eval
 @pytest.mark.slow
 def test_lmms_evals_own_cli_runs_a_local_yaml_offline_and_scores_like_ours(trained_run: Path, tmp_path: Path) -> None:
-    """`python -m lmms_eval --model mm` on a `dataset_path: json` task over local files, HF_HUB_OFFLINE=1: its answers
+    """`python -m lmms_eval --model mm` on `dataset_path: json` tasks over local files, HF_HUB_OFFLINE=1: its answers
     are our generation's and its VQA score is our scorer's on them. The answers are the tiny run's (3 steps: the same
-    phrase for every picture), so each question's ten human answers repeat ours 0-4 times for scores between 0 and 1."""
-    from mmbench_cli.evaluate.metrics import vqa_accuracy
+    phrase for every picture), so each question's ten human answers repeat ours 0-4 times for scores between 0 and 1.
+    A multiple-choice task over the same pictures scores the options by log-likelihood: lmms-eval's acc and acc_norm
+    are ours (``multiple_choice_scores``) on its logged log-likelihoods."""
+    from mmbench_cli.evaluate.metrics import multiple_choice_scores, vqa_accuracy
 
     files = _images(tmp_path / "images")
     ours = _our_answers(trained_run, files)
@@ -180,6 +206,7 @@ def test_lmms_evals_own_cli_runs_a_local_yaml_offline_and_scores_like_ours(train
     for index, ((colour, path), answer) in enumerate(zip(files, ours, strict=True)):
         humans = [answer] * (index % 5) + [colour] * (10 - index % 5)
         rows.append({"question_id": index, "question": QUESTION, "image_path": str(path),
+                     "colour_index": list(COLOURS).index(colour),
                      "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(humans)]})
     data = tmp_path / "questions.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -187,24 +214,39 @@ def test_lmms_evals_own_cli_runs_a_local_yaml_offline_and_scores_like_ours(train
     tasks.mkdir()
     (tasks / "utils.py").write_text(UTILS)
     (tasks / "local_vqa.yaml").write_text(VQA_YAML.format(task="local_vqa", data=data, visual="doc_to_visual"))
+    (tasks / "local_choice.yaml").write_text(CHOICE_YAML.format(data=data, choices=json.dumps(list(COLOURS))))
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf"),
            "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "lmms_eval", "--model", "mm", "--model_args",
-                           f"path={trained_run},batch_size=4", "--tasks", "local_vqa", "--include_path", str(tasks),
+                           f"path={trained_run},batch_size=4", "--tasks", "local_vqa,local_choice", "--include_path", str(tasks),
                            "--log_samples", "--output_path", str(out)], capture_output=True, text=True, env=env,
                           timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert list(out.glob("*/*_results.json")), done.stdout[-3000:]  # lmms-eval exits 0 when an evaluation fails
     (results_file,) = out.glob("*/*_results.json")
-    score = json.loads(results_file.read_text())["results"]["local_vqa"]["exact_match,none"]
-    (samples_file,) = out.glob("*/*_samples_local_vqa.jsonl")
-    samples = sorted((json.loads(line) for line in samples_file.read_text().splitlines()), key=lambda s: s["doc_id"])
+    results = json.loads(results_file.read_text())["results"]
+    score = results["local_vqa"]["exact_match,none"]
+    samples = _logged(out, "local_vqa")
     predictions = [s["filtered_resps"] if isinstance(s["filtered_resps"], str) else s["filtered_resps"][0]
                    for s in samples]
     assert predictions == ours
     by_us = [vqa_accuracy(p, [a["answer"] for a in row["answers"]]) for p, row in zip(predictions, rows, strict=True)]
     assert len(set(by_us)) > 2 and 0 < score < 1
     assert score == pytest.approx(sum(by_us) / len(by_us), abs=1e-9)
+
+    choices = _logged(out, "local_choice")
+    loglikelihoods = [[float(pair[0]) for pair in s["filtered_resps"]] for s in choices]
+    assert all(len(lls) == len(COLOURS) and max(lls) < 0 for lls in loglikelihoods)
+    ours_mc = multiple_choice_scores(loglikelihoods, [row["colour_index"] for row in rows], list(COLOURS))
+    assert 100 * results["local_choice"]["acc,none"] == pytest.approx(ours_mc["acc"])
+    assert 100 * results["local_choice"]["acc_norm,none"] == pytest.approx(ours_mc["acc_norm"])
+
+
+def _logged(out: Path, task: str) -> list[dict]:
+    """lmms-eval's logged samples of ``task`` in document order."""
+    (samples_file,) = out.glob(f"*/*_samples_{task}.jsonl")
+    return sorted((json.loads(line) for line in samples_file.read_text().splitlines()), key=lambda s: s["doc_id"])
 
 
 @needs_lmms_eval

@@ -150,6 +150,20 @@ def choice_loglikelihoods(
     Rows (one per prompt and choice) run in right-padded batches of ``batch_size``, longest first; a row's value
     does not depend on its batch.
     """
+    scored = choice_scores(model, prompts, images, choices, cache, batch_size)
+    return [[value for value, _ in row] for row in scored]
+
+
+def choice_scores(
+    model: MLLM,
+    prompts: Sequence[str],
+    images: Sequence[Sequence[ImageRef]],
+    choices: Sequence[Sequence[str]],
+    cache: ImageFeatureCache,
+    batch_size: int = 64,
+) -> list[list[tuple[float, bool]]]:
+    """``choice_loglikelihoods`` with, for each choice, whether greedy decoding would produce it (every token the
+    argmax): the pair an lm-eval / lmms-eval ``loglikelihood`` request returns."""
     import torch
     import torch.nn.functional as F
 
@@ -163,7 +177,7 @@ def choice_loglikelihoods(
             if not continuation:
                 raise ValueError(f"prompt {i}: choice {j} ({option!r}) encodes to no tokens")
             rows.append((i, j, contexts[i], continuation))
-    results: list[list[float]] = [[0.0] * len(options) for options in choices]
+    results: list[list[tuple[float, bool]]] = [[(0.0, True)] * len(options) for options in choices]
     device = next(model.parameters()).device
     order = sorted(range(len(rows)), key=lambda r: -(len(rows[r][2]) + len(rows[r][3])))
     with torch.no_grad():
@@ -181,5 +195,6 @@ def choice_loglikelihoods(
                 positions = torch.arange(len(context) - 1, len(context) - 1 + len(continuation), device=logits.device)
                 log_probs = F.log_softmax(logits[b, positions].float(), dim=-1)
                 target = torch.tensor(continuation, device=logits.device).unsqueeze(-1)
-                results[prompt][choice] = float(log_probs.gather(-1, target).sum())
+                greedy = bool((log_probs.argmax(-1, keepdim=True) == target).all())
+                results[prompt][choice] = (float(log_probs.gather(-1, target).sum()), greedy)
     return results

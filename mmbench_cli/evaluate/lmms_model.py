@@ -4,9 +4,9 @@ lmms-eval hands a "simple" model requests whose ``args`` are ``(context, gen_kwa
 doc_id, task, split)``: the images come from ``doc_to_visual(doc)`` (PIL images), the text from the task's
 ``doc_to_text``. A prompt is the images' ``<image>`` slots followed by the context, as our 0-shot prompts put the
 image first (``data.templates``); a context that already holds one ``<image>`` per image keeps its own placement.
-Images go through the model's own preprocessing (``ImageFeatureCache`` → ``data.images.preprocess``), and answers
-come from the same batched generation ``mm eval`` uses (``runner.generate_batch``), cut at our stop strings and
-the task's ``until``. Log-likelihoods score the continuation's tokens after the interleaved context.
+Images go through the model's own preprocessing (``ImageFeatureCache`` → ``data.images.preprocess``), and the model
+runs through ``mm eval``'s own entry points (``evaluate.engine``): ``generate_batch`` for answers (cut at our stop
+strings and the task's ``until``), ``choice_scores`` for log-likelihoods (lmms-eval's ``multiple_choice`` too).
 
 0 shots only: lmms-eval's few-shot demos are text (``mm lmms-eval`` refuses ``--num_fewshot``); interleaved k-shot is
 ``mm eval``'s job.
@@ -17,16 +17,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
 from lmms_eval.api.model import lmms
 from loguru import logger
 
-from mmbench_cli.data.templates import IMAGE_TOKEN, encode_interleaved
+from mmbench_cli.data.templates import IMAGE_TOKEN
 from mmbench_cli.data.types import MemoryImage
 from mmbench_cli.errors import MMError
-from mmbench_cli.evaluate.fewshot import STOP_STRINGS
-from mmbench_cli.evaluate.runner import ImageFeatureCache, generate_batch
+from mmbench_cli.evaluate.engine import ImageFeatureCache, choice_scores, generate_batch
+from mmbench_cli.evaluate.fewshot import cut_at_stops
 
 if TYPE_CHECKING:
     from mmbench_cli.model.mllm import MLLM
@@ -51,6 +49,7 @@ class MMLMMs(lmms):
 
             model = load_model_from_args(path, kwargs, LMMS_EVAL_KEYS, "path (alias pretrained), batch_size, device",
                                          device or "cpu")
+        _keep_loglikelihood_pairs()
         self.model = model.eval()
         self.batch_size = int(batch_size) if str(batch_size).isdigit() and int(batch_size) > 0 else 8
         self.cache = ImageFeatureCache(self.model)
@@ -128,33 +127,33 @@ class MMLMMs(lmms):
         raise MMError("model mm does not run multi-round (generate_until_multi_round) tasks: it is not a chat model")
 
     # ---- scoring ------------------------------------------------------------------------------------
-    @torch.no_grad()
     def loglikelihood(self, requests: Sequence[Any]) -> list[tuple[float, bool]]:
-        """(sum log p(continuation | images + context), continuation is the greedy decode) per request."""
-        results: list[tuple[float, bool]] = []
-        tokenizer = self.model.tokenizer
-        device = next(self.model.parameters()).device
-        for request in requests:
-            if len(request.args) < 6:  # an unconditional request (acc_mutual_info): ("", choice), no images
-                (context, continuation), images = request.args[:2], []
-            else:
-                context, target, doc_to_visual, doc_id, task, split = request.args[:6]
-                continuation = target if isinstance(target, str) else target(self.task_dict[task][split][doc_id])
-                continuation = continuation[0] if isinstance(continuation, list) else continuation
-                images = self._images(doc_to_visual, doc_id, task, split)
-            context_ids = encode_interleaved(tokenizer, self._prompt(context, len(images)), self.model.num_image_tokens)
-            context_ids = context_ids or [int(self.model.eos_token_id)]  # an empty context: condition on end-of-text
-            continuation_ids = tokenizer(str(continuation), add_special_tokens=False)["input_ids"]
-            if not continuation_ids:
-                results.append((0.0, True))
-                continue
-            input_ids = torch.tensor([context_ids + continuation_ids], device=device)
-            embeds = self.cache.stack(images) if images else None
-            logits = self.model(input_ids, image_embeds=embeds).logits[0, len(context_ids) - 1:-1].float()
-            span = F.log_softmax(logits, dim=-1)
-            target_ids = torch.tensor(continuation_ids, device=span.device)
-            score = float(span.gather(-1, target_ids.unsqueeze(-1)).sum())
-            results.append((score, bool((span.argmax(-1) == target_ids).all())))
+        """(sum log p(continuation | images + context), continuation is the greedy decode) per request, through
+        ``mm eval``'s multiple-choice scoring (``engine.choice_scores``), in batches of requests."""
+        results: list[tuple[float, bool]] = [(0.0, True)] * len(requests)
+        for start in range(0, len(requests), self.batch_size):
+            prompts, images, continuations, rows = [], [], [], []
+            for i in range(start, min(start + self.batch_size, len(requests))):
+                args = requests[i].args
+                if len(args) < 6:  # an unconditional request (acc_mutual_info): ("", choice), no images
+                    (context, continuation), visuals = args[:2], []
+                else:
+                    context, target, doc_to_visual, doc_id, task, split = args[:6]
+                    continuation = target if isinstance(target, str) else target(self.task_dict[task][split][doc_id])
+                    continuation = continuation[0] if isinstance(continuation, list) else continuation
+                    visuals = self._images(doc_to_visual, doc_id, task, split)
+                if not self.model.tokenizer(str(continuation), add_special_tokens=False)["input_ids"]:
+                    continue  # nothing to score: log p = 0, trivially greedy
+                # an empty context conditions on end-of-text, as lm-eval's models do
+                prompt = self._prompt(context, len(visuals)) or self.model.tokenizer.eos_token
+                prompts.append(prompt)
+                images.append(visuals)
+                continuations.append([str(continuation)])
+                rows.append(i)
+            if rows:
+                scored = choice_scores(self.model, prompts, images, continuations, self.cache, self.batch_size)
+                for i, (pair,) in zip(rows, scored, strict=True):
+                    results[i] = pair
             self._bound_cache()
         return results
 
@@ -163,9 +162,31 @@ class MMLMMs(lmms):
             self.cache.features.clear()
 
 
+def _keep_loglikelihood_pairs() -> None:
+    """Work around lmms-eval 0.7.3: its evaluator passes every model output through ``unwrap_generation_output``, which
+    turns a loglikelihood request's ``(log p, is_greedy)`` pair into its ``str``, so every ``loglikelihood`` and
+    ``multiple_choice`` task then fails in ``process_results``. Such pairs (tuples, or lists as its response cache
+    returns them) pass through unchanged; nothing else is touched, and nothing at all where the bug is fixed."""
+    import lmms_eval.evaluator as evaluator
+
+    inner = evaluator.unwrap_generation_output
+    if getattr(inner, "keeps_pairs", False) or not isinstance(inner((0.0, True))[0], str):
+        return
+
+    def unwrap(output: Any) -> tuple[Any, Any]:
+        if (isinstance(output, tuple | list) and len(output) == 2 and isinstance(output[0], int | float)
+                and isinstance(output[1], bool)):
+            return output, None
+        return inner(output)
+
+    unwrap.keeps_pairs = True  # type: ignore[attr-defined]
+    evaluator.unwrap_generation_output = unwrap
+
+
 def _cut(text: str, until: Sequence[str]) -> str:
     """A generation up to our stop strings (end of chunk, end of text, a new line...) and the task's ``until``."""
-    for stop in [*STOP_STRINGS, *until]:
+    text = cut_at_stops(text)
+    for stop in until:
         if stop:
             text = text.split(stop, 1)[0]
     return text.strip()

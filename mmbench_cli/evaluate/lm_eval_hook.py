@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -177,10 +177,16 @@ def run_cli(argv: Sequence[str]) -> int:
     importlib.import_module(REGISTRY_MODULE)  # registers mm and lm-eval's own models through the hook
     from lm_eval.__main__ import cli_evaluate
 
+    return call_with_argv(cli_evaluate, ["lm-eval", *lm_eval_argv(argv)])
+
+
+def call_with_argv(main: Callable[[], Any], argv: Sequence[str]) -> int:
+    """Run a command line's ``main()`` with ``sys.argv`` set to ``argv`` (restored after); returns its exit code
+    (its SystemExit's, else 0)."""
     saved = sys.argv
-    sys.argv = ["lm-eval", *lm_eval_argv(argv)]
+    sys.argv = list(argv)
     try:
-        cli_evaluate()
+        main()
     except SystemExit as done:
         code = done.code
         return code if isinstance(code, int) else (0 if code is None else 1)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mmbench_cli.errors import MMError
+from mmbench_cli.evaluate.lm_eval_hook import call_with_argv
 
 MODEL_NAME = "mm"
 CLASS_PATH = "mmbench_cli.evaluate.lmms_model.MMLMMs"
@@ -218,16 +219,13 @@ def run_cli(argv: Sequence[str]) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # we run offline: tasks read local files or the HF cache
     main = importlib.import_module("lmms_eval.__main__")
     failures = _Failures(main.cli_evaluate_single)
-    saved_argv, main.cli_evaluate_single = sys.argv, failures
-    sys.argv = ["lmms-eval", *args]
+    main.cli_evaluate_single = failures
     try:
-        main.cli_evaluate()
-    except SystemExit as done:
-        code = done.code
-        if code not in (None, 0):
-            return code if isinstance(code, int) else 1
+        code = call_with_argv(main.cli_evaluate, ["lmms-eval", *args])
     finally:
-        sys.argv, main.cli_evaluate_single = saved_argv, failures.inner
+        main.cli_evaluate_single = failures.inner
+    if code:
+        return code
     user_errors = [e for e in failures.errors if isinstance(e, MMError)]
     if user_errors:
         raise user_errors[0]
@@ -253,13 +251,4 @@ def _dispatch(args: list[str]) -> int:
     """lmms-eval's dispatcher (subcommands, help) on ``args``; returns its exit code."""
     from lmms_eval.cli.dispatch import main
 
-    saved = sys.argv
-    sys.argv = ["lmms-eval", *args]
-    try:
-        main()
-    except SystemExit as done:
-        code = done.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
-    finally:
-        sys.argv = saved
-    return 0
+    return call_with_argv(main, ["lmms-eval", *args])

@@ -187,7 +187,9 @@ def build(
     epilog="Examples:\n\n"
     "  mm pretrain --out runs/toy\n\n"
     "  mm pretrain train.steps=1000 model.image_size=96 --out runs/res96\n\n"
-    "  torchrun --nproc_per_node 2 -m mmbench_cli.cli pretrain --out runs/ddp",
+    "  torchrun --nproc_per_node 2 -m mmbench_cli.cli pretrain --out runs/ddp\n\n"
+    "  torchrun --nproc_per_node 4 -m mmbench_cli.cli pretrain train.strategy=fsdp --out runs/fsdp\n\n"
+    "  mm pretrain train.strategy=fsdp --dry-run --world-size 8 --device-memory 80GB",
 )
 @user_errors_exit_2
 def pretrain(
@@ -197,6 +199,11 @@ def pretrain(
     force: bool = typer.Option(False, "--force", help="Start over even if the run dir holds another run."),
     stage: str | None = typer.Option(None, "--stage", help="mllm (default) or encoder (CLIP/MAE pre-training)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count bad samples (same as data.skip_bad=true)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the per-device memory estimate; train nothing."),
+    device_memory: str | None = typer.Option(None, "--device-memory", help="Memory of one device (80GB, 24GiB): "
+                                             "refuse a run whose estimated need per device exceeds it."),
+    world_size: int | None = typer.Option(None, "--world-size", min=1, help="Ranks for the memory estimate "
+                                          "(default: torchrun's WORLD_SIZE, else 1)."),
 ) -> None:
     """Train the model on the data mixture, saving Pythia-style log-spaced checkpoints."""
     import os
@@ -209,6 +216,17 @@ def pretrain(
     if skip_bad:
         overrides = [*overrides, "data.skip_bad=true"]
     cfg = load_config(path, overrides)
+    if dry_run or device_memory:
+        from mmbench_cli.ablate.estimate import check_fits, memory_estimate, memory_line, parse_memory
+
+        limit = parse_memory(device_memory) if device_memory else None
+        estimate = memory_estimate(cfg, world_size or int(os.environ.get("WORLD_SIZE", "1")))
+        check_fits(estimate, limit, "this run")
+        if dry_run:
+            console.print(f"memory: {memory_line(estimate)}; {estimate['params'] / 1e6:.2f}M parameters "
+                          f"({estimate['trainable_params'] / 1e6:.2f}M trained); nothing was run",
+                          highlight=False, markup=False, soft_wrap=True)
+            return
     from mmbench_cli.train.loop import pretrain as run_pretrain
 
     run_dir = run_pretrain(cfg, out, resume=resume, force=force, progress=True)
@@ -348,6 +366,10 @@ def ablate(
                                       "if present, else the packaged presets)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document (the plan, or the run's outcome) "
                                  "on stdout instead of tables; progress stays on stderr."),
+    device_memory: str | None = typer.Option(None, "--device-memory", help="Memory of one device (80GB, 24GiB): "
+                                             "refuse a grid whose cells' estimated need per device exceeds it."),
+    world_size: int = typer.Option(1, "--world-size", min=1, help="Ranks each cell trains on, for the memory "
+                                   "estimate (train.strategy: ddp or fsdp)."),
 ) -> None:
     """Run a resumable grid of pretrain + eval cells over ablation axes; write summary.csv/.parquet."""
     import json
@@ -369,6 +391,14 @@ def ablate(
         "address": address, "cpus_per_cell": cpus_per_cell, "gpus_per_cell": gpus_per_cell} if executor == "ray" else {
         "partition": partition, "cpus_per_cell": cpus_per_cell, "gpus_per_cell": gpus_per_cell,
         "timeout_min": timeout_min, "array_parallelism": array_parallelism, "cluster": slurm_cluster}
+    memory = None
+    if dry_run or device_memory:
+        from mmbench_cli.ablate.estimate import check_fits, largest, parse_memory, plan_memory
+
+        limit = parse_memory(device_memory) if device_memory else None
+        memory = plan_memory(plan, world_size)
+        cell_id, worst = largest(memory)
+        check_fits(worst, limit, f"cell {cell_id}")
     if dry_run:
         from mmbench_cli.ablate.store import GridStore
         from mmbench_cli.registry import EXECUTORS
@@ -376,6 +406,8 @@ def ablate(
         EXECUTORS.get(executor)  # an unknown executor is refused here too
         GridStore(grid_dir).check_compatible(plan)
         estimate = estimate_and_remember(plan, grid_dir, executor, options, throughput)
+        for row in estimate["cells"]:
+            row["memory_bytes"] = memory[row["cell"]]["total_bytes"] if memory else None
         if as_json:
             print(json.dumps(plan_document(plan, grid_dir, estimate), indent=2))
         else:

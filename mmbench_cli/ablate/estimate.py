@@ -1,4 +1,5 @@
-"""The ``--dry-run`` cost estimate: what running the grid will take, modelled on what will actually happen.
+"""The ``--dry-run`` cost estimate: what running the grid will take, modelled on what will actually happen; and
+the per-device memory a training run needs (``memory_estimate``), for its strategy and world size.
 
 Per cell: process start-up, model and data set-up, ``train.steps`` optimizer steps (timed now on real batches of
 the cell's own data mixture, at its batch size and ``train.cpu_threads`` torch threads), the checkpoint saves of
@@ -298,3 +299,137 @@ def estimate_plan(plan: GridPlan, out: str | Path, executor: str = "local", opti
         "total_flops": sum(row["train_flops"] + row["eval_flops"] for row in todo),
         "throughput": throughput, "assumptions": assumptions,
     }
+
+
+# ------------------------------------------------------------------------------------------------------ memory
+# Values a transformer block keeps for backward per token, in units of its width (GPT-NeoX / ViT in fp32 with a
+# fused attention kernel, which keeps no seq x seq matrix): the two LayerNorm inputs, the QKV input and Q, K, V, the
+# attention output and the output projection's input, the MLP's input and its 4x-wide pre- and post-GELU tensors.
+BLOCK_SAVED_WIDTHS = 19
+# Logits-sized tensors alive at the loss: the fp32 logits, log-softmax kept by cross-entropy, and their gradient.
+LOGITS_COPIES = 3
+
+
+def _micro_batch_images(cfg: Config, rows: int) -> float:
+    """Images in a micro-batch of ``rows`` packed rows: caption/interleaved rows hold about one image per
+    ``num_image_tokens`` + ``PROMPT_TEXT_TOKENS`` tokens, text rows none (an estimate: the stream packs real ones)."""
+    image_share = sum(share for kind, share in cfg.data.data_mix.items() if kind != "text")
+    per_row = cfg.data.seq_len / (cfg.model.num_image_tokens + PROMPT_TEXT_TOKENS)
+    return rows * image_share * per_row
+
+
+def memory_estimate(cfg: Config, world_size: int = 1, strategy: str | None = None) -> dict[str, Any]:
+    """Per-device training memory of ``cfg`` in bytes: parameters, gradients, optimizer state (AdamW's two fp32
+    moments) and activations of one micro-batch (``train.batch_size / (grad_accum x world_size)`` rows of
+    ``data.seq_len``), for ``strategy`` (default: ``train.strategy`` resolved for ``world_size``).
+
+    single: everything whole. ddp: the same plus DDP's gradient buckets (a second gradient copy). fsdp: parameters,
+    gradients and moments sharded over the ranks, plus the gathered root unit (embeddings, head, connector,
+    encoder) and two gathered LM blocks (the one running and the one prefetched); with ``fsdp_sharding: grad_op``
+    every block stays gathered from forward to backward. ``activation_checkpointing`` keeps each LM block's input
+    and recomputes one block at a time. The model is built on the meta device: nothing is allocated.
+    """
+    import torch
+
+    from mmbench_cli.train.loop import build_trainable_model
+    from mmbench_cli.train.strategies import lm_blocks
+
+    tcfg = cfg.train
+    name = strategy or (tcfg.strategy if tcfg.strategy != "auto" else ("ddp" if world_size > 1 else "single"))
+    with torch.device("meta"):
+        model = build_trainable_model(cfg)
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    blocks = lm_blocks(model)
+    block_params = max((sum(p.numel() for p in block.parameters()) for block in blocks), default=0)
+    root_params = params - sum(sum(p.numel() for p in block.parameters()) for block in blocks)
+    root_trainable = trainable - sum(sum(p.numel() for p in block.parameters() if p.requires_grad) for block in blocks)
+    fp32 = 4
+    if name == "fsdp":
+        gathered = root_params + (params - root_params if tcfg.fsdp_sharding == "grad_op" else 2 * block_params)
+        weights = fp32 * (params / world_size + gathered * (world_size - 1) / world_size)
+        grads = fp32 * (trainable / world_size + root_trainable + block_params)
+        optimizer = 2 * fp32 * trainable / world_size
+    else:
+        weights = fp32 * params
+        grads = fp32 * trainable * (2 if name == "ddp" and world_size > 1 else 1)
+        optimizer = 2 * fp32 * trainable
+    activations = _activation_bytes(cfg, model, tcfg.batch_size // max(1, tcfg.grad_accum * world_size))
+    total = weights + grads + optimizer + activations
+    return {"strategy": name, "world_size": world_size, "params": params, "trainable_params": trainable,
+            "weights_bytes": weights, "grads_bytes": grads, "optimizer_bytes": optimizer,
+            "activations_bytes": activations, "total_bytes": total}
+
+
+def _activation_bytes(cfg: Config, model: Any, rows: int) -> float:
+    """Bytes kept for backward by one micro-batch of ``rows`` rows (fp32; bf16 halves most of it on CUDA)."""
+    lm_cfg = model.lm.config
+    tokens = rows * cfg.data.seq_len
+    width, layers = lm_cfg.hidden_size, lm_cfg.num_hidden_layers
+    per_block = BLOCK_SAVED_WIDTHS * tokens * width
+    lm = (layers * tokens * width + per_block) if cfg.train.activation_checkpointing else layers * per_block
+    logits = LOGITS_COPIES * tokens * lm_cfg.vocab_size
+    encoder = 0.0
+    if not cfg.train.freeze_encoder:  # a frozen encoder runs without autograd: it keeps nothing
+        enc_cfg = model.encoder.hf_model.config
+        patches = (cfg.model.image_size // cfg.model.patch_size) ** 2 + 1
+        encoder = (_micro_batch_images(cfg, rows) * patches * enc_cfg.hidden_size * BLOCK_SAVED_WIDTHS
+                   * enc_cfg.num_hidden_layers)
+    return 4.0 * (lm + logits + encoder + 2 * tokens * width)  # + embeddings and final norm
+
+
+def format_bytes(count: float) -> str:
+    """Bytes with a binary unit: ``1.50 GiB``."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.2f} {unit}"
+    return f"{count:.0f} B"
+
+
+def parse_memory(text: str) -> float:
+    """``80GB``, ``80GiB``, ``512MiB``, ``1e9`` → bytes; MMError on anything else (GB and GiB both mean 2**30,
+    as device memory is quoted)."""
+    import re
+
+    from mmbench_cli.errors import MMError
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([KMGT]i?B?)?\s*", text, flags=re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise MMError(f"--device-memory: {text!r} is not a size; use e.g. 80GB, 24GiB or 512MiB")
+    unit = (match.group(2) or "").upper()[:1]
+    return float(match.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[unit]
+
+
+def memory_line(estimate: dict[str, Any]) -> str:
+    """One line: the per-device total and its parts."""
+    return (f"{format_bytes(estimate['total_bytes'])} per device ({estimate['strategy']}, {estimate['world_size']} "
+            f"rank(s)): weights {format_bytes(estimate['weights_bytes'])}, grads {format_bytes(estimate['grads_bytes'])}, "
+            f"optimizer {format_bytes(estimate['optimizer_bytes'])}, activations "
+            f"{format_bytes(estimate['activations_bytes'])}")
+
+
+def check_fits(estimate: dict[str, Any], device_memory: float | None, what: str = "the plan") -> None:
+    """MMError (one line) when ``estimate`` needs more than ``device_memory`` bytes per device."""
+    from mmbench_cli.errors import MMError
+
+    if device_memory is not None and estimate["total_bytes"] > device_memory:
+        raise MMError(f"--device-memory {format_bytes(device_memory)}: {what} needs {memory_line(estimate)}; use "
+                      "train.strategy=fsdp, more ranks, train.activation_checkpointing=true or a smaller batch")
+
+
+def plan_memory(plan: GridPlan, world_size: int = 1) -> dict[str, dict[str, Any]]:
+    """``memory_estimate`` of every cell of ``plan`` (computed once per distinct model, data row and strategy)."""
+    known: dict[str, dict[str, Any]] = {}
+    estimates = {}
+    for cell in plan.cells:
+        cfg = cell.config
+        key = _model_key(cfg) + f"/{cfg.train.strategy}/{cfg.train.fsdp_sharding}/{cfg.train.activation_checkpointing}"
+        if key not in known:
+            known[key] = memory_estimate(cfg, world_size)
+        estimates[cell.id] = known[key]
+    return estimates
+
+
+def largest(estimates: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """The (cell, estimate) needing the most memory per device."""
+    return max(estimates.items(), key=lambda item: item[1]["total_bytes"])

@@ -258,8 +258,11 @@ def print_plan(plan: GridPlan, out: str | Path, estimate: dict[str, Any], consol
     console.print(f"grid {plan.name} → {out}  ({len(plan.cells)} cells{', zipped' if plan.zipped else ''})",
                   highlight=False, markup=False, soft_wrap=True)
     console.print(f"axes: {axes}", highlight=False, markup=False, soft_wrap=True)
-    columns = ["cell", "state", "params", "train FLOPs", "eval FLOPs", "train", "eval", "est. time"]
-    rows = [[row["cell"], row["state"], f"{row['params'] / 1e6:.2f}M", _format_flops(row["train_flops"]),
+    from mmbench_cli.ablate.estimate import format_bytes
+
+    columns = ["cell", "state", "params", "memory/device", "train FLOPs", "eval FLOPs", "train", "eval", "est. time"]
+    rows = [[row["cell"], row["state"], f"{row['params'] / 1e6:.2f}M",
+             format_bytes(row["memory_bytes"]) if row.get("memory_bytes") else "?", _format_flops(row["train_flops"]),
              _format_flops(row["eval_flops"]), _format_seconds(row["train_s"]), _format_seconds(row["eval_s"]),
              _format_seconds(row["est_s"])] for row in estimate["cells"]]
     print_table(console, columns, rows)

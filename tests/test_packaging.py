@@ -4,6 +4,7 @@ a short pretrain and a text task."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -70,3 +71,8 @@ def test_wheel_runs_from_an_unrelated_directory(installed: Path, tmp_path: Path)
     text = _mm(installed, elsewhere, "eval", str(run), "--tasks", "text:mm_synth_facts")
     assert text.returncode == 0, text.stderr[-2000:]
     assert "mm_synth_facts" in (run / "eval" / "step_2.json").read_text()
+    listed = _mm(installed, elsewhere, "eval", "--list-tasks", "--json")  # the multimodal task YAMLs travel too
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    types = {row["task"]: row["type"] for row in json.loads(listed.stdout)["tasks"]}
+    assert types["synthetic-caption"] == "caption" and types["mmbench"] == "multiple_choice"
+    assert types["pope-adversarial"] == "yes_no"

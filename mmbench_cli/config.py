@@ -148,6 +148,10 @@ class TrainConfig(_Strict):
         "grad_op (weights kept gathered from forward to backward: less communication, as ZeRO-2)")
     activation_checkpointing: bool = Field(False, description="recompute each LM block's activations in the backward "
                                            "pass instead of keeping them (less memory, ~1/3 more compute)")
+    init_from: str | None = Field(
+        None, description="start from another run's weights: RUN_DIR (its last checkpoint) or RUN_DIR:STEP, with a "
+        "fresh optimizer and schedule (a training stage: e.g. connector alignment, then full training); parameters "
+        "the source lacks keep their fresh initialisation and are reported")
     trackers: list[Literal["jsonl", "tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=lambda: ["jsonl"],
         description="where training metrics and eval results go: jsonl (the run dir's own files, always written) "
@@ -368,7 +372,7 @@ def config_to_yaml(cfg: BaseModel) -> str:
 HASH_NEUTRAL_FIELDS: dict[str, dict[str, object]] = {
     "data": {"world_version": 1},
     "train": {"cpu_threads": 1, "trackers": ["jsonl"], "encoder_lr_scale": 1.0, "freeze_lm": False,
-              "strategy": "auto", "fsdp_sharding": "full", "activation_checkpointing": False},
+              "strategy": "auto", "fsdp_sharding": "full", "activation_checkpointing": False, "init_from": None},
     "model": {"resize_embeddings": False, "connector_pos_emb": False, "fusion": "splice", "xattn_every": 1},
     "eval": {"vqa_normalize": "official", "rices_encoder": None},
 }

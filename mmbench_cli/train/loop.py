@@ -21,7 +21,7 @@ from mmbench_cli.config import DATA_TYPES, Config
 from mmbench_cli.errors import MMError
 from mmbench_cli.model.device import use_cpu_threads
 from mmbench_cli.progress import progress_bar
-from mmbench_cli.rundir import RunDir, RunLock, step_dir_name
+from mmbench_cli.rundir import CHECKPOINT_JSON, RunDir, RunLock, file_content_hash, read_json_file, step_dir_name
 from mmbench_cli.trackers import TrackerSet, open_trackers, require_trackers
 from mmbench_cli.train import run_setup
 from mmbench_cli.train.checkpoints import checkpoint_schedule
@@ -190,6 +190,7 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
     # model (built here), optimizer settings. Only then is the dir claimed (an old run set aside with --force).
     tcfg = cfg.train
     strategy = build_strategy(tcfg, ctx)
+    source = run_setup.init_source(tcfg.init_from) if tcfg.init_from else None
     _precheck_run_dir(cfg, run_dir, resume, force, ctx)
     seed_everything(cfg.seed)
     model = build_trainable_model(cfg)
@@ -207,6 +208,7 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
 
             Console(stderr=True).print(f"resuming {run_dir} from checkpoint step {start_step}", highlight=False)
         pretrained: dict[str, Any] | None = None
+        initialised: dict[str, Any] | None = None
         if start_step is not None:
             _load_weights(model, run.checkpoint_dir(start_step))
         else:  # a fresh start from a pre-trained encoder (vit-tiny-clip): made once, cached, loaded here
@@ -214,6 +216,8 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
             if made is not None:
                 load_pretrained_encoder(model, made[0])
                 pretrained = {"dir": str(made[0]), "pretrain_s": round(made[1], 3)}
+            if source is not None:  # a later stage: another run's weights, this run's own optimizer and schedule
+                initialised = _init_from(model, source, show and ctx.is_main)
         # Training FLOPs: LM per token (6N + attention) and encoder+connector per image, counted exactly per step
         # (on the unwrapped model: a sharded one runs only inside its forward).
         flops_per_row = float(model.lm_flops_per_token(cfg.data.seq_len)) * cfg.data.seq_len
@@ -251,6 +255,7 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
                 "precision": strategy.precision_name, **_strategy_meta(strategy),
                 "wall_time_s": state.elapsed_s, "resumed_from": start_step, "seq_len_cuts": cuts,
                 **({"pretrained_encoder": pretrained} if pretrained else {}),
+                **({"init_from": initialised} if initialised else {}),
             })
             run.write_status("running")
         barrier(ctx)
@@ -322,6 +327,41 @@ def _strategy_meta(strategy: TrainingStrategy) -> dict[str, Any]:
     if strategy.name == "fsdp":
         meta["fsdp_sharding"] = strategy.tcfg.fsdp_sharding
     return meta
+
+
+def _init_from(model: torch.nn.Module, source: Path, show: bool) -> dict[str, Any]:
+    """Load checkpoint ``source``'s weights into ``model`` where names and shapes match; parameters the source lacks
+    keep their fresh initialisation (reported). Returns what meta.json records of the source."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        weights = load_file(str(source / "model.safetensors"))
+    except (SafetensorError, OSError) as error:
+        raise MMError(f"train.init_from: {source}: unreadable weights ({str(error).splitlines()[0][:160]})") from None
+    own = model.state_dict()
+    wrong = [name for name, tensor in weights.items() if name in own and own[name].shape != tensor.shape]
+    if wrong:
+        raise MMError(f"train.init_from: {source}: {wrong[0]} has shape {tuple(weights[wrong[0]].shape)} there but "
+                      f"{tuple(own[wrong[0]].shape)} here ({len(wrong)} such); start from a run of the same model")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [name for name in missing if name not in _tied_aliases(model, weights)]
+    if missing and show:
+        run_setup.note(f"train.init_from: {len(missing)} parameter(s) not in {source} start fresh "
+                       f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    info = read_json_file(source / CHECKPOINT_JSON, CHECKPOINT_JSON) if (source / CHECKPOINT_JSON).is_file() else {}
+    return {"path": str(source.parent.parent), "checkpoint": str(source), "step": info.get("step"),
+            "content_hash": info.get("content_hash") or file_content_hash(source / "model.safetensors"),
+            "missing": missing, "unused": list(unexpected)}
+
+
+def _tied_aliases(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> set[str]:
+    """Names ``safetensors.save_model`` left out because they share a tensor with a name the file has."""
+    by_tensor: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        by_tensor.setdefault(tensor.data_ptr(), []).append(name)
+    return {name for names in by_tensor.values() if any(n in weights for n in names) for name in names
+            if name not in weights}
 
 
 def _load_weights(model: torch.nn.Module, ckpt_dir: Path) -> None:

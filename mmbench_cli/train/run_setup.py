@@ -164,3 +164,19 @@ def check_data_inputs(cfg: Config) -> None:
             value = getattr(spec, field)
             if value is not None and not Path(value).expanduser().exists():
                 raise MMError(f"data.datasets[{index}].{field}: {value}: no such file or directory; fix the path")
+
+
+def init_source(spec: str) -> Path:
+    """The checkpoint dir that ``train.init_from`` names: ``RUN_DIR`` (its newest checkpoint) or ``RUN_DIR:STEP``;
+    MMError (one line) when there is no such run or checkpoint."""
+    path, _, step = spec.rpartition(":")
+    if not (path and step.isdigit()):
+        path, step = spec, ""
+    run = RunDir(Path(path).expanduser())
+    steps = run.checkpoint_steps() if run.path.is_dir() else []
+    if not steps:
+        raise MMError(f"train.init_from: {path}: no run directory with checkpoints; train that stage first or fix "
+                      "the path")
+    if step and int(step) not in steps:
+        raise MMError(f"train.init_from: {path} has no checkpoint at step {step} (it has {', '.join(map(str, steps))})")
+    return run.checkpoint_dir(int(step) if step else steps[-1])

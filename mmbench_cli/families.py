@@ -1,8 +1,9 @@
 """Task families and their metrics: the one table that evaluation, ablation summaries and reports read.
 
 A *family* groups tasks that MM1 averages together (captioning, VQA, multiple choice, yes/no, text); a *metric*
-names how one task is scored. A prompted family's name is its task type's (``mmbench_cli/evaluate/task_types/``). Results JSON cells record both names (``{"family": "vqa", "metric": "vqa_accuracy", ...}``), so a
-report never needs to know a task to place it.
+names how one task is scored. A prompted family's name is its task type's (``mmbench_cli/evaluate/task_types/``).
+Results JSON cells record both names (``{"family": "vqa", "metric": "vqa_accuracy", ...}``), so a report never
+needs to know a task to place it.
 
 Adding a family is one ``Family`` row here plus, if it brings a new metric, one scorer function in
 ``mmbench_cli/evaluate/metrics.py`` named by the metric's ``scorer``, and its task type module

@@ -90,3 +90,22 @@ def test_a_user_task_file_runs_with_no_code(tmp_path: Path) -> None:
     assert cells["1"]["family"] == "vqa" and cells["1"]["n"] == 6 and "prior" in cells["1"]
     lines = (model / "eval" / cells["1"]["samples"][0]).read_text().splitlines()
     assert len(lines) == 6 and all(json.loads(line)["id"].count(":test:") == 0 for line in lines)
+
+
+def test_prompt_templates_in_a_task_file(tmp_path: Path) -> None:
+    """A task file may give its own demo/query templates; they shape the interleaved prompt, images included."""
+    from mmbench_cli.data.synthetic import SyntheticWorld
+    from mmbench_cli.evaluate.tasks import parse_task
+
+    spec = parse_task({"name": "t", "task_type": "multiple_choice", "synthetic": "shape_choice",
+                       "prompt": {"demo": "{image}Q: {question} ({options}) A: {answer}{eoc}",
+                                  "query": "{image}Q: {question} ({options}) A:"}}, "t.yaml")
+    world = SyntheticWorld(seed=0, num_train_images=4, num_val_images=2, num_test_images=4, version=4)
+    demo, query = world.multiple_choice("train")[0], world.multiple_choice("test")[0]
+    text, images = spec.task_type.build_prompt([demo], query, spec)
+    right = demo.options[demo.answer]
+    assert text.startswith(f"<image>Q: {demo.question} (A. {demo.options[0]} B. ") and len(images) == 2
+    assert f"A: {right}<|endofchunk|><image>Q: {query.question}" in text and text.endswith(") A:")
+    assert spec.fingerprint()["prompt"]["query"] == "{image}Q: {question} ({options}) A:"
+    with pytest.raises(MMError, match=r"prompt.query: unknown placeholder \{label\}"):
+        parse_task({"name": "u", "task_type": "yes_no", "synthetic": "pope", "prompt": {"query": "{label}"}}, "u.yaml")

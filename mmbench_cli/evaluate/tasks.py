@@ -15,6 +15,9 @@ so a wheel install has them) and fill the ``TASKS`` registry; ``--include-path D
     split: test                    # synthetic: the world split queries come from (demos: demo_split, train)
     max_new_tokens: 5              # generate_until types: the answer's length in tokens
     options: {choices: letter}     # options of the task type (multiple_choice: choices text|letter, ...)
+    prompt:                        # optional templates (default: the type's training formats); placeholders
+      demo: "{image}Question: {question} Short answer: {answer}{eoc}"   # {image} {eoc} {question} {answer}
+      query: "{image}Question: {question} Short answer:"                # {options} {hint} {caption}
 
 A new task of an existing type is one such file and no code. Local paths may also come from a task-data YAML
 (``mm eval --task-data FILE``: task name → ``{query: spec, demos: spec}``), which can declare a whole task with
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
     from mmbench_cli.evaluate.task_types import TaskType
 
 TASK_KEYS = ("name", "task_type", "metric", "description", "format", "query", "demos", "synthetic", "split",
-             "demo_split", "max_new_tokens", "options")
+             "demo_split", "max_new_tokens", "options", "prompt")
 SYNTHETIC_SPLITS = ("test", "train")  # the default query and demo splits of a synthetic task
 
 
@@ -62,6 +65,7 @@ class TaskSpec:
     extra: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     splits: tuple[str, str] = SYNTHETIC_SPLITS
+    prompt: dict[str, str] = field(default_factory=dict)  # {demo, query} templates (default: the type's formats)
     path: str | None = None  # the task file it was read from
 
     @property
@@ -78,6 +82,8 @@ class TaskSpec:
                  "synthetic_kind": self.synthetic_kind, "query": self.query, "demos": self.demos}
         if self.options:
             found["options"] = self.options
+        if self.prompt:
+            found["prompt"] = self.prompt
         if self.splits != SYNTHETIC_SPLITS:
             found["splits"] = list(self.splits)
         return found
@@ -115,6 +121,7 @@ def parse_task(data: Any, origin: str) -> TaskSpec:
     options = data.get("options") or {}
     if not isinstance(options, dict):
         raise MMError(f"{_where(origin, 'options')}: expected a mapping")
+    prompt = _prompt_templates(data.get("prompt"), origin)
     tokens = data.get("max_new_tokens", type_.max_new_tokens)
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise MMError(f"{_where(origin, 'max_new_tokens')}: {tokens!r} must be an integer >= 1")
@@ -122,10 +129,33 @@ def parse_task(data: Any, origin: str) -> TaskSpec:
     spec = TaskSpec(name=name, family=kind, metric=metric, source="synthetic" if synthetic else "files",
                     synthetic_kind=synthetic, default_format=data.get("format"), max_new_tokens=tokens,
                     description=str(data.get("description", "")), options=dict(options), splits=splits,
-                    path=origin)
+                    prompt=prompt, path=origin)
     if synthetic is None and (data.get("query") or data.get("demos")):
         spec = with_files(spec, {key: data[key] for key in ("query", "demos") if data.get(key)})
     return spec
+
+
+def _prompt_templates(raw: Any, origin: str) -> dict[str, str]:
+    """A task file's ``prompt: {demo: ..., query: ...}`` templates, their placeholders checked."""
+    from string import Formatter
+
+    from mmbench_cli.evaluate.task_types import PROMPT_FIELDS
+
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw or set(raw) - {"demo", "query"} or not all(
+            isinstance(v, str) for v in raw.values()):
+        raise MMError(f"{_where(origin, 'prompt')}: expected {{demo: TEMPLATE, query: TEMPLATE}} strings")
+    for role, template in raw.items():
+        try:
+            names = {name for _, name, _, _ in Formatter().parse(template) if name is not None}
+        except ValueError as error:
+            raise MMError(f"{_where(origin, 'prompt.' + role)}: {error}") from None
+        unknown = sorted(names - set(PROMPT_FIELDS))
+        if unknown:
+            raise MMError(f"{_where(origin, 'prompt.' + role)}: unknown placeholder {{{unknown[0]}}}; use "
+                          + ", ".join(f"{{{n}}}" for n in PROMPT_FIELDS))
+    return dict(raw)
 
 
 def _read_task_file(path: Path, origin: str) -> Any:

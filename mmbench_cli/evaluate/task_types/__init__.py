@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from mmbench_cli.evaluate.tasks import TaskSpec
 
 GENERATE = "generate_until"
+# the placeholders a task file's prompt templates may use: {image} (the sample's image markers), {eoc} (end of a
+# demo), and the sample's own fields
+PROMPT_FIELDS = ("image", "eoc", "question", "answer", "options", "hint", "caption")
 MULTIPLE_CHOICE = "multiple_choice"
 Scorer = Callable[[list[str], list[str], list[list[str]]], tuple[float, list[float]]]
 
@@ -70,13 +73,31 @@ class TaskType:
         """The images of a sample in the order its ``<image>`` markers appear."""
         return [sample.image]
 
+    def prompt_fields(self, sample: Any, spec: TaskSpec) -> dict[str, str]:
+        """What a task file's prompt template may name besides ``{image}`` and ``{eoc}`` (``PROMPT_FIELDS``)."""
+        return {"question": str(getattr(sample, "question", "")), "answer": ""}
+
+    def _templated(self, role: str, sample: Any, spec: TaskSpec) -> str:
+        """The task file's ``prompt.<role>`` template filled for ``sample``, else the type's own format."""
+        template = spec.prompt.get(role)
+        if template is None:
+            return self.format_demo(sample, spec) if role == "demo" else self.format_query(sample, spec)
+        from mmbench_cli.data.templates import EOC_TOKEN, IMAGE_TOKEN
+
+        fields = {"image": IMAGE_TOKEN * len(self.images(sample)), "eoc": EOC_TOKEN, "hint": "", "options": "",
+                  "caption": "", **self.prompt_fields(sample, spec)}
+        if IMAGE_TOKEN in fields["question"] + fields["options"]:
+            fields["image"] = ""  # the images already have their places (MMMU's slots)
+        return template.format(**fields)
+
     def build_prompt(self, demos: Sequence[Any], query: Any, spec: TaskSpec,
                      text_only_demos: bool = False) -> tuple[str, list[ImageRef]]:
-        """(interleaved prompt text, its images) for ``demos`` then ``query`` (``fewshot.build_prompt``)."""
+        """(interleaved prompt text, its images) for ``demos`` then ``query`` (``fewshot.build_prompt``), in the
+        type's formats or the task file's ``prompt: {demo, query}`` templates."""
         from mmbench_cli.evaluate.fewshot import build_prompt
 
-        return build_prompt(demos, query, text_only_demos, lambda s: self.format_demo(s, spec),
-                            lambda s: self.format_query(s, spec), self.images)
+        return build_prompt(demos, query, text_only_demos, lambda s: self._templated("demo", s, spec),
+                            lambda s: self._templated("query", s, spec), self.images)
 
     # ---- answers
     def postprocess(self, text: str, spec: TaskSpec) -> str:

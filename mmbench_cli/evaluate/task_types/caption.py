@@ -38,6 +38,9 @@ class CaptionType(TaskType):
     def format_query(self, sample: Any, spec: TaskSpec) -> str:
         return templates.caption_prompt()
 
+    def prompt_fields(self, sample: Any, spec: TaskSpec) -> dict[str, str]:
+        return {"caption": sample.captions[0], "answer": sample.captions[0]}
+
     def postprocess(self, text: str, spec: TaskSpec) -> str:
         from mmbench_cli.evaluate.fewshot import clean_caption
 

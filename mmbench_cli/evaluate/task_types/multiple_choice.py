@@ -87,6 +87,12 @@ class MultipleChoiceType(TaskType):
     def _text(sample: MultipleChoiceSample) -> str:
         return sample.question + " ".join(sample.options)
 
+    def prompt_fields(self, sample: Any, spec: TaskSpec) -> dict[str, str]:
+        """The question, hint, lettered options and (for demos) the right option's continuation, stripped."""
+        options = " ".join(f"{LETTERS[i]}. {option.strip()}" for i, option in enumerate(sample.options))
+        return {"question": sample.question.strip(), "hint": sample.hint.strip(), "options": options,
+                "answer": self.choices(sample, spec)[sample.answer].strip()}
+
     def format_demo(self, sample: Any, spec: TaskSpec) -> str:
         return self._body(sample) + self.choices(sample, spec)[sample.answer] + templates.EOC_TOKEN
 

@@ -42,6 +42,9 @@ class VQAType(TaskType):
     def format_query(self, sample: Any, spec: TaskSpec) -> str:
         return templates.vqa_prompt(sample.question)
 
+    def prompt_fields(self, sample: Any, spec: TaskSpec) -> dict[str, str]:
+        return {"question": sample.question.strip(), "answer": templates.majority_answer(sample.answers).strip()}
+
     def references(self, sample: Any, spec: TaskSpec) -> list[str]:
         return list(sample.answers)
 

@@ -42,6 +42,9 @@ class YesNoType(TaskType):
     def format_query(self, sample: Any, spec: TaskSpec) -> str:
         return templates.vqa_prompt(sample.question)
 
+    def prompt_fields(self, sample: Any, spec: TaskSpec) -> dict[str, str]:
+        return {"question": sample.question.strip(), "answer": sample.label}
+
     def references(self, sample: Any, spec: TaskSpec) -> list[str]:
         return [sample.label]
 

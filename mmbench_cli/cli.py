@@ -374,7 +374,7 @@ def ablate(
     """Run a resumable grid of pretrain + eval cells over ablation axes; write summary.csv/.parquet."""
     import json
 
-    from mmbench_cli.ablate.grid import build_plan
+    from mmbench_cli.ablate.grid import build_plan, link_stages
     from mmbench_cli.ablate.run import estimate_and_remember, estimate_vs_actual, plan_document, print_plan, run_grid
     from mmbench_cli.config import split_config_args
 
@@ -383,6 +383,7 @@ def ablate(
         overrides = [*overrides, f"train.cpu_threads={threads}"]
     plan = build_plan(path, overrides, grid or [], zip_axes, name, axes_file)
     grid_dir = out or Path("runs") / plan.name
+    link_stages(plan, grid_dir)  # train.init_from: ${align} -> that stage's cell dir; stages run in order
     if executor == "local" and jobs == 0:
         from mmbench_cli.ablate.executors import default_jobs
 

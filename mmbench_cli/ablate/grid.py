@@ -60,6 +60,7 @@ class Cell:
     labels: dict[str, str]
     values: dict[str, Any]
     config: Config
+    after: tuple[str, ...] = ()  # cells this one starts from (``train.init_from: ${stage}``): they run first
 
     @property
     def group(self) -> str:
@@ -68,7 +69,8 @@ class Cell:
 
     def to_json(self) -> dict[str, Any]:
         """The plan entry of this cell (grid.json)."""
-        return {"id": self.id, "labels": self.labels, "values": self.values, "config_hash": config_hash(self.config)}
+        return {"id": self.id, "labels": self.labels, "values": self.values, "config_hash": config_hash(self.config),
+                **({"after": list(self.after)} if self.after else {})}
 
 
 @dataclass
@@ -449,3 +451,49 @@ def build_plan(
             axes[axis.name] = axis
     grid_name = grid_name or "-".join(axes) or "grid"
     return plan_grid(value_label(grid_name), base, list(axes.values()), zipped, check_registries, description)
+
+
+# ------------------------------------------------------------------------------------------------- stages
+STAGE_REF = re.compile(r"^\$\{([A-Za-z0-9._+-]+)\}(:[0-9]+)?$")
+
+
+def link_stages(plan: GridPlan, grid_dir: str | Path) -> None:
+    """Resolve ``train.init_from: ${LABEL}[:STEP]`` in ``plan``'s cells to the run dir of the cell that takes
+    ``LABEL`` on the axis that has it and every other axis value of this cell (a training stage: ``full`` starts
+    from the ``align`` cell of the same seed and settings), and record it in ``cell.after``. MMError (one line) on a
+    label no axis has, a cell that starts from itself, or a cycle."""
+    by_labels = {tuple(sorted(cell.labels.items())): cell for cell in plan.cells}
+    for cell in plan.cells:
+        spec = cell.config.train.init_from
+        match = STAGE_REF.match(spec) if spec else None
+        if match is None:
+            continue
+        label, step = match.group(1), match.group(2) or ""
+        axes = [axis for axis in plan.axes if label in axis.labels]
+        if len(axes) != 1:
+            where = "no axis has" if not axes else f"axes {', '.join(a.name for a in axes)} all have"
+            raise MMError(f"grid cell {cell.id}: train.init_from: ${{{label}}}: {where} the value {label!r}; name "
+                          "one value of one axis (the stage to start from)")
+        source = by_labels.get(tuple(sorted({**cell.labels, axes[0].name: label}.items())))
+        if source is None or source is cell:
+            raise MMError(f"grid cell {cell.id}: train.init_from: ${{{label}}} names the cell itself; start from "
+                          "another stage")
+        cell.config.train.init_from = f"{Path(grid_dir) / source.id}{step}"
+        cell.after = (source.id,)
+    stage_waves(plan.cells)  # a cycle is refused here, before anything runs
+
+
+def stage_waves(cells: list[Cell]) -> list[list[Cell]]:
+    """``cells`` in waves that respect ``Cell.after``: each wave's cells start only from cells of earlier waves (or
+    cells not in ``cells``: already done). MMError on a cycle."""
+    remaining = {cell.id: cell for cell in cells}
+    waves: list[list[Cell]] = []
+    while remaining:
+        ready = [cell for cell in remaining.values() if not any(dep in remaining for dep in cell.after)]
+        if not ready:
+            raise MMError(f"grid: the stages of cells {', '.join(sorted(remaining)[:3])} start from each other (a "
+                          "cycle); make one stage start from scratch")
+        waves.append(ready)
+        for cell in ready:
+            del remaining[cell.id]
+    return waves

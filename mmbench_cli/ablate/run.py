@@ -21,7 +21,7 @@ from rich.table import Table
 
 from mmbench_cli.ablate.estimate import format_flops as _format_flops
 from mmbench_cli.ablate.executors import CellSpec, build_executor
-from mmbench_cli.ablate.grid import Cell, GridPlan
+from mmbench_cli.ablate.grid import Cell, GridPlan, link_stages, stage_waves
 from mmbench_cli.ablate.store import GridStore, read_json
 from mmbench_cli.config import config_hash, config_to_dict
 from mmbench_cli.rundir import RunLock, atomic_write_json, cache_root
@@ -152,6 +152,7 @@ def run_grid(
     console = console or Console()
     progress = progress or Console(stderr=True)
     store = GridStore(out)
+    link_stages(plan, out)  # (done already by mm ablate; a no-op then)
     store.check_compatible(plan)
     for cell in plan.cells:  # a tracker that is not installed fails the whole grid up front, not cell by cell
         require_trackers(cell.config.train.trackers)
@@ -161,11 +162,8 @@ def run_grid(
         store.check_compatible(plan)  # again under the lock: the dir may have changed while we waited
         store.write_plan(plan)
         skipped = [cell.id for cell in plan.cells if store.cell_state(cell.id) == "done"]
-        todo = interleave_by_encoder([cell for cell in plan.cells if cell.id not in skipped])
-        specs = [
-            CellSpec(str(store.dir), cell.id, config_to_dict(cell.config), config_hash(cell.config)).to_json()
-            for cell in todo
-        ]
+        todo = [cell for cell in plan.cells if cell.id not in skipped]
+        waves = [interleave_by_encoder(wave) for wave in stage_waves(todo)]  # a stage runs after the one it starts from
         started = {cell.id: time.time() for cell in todo}
         queued = {cell.id for cell in todo}
         errors: dict[str, str] = {}
@@ -180,15 +178,29 @@ def run_grid(
 
         if skipped:
             progress.print(f"{len(skipped)} of {len(plan.cells)} cells already done; skipping them", highlight=False)
-        if specs:
+        def run_waves() -> None:
+            for wave in waves:
+                ready = []
+                for cell in wave:
+                    unfinished = [dep for dep in cell.after if store.cell_state(dep) != "done"]
+                    if unfinished:  # the stage it starts from failed: it cannot run
+                        on_finish(cell.id, {"state": "skipped", "error": f"its stage {unfinished[0]} did not finish"})
+                    else:
+                        ready.append(cell)
+                specs = [CellSpec(str(store.dir), cell.id, config_to_dict(cell.config),
+                                  config_hash(cell.config)).to_json() for cell in ready]
+                if specs:
+                    runner.run(specs, on_finish)
+
+        if todo:
             # on a terminal the table refreshes in place (on stderr); elsewhere one line per finished cell
             live = Live(get_renderable=lambda: status_table(plan, store, started, queued), console=progress,
                         refresh_per_second=1, transient=True, redirect_stdout=False, redirect_stderr=False)
             if progress.is_terminal:
                 with live:
-                    runner.run(specs, on_finish)
+                    run_waves()
             else:
-                runner.run(specs, on_finish)
+                run_waves()
         summary = store.write_summary(plan)
     states = {cell.id: store.cell_state(cell.id) for cell in plan.cells}
     if show_table:

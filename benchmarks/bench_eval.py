@@ -8,7 +8,10 @@
 - **ours**: ``runner.run_cell`` as ``mm eval`` runs it: length-bucketed batches, each image resized once per
   process and encoded once per feature cache. ``speedup_vs_peer`` gives it a fresh ``ImageFeatureCache`` per
   cell (its cost included); ``speedup_vs_peer_shared_cache`` shares one over the 0, 4, 8-shot cells in turn,
-  as ``mm eval`` does over a checkpoint's cells.
+  as ``mm eval`` does over a checkpoint's cells. ``speedup_vs_peer_store`` runs it with the model's frozen encoder
+  features from a feature store that already holds the cells' images (``model.frozen_features``, as ``mm eval`` uses it
+  for every checkpoint after the first of a run, or after training put the demo images there; a fresh
+  ``ImageFeatureCache`` per cell still runs the connector on every image).
 
 Same protocol for both: the same queries, per-query random demos (``fewshot.select_random``, seed 0), the same
 prompts, greedy decoding, the same stop tokens and ``max_new_tokens`` (the task's 5 for VQA). The script checks
@@ -348,8 +351,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run_peer(model, data, shots, settings, pil)
             run_ours(model, data, shots, settings, Path(tmp) / "warm.jsonl", bucket=bucket)
 
+    from mmbench_cli.model.feature_store import FeatureStore
+
+    store_dir = tempfile.TemporaryDirectory(prefix="bench-eval-store.")
+    store = FeatureStore(Path(store_dir.name), 2**34)  # private: the user's cache is left alone
+    model.frozen_features = store.features
+    with tempfile.TemporaryDirectory() as tmp:  # fills the store with every image of the cells
+        for shots in args.shots:
+            run_ours(model, data, shots, settings, Path(tmp) / "store.jsonl", bucket=bucket)
+    model.frozen_features = None
     ceilings: list[float] = []
-    loops = ("peer", "ours", "ours_shared_cache")
+    loops = ("peer", "ours", "ours_shared_cache", "ours_store")
     timings: dict[int, dict[str, list[Breakdown]]] = {k: {loop: [] for loop in loops} for k in args.shots}
     answers: dict[int, dict[str, Any]] = {}
     load_before = os.getloadavg()
@@ -365,6 +377,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         elif loop == "ours":
                             records = run_ours(model, data, shots, settings, Path(tmp) / f"{shots}.jsonl",
                                                bucket=bucket)
+                        elif loop == "ours_store":
+                            model.frozen_features = store.features
+                            store_records = run_ours(model, data, shots, settings, Path(tmp) / f"t{shots}.jsonl",
+                                                     bucket=bucket)
+                            model.frozen_features = None
                         else:
                             shared_records = run_ours(model, data, shots, settings, Path(tmp) / f"s{shots}.jsonl",
                                                       cache=shared, bucket=bucket)
@@ -373,6 +390,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     peer_pred = [fewshot.postprocess(text, style) for text in peer_raw]
                     answers[shots] = {
                         "shared_cache_same": [r["raw"] for r in shared_records] == [r["raw"] for r in records],
+                        "store_same": [r["raw"] for r in store_records] == [r["raw"] for r in records],
                         "same_predictions": sum(r["prediction"] == p for r, p in zip(records, peer_pred, strict=True)),
                         "same_raw": sum(r["raw"] == p for r, p in zip(records, peer_raw, strict=True)),
                         "same_demos": all(r["demos"] == [sample_id(d) for d in ds] for r, ds in
@@ -397,9 +415,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     rows = []
     for shots in args.shots:
-        peer, ours, shared = (timings[shots][loop] for loop in loops)
+        peer, ours, shared, stored = (timings[shots][loop] for loop in loops)
         ratios = [p.total_s / o.total_s for p, o in zip(peer, ours, strict=True)]
         shared_ratios = [p.total_s / o.total_s for p, o in zip(peer, shared, strict=True)]
+        store_ratios = [p.total_s / o.total_s for p, o in zip(peer, stored, strict=True)]
         n = len(data.queries)
         best_peer, best_ours = min(peer, key=lambda b: b.total_s), min(ours, key=lambda b: b.total_s)
         row = {
@@ -414,6 +433,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "speedup_vs_peer_shared_cache": statistics.median(shared_ratios),
             "shared_cache_per_round": shared_ratios, "shared_cache_same_answers": answers[shots]["shared_cache_same"],
             "images_encoded_shared_cache": shared[0].images_encoded,
+            # the encoder's features from a store holding the cells' images (mm eval: checkpoints after the first)
+            "speedup_vs_peer_store": statistics.median(store_ratios), "store_per_round": store_ratios,
+            "store_median_ci95": median_ci(store_ratios), "store_same_answers": answers[shots]["store_same"],
+            "ours_store_samples_per_s": n / statistics.median(b.total_s for b in stored),
             "ours_samples_per_s": n / statistics.median(b.total_s for b in ours),
             "peer_samples_per_s": n / statistics.median(b.total_s for b in peer),
             "ours_gflops": statistics.median(_rate(b) for b in ours),
@@ -429,7 +452,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{row['speedup_median_ci95'][1]:.2f}] (rounds {', '.join(f'{r:.2f}' for r in ratios)}) | "
               f"same answers {answers[shots]['same_predictions']}/{n} (raw {answers[shots]['same_raw']}/{n}) | "
               f"MFU ours {row['ours_eval_mfu']:.1%} peer {row['peer_eval_mfu']:.1%} | shared cache "
-              f"{row['speedup_vs_peer_shared_cache']:.2f}x")
+              f"{row['speedup_vs_peer_shared_cache']:.2f}x | store {row['speedup_vs_peer_store']:.2f}x "
+              f"[{row['store_median_ci95'][0]:.2f}, {row['store_median_ci95'][1]:.2f}] same {row['store_same_answers']}")
         for name, b in (("peer", best_peer), ("ours", best_ours)):
             print(f"    {name}: total {b.total_s:.2f}s = images {b.preprocess_s:.2f} + encoder {b.encoder_s:.2f} "
                   f"({b.images_encoded} imgs) + prefill {b.prefill_s:.2f} (pad {b.padding_waste_s:.2f}, "

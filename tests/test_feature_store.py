@@ -150,3 +150,23 @@ def test_mm_cache_shows_and_clears(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     cleared = CliRunner().invoke(app, ["cache", "clear"])
     assert cleared.exit_code == 0 and "freed" in cleared.output and store_usage(tmp_path / "features") == (0, 0)
     assert CliRunner().invoke(app, ["cache", "wipe"]).exit_code == 2
+
+
+def test_the_estimate_counts_what_the_store_saves(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmbench_cli.ablate.estimate import store_savings
+    from mmbench_cli.config import load_config
+
+    cfg = load_config(None, ["train.steps=100", "data.num_train_images=500", "eval.num_samples=300",
+                             "eval.shots=[0,4]", "eval.tasks=[synthetic-vqa]", "eval.batch_size=100"])
+    cost = {"image_s": 0.002, "images_per_step": 50.0}
+    stored: dict[str, set[str]] = {}
+    first = store_savings(cfg, cost, stored)  # pays for 500 distinct training images and 300 query images
+    assert first == pytest.approx(((5000 - 500) * 0.002, (3 * 100 * (1 + 5) - 300) * 0.002))
+    again = store_savings(cfg, cost, stored)  # the same encoder and data: nothing to compute
+    assert again == pytest.approx((5000 * 0.002, 1800 * 0.002))
+    other = load_config(None, ["model.image_size=32", "train.steps=100"])
+    assert store_savings(other, cost, stored)[0] == pytest.approx((5000 - 4000) * 0.002)  # another store key
+    trains = load_config(None, ["train.freeze_encoder=false"])
+    assert store_savings(trains, cost, stored) == (0.0, 0.0)
+    monkeypatch.setenv("MMBENCH_FEATURE_STORE_MB", "0")
+    assert store_savings(cfg, cost, {}) == (0.0, 0.0)

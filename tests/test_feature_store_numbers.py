@@ -1,5 +1,6 @@
-"""Store on, store read back from disk, and store off give bit-identical results on a 64 px cell (training with a
-frozen encoder + 0- and 4-shot eval of every checkpoint)."""
+"""Store on, store read back from disk, store off, and the model without the store hook (the encoder called on the
+whole batch, as before the store) give bit-identical results on a 64 px cell (training with a frozen encoder + 0- and
+4-shot eval of every checkpoint)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,7 @@ def test_store_on_and_off_give_identical_summaries(tmp_path: Path, monkeypatch: 
     pd.testing.assert_frame_equal(fresh, from_disk, check_exact=True)
     pd.testing.assert_frame_equal(fresh, off, check_exact=True)
     assert _samples(tmp_path / "fresh") == _samples(tmp_path / "off") != {}
+    monkeypatch.setattr(feature_store, "use_feature_store", lambda model, cfg: model)  # before the store
+    before = _grid(tmp_path / "before")
+    pd.testing.assert_frame_equal(fresh, before, check_exact=True)
+    assert _samples(tmp_path / "fresh") == _samples(tmp_path / "before")

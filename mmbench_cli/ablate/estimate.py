@@ -102,12 +102,16 @@ def measure_cell(cfg: Config) -> dict[str, float]:
     """Time what a cell of ``cfg`` does, on this machine, at the cell's own thread count.
 
     Returns ``setup_s`` (model + data stream), ``step_s`` (one optimizer step on real batches), ``checkpoint_s``
-    (one save), ``eval_s`` (the whole evaluation), ``params``, ``flops_per_sample`` and ``eval_flops``.
+    (one save), ``eval_s`` (the whole evaluation), ``params``, ``flops_per_sample`` and ``eval_flops``; for a frozen
+    encoder also ``image_s`` (its seconds per image) and ``images_per_step``, with which ``store_savings`` takes out
+    what the feature store will not recompute. Steps and eval are timed with every image encoded (what a cell pays
+    when the store does not hold its images yet), and nothing is written to the store.
     """
     import torch
 
     from mmbench_cli.data.mixture import TrainStream
     from mmbench_cli.model.device import resolve_device
+    from mmbench_cli.model.feature_store import encoder_features
     from mmbench_cli.train.loop import build_trainable_model
 
     device = resolve_device(cfg.train.device)
@@ -118,15 +122,19 @@ def measure_cell(cfg: Config) -> dict[str, float]:
         begin = time.perf_counter()
         torch.manual_seed(cfg.seed)
         model = build_trainable_model(cfg).to(device)  # as mm pretrain: a frozen encoder runs forward only
+        if model.frozen_features is not None:
+            model.frozen_features = encoder_features  # every image computed, as before the store holds it
         stream = TrainStream(cfg, model.tokenizer, model.num_image_tokens, model.image_mean, model.image_std)
         setup_s = time.perf_counter() - begin
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         model.train()
+        seen: list[torch.Tensor] = []
 
         def train_step() -> None:
             for _ in range(cfg.train.grad_accum):
                 batch = stream.next_batch(cfg.train.batch_size)
                 images = batch.get("images")
+                seen.append(images if images is not None else torch.zeros(0))
                 output = model(input_ids=batch["input_ids"].to(device),
                                attention_mask=batch["attention_mask"].to(device),
                                images=None if images is None else images.to(device),
@@ -141,9 +149,14 @@ def measure_cell(cfg: Config) -> dict[str, float]:
             checkpoint_s = 3 * _timed(lambda: model.save_pretrained(Path(tmp) / "model"), 1)
         eval_s, eval_flops = _measure_eval(model, cfg, device)
         counts = model.param_counts()
-        return {"setup_s": setup_s, "step_s": step_s, "checkpoint_s": checkpoint_s, "eval_s": eval_s,
+        cost = {"setup_s": setup_s, "step_s": step_s, "checkpoint_s": checkpoint_s, "eval_s": eval_s,
                 "params": float(counts["total"]), "flops_per_sample": float(model.flops_per_sample(cfg.data.seq_len)),
                 "eval_flops": eval_flops}
+        if model.frozen_features is not None and any(len(images) for images in seen):
+            images = torch.cat([images for images in seen if len(images)])
+            cost["image_s"] = _timed(lambda: encoder_features(model.encoder, images.to(device)), 1) / len(images)
+            cost["images_per_step"] = len(images) / len(seen) * cfg.train.grad_accum
+        return cost
     finally:
         torch.set_num_threads(threads_before)
 
@@ -222,6 +235,41 @@ def encoder_pretrain_estimate(cfg: Config) -> tuple[str, float] | None:
     return str(directory), PRETRAIN_CALIBRATION_S * work / reference
 
 
+def _store_key(cfg: Config) -> str:
+    """What decides a cell's stored features: its encoder's weights (the pre-trained encoder's cache dir, or the model
+    config and seed of a randomly initialised one) and its images (the data config)."""
+    from mmbench_cli.train.pretrained_encoder import encoder_dir
+
+    directory = encoder_dir(cfg)
+    weights = str(directory) if directory is not None else f"{config_hash(cfg.model)}/{cfg.seed}"
+    return f"{weights}/{cfg.model.image_size}/{config_hash(cfg.data)}/{cfg.train.cpu_threads}/{cfg.train.device}"
+
+
+def store_savings(cfg: Config, cost: dict[str, float], stored: dict[str, set[str]]) -> tuple[float, float]:
+    """(training, eval) seconds the feature store saves a cell of ``cfg``, given what earlier cells stored.
+
+    Training encodes each distinct image once (synthetic data: at most ``data.num_train_images``; other data is
+    assumed not to repeat), and not at all when an earlier cell with the same encoder and data stored it. The
+    measured eval encodes every prompt image of every batch; with the store each query image is encoded once per
+    store (the demos are training images, stored by training). ``stored`` (store key → parts stored) is updated.
+    """
+    from mmbench_cli.rundir import feature_store_cap_bytes
+
+    image_s, per_step = cost.get("image_s"), cost.get("images_per_step")
+    if image_s is None or per_step is None or not cfg.train.freeze_encoder or feature_store_cap_bytes() == 0:
+        return 0.0, 0.0
+    parts = stored.setdefault(_store_key(cfg), set())
+    seen = cfg.train.steps * per_step
+    distinct = min(seen, cfg.data.num_train_images) if cfg.data.source == "synthetic" else seen
+    train_saved = (seen - (0 if "train" in parts else distinct)) * image_s
+    ecfg = cfg.eval
+    batches = math.ceil(ecfg.num_samples * ecfg.seeds / ecfg.batch_size) * len(ecfg.tasks)
+    measured = sum(batches * ecfg.batch_size * (shots + 1) for shots in ecfg.shots)  # images the eval timing encoded
+    queries = 0 if "test" in parts else min(ecfg.num_samples, cfg.data.num_test_images)
+    parts.update(("train", "test"))
+    return train_saved, max(0.0, measured - queries) * image_s
+
+
 def _makespan(durations: list[float], slots: int) -> float:
     """Wall time of running ``durations`` in this order on ``slots`` slots, each job taking the first free slot."""
     free = [0.0] * max(1, slots)
@@ -244,6 +292,8 @@ def estimate_plan(plan: GridPlan, out: str | Path, executor: str = "local", opti
     measured: dict[str, dict[str, float]] = {}
     rows = []
     to_pretrain: dict[str, float] = {}  # uncached pre-trained encoders (vit-tiny-clip) → estimated seconds
+    stored: dict[str, set[str]] = {}  # feature store: what earlier cells put there (store_savings)
+    saved = 0.0
     for cell in plan.cells:
         cfg = cell.config
         key = _model_key(cfg)
@@ -251,13 +301,16 @@ def estimate_plan(plan: GridPlan, out: str | Path, executor: str = "local", opti
             measured[key] = _from_throughput(cfg, throughput) if throughput else measure_cell(cfg)
         cost = measured[key]
         train_s = cfg.train.steps * cost["step_s"] + _num_checkpoints(cfg) * cost["checkpoint_s"]
+        eval_s = cost["eval_s"]
         pretrain_s = 0.0
         if store.cell_state(cell.id) != "done":
+            train_saved, eval_saved = store_savings(cfg, cost, stored)
+            train_s, eval_s, saved = train_s - train_saved, eval_s - eval_saved, saved + train_saved + eval_saved
             encoder = encoder_pretrain_estimate(cfg)
             if encoder is not None and encoder[0] not in to_pretrain:  # the first cell that needs it makes it
                 to_pretrain[encoder[0]] = pretrain_s = encoder[1]
         train_s += pretrain_s
-        cell_s = (schedule.process_start_s + cost["setup_s"] + train_s + cost["eval_s"]) * schedule.slowdown
+        cell_s = (schedule.process_start_s + cost["setup_s"] + train_s + eval_s) * schedule.slowdown
         rows.append({
             "cell": cell.id,
             "state": store.cell_state(cell.id),
@@ -265,7 +318,7 @@ def estimate_plan(plan: GridPlan, out: str | Path, executor: str = "local", opti
             "train_flops": cost["flops_per_sample"] * cfg.train.steps * cfg.train.batch_size * cfg.train.grad_accum,
             "eval_flops": cost["eval_flops"],
             "train_s": train_s * schedule.slowdown,
-            "eval_s": cost["eval_s"] * schedule.slowdown,
+            "eval_s": eval_s * schedule.slowdown,
             "est_s": cell_s,
         })
     todo = [row for row in rows if row["state"] != "done"]
@@ -290,6 +343,9 @@ def estimate_plan(plan: GridPlan, out: str | Path, executor: str = "local", opti
          "batch x width)" if to_pretrain else
          "no encoder pre-training: cells with a built-in encoder train it with the MLLM; a cached pre-trained "
          "encoder (vit-tiny-clip) or one given by its dir (`mm pretrain --stage encoder`) costs nothing here"),
+        (f"feature store: frozen encoders encode each image once per store (the first cell with an encoder pays, "
+         f"later cells and eval reuse): {saved * schedule.slowdown / 60:.1f} min of cell time saved" if saved else
+         "feature store: no savings counted (no frozen encoder, timed by --throughput, or MMBENCH_FEATURE_STORE_MB=0)"),
         f"machine load now (1-min average): {os.getloadavg()[0]:.2f} on {schedule.cores} cores",
     ]
     return {

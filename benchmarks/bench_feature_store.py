@@ -1,0 +1,157 @@
+"""Benchmark: the frozen-encoder feature store on vs off, on the real CLI, in interleaved A/B rounds.
+
+- ``eval``: ``mm eval RUN --all-checkpoints --shots 0 4 --force`` (every checkpoint of a run, Pythia-style);
+- ``grid``: ``mm ablate GRID`` into a fresh output dir (training + eval of every cell).
+
+Each round runs both arms as subprocesses, one after the other, the order alternating between rounds so both
+share whatever load the machine has. The store arm starts from an empty store (``mm cache clear`` semantics: the
+first checkpoint or cell pays for every image); the other arm runs with ``MMBENCH_FEATURE_STORE_MB=0``. Both use the
+same cache dir otherwise (pre-trained encoders and rendered images already cached, so neither pays for them). The
+script checks that both arms give identical results (every result cell's value; the grid's summary.csv without
+its timing columns) and reports the median ratio of wall times with the per-round ratios.
+
+    mm pretrain --out /tmp/store_bench/default                       # the default cell, 14 checkpoints
+    python benchmarks/bench_feature_store.py eval /tmp/store_bench/default --num-samples 300 --rounds 2
+    python benchmarks/bench_feature_store.py grid ablations/ci_smoke.yaml --rounds 1
+
+Writes (updates) ``benchmarks/results/bench_feature_store.json``, one entry per mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TIMING_COLUMNS = ("train_s", "eval_s")
+
+
+def run_arm(command: list[str], store: bool, cache_dir: Path) -> float:
+    """Wall seconds of ``command`` with the store on (emptied first) or off."""
+    from mmbench_cli.model.feature_store import clear_store
+    from mmbench_cli.rundir import feature_store_dir
+
+    env = dict(os.environ, MMBENCH_CACHE_DIR=str(cache_dir))
+    if store:
+        clear_store(feature_store_dir(str(cache_dir)))
+        env.pop("MMBENCH_FEATURE_STORE_MB", None)
+    else:
+        env["MMBENCH_FEATURE_STORE_MB"] = "0"
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return seconds
+
+
+def eval_values(run: Path) -> dict[str, Any]:
+    """Step → task → shots → (value, per-seed values) of every results JSON of ``run``."""
+    values: dict[str, Any] = {}
+    for path in sorted((run / "eval").glob("step_*.json")):
+        data = json.loads(path.read_text())
+        values[path.stem] = {task: {shots: (cell["value"], cell["seeds"]) for shots, cell in cells.items()}
+                             for task, cells in data["tasks"].items()}
+    return values
+
+
+def summary_rows(out: Path) -> list[dict[str, Any]]:
+    """The grid's summary.csv rows without timing columns."""
+    import pandas as pd
+
+    table = pd.read_csv(out / "summary.csv").drop(columns=list(TIMING_COLUMNS), errors="ignore")
+    return table.to_dict(orient="records")
+
+
+def interleave(rounds: int, run: Any) -> tuple[list[float], list[float]]:
+    """``run(store)`` → seconds, in ``rounds`` rounds alternating which arm goes first."""
+    off_times: list[float] = []
+    on_times: list[float] = []
+    for round_index in range(rounds):
+        for store in ((False, True) if round_index % 2 == 0 else (True, False)):
+            seconds = run(store)
+            (on_times if store else off_times).append(seconds)
+            print(f"round {round_index + 1}: store {'on ' if store else 'off'} {seconds:7.1f} s", flush=True)
+    return off_times, on_times
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run one mode's A/B rounds, check identical results, update the results JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=("eval", "grid"))
+    parser.add_argument("target", help="eval: a run dir; grid: a grid YAML")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--num-samples", type=int, help="eval: query samples per task (default: the run's)")
+    parser.add_argument("--jobs", type=int, default=1, help="grid: cells at once (mm ablate --jobs)")
+    parser.add_argument("--cache-dir", type=Path, help="cache dir (default: $MMBENCH_CACHE_DIR); its features/ is "
+                                                       "emptied before every store-on arm")
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_feature_store.json")
+    parser.add_argument("overrides", nargs="*", help="grid: config overrides passed to mm ablate")
+    args = parser.parse_args(argv)
+    from mmbench_cli.rundir import atomic_write_json, cache_root
+
+    cache_dir = Path(args.cache_dir or cache_root())
+    mm = [sys.executable, "-m", "mmbench_cli.cli"]
+    answers: dict[bool, Any] = {}
+    load_before = os.getloadavg()
+    if args.mode == "eval":
+        run = Path(args.target)
+        command = [*mm, "eval", str(run), "--all-checkpoints", "--shots", "0", "4", "--force"]
+        if args.num_samples:
+            command += ["--num-samples", str(args.num_samples)]
+
+        def one(store: bool) -> float:
+            seconds = run_arm(command, store, cache_dir)
+            answers.setdefault(store, eval_values(run))
+            if eval_values(run) != answers[store]:
+                raise SystemExit("the same arm gave other results in another round")
+            return seconds
+
+        checkpoints = len(list((run / "checkpoints").glob("step_*")))
+        what = {"run": str(run), "checkpoints": checkpoints, "num_samples": args.num_samples or "the run's"}
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix="bench-store-grid."))
+
+        def one(store: bool) -> float:
+            out = scratch / f"{'on' if store else 'off'}-{time.time_ns()}"
+            seconds = run_arm([*mm, "ablate", args.target, *args.overrides, "--out", str(out), "--jobs",
+                               str(args.jobs)], store, cache_dir)
+            answers.setdefault(store, summary_rows(out))
+            shutil.rmtree(out, ignore_errors=True)
+            return seconds
+
+        what = {"grid": args.target, "overrides": args.overrides, "jobs": args.jobs}
+    off, on = interleave(args.rounds, one)
+    ratios = [a / b for a, b in zip(off, on, strict=True)]
+    identical = answers[True] == answers[False]
+    entry = {
+        **what, "command": f"python benchmarks/bench_feature_store.py {' '.join(argv or sys.argv[1:])}",
+        "rounds": args.rounds, "store_off_s": off, "store_on_s": on, "speedup_per_round": ratios,
+        "speedup_median": statistics.median(ratios), "speedup_min": min(ratios), "speedup_max": max(ratios),
+        "identical_results": identical, "host": platform.node(), "cpu_count": os.cpu_count(),
+        "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "bench_feature_store"}
+    results[args.mode] = entry
+    atomic_write_json(args.out, results)
+    print(f"{args.mode}: store off {statistics.median(off):.1f} s, on {statistics.median(on):.1f} s (medians); "
+          f"speedup {entry['speedup_median']:.2f}x (rounds {', '.join(f'{r:.2f}' for r in ratios)}); identical "
+          f"results: {identical}; load {load_before[0]:.1f} -> {entry['load_avg_after'][0]:.1f}; wrote {args.out}")
+    if not identical:
+        raise SystemExit("store on and off gave different results")
+    return entry
+
+
+if __name__ == "__main__":
+    main()

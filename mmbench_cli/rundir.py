@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -169,6 +169,67 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                           "delete or fix that line")
         records.append(record)
     return records
+
+
+# ------------------------------------------------------------------------------- never overwrite what you did not write
+def what_is_at(path: str | Path) -> str | None:
+    """What ``path`` holds, in words ("a run directory", "a checkpoint", "a results file", ...), for the overwrite
+    guard; None when there is nothing to lose there (no such path, an empty file or an empty directory)."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return None
+    if path.is_symlink() and not path.exists():
+        return "a broken symbolic link"
+    if path.is_dir():
+        if not any(path.iterdir()):
+            return None
+        if RunDir(path).is_run_dir():
+            return "a run directory"
+        if (path / CHECKPOINT_JSON).is_file() or (path.parent.name == CHECKPOINTS_DIR and step_of_dir(path.name) is not None):
+            return "a run's checkpoint"
+        if (path / MODEL_FILE).is_file():
+            return "a saved model"
+        if (path / "index.html").is_file() and (path / "report.md").is_file():
+            return "a report"
+        return "a directory of other files"
+    if not path.is_file():
+        return "not a regular file (a pipe, socket or device)"
+    if path.stat().st_size == 0:
+        return None
+    if path.parent.name == EVAL_DIR and step_of_results_file(path.name) is not None:
+        return "a run's results file"
+    if path.name == CONFIG_FILE and RunDir(path.parent).is_run_dir():
+        return "a run's config"
+    if path.parent.name == CHECKPOINTS_DIR or path.parent.parent.name == CHECKPOINTS_DIR:
+        return "a file of a run's checkpoint"
+    return "a file"
+
+
+def refuse_overwrite(path: str | Path, option: str, ours: Callable[[Path], bool] | None = None) -> None:
+    """The one guard of "never overwrite what you did not write": MMError (exit 2, touching nothing) if ``path``
+    holds anything (``what_is_at``) that ``ours`` does not recognise as this writer's own earlier output.
+
+    Every command that writes to a path the user names calls it before doing any work (``--force`` semantics, where
+    a command has them, are the command's own: ``mm pretrain --force`` sets the old run aside and restores it).
+    """
+    path = Path(path)
+    found = what_is_at(path)
+    if found is None or (ours is not None and ours(path)):
+        return
+    raise MMError(f"{option} {path}: already holds {found} that this command did not write; mm never overwrites "
+                  "what it did not write: choose another path (or delete it yourself)")
+
+
+def json_object_at(path: Path, limit_bytes: int = 64 * 2**20) -> dict[str, Any] | None:
+    """The JSON object in a regular file of at most ``limit_bytes`` (None for anything else, never an error): how
+    a writer recognises a file it wrote before (``refuse_overwrite``'s ``ours``)."""
+    try:
+        if not path.is_file() or path.stat().st_size > limit_bytes:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _pid_alive(pid: int) -> bool:

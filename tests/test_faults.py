@@ -488,3 +488,60 @@ def test_fuzz_prediction_files_never_traceback(tmp_path: Path) -> None:
         _no_traceback(result, f"case {case}: predictions {mutated[:200]!r}")
         codes[result.exit_code] += 1
     assert codes[0] > 5 and codes[2] > 50
+
+
+# ------------------------------------------------------------------ issue 38: never overwrite what a command did not write
+# Every writer's output path, pointed at each kind of finished artefact: one line, exit 2, the run bit-identical.
+_ARTEFACTS = {"run dir": "", "checkpoint": "checkpoints/step_3", "results file": "eval/step_3.json",
+              "config": "config.yaml", "metrics": "metrics.jsonl"}
+
+
+def _predictions_args(tmp_path: Path) -> list[str]:
+    """``mm eval --predictions`` of one VQAv2 answer (tests/test_eval.py's tiny VQAv2 files), made once per dir."""
+    from test_eval import _vqav2_files
+
+    if not (tmp_path / "questions.json").exists():
+        _vqav2_files(tmp_path)
+        (tmp_path / "predictions.json").write_text('[{"question_id": 10, "answer": "0"}]')
+    return ["eval", "--predictions", str(tmp_path / "predictions.json"), "--task", "vqav2", "--annotations",
+            str(tmp_path / "annotations.json"), "--questions", str(tmp_path / "questions.json"), "--images",
+            str(tmp_path / "val2014"), "--allow-subset"]
+
+
+def _writers(run: Path, tmp_path: Path) -> dict[str, list[str]]:
+    """Each writer's command line, ending with its output option (the target path follows)."""
+    return {
+        "build -o": ["build", *TINY, "-o"],
+        "build --data -o": ["build", "--data", *TINY, "-o"],
+        "eval --predictions -o": [*_predictions_args(tmp_path), "-o"],
+        "report --save-baseline": ["report", str(run), "--no-plots", "-o", str(tmp_path / "report"), "--save-baseline"],
+        "report -o": ["report", str(run), "--no-plots", "-o"],
+        "lm-eval --output_path": ["lm-eval", "--model_args", f"path={run}", "--tasks", "mm_synth_perplexity",
+                                  "--limit", "2", "--output_path"],
+    }
+
+
+@pytest.mark.parametrize("artefact", sorted(_ARTEFACTS))
+def test_no_writer_overwrites_a_finished_artefact(finished: Path, tmp_path: Path, artefact: str) -> None:
+    before = fingerprint(finished)
+    target = finished / _ARTEFACTS[artefact]
+    for name, args in _writers(finished, tmp_path).items():
+        if name in ("report -o", "lm-eval --output_path") and target.is_dir():
+            continue  # a report into a run dir is refused as an input dir (tests/test_report.py); lm-eval adds a subdir
+        out = one_line_exit_2(runner.invoke(app, [*args, str(target)]))
+        assert "never overwrites" in out, (name, out)
+    assert fingerprint(finished) == before
+
+
+def test_writers_replace_their_own_earlier_output(finished: Path, tmp_path: Path) -> None:
+    baseline = tmp_path / "baseline.json"
+    for _ in range(2):  # the second run replaces the first one's baseline and report
+        result = runner.invoke(app, ["report", str(finished), "--no-plots", "-o", str(tmp_path / "r"),
+                                     "--save-baseline", str(baseline)])
+        assert result.exit_code == 0, result.output
+    scores = tmp_path / "scores.jsonl"
+    for _ in range(2):
+        result = runner.invoke(app, [*_predictions_args(tmp_path), "-o", str(scores)])
+        assert result.exit_code == 0, result.output
+    scores.with_name("scores.summary.json").unlink()  # without its summary, the scores file is not recognised
+    assert "never overwrites" in one_line_exit_2(runner.invoke(app, [*_predictions_args(tmp_path), "-o", str(scores)]))

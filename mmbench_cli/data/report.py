@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image, ImageDraw, ImageFont
 
 from mmbench_cli.data.types import CaptionSample, ImageRef, InterleavedDoc, Sample, VQASample
-from mmbench_cli.rundir import atomic_write_bytes, atomic_write_json
+from mmbench_cli.rundir import atomic_write_bytes, atomic_write_json, refuse_overwrite
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
@@ -81,6 +81,7 @@ def build_data(cfg: Config, out: Path | None, console: Console) -> dict[str, Any
     from rich.table import Table
 
     out = Path(out) if out else default_out_dir(cfg)
+    refuse_overwrite(out, "--out", lambda path: (path / "data_summary.json").is_file())
     started = time.time()
     if cfg.data.source == "synthetic":
         summary, samples = _build_synthetic(cfg, console)

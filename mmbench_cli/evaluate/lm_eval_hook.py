@@ -170,11 +170,48 @@ def lm_eval_argv(argv: Sequence[str]) -> list[str]:
     return [*extra, *args]
 
 
+def _option(args: Sequence[str], *names: str) -> str | None:
+    """The value of the last ``--name VALUE`` / ``--name=VALUE`` among ``args`` (None if absent)."""
+    found = None
+    for index, arg in enumerate(args):
+        name, equals, value = arg.partition("=")
+        if name in names:
+            found = value if equals else (args[index + 1] if index + 1 < len(args) else "")
+    return found
+
+
+def check_args(argv: Sequence[str]) -> None:
+    """Refuse (MMError, before lm-eval starts) what lm-eval would only warn about or fail on with a traceback:
+    an ``--output_path`` that is an existing file (lm-eval logs a warning and saves nothing), a run without
+    ``--tasks``, and a ``--batch_size`` that is not a positive integer or ``auto``."""
+    from mmbench_cli.errors import MMError
+    from mmbench_cli.rundir import refuse_overwrite
+
+    args = list(argv)
+    if not args or args[0] in ("ls", "validate") or any(a in ("-h", "--help") for a in args):
+        return
+    output = _option(args, "--output_path", "-o")
+    if output:  # lm-eval writes into a dir (beside a FILE.json: FILE_<date>.json); an existing file is refused
+        refuse_overwrite(Path(output), "--output_path", Path.is_dir)
+    if not _option(args, "--tasks", "-t"):
+        raise MMError("--tasks: name at least one task (`mm lm-eval ls tasks` lists them)")
+    batch = _option(args, "--batch_size", "-b")
+    if batch is not None and not (batch.isdigit() and int(batch) > 0) and batch.partition(":")[0] != "auto":
+        raise MMError(f"--batch_size {batch}: must be a positive integer, auto or auto:N")
+
+
 def run_cli(argv: Sequence[str]) -> int:
     """Run lm-eval's own command line (``lm_eval.__main__.cli_evaluate``) on ``argv`` with ``mm`` registered;
-    returns its exit code. MMErrors raised by our model (a bad path...) propagate to the caller."""
+    returns its exit code. MMErrors raised by our model (a bad path...) propagate to the caller, as do lm-eval's
+    ValueErrors about its arguments (an unknown task or model), as one-line MMErrors."""
+    from mmbench_cli.errors import MMError
+
+    check_args(argv)
     install()
-    importlib.import_module(REGISTRY_MODULE)  # registers mm and lm-eval's own models through the hook
+    registry = importlib.import_module(REGISTRY_MODULE)  # registers mm and lm-eval's own models through the hook
+    model = _option(list(argv), "--model")
+    if model and argv and argv[0] not in ("ls", "validate") and model not in registry.model_registry:
+        raise MMError(f"--model {model}: no such lm-eval model; known: {', '.join(sorted(registry.model_registry))}")
     from lm_eval.__main__ import cli_evaluate
 
     return call_with_argv(cli_evaluate, ["lm-eval", *lm_eval_argv(argv)])
@@ -190,6 +227,8 @@ def call_with_argv(main: Callable[[], Any], argv: Sequence[str]) -> int:
     except SystemExit as done:
         code = done.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+    except ValueError as error:  # lm-eval's word for a bad argument: an unknown task or model, no tasks found
+        raise MMError(f"lm-eval: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
     finally:
         sys.argv = saved
     return 0

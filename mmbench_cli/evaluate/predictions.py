@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from mmbench_cli.errors import MMError
 from mmbench_cli.evaluate.scoring import score_predictions
 from mmbench_cli.evaluate.tasks import TaskSpec, load_samples, resolve_task
-from mmbench_cli.rundir import atomic_write_json, atomic_write_text
+from mmbench_cli.rundir import atomic_write_json, atomic_write_text, json_object_at, refuse_overwrite
 
 if TYPE_CHECKING:
     from mmbench_cli.config import DataConfig
@@ -44,6 +44,8 @@ def score_file(predictions_path: str | Path, task: str, task_data: dict[str, dic
     from mmbench_cli.config import DataConfig
 
     path = Path(predictions_path)
+    if out:
+        refuse_foreign_out(Path(out))
     if annotations:
         task_data = {**(task_data or {}), task: {**(task_data or {}).get(task, {}), "query": annotations}}
     spec = resolve_task(task, task_data)
@@ -109,6 +111,16 @@ def score_file(predictions_path: str | Path, task: str, task_data: dict[str, dic
         atomic_write_text(out, "".join(json.dumps(line) + "\n" for line in lines))
         atomic_write_json(summary_path(out), {**result, "predictions": str(path)})
     return result
+
+
+def refuse_foreign_out(out: Path) -> None:
+    """MMError unless ``out`` and its summary are absent or an earlier ``--predictions ... -o`` wrote them."""
+    def ours(path: Path) -> bool:
+        summary = json_object_at(summary_path(out))
+        return summary is not None and "predictions" in summary and "metric" in summary
+
+    refuse_overwrite(out, "--out", ours)
+    refuse_overwrite(summary_path(out), "--out's summary", ours)
 
 
 def summary_path(out: Path) -> Path:

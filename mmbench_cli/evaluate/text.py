@@ -54,6 +54,8 @@ class MMLM(TemplateLM):
         self.tokenizer = model.tokenizer
         self._device = next(model.parameters()).device
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 16
+        if self.batch_size < 1:
+            raise MMError(f"batch_size {batch_size}: must be a positive integer (or auto)")
         self.max_length = int(max_length or model.config.max_seq_len)
 
     # ---- tokenizer glue ---------------------------------------------------------------------------

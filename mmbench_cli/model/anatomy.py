@@ -8,8 +8,6 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from mmbench_cli.errors import MMError
-
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable
 
@@ -63,10 +61,10 @@ def build_and_report(cfg: Config, tokenizer_source: TokenizerSource, out: Path |
     import torch
 
     from mmbench_cli.model import build_model
-    from mmbench_cli.rundir import atomic_dir
+    from mmbench_cli.rundir import atomic_dir, refuse_overwrite, what_is_at
 
-    if out is not None and out.exists() and not out.is_dir():
-        raise MMError(f"--out {out}: exists and is not a directory; choose another path")
+    if out is not None:  # only an earlier `mm build -o` model is replaced: never a run, a checkpoint or a user's file
+        refuse_overwrite(out, "--out", lambda path: what_is_at(path) == "a saved model")
     torch.manual_seed(cfg.seed)
     with console.status("assembling the model (training the tokenizer on first use)…"):
         model = build_model(cfg.model, tokenizer_source)

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 from mmbench_cli import __version__
 from mmbench_cli.errors import MMError
-from mmbench_cli.report.regress import Comparison, baseline_document, collect, compare, read_baseline
+from mmbench_cli.report.regress import FORMAT, Comparison, baseline_document, collect, compare, read_baseline
 from mmbench_cli.report.stats import DEFAULT_RESAMPLES
-from mmbench_cli.rundir import atomic_write_text
+from mmbench_cli.rundir import atomic_write_text, json_object_at, refuse_overwrite
 
 if TYPE_CHECKING:  # the report modules import pandas/matplotlib: loaded only when a report is made
     import pandas as pd
@@ -78,8 +78,8 @@ def default_out_dir(paths: list[Path]) -> Path:
 def _check_out_dir(out: Path, paths: list[Path]) -> None:
     from mmbench_cli.report.load import expand_paths
 
-    if out.exists() and not out.is_dir():
-        raise MMError(f"{out}: exists and is not a directory; choose another -o")
+    if not out.is_dir():
+        refuse_overwrite(out, "-o")  # a file, a pipe...: never replaced by a report dir
     for path in [*paths, *expand_paths(paths)]:
         if path.exists() and out.resolve() == path.resolve():
             raise MMError(f"{out}: is an input dir; write the report elsewhere with -o reports/NAME")
@@ -117,6 +117,8 @@ def make_report(
         raise MMError(f"--resamples: use at least 100 bootstrap resamples (got {resamples})")
     out = out or default_out_dir(paths)
     _check_out_dir(out, paths)
+    if save_baseline is not None:  # only an earlier baseline is replaced, never a config, a results file...
+        refuse_overwrite(save_baseline, "--save-baseline", lambda path: (json_object_at(path) or {}).get("format") == FORMAT)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     baseline_metrics = read_baseline(baseline) if baseline is not None else None

@@ -32,21 +32,52 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is so that every clean-up a Ctrl-C runs (status, locks, --force) runs."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def user_errors_exit_2(func: F) -> F:
-    """Turn MMError (bad user input) into one line on stderr and exit code 2."""
+    """The error contract at the CLI edge: MMError (bad user input) and OSErrors the environment causes (a full
+    disk, a read-only or missing directory: ``errors.environment_error``) become one line on stderr and exit 2;
+    Ctrl-C exits 130 and SIGTERM 143, after the same clean-up (a run is marked failed, its lock released)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import os
+        import signal
+
+        from mmbench_cli.errors import environment_error
+
+        previous = signal.getsignal(signal.SIGTERM)
         try:
+            try:
+                os.getcwd()
+            except FileNotFoundError:
+                raise MMError("the current directory was deleted; cd to an existing directory and run again") from None
+            if previous is signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, _terminate)
             return func(*args, **kwargs)
-        except MMError as error:
+        except Exception as error:
             from rich.markup import escape  # messages are plain text: `mmbench[ray]`, `shots [0, 4]` print as is
 
-            err_console.print(f"[bold red]error:[/] {escape(error.message)}", highlight=False, soft_wrap=True)
+            user_error = error if isinstance(error, MMError) else environment_error(error)
+            if user_error is None:
+                raise
+            err_console.print(f"[bold red]error:[/] {escape(user_error.message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=MMError.exit_code) from None
+        except Terminated:
+            err_console.print("[yellow]terminated[/]")
+            raise typer.Exit(code=143) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             raise typer.Exit(code=130) from None
+        finally:
+            if previous is signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
 

@@ -23,9 +23,27 @@ from mmbench_cli.resources import resource_path
 
 DATA_TYPES = ("caption", "interleaved", "text")
 
+# What a config may ask for (docs/architecture.md, "Limits"). Beyond these a run cannot be built in seconds or
+# would overflow torch, so bad input is refused at once with the limit in the error instead of hanging.
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed/unsigned 64-bit integer
+MAX_IMAGES = 50_000  # synthetic images per split: their scenes and samples are built up front (~0.5 ms each)
+MAX_STEPS = 10_000_000  # optimizer steps (and warm-up, checkpoint and log intervals)
+MAX_BATCH = 65_536  # sequences per step, prompts per generation batch
+MAX_IMAGE_SIZE = 4096  # pixels per side
+MAX_TOKENS = 131_072  # sequence lengths, image tokens, vocabulary entries / 8
+MAX_EVAL_SAMPLES = 1_000_000
+MAX_SHOTS = 256
+MAX_DEMO_SEEDS = 100
+MAX_SCALE = 1e6  # gradient clipping, learning-rate scales (a huge train.lr is stopped by the non-finite-loss guard)
+# A config file's shape: YAML aliases can make a tiny file expand to billions of values (an "alias bomb").
+MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 64
+MAX_YAML_BYTES = 4 * 2**20
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan: NaN and infinity are refused in every float, mappings (data.data_mix) included
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Strict):
@@ -33,10 +51,10 @@ class ModelConfig(_Strict):
 
     encoder: str = Field("vit-tiny-clip", description="registry name (vit-tiny-clip: CLIP-pre-trained once, cached), "
                          "hf:<local dir>, or a dir saved by mm pretrain --stage encoder")
-    image_size: int = Field(64, gt=0, description="input resolution in pixels (square)")
-    patch_size: int = Field(8, gt=0, description="ViT patch size for built-from-config encoders")
+    image_size: int = Field(64, gt=0, le=MAX_IMAGE_SIZE, description="input resolution in pixels (square)")
+    patch_size: int = Field(8, gt=0, le=MAX_IMAGE_SIZE, description="ViT patch size for built-from-config encoders")
     connector: str = Field("c-abstractor", description="vision-language connector (registry name)")
-    num_image_tokens: int = Field(16, gt=0, description="tokens each image becomes in the LM's input")
+    num_image_tokens: int = Field(16, gt=0, le=MAX_TOKENS, description="tokens each image becomes in the LM's input")
     connector_pos_emb: bool = Field(False, description="add a learned position embedding to the patch features "
                                     "before the connector (Honeybee's pos_emb), so image tokens carry where they "
                                     "looked (off by default: it made the toy grid's seeds 4-8x further apart)")
@@ -47,8 +65,8 @@ class ModelConfig(_Strict):
     lm: str = Field("pythia-toy-2m", description="language model: size-ladder name or hf:<local dir>")
     tokenizer: str = Field("auto", description="auto (an hf: LM's own tokenizer if its dir has one, else synthetic-bpe), "
                            "synthetic-bpe (trained on the synthetic corpus) or hf:<local dir>")
-    vocab_size: int = Field(2048, gt=0, description="vocabulary size of the trained BPE tokenizer")
-    max_seq_len: int = Field(256, gt=0, description="longest sequence (text + image tokens) the LM sees")
+    vocab_size: int = Field(2048, gt=0, le=8 * MAX_TOKENS, description="vocabulary size of the trained BPE tokenizer")
+    max_seq_len: int = Field(256, gt=0, le=MAX_TOKENS, description="longest sequence (text + image tokens) the LM sees")
     resize_embeddings: bool = Field(False, description="let an hf: LM take a tokenizer that is not its own (its "
                                     "embedding table is resized to it); off: refused")
 
@@ -82,16 +100,16 @@ class DataConfig(_Strict):
     """Pre-training data: the synthetic world by default, or local datasets."""
 
     source: Literal["synthetic", "local"] = "synthetic"
-    world_seed: int = Field(0, description="seed of the synthetic world (independent of the training seed)")
+    world_seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the synthetic world (independent of the training seed)")
     world_version: Literal[1, 2, 3, 4, 5] = Field(4, description="synthetic world version (4: Sort-of-CLEVR-like, "
                                                     "the default; 5: 4 with legible text; 1-3: the first worlds; "
                                                     "docs/data.md)")
-    num_train_images: int = Field(4000, gt=0)
-    num_val_images: int = Field(200, gt=0)
-    num_test_images: int = Field(2400, gt=0)
+    num_train_images: int = Field(4000, gt=0, le=MAX_IMAGES)
+    num_val_images: int = Field(200, gt=0, le=MAX_IMAGES)
+    num_test_images: int = Field(2400, gt=0, le=MAX_IMAGES)
     data_mix: dict[str, float] = Field(default_factory=lambda: {"caption": 0.45, "interleaved": 0.45, "text": 0.10})
-    seq_len: int = Field(128, gt=0, description="packed training sequence length in tokens")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    seq_len: int = Field(128, gt=0, le=MAX_TOKENS, description="packed training sequence length in tokens")
+    num_workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes")
     cache_dir: str | None = Field(None, description="where rendered images/tokenizers are cached (default ~/.cache/mmbench)")
     datasets: list[DatasetSpec] = Field(default_factory=list, description="local datasets (source: local)")
     skip_bad: bool = Field(False, description="skip and count bad samples instead of failing")
@@ -114,26 +132,26 @@ class TrainConfig(_Strict):
     """Optimisation and checkpointing (Pythia-style log-spaced checkpoints)."""
 
     stage: Literal["mllm", "encoder"] = "mllm"
-    steps: int = Field(600, gt=0)
-    batch_size: int = Field(16, gt=0, description="sequences per optimizer step (global, across DDP ranks)")
-    grad_accum: int = Field(1, gt=0)
+    steps: int = Field(600, gt=0, le=MAX_STEPS)
+    batch_size: int = Field(16, gt=0, le=MAX_BATCH, description="sequences per optimizer step (global, across DDP ranks)")
+    grad_accum: int = Field(1, gt=0, le=MAX_BATCH)
     lr: float | Literal["mm1-rule"] = Field(2e-3, description="peak learning rate, or mm1-rule: exp(-0.4214 ln N - 0.5535)")
     weight_decay: float | Literal["mm1-rule"] = Field(0.1, description="AdamW weight decay, or mm1-rule: 0.1 * lr")
-    warmup_steps: int = Field(30, ge=0)
+    warmup_steps: int = Field(30, ge=0, le=MAX_STEPS)
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * min_lr_ratio")
-    grad_clip: float = Field(1.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0, le=MAX_SCALE)
     freeze_encoder: bool = Field(True, description="keep the (pre-trained) image encoder fixed in the mllm stage")
     freeze_lm: bool = Field(False, description="keep the LM fixed in the mllm stage (LLaVA's stage 1: with a frozen "
                                                "encoder only the connector trains)")
-    encoder_lr_scale: float = Field(1.0, gt=0, description="the image encoder's learning rate relative to train.lr")
+    encoder_lr_scale: float = Field(1.0, gt=0, le=MAX_SCALE, description="the image encoder's learning rate relative to train.lr")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     cpu_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads on CPU (training and eval). "
                              "Part of the run's identity: another count sums floats in another order, so the "
                              "numbers differ in the last bits and then diverge")
-    checkpoint_every: int = Field(100, gt=0, description="after the log-spaced steps, a checkpoint every K steps")
+    checkpoint_every: int = Field(100, gt=0, le=MAX_STEPS, description="after the log-spaced steps, a checkpoint every K steps")
     log_spaced_checkpoints: bool = True
-    log_every: int = Field(10, gt=0)
+    log_every: int = Field(10, gt=0, le=MAX_STEPS)
     encoder_objective: Literal["clip", "negclip", "twinclip", "bow", "attributes", "mae"] = Field(
         "clip", description="objective of --stage encoder (negclip: CLIP + hard negatives with swapped shapes/words; "
                             "twinclip: CLIP on batches of synthetic images and their counterfactual twins; "
@@ -177,12 +195,12 @@ class EvalConfig(_Strict):
 
     tasks: list[str] = Field(default_factory=lambda: ["synthetic-caption", "synthetic-vqa", "synthetic-ocr"])
     shots: list[int] = Field(default_factory=lambda: [0, 4])
-    seeds: int = Field(1, gt=0, description="demo-sampling seeds (random selection); mean ± std reported")
+    seeds: int = Field(1, gt=0, le=MAX_DEMO_SEEDS, description="demo-sampling seeds (random selection); mean ± std reported")
     demo_selection: Literal["random", "rices"] = "random"
-    num_samples: int = Field(2400, gt=0, description="query samples per task (from the test split)")
-    batch_size: int = Field(64, gt=0)
-    max_new_tokens: int = Field(16, gt=0)
-    num_beams: int = Field(1, gt=0)
+    num_samples: int = Field(2400, gt=0, le=MAX_EVAL_SAMPLES, description="query samples per task (from the test split)")
+    batch_size: int = Field(64, gt=0, le=MAX_BATCH)
+    max_new_tokens: int = Field(16, gt=0, le=MAX_TOKENS)
+    num_beams: int = Field(1, gt=0, le=64)
     zero_shot_text_demos: bool = Field(False, description="Flamingo's 0-shot variant: two text-only demos")
     all_checkpoints: bool = Field(False, description="mm ablate: evaluate every checkpoint (dynamics), not only the last")
     vqa_normalize: Literal["official", "always"] = Field(
@@ -194,8 +212,8 @@ class EvalConfig(_Strict):
     @field_validator("shots")
     @classmethod
     def _check_shots(cls, shots: list[int]) -> list[int]:
-        if any(k < 0 for k in shots):
-            raise ValueError("shot counts must be >= 0")
+        if any(k < 0 or k > MAX_SHOTS for k in shots):
+            raise ValueError(f"shot counts must be between 0 and {MAX_SHOTS}")
         return shots
 
 
@@ -203,7 +221,7 @@ class Config(_Strict):
     """A whole run: model, data, training and evaluation."""
 
     name: str = "mm1-toy"
-    seed: int = Field(0, description="training seed (init, data order)")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="training seed (init, data order)")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -227,7 +245,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise MMError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml_text(raw, f"override {text!r}") if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     if not is_plain_data(value):  # a date, !!binary, !!set...: keep what the user typed
@@ -281,6 +299,8 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
         message = f"unknown key; allowed keys here: {allowed}"
     elif first["type"] == "literal_error":
         message = f"invalid value {first.get('input')!r}; {message}"
+    elif first["type"] in ("less_than_equal", "finite_number"):
+        message = f"{message} (a limit of mmbench: docs/architecture.md)"
     return f"{source}: {location}: {message}"
 
 
@@ -307,6 +327,62 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
 _UNKNOWN_TAG = re.compile(r"constructor for the tag '([^']*)'")
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A YAML mapping that names one key twice (plain YAML keeps the last silently; a config refuses it)."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """safe_load that refuses duplicate keys (merge keys ``<<`` may still be overridden, as YAML means them)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: SafeConstructor names it
+                continue
+            if duplicate:
+                raise DuplicateKeyError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def _check_shape(data: Any, where: str) -> None:
+    """MMError if ``data`` nests deeper than MAX_YAML_DEPTH or holds more than MAX_YAML_VALUES values, counting
+    each use of a YAML alias (the walk stops at the limit, so an alias bomb is refused at once)."""
+    count, stack = 0, [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise MMError(f"{where}: more than {MAX_YAML_VALUES:,} values (YAML aliases count each time they are "
+                          "used); a config is small: remove the repeated aliases")
+        if depth > MAX_YAML_DEPTH:
+            raise MMError(f"{where}: nested deeper than {MAX_YAML_DEPTH} levels; a config is a few sections deep")
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in (*value.keys(), *value.values()))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+
+
+def load_yaml_text(text: str, where: str) -> Any:
+    """Parse YAML text the way every config is read: safe_load, no duplicate keys, bounded in depth and size
+    (MMError naming ``where``); other YAML errors propagate as ``yaml.YAMLError`` for the caller to word."""
+    try:
+        data = yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise MMError(f"{where}: nested deeper than {MAX_YAML_DEPTH} levels; a config is a few sections deep") from None
+    except DuplicateKeyError as error:
+        mark = error.problem_mark
+        raise MMError(f"{where}: {error.problem}" + (f" (line {mark.line + 1})" if mark else "")
+                      + "; give each key once") from None
+    _check_shape(data, where)
+    return data
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping with safe_load; missing, unreadable or garbled files are MMErrors."""
     path = Path(path)
@@ -314,8 +390,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise MMError(f"{path}: no such config file")
     if path.is_dir():
         raise MMError(f"{path}: is a directory, expected a YAML config file")
+    if not path.is_file():  # a FIFO would block the read forever, a device never end
+        raise MMError(f"{path}: not a regular file (a pipe, socket or device); pass a YAML config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise MMError(f"{path}: {path.stat().st_size:,} bytes; a config file is at most {MAX_YAML_BYTES:,}")
+        data = load_yaml_text(path.read_text(encoding="utf-8"), str(path))
+    except OSError as error:
+        raise MMError(f"{path}: cannot read ({error.strerror})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -397,10 +479,18 @@ def config_hash(cfg: BaseModel) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def _is_file(arg: str) -> bool:
+    """Whether ``arg`` names an existing file (False for a name the OS cannot even look up: too long...)."""
+    try:
+        return Path(arg).is_file()
+    except OSError:
+        return False
+
+
 def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
     """Split CLI arguments into (config path or None, overrides): anything with ``=`` is an override, except an
     existing file (grid cells' dirs have ``=`` in their names: ``runs/g/tokens=16/config.yaml``)."""
-    paths = [arg for arg in args if "=" not in arg or Path(arg).is_file()]
+    paths = [arg for arg in args if "=" not in arg or _is_file(arg)]
     overrides = [arg for arg in args if arg not in paths]
     for arg in overrides:
         if arg.endswith((".yaml", ".yml")) and "/" in arg.split("=", 1)[0]:

@@ -71,9 +71,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(error, OSError) and error.filename is None:  # a failed write names no file: name it
+            raise OSError(error.errno, error.strerror, str(path)) from error
         raise
     return path
 
@@ -257,8 +259,17 @@ class RunLock:
         self._held = False
 
     def acquire(self) -> RunLock:
-        """Take the lock or raise MMError naming the holder."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Take the lock or raise MMError naming the holder (or saying why it cannot be written)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return self._acquire()
+        except OSError as error:
+            if error.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise MMError(f"{self.path.parent}: cannot take the {self.what} lock ({error.strerror}); this {self.what} "
+                          "needs a writable directory: copy the run somewhere writable") from None
+
+    def _acquire(self) -> RunLock:
         for _ in range(3):
             if self._create():
                 self._held = True
@@ -423,10 +434,36 @@ def cache_root(configured: str | None = None) -> Path:
 
     ``data.cache_dir`` if set, else ``$MMBENCH_CACHE_DIR``, else ``~/.cache/mmbench``.
     """
+    source = "data.cache_dir" if configured else "$MMBENCH_CACHE_DIR" if os.environ.get("MMBENCH_CACHE_DIR") else None
     root = configured or os.environ.get("MMBENCH_CACHE_DIR") or Path.home() / ".cache" / "mmbench"
     path = Path(root).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    except OSError as error:
+        what = error.strerror if not isinstance(error, FileExistsError) else "exists and is not a directory"
+        raise MMError(f"{source or 'cache dir'} {path}: {what}; the cache needs a writable directory: "
+                      f"set {source or '$MMBENCH_CACHE_DIR'} to one") from None
     return path
+
+
+def env_number(name: str, default: float, minimum: float = 0.0, maximum: float = 1e12) -> float:
+    """A numeric environment variable (``default`` if unset or empty); MMError naming it if it is not a number
+    between ``minimum`` and ``maximum``."""
+    import math
+
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not minimum <= value <= maximum:
+        raise MMError(f"${name}={raw!r}: expected a number from {minimum:g} to {maximum:,.0f}; unset it for the "
+                      f"default ({default:g})")
+    return value
 
 
 
@@ -437,13 +474,7 @@ FEATURE_STORE_MB = 4096  # default cap of the feature store
 
 def feature_store_cap_bytes() -> int:
     """The feature store's size cap from ``$MMBENCH_FEATURE_STORE_MB`` (default 4096; 0 turns the store off)."""
-    raw = os.environ.get("MMBENCH_FEATURE_STORE_MB", str(FEATURE_STORE_MB))
-    try:
-        megabytes = float(raw)
-    except ValueError:
-        raise MMError(f"MMBENCH_FEATURE_STORE_MB={raw!r} is not a number; give megabytes (0 turns the store off)") \
-            from None
-    return max(0, int(megabytes * 2**20))
+    return int(env_number("MMBENCH_FEATURE_STORE_MB", FEATURE_STORE_MB, maximum=2**30) * 2**20)
 
 
 def feature_store_dir(configured: str | None = None) -> Path:

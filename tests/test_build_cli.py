@@ -67,4 +67,4 @@ def test_hf_path_that_is_not_a_checkpoint_exits_2(tmp_path) -> None:
 def test_out_path_that_is_a_file_exits_2(tmp_path) -> None:
     target = tmp_path / "file.txt"
     target.write_text("x")
-    _one_line_error([*TINY, "-o", str(target)], "--out", "not a directory")
+    _one_line_error([*TINY, "-o", str(target)], "--out", "already holds a file")

@@ -545,3 +545,148 @@ def test_writers_replace_their_own_earlier_output(finished: Path, tmp_path: Path
         assert result.exit_code == 0, result.output
     scores.with_name("scores.summary.json").unlink()  # without its summary, the scores file is not recognised
     assert "never overwrites" in one_line_exit_2(runner.invoke(app, [*_predictions_args(tmp_path), "-o", str(scores)]))
+
+
+# ---------------------------------------------------------------------- issue 38: hostile YAML, limits, environment
+def _hostile_yaml(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Config files that used to hang or traceback, with the words their error must contain."""
+    bomb = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    bomb += [f"{chr(97 + i)}: &{chr(97 + i)} [{', '.join([f'*{chr(96 + i)}'] * 9)}]" for i in range(1, 10)]
+    files = {
+        "alias bomb": ("\n".join(bomb), "YAML aliases"),
+        "deep list": ("seed: " + "[" * 5000 + "]" * 5000, "nested deeper"),
+        "deep mapping": ("x: " + "{a: " * 3000 + "1" + "}" * 3000, "nested deeper"),
+        "duplicate key": ("seed: 1\ntrain:\n  steps: 3\nseed: 2\n", "duplicate key 'seed' (line 4)"),
+    }
+    found = {}
+    for name, (text, words) in files.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.yaml"
+        path.write_text(text + "\n")
+        found[name] = (path, words)
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    found["fifo"] = (fifo, "not a regular file")
+    return found
+
+
+def test_hostile_yaml_is_one_line_in_seconds(tmp_path: Path) -> None:
+    import time
+
+    for name, (path, words) in _hostile_yaml(tmp_path).items():
+        start = time.perf_counter()
+        out = one_line_exit_2(runner.invoke(app, ["build", str(path)]))
+        assert words in out and time.perf_counter() - start < 10, (name, out)
+    deep = "[" * 3000 + "]" * 3000  # the same through an override
+    assert "nested deeper" in one_line_exit_2(runner.invoke(app, ["build", f"seed={deep}"]))
+
+
+def _numeric_keys() -> list[str]:
+    from mmbench_cli.config import Config
+
+    def annotation(key: str) -> object:
+        model: object = Config
+        for part in key.split("."):
+            field = model.model_fields[part]  # type: ignore[attr-defined]
+            model = field.annotation
+        return model
+
+    return [key for key in _config_keys() if annotation(key) in (int, float, dict[str, float], int | float)
+            or "float" in str(annotation(key))]
+
+
+@pytest.mark.parametrize("value", ["1000000000000000000000000000000", "1e30", ".nan", ".inf", "-.inf"])
+def test_huge_and_non_finite_numbers_are_refused_in_every_numeric_field(value: str) -> None:
+    keys = _numeric_keys()
+    assert {"seed", "train.steps", "data.num_train_images", "data.data_mix", "train.lr"} <= set(keys)
+    for key in keys:
+        if key in ("train.lr", "train.weight_decay") and "n" not in value:
+            continue  # a huge finite rate trains until the non-finite-loss guard stops it (test above)
+        shown = f"{{caption: {value}, interleaved: 0.5, text: 0.5}}" if key == "data.data_mix" else value
+        with pytest.raises(MMError, match=key.replace(".", r"\.")):
+            load_config(None, [f"{key}={shown}"])
+
+
+def test_limits_are_said_in_the_error_and_refused_before_any_work(tmp_path: Path) -> None:
+    import time
+
+    for override, limit in [("data.num_train_images=100000000", "50000"), ("train.steps=10000000000", "10000000"),
+                            ("seed=123456789012345678901234567890", "9223372036854775807")]:
+        start = time.perf_counter()
+        out = one_line_exit_2(pretrain(tmp_path / "run", override))
+        assert limit in out and "docs/architecture.md" in out and time.perf_counter() - start < 10, out
+        assert not (tmp_path / "run").exists()
+
+
+def test_environment_variables_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmbench_cli.data.images import _ResizedCache
+    from mmbench_cli.rundir import cache_root
+
+    not_a_dir = tmp_path / "cache"
+    not_a_dir.write_text("x")
+    monkeypatch.setenv("MMBENCH_CACHE_DIR", str(not_a_dir))
+    with pytest.raises(MMError, match=r"\$MMBENCH_CACHE_DIR .*not a directory"):
+        cache_root()
+    assert "$MMBENCH_CACHE_DIR" in one_line_exit_2(runner.invoke(app, ["build", "--data", *TINY]))
+    for raw in ("abc", "nan", "-1", "1e308"):
+        monkeypatch.setenv("MMBENCH_IMAGE_CACHE_MB", raw)
+        with pytest.raises(MMError, match=r"\$MMBENCH_IMAGE_CACHE_MB"):
+            _ResizedCache().budget  # noqa: B018
+
+
+def test_a_full_disk_is_one_line_and_leaves_finished_files_intact(finished: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    before = fingerprint(finished)
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)  # every atomic write, lock and log line flushes through it
+    for args in (["report", str(finished), "-o", str(tmp_path / "report"), "--no-plots"],
+                 ["eval", str(finished), "--tasks", "synthetic-vqa", "--shots", "0", "--num-samples", "2", "--force"]):
+        assert "No space left on device" in one_line_exit_2(runner.invoke(app, args))
+    assert "No space left on device" in one_line_exit_2(pretrain(tmp_path / "new"))
+    monkeypatch.undo()
+    assert fingerprint(finished) == before
+    assert RunDir(tmp_path / "new").read_status() in (None, "failed") and not (tmp_path / "new" / ".lock").exists()
+
+
+def test_a_deleted_working_directory_is_named(tmp_path: Path) -> None:
+    here = Path.cwd()
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    os.chdir(gone)
+    try:
+        gone.rmdir()
+        out = one_line_exit_2(runner.invoke(app, ["build", *TINY]))
+    finally:
+        os.chdir(here)
+    assert "current directory was deleted" in out
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--model", "nosuchmodel", "--tasks", "mm_synth_perplexity"], "no such lm-eval model"),
+    (["--limit", "2"], "--tasks"),
+    (["--tasks", "mm_synth_perplexity", "--batch_size", "0"], "--batch_size 0"),
+])
+def test_lm_eval_argument_errors_are_one_line(finished: Path, args: list[str], words: str) -> None:
+    assert words in one_line_exit_2(runner.invoke(app, ["lm-eval", "--model_args", f"path={finished}", *args]))
+
+
+@pytest.mark.slow
+def test_sigterm_during_pretrain_marks_the_run_failed_and_releases_its_lock(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    args = [arg if arg != "train.steps=3" else "train.steps=5000" for arg in TINY]
+    process = subprocess.Popen([sys.executable, "-m", "mmbench_cli.cli", "pretrain", *args, "--out", str(run)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "step_1" / "checkpoint.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143 and "terminated" in err and "Traceback" not in err, err
+    assert RunDir(run).read_status() == "failed" and not (run / ".lock").exists()

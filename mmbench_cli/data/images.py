@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -11,6 +10,7 @@ import torch
 from PIL import Image
 
 from mmbench_cli.data.types import ImageRef
+from mmbench_cli.rundir import env_number
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -52,7 +52,7 @@ class _ResizedCache:
 
     @property
     def budget(self) -> int:
-        return int(float(os.environ.get("MMBENCH_IMAGE_CACHE_MB", "256")) * 2**20)
+        return int(env_number("MMBENCH_IMAGE_CACHE_MB", 256, maximum=2**30) * 2**20)
 
     def get(self, image: ImageRef, image_size: int) -> np.ndarray:
         key = (image.key, image_size)

@@ -289,9 +289,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return result
 
 
+_UNION_MEMBER = re.compile(r"^(float|int|str|bool|literal\[.*\]|function-.*)$")
+
+
 def _format_validation_error(error: ValidationError, source: str) -> str:
     first = error.errors()[0]
-    location = ".".join(str(part) for part in first["loc"]) or "config"
+    # a union's member (``train.lr``: float | "mm1-rule") shows in the location as its type: not a key
+    parts = [str(part) for part in first["loc"] if not _UNION_MEMBER.match(str(part))]
+    location = ".".join(parts) or "config"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         section = _section_for(first["loc"][:-1])

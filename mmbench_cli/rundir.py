@@ -162,7 +162,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             if last:
                 break
             raise MMError(f"{path}: line {number} is not UTF-8 text; delete or fix that line") from None
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             if last:
                 break
             raise MMError(f"{path}: line {number} is not valid JSON; delete or fix that line") from None
@@ -589,7 +589,7 @@ def read_json_file(path: str | Path, what: str = "file") -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MMError(f"{path}: no such {what}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise MMError(f"{path}: not valid JSON ({error.__class__.__name__}); re-run the stage that wrote it") from None
     except OSError as error:
         raise MMError(f"{path}: cannot read ({error.strerror})") from None
@@ -656,6 +656,14 @@ def is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def is_finite(value: Any) -> TypeGuard[int | float]:
+    """Whether ``value`` is a finite number: what a metric read from a results file must be (JSON's NaN and
+    Infinity, which Python writes and reads, are damage, never a score)."""
+    import math
+
+    return is_number(value) and math.isfinite(value)
+
+
 _CELL_FIELDS = ("family", "metric", "value", "std", "n", "seeds", "seed_ids", "samples", "demo_selection",
                 "text_only_demos", "fingerprint", "reused")
 
@@ -691,19 +699,21 @@ class ResultCell:
     @classmethod
     def from_json(cls, data: Any, where: str, task: str = "") -> ResultCell:
         """Validate and read one cell (MMError naming ``where`` on anything malformed)."""
-        if not isinstance(data, dict) or not is_number(data.get("value")):
-            raise MMError(f"{where}: expected an object with a numeric 'value'; re-run mm eval")
+        if not isinstance(data, dict) or not is_finite(data.get("value")):
+            raise MMError(f"{where}: expected an object with a finite numeric 'value'; re-run mm eval")
         for name in ("seeds", "seed_ids", "reused"):
             values = data.get(name, [])
-            if not isinstance(values, list) or not all(is_number(v) for v in values):
-                raise MMError(f"{where}.{name}: expected a list of numbers; re-run mm eval")
+            if not isinstance(values, list) or not all(is_finite(v) for v in values):
+                raise MMError(f"{where}.{name}: expected a list of finite numbers; re-run mm eval")
         samples = data.get("samples", [])
         if not isinstance(samples, list) or not all(isinstance(s, str) for s in samples):
             raise MMError(f"{where}.samples: expected a list of paths; re-run mm eval")
         if data.get("n") is not None and not is_number(data.get("n")):
             raise MMError(f"{where}.n: expected a number; re-run mm eval")
-        if data.get("std") is not None and not is_number(data.get("std")):
-            raise MMError(f"{where}.std: expected a number; re-run mm eval")
+        if data.get("std") is not None and not is_finite(data.get("std")):
+            raise MMError(f"{where}.std: expected a finite number; re-run mm eval")
+        if data.get("n") is not None and not is_finite(data.get("n")):
+            raise MMError(f"{where}.n: expected a finite number; re-run mm eval")
         metric = data.get("metric")
         family = data.get("family")
         return cls(
@@ -777,15 +787,17 @@ class EvalResult:
                 tasks.setdefault(task, {})[str(shots)] = ResultCell.from_json(entry, f"{where}: tasks.{task}.{shots}",
                                                                               task)
         summary = data.get("summary", {})
-        if not isinstance(summary, dict) or not all(isinstance(v, dict) for v in summary.values()):
-            raise MMError(f"{where}: summary: expected a mapping of shot counts to averages; re-run mm eval")
+        if not isinstance(summary, dict) or not all(isinstance(v, dict) and all(x is None or is_finite(x)
+                                                                                for x in v.values())
+                                                    for v in summary.values()):
+            raise MMError(f"{where}: summary: expected a mapping of shot counts to finite averages; re-run mm eval")
         found = data.get("step", step)
         if not isinstance(found, int) or isinstance(found, bool):
             raise MMError(f"{where}: 'step' must be an integer; re-run mm eval")
         flops = data.get("train_flops")
         return cls(
             run=str(data.get("run", "")), step=found, config_hash=data.get("config_hash"),
-            checkpoint_hash=data.get("checkpoint_hash"), train_flops=flops if is_number(flops) else None,
+            checkpoint_hash=data.get("checkpoint_hash"), train_flops=flops if is_finite(flops) else None,
             checkpoint=data.get("checkpoint"), tasks=tasks, summary=summary,
             extra={key: value for key, value in data.items() if key not in _RESULT_FIELDS},
         )
@@ -959,6 +971,8 @@ class RunDir:
         for number, record in enumerate(records, start=1):
             if not isinstance(record, dict):
                 raise MMError(f"{path}: line {number}: expected a JSON object; re-run mm eval")
+            if record.get("score") is not None and not is_finite(record["score"]):
+                raise MMError(f"{path}: line {number}: score {record['score']!r} is not a finite number; re-run mm eval")
         return records
 
     def eval_lock(self) -> RunLock:

@@ -116,3 +116,116 @@ def test_predictions_refused_by_line(tmp_path: Path) -> None:
         path.write_bytes(content)
         out = _one_line_exit_2(runner.invoke(app, ["eval", "--predictions", str(path), *args]))
         assert expected in out, (name, out)
+
+
+# ------------------------------------------------------------------------------ issue 38: silent accepts refused
+def _vqa_args(tmp_path: Path) -> list[str]:
+    from test_eval import _vqav2_files
+
+    q, a, images = _vqav2_files(tmp_path)
+    return ["--task", "vqav2", "--annotations", str(a), "--questions", str(q), "--images", str(images), "--allow-subset"]
+
+
+@pytest.mark.parametrize(("record", "expected"), [
+    ({"question_id": 10.5, "answer": "0"}, "id 10.5 is float"),  # once matched to question 10 and scored
+    ({"question_id": True, "answer": "0"}, "id True is bool"),
+    ({"question_id": 10, "answer": "0", "answerable": 1.5}, "answerable 1.5"),
+    ({"question_id": 10, "answer": "0", "answerable": "yes"}, "answerable 'yes'"),
+])
+def test_prediction_ids_and_answerability_of_the_wrong_kind_are_refused(tmp_path: Path, record: dict,
+                                                                         expected: str) -> None:
+    path = tmp_path / "predictions.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    assert expected in _one_line_exit_2(runner.invoke(app, ["eval", "--predictions", str(path), *_vqa_args(tmp_path)]))
+
+
+def test_nan_answerability_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "predictions.jsonl"
+    path.write_text('{"question_id": 10, "answer": "0", "answerable": NaN}\n')
+    assert "answerable nan" in _one_line_exit_2(runner.invoke(app, ["eval", "--predictions", str(path),
+                                                                    *_vqa_args(tmp_path)]))
+
+
+@pytest.mark.parametrize("damage", ["value NaN", "value Infinity", "seeds -Infinity", "per-sample score NaN"])
+def test_non_finite_numbers_in_results_files_are_refused_not_rendered(tiny_run: Path, tmp_path: Path,
+                                                                      damage: str) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    results = run / "eval" / "step_0.json"
+    where, token = damage.rsplit(" ", 1)
+    if where == "per-sample score":
+        samples = next((run / "eval" / "samples").rglob("*.jsonl"))
+        lines = samples.read_text().splitlines()
+        lines[0] = json.dumps({**json.loads(lines[0]), "score": 0.5}).replace("0.5", token, 1)
+        samples.write_text("\n".join(lines) + "\n")
+    else:
+        data = json.loads(results.read_text())
+        cell = data["tasks"]["synthetic-vqa"]["0"]
+        cell[where] = 12345.5 if where == "value" else [12345.5]
+        results.write_text(json.dumps(data).replace("12345.5", token))
+    out = _one_line_exit_2(runner.invoke(app, ["report", str(run), "-o", str(tmp_path / "report"), "--no-plots"]))
+    assert "finite" in out
+
+
+def test_a_checkpoint_whose_tokenizer_was_replaced_is_refused(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    other = save_tiny_model(tmp_path / "other", [*TINY, "model.vocab_size=300"])  # another vocabulary
+    checkpoint = run / "checkpoints" / "step_0"
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(other / name, checkpoint / name)
+    result = _eval(checkpoint, "--force")
+    assert result.exit_code == 2 and "Traceback" not in result.output and "do not match" in result.output
+    assert [line for line in result.output.splitlines() if "error:" in line] == [
+        line for line in result.output.splitlines() if "tokenizer files do not match" in line], result.output
+
+
+def test_image_paths_outside_the_images_dir_are_never_read(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from mmbench_cli.config import DatasetSpec
+    from mmbench_cli.data.formats import load_dataset_spec
+    from mmbench_cli.errors import MMError
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (8, 8)).save(images / "inside.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "secret.png")
+    turn = [{"from": "human", "value": "<image>\nwhat?"}, {"from": "gpt", "value": "a square"}]
+    for escape in ("../secret.png", str(tmp_path / "secret.png")):
+        path = tmp_path / "llava.json"
+        path.write_text(json.dumps([{"id": "a", "image": "inside.png", "conversations": turn},
+                                    {"id": "b", "image": escape, "conversations": turn}]))
+        spec = DatasetSpec(format="llava", path=str(path), images=str(images))
+        with pytest.raises(MMError, match="leaves the images dir"):
+            load_dataset_spec(spec)
+        assert len(load_dataset_spec(spec, skip_bad=True)) == 1
+
+
+def test_16_bit_and_huge_png_files(tmp_path: Path) -> None:
+    import struct
+    import warnings
+    import zlib
+
+    import numpy as np
+    from PIL import Image
+
+    from mmbench_cli.data.formats import check_image
+    from mmbench_cli.data.types import FileImage
+
+    ramp = tmp_path / "ramp16.png"
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)).save(ramp)
+    pixels = np.asarray(FileImage(ramp).load())
+    assert pixels.min() == 0 and pixels.max() == 255 and 100 < pixels.mean() < 155  # scaled, not clipped to white
+
+    header = struct.pack(">IIBBBBB", 9500, 9500, 8, 2, 0, 0, 0)  # a 9500×9500 PNG header and no data
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL's DecompressionBombWarning must not escape (it printed before our line)
+        for verify in ("header", "decode"):
+            assert "DecompressionBomb" in (check_image(huge, verify) or "")

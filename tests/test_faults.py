@@ -690,3 +690,13 @@ def test_sigterm_during_pretrain_marks_the_run_failed_and_releases_its_lock(tmp_
     _, err = process.communicate(timeout=60)
     assert process.returncode == 143 and "terminated" in err and "Traceback" not in err, err
     assert RunDir(run).read_status() == "failed" and not (run / ".lock").exists()
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--grid", "seed=0,1", "--grid", "seed=2"], "axis 'seed' is given twice"),
+    (["--grid", "seed=0,1", "--throughput", "-5"], "--throughput -5"),
+    (["--grid", "seed=0,1", "--throughput", "nan"], "--throughput nan"),
+])
+def test_repeated_grid_axes_and_bad_throughput_are_refused(tmp_path: Path, args: list[str], words: str) -> None:
+    result = runner.invoke(app, ["ablate", *TINY, *args, "--dry-run", "--out", str(tmp_path / "grid")])
+    assert words in one_line_exit_2(result)

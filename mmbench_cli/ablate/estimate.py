@@ -22,6 +22,7 @@ from typing import Any
 from mmbench_cli.ablate.grid import GridPlan
 from mmbench_cli.ablate.store import GridStore
 from mmbench_cli.config import Config, config_hash
+from mmbench_cli.errors import MMError
 
 # Starting a cell's process (python + torch + transformers imports) when it is not this process; an assumption,
 # not a measurement, because this process has imported them already.
@@ -287,6 +288,8 @@ def estimate_plan(plan: GridPlan, out: str | Path, executor: str = "local", opti
     (once per distinct model/data/batch/threads). Done cells cost nothing. The result holds the ``assumptions``
     behind the numbers, one sentence each.
     """
+    if throughput is not None and not (math.isfinite(throughput) and throughput > 0):
+        raise MMError(f"--throughput {throughput:g}: must be a positive number of FLOP/s, e.g. 1e12")
     schedule = schedule_for(plan, executor, options or {})
     store = GridStore(out)
     measured: dict[str, dict[str, float]] = {}

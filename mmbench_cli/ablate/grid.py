@@ -446,8 +446,13 @@ def build_plan(
         base_data = apply_overrides(base_data, overrides)
         source = f"{source} (with overrides)"
     base = config_from_dict(base_data, source)
+    given: set[str] = set()
     for option in grid_options:
         for axis in parse_grid_option(option, presets):
+            if axis.name in given:  # a second --grid X=... would silently drop the first one's values
+                raise MMError(f"--grid {option}: axis {axis.name!r} is given twice; give all its values once "
+                              f"(--grid {axis.name}=A,B,C)")
+            given.add(axis.name)
             axes[axis.name] = axis
     grid_name = grid_name or "-".join(axes) or "grid"
     return plan_grid(value_label(grid_name), base, list(axes.values()), zipped, check_registries, description)

@@ -33,6 +33,7 @@ unless ``skip_bad`` is set, in which case it is skipped and counted (``SampleLis
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from mmbench_cli.data.types import (
+    IMAGE_ERRORS,
     CaptionSample,
     FileImage,
     ImageRef,
@@ -48,6 +50,8 @@ from mmbench_cli.data.types import (
     Sample,
     TextDoc,
     VQASample,
+    as_rgb,
+    open_image,
 )
 from mmbench_cli.errors import MMError
 from mmbench_cli.registry import DATA_FORMATS
@@ -83,12 +87,22 @@ class LoadContext:
     problems: list[str] = field(default_factory=list)
     _checked: dict[str, str | None] = field(default_factory=dict)
     _urls: UrlResolver | None = None
+    images_root: Path | None = None  # annotation-relative image paths must stay under it
+    mapped: set[Path] = field(default_factory=set)  # files the url_map names: wherever the user put them
 
     def urls(self, root: Path) -> UrlResolver:
         """The dataset's URL → local file mapping (built once, on the first URL met)."""
         if self._urls is None:
             self._urls = UrlResolver(Path(self.spec.url_map).expanduser() if self.spec.url_map else None, root)
         return self._urls
+
+    def _outside_root(self, path: Path) -> str | None:
+        if self.images_root is None or path in self.mapped:
+            return None
+        root = os.path.normpath(os.path.abspath(self.images_root))
+        if os.path.commonpath([root, os.path.normpath(os.path.abspath(path))]) == root:
+            return None
+        return f"{path}: image path leaves the images dir {self.images_root}; annotations name images inside it"
 
     def bad(self, message: str) -> None:
         """A bad sample: raise, or (with skip_bad) count it and keep the first messages."""
@@ -99,10 +113,11 @@ class LoadContext:
             self.problems.append(message)
 
     def image(self, path: Path) -> FileImage | None:
-        """A checked ``FileImage`` for ``path``, or None (after ``bad``) if it is missing or unreadable."""
+        """A checked ``FileImage`` for ``path``, or None (after ``bad``) if it is missing, unreadable or outside the
+        images root (``../`` or an absolute path in an annotation: never read)."""
         key = str(path)
         if key not in self._checked:
-            self._checked[key] = check_image(path, self.verify)
+            self._checked[key] = self._outside_root(path) or check_image(path, self.verify)
         problem = self._checked[key]
         if problem:
             self.bad(problem)
@@ -123,12 +138,12 @@ def check_image(path: Path, verify: str = "header") -> str | None:
     if verify == "exists":
         return None
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             if verify == "decode":
                 image.load()
             else:
                 image.verify()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except IMAGE_ERRORS as error:
         return f"{path}: corrupt or truncated image ({error.__class__.__name__}: {str(error)[:120]})"
     return None
 
@@ -529,6 +544,8 @@ def _image_file(value: Any, root: Path, ctx: LoadContext, where: str, url: str |
         raise KeyError("'image'")
     resolver = ctx.urls(root)
     found = resolver(url)
+    if found is not None:
+        ctx.mapped.add(found)
     if found is None:
         raise _MissingImage(f"{where}: image URL {url} has no local file (not in {resolver.where()}); download it "
                             "(e.g. with img2dataset) and list it in the dataset's url_map (docs/data.md)")
@@ -654,15 +671,15 @@ class HFImage:
         value = _open_hf(self.directory, self.split)[self.index][self.column]
         try:
             if isinstance(value, Image.Image):
-                return value.convert("RGB")
+                return as_rgb(value)
             if isinstance(value, dict) and value.get("bytes"):
                 import io
 
-                with Image.open(io.BytesIO(value["bytes"])) as image:
-                    return image.convert("RGB")
+                with open_image(io.BytesIO(value["bytes"])) as image:
+                    return as_rgb(image)
             path = value.get("path") if isinstance(value, dict) else value
             return FileImage(Path(path)).load()
-        except (OSError, SyntaxError, ValueError) as error:
+        except IMAGE_ERRORS as error:
             raise MMError(f"{self.directory}: row {self.index} has an unreadable image ({error})") from None
 
 
@@ -724,7 +741,7 @@ def load_dataset_spec(spec: DatasetSpec, skip_bad: bool = False, verify: str = "
     if verify not in VERIFY_LEVELS:
         raise ValueError(f"verify must be one of {VERIFY_LEVELS}")
     loader = DATA_FORMATS.get(spec.format)
-    ctx = LoadContext(spec=spec, skip_bad=skip_bad, verify=verify)
+    ctx = LoadContext(spec=spec, skip_bad=skip_bad, verify=verify, images_root=_images_dir(spec, Path(spec.path)))
     path = Path(spec.path).expanduser()
     if path.is_dir() and not getattr(loader, "reads_directories", False):
         samples = load_hf_directory(spec, ctx)

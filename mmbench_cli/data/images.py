@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmbench_cli.data.types import ImageRef
+from mmbench_cli.data.types import ImageRef, as_rgb
 from mmbench_cli.rundir import env_number
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -19,7 +19,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 def to_pil(image: Image.Image | ImageRef) -> Image.Image:
     """An RGB PIL image from a PIL image or an ``ImageRef`` (which decodes its file)."""
     if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return as_rgb(image)
     return image.load()
 
 

@@ -7,13 +7,42 @@ costs little memory and a DataLoader worker can decode in parallel. ``ImageRef.k
 
 from __future__ import annotations
 
+import contextlib
+import struct
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, runtime_checkable
 
 from PIL import Image
 
 from mmbench_cli.errors import MMError
+
+# What decoding a hostile image file raises (PIL is not uniform: a header without data fails verify() with an
+# IndexError, a truncated one with struct.error or EOFError); each becomes one line naming the file.
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, IndexError, EOFError, struct.error, Image.DecompressionBombError,
+                Image.DecompressionBombWarning)
+
+
+@contextlib.contextmanager
+def open_image(source: str | Path | IO[bytes]) -> Iterator[Image.Image]:
+    """``Image.open`` as every reader of an image file uses it: a decompression-bomb size is an error (one of
+    ``IMAGE_ERRORS``, never PIL's warning printed before our error line)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(source) as image:
+            yield image
+
+
+def as_rgb(image: Image.Image) -> Image.Image:
+    """The image as 8-bit RGB; 16-bit greyscale (PNG ``I;16``, ``I``) is scaled to 8 bits, not clipped to white."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        import numpy as np
+
+        pixels = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8))
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 @runtime_checkable
@@ -41,11 +70,11 @@ class FileImage:
     def load(self) -> Image.Image:
         """Open and decode the file as RGB; a missing or corrupt file is an MMError naming it."""
         try:
-            with Image.open(self.path) as image:
-                return image.convert("RGB")
+            with open_image(self.path) as image:
+                return as_rgb(image)
         except FileNotFoundError:
             raise MMError(f"{self.path}: image file not found") from None
-        except (OSError, SyntaxError, ValueError) as error:
+        except IMAGE_ERRORS as error:
             raise MMError(f"{self.path}: cannot read image ({error.__class__.__name__}: {error})") from None
 
 
@@ -58,7 +87,7 @@ class MemoryImage:
 
     def load(self) -> Image.Image:
         """Return the image as RGB."""
-        return self.image.convert("RGB")
+        return as_rgb(self.image)
 
 
 @dataclass

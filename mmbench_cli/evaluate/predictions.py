@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from mmbench_cli.config import DataConfig
 
 ID_KEYS = ("question_id", "image_id", "image", "id")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 TEXT_KEYS = ("answer", "caption", "prediction")
 
 
@@ -64,7 +65,12 @@ def score_file(predictions_path: str | Path, task: str, task_data: dict[str, dic
         if key is None or not isinstance(text, str):
             raise MMError(f"{path}: record {number} needs an id ({'/'.join(ID_KEYS)}) and an "
                           f"{'/'.join(TEXT_KEYS)} string")
-        sample = by_id.get(str(key)) or by_id.get(Path(str(key)).stem)
+        if isinstance(key, bool) or not isinstance(key, int | str):  # 10.5 must not match question 10
+            raise MMError(f"{path}: record {number}: id {key!r} is {type(key).__name__}; ids are integers or strings "
+                          "as in the annotations")
+        sample = by_id.get(str(key))
+        if sample is None and isinstance(key, str) and Path(key).suffix.lower() in IMAGE_SUFFIXES:
+            sample = by_id.get(Path(key).stem)  # an image file name for its image id
         if sample is None:
             unknown.append((number, key))
             continue
@@ -73,7 +79,10 @@ def score_file(predictions_path: str | Path, task: str, task_data: dict[str, dic
             repeats.append((number, key, chosen[sid][0]))
             continue
         answerable = record.get("answerable")
-        chosen[sid] = (number, text, float(answerable) if isinstance(answerable, int | float) else None)
+        if answerable is not None and (isinstance(answerable, bool) or not isinstance(answerable, int | float)
+                                       or not 0 <= answerable <= 1):  # NaN fails the range too
+            raise MMError(f"{path}: record {number}: answerable {answerable!r}: expected a probability from 0 to 1")
+        chosen[sid] = (number, text, float(answerable) if answerable is not None else None)
     if repeats:
         number, key, first = repeats[0]
         raise MMError(f"{path}: record {number}: id {key!r} repeats record {first} ({len(repeats)} repeated "
@@ -154,6 +163,8 @@ def _read_predictions(path: Path) -> list[dict[str, Any]]:
             records = json.loads(text)
         except json.JSONDecodeError as error:
             raise MMError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from None
+        except RecursionError:
+            raise MMError(f"{path}: nested too deeply; expected a list of flat prediction objects") from None
         where = "record"
     else:
         records = []
@@ -162,7 +173,7 @@ def _read_predictions(path: Path) -> list[dict[str, Any]]:
                 continue
             try:
                 records.append(json.loads(line))
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 raise MMError(f"{path}: line {number} is not valid JSON (a torn or partial line?); "
                               "fix or remove it") from None
         where = "line"

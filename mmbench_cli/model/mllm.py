@@ -239,10 +239,41 @@ class MLLM(nn.Module):
             "model": self.config.model_dump(mode="json"),
             "image_mean": list(self.image_mean), "image_std": list(self.image_std),
             "special_tokens": self.special_tokens, "image_token_id": self.image_token_id,
-            "param_counts": self.param_counts(),
+            "param_counts": self.param_counts(), "tokenizer_hash": tokenizer_hash(self.tokenizer),
         }
         (directory / MM_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
         return directory
+
+
+def tokenizer_hash(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of the tokenizer's vocabulary (token → id): saved beside the weights, so a load can tell that the
+    tokenizer files were replaced by another tokenizer's (whose ids would index the wrong embedding rows)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:16]
+
+
+def padded_vocab_size(num_tokens: int) -> int:
+    """The embedding rows of a built-in LM for a tokenizer of ``num_tokens``: the next multiple of 64 (nanoGPT:
+    it keeps the unembedding matmul fast)."""
+    return -(-num_tokens // 64) * 64
+
+
+def check_saved_tokenizer(directory: Path, meta: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase,
+                          embedding_rows: int, built_in_lm: bool) -> None:
+    """MMError if a saved model's tokenizer is not the one its embeddings were trained with: more tokens than
+    embedding rows (for a built-in LM: other than ``padded_vocab_size`` rows), another image token id, or (saves
+    that record it) another vocabulary hash."""
+    problem = None
+    if len(tokenizer) > embedding_rows or (built_in_lm and padded_vocab_size(len(tokenizer)) != embedding_rows):
+        problem = f"has {len(tokenizer)} tokens for {embedding_rows} embedding rows"
+    elif tokenizer.convert_tokens_to_ids(meta["special_tokens"]["image"]) != meta["image_token_id"]:
+        problem = "gives the image token another id"
+    elif meta.get("tokenizer_hash") not in (None, tokenizer_hash(tokenizer)):
+        problem = "has another vocabulary than the one saved with the weights"
+    if problem:
+        raise MMError(f"{directory}: the tokenizer files do not match this model's embeddings (the tokenizer "
+                      f"{problem}); restore the tokenizer saved with it or re-save the model")
 
 
 def check_image_tokens(model_cfg: ModelConfig, patch_size: int | None = None) -> int:
@@ -314,7 +345,7 @@ def _build_model(model_cfg: ModelConfig, tokenizer_source: TokenizerSource) -> M
     encoder = build_encoder(model_cfg)
     vocab_size = len(tokenizer)
     if hf_path(model_cfg.lm) is None:
-        vocab_size = -(-vocab_size // 64) * 64  # nanoGPT: a multiple of 64 keeps the unembedding matmul fast
+        vocab_size = padded_vocab_size(vocab_size)
     lm = build_lm(model_cfg, vocab_size, ids["eos"], ids["pad"])
     lm_dim = lm.get_input_embeddings().embedding_dim
     connector = build_connector(model_cfg.connector, encoder.hidden_size, lm_dim, model_cfg.num_image_tokens, grid_size,
@@ -355,6 +386,8 @@ def load_model(directory: str | Path, device: str = "cpu") -> MLLM:
     connector = build_connector(model_cfg.connector, encoder.hidden_size, lm.get_input_embeddings().embedding_dim,
                                 model_cfg.num_image_tokens, encoder.grid_size(model_cfg.image_size),
                                 model_cfg.connector_pos_emb)
+    check_saved_tokenizer(directory, {**meta, "special_tokens": special_tokens}, tokenizer,
+                          lm.get_input_embeddings().num_embeddings, hf_path(model_cfg.lm) is None)
     model = MLLM(model_cfg, encoder, connector, lm, tokenizer, special_tokens)
     try:
         load_weights(model, str(directory / WEIGHTS), strict=True, device=device)

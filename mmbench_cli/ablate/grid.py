@@ -25,6 +25,7 @@ from mmbench_cli.config import (
     config_to_dict,
     default_axes_path,
     is_plain_data,
+    load_yaml_text,
     read_yaml,
     set_dotted,
 )
@@ -148,7 +149,7 @@ def split_values(text: str) -> list[str]:
 
 def _parse_value(text: str) -> Any:
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml_text(text, f"--grid value {text[:40]!r}")
     except yaml.YAMLError:
         return text
     return value if is_plain_data(value) else text

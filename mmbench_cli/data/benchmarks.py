@@ -36,7 +36,7 @@ from PIL import Image
 
 from mmbench_cli.data.formats import LoadContext, _images_dir, _require, read_json, read_jsonl
 from mmbench_cli.data.templates import IMAGE_TOKEN
-from mmbench_cli.data.types import ImageRef, MultipleChoiceSample, Sample, YesNoSample
+from mmbench_cli.data.types import IMAGE_ERRORS, ImageRef, MultipleChoiceSample, Sample, YesNoSample, as_rgb, open_image
 from mmbench_cli.errors import MMError
 from mmbench_cli.registry import DATA_FORMATS
 
@@ -58,9 +58,9 @@ class BytesImage:
     def load(self) -> Image.Image:
         """Decode as RGB (MMError naming the image's key if the bytes are not an image)."""
         try:
-            with Image.open(io.BytesIO(self.data)) as image:
-                return image.convert("RGB")
-        except (OSError, SyntaxError, ValueError) as error:
+            with open_image(io.BytesIO(self.data)) as image:
+                return as_rgb(image)
+        except IMAGE_ERRORS as error:
             raise MMError(f"{self.key}: cannot decode the image ({error.__class__.__name__})") from None
 
 

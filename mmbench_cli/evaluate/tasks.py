@@ -161,8 +161,10 @@ def _prompt_templates(raw: Any, origin: str) -> dict[str, str]:
 def _read_task_file(path: Path, origin: str) -> Any:
     import yaml
 
+    from mmbench_cli.config import load_yaml_text
+
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return load_yaml_text(path.read_text(encoding="utf-8"), origin)
     except yaml.YAMLError as error:
         raise MMError(f"{origin}: not valid YAML ({str(error).splitlines()[0]})") from None
     except UnicodeDecodeError:
@@ -194,11 +196,12 @@ def add_task_dirs(paths: list[Path] | list[str] | tuple[Path, ...]) -> list[str]
     for root in map(Path, paths):
         if not root.exists():
             raise MMError(f"--include-path {root}: no such directory or file")
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml"))
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml")
+                                                     and p.is_file())  # a pipe named x.yaml would block the read
         for path in files:
             try:
                 data = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except (yaml.YAMLError, UnicodeDecodeError):
+            except (yaml.YAMLError, UnicodeDecodeError, RecursionError):
                 continue  # lm-eval's YAMLs may use its own tags (!function); a task file of ours must parse
             if isinstance(data, dict) and "task_type" in data:
                 spec = parse_task(data, str(path))

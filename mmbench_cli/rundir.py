@@ -626,6 +626,21 @@ class Checkpoint:
         info.setdefault("step", self.step)
         return info
 
+    def verify(self) -> None:
+        """MMError naming the file if ``checkpoint.json`` is garbled or ``model.safetensors`` is not a complete
+        safetensors file (its header and size are checked; no weights are read). ``mm eval --all-checkpoints``
+        verifies every checkpoint before it evaluates (and writes results for) any."""
+        from safetensors import SafetensorError, safe_open
+
+        self.recorded_info()
+        try:
+            with safe_open(str(self.model_file), framework="pt") as handle:
+                if not list(handle.keys()):
+                    raise ValueError("it holds no tensors")
+        except (SafetensorError, OSError, ValueError) as error:
+            raise MMError(f"{self.model_file}: not a readable safetensors file ({str(error).splitlines()[0][:120]}); "
+                          "delete this checkpoint dir or re-save it") from None
+
     def info(self) -> dict[str, Any]:
         """``checkpoint.json``: step, content_hash, tokens_seen, train_flops, wall_time_s (MMError if garbled).
 

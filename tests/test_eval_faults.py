@@ -229,3 +229,17 @@ def test_16_bit_and_huge_png_files(tmp_path: Path) -> None:
         warnings.simplefilter("error")  # PIL's DecompressionBombWarning must not escape (it printed before our line)
         for verify in ("header", "decode"):
             assert "DecompressionBomb" in (check_image(huge, verify) or "")
+
+
+def test_all_checkpoints_refuses_a_damaged_later_checkpoint_before_writing_anything(tiny_run: Path,
+                                                                                   tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "eval")
+    later = run / "checkpoints" / "step_8"
+    shutil.copytree(run / "checkpoints" / "step_0", later)
+    (later / "checkpoint.json").write_text(json.dumps({"step": 8}))
+    (later / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
+    out = _one_line_exit_2(_eval(run, "--all-checkpoints"))
+    assert "step_8/model.safetensors" in out
+    assert not (run / "eval").exists()  # step_0.json was written before the refusal, once

@@ -19,7 +19,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 def to_pil(image: Image.Image | ImageRef) -> Image.Image:
     """An RGB PIL image from a PIL image or an ``ImageRef`` (which decodes its file)."""
     if isinstance(image, Image.Image):
-        return as_rgb(image)
+        return image if image.mode == "RGB" else as_rgb(image)
     return image.load()
 
 

@@ -42,7 +42,7 @@ def as_rgb(image: Image.Image) -> Image.Image:
 
         pixels = np.asarray(image, dtype=np.float64) / 257.0
         image = Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8))
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return image.convert("RGB")  # a decoded copy, even of an RGB image: the file it came from may close
 
 
 @runtime_checkable

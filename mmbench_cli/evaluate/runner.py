@@ -214,6 +214,8 @@ def evaluate(request: EvalRequest, console: Console | None = None) -> list[Path]
 
     device = str(resolve_device(request.device, field="--device"))
     target = resolve_target(request.target, request.all_checkpoints)
+    for checkpoint in target.checkpoints:  # a damaged later checkpoint is refused before any results are written
+        checkpoint.verify()
     use_cpu_threads(device, target.config.train.cpu_threads)  # the run's own count: same numbers on any machine
     if target.notes:
         from rich.console import Console

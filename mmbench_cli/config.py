@@ -61,7 +61,7 @@ class ModelConfig(_Strict):
     fusion: str = Field("splice", description="how the LM reads the image: splice (image tokens in the input, MM1), "
                         "xattn (Flamingo's gated cross-attention blocks), mam (splice + mPLUG-Owl2's modality-adaptive "
                         "norms and K/V); docs/model.md")
-    xattn_every: int = Field(1, gt=0, description="xattn: a cross-attention block before every this many LM layers")
+    xattn_every: int = Field(1, gt=0, le=1024, description="xattn: a cross-attention block before every this many LM layers")
     lm: str = Field("pythia-toy-2m", description="language model: size-ladder name or hf:<local dir>")
     tokenizer: str = Field("auto", description="auto (an hf: LM's own tokenizer if its dir has one, else synthetic-bpe), "
                            "synthetic-bpe (trained on the synthetic corpus) or hf:<local dir>")

@@ -47,6 +47,7 @@ def _eval(run: Path, *extra: str):  # noqa: ANN202
 @pytest.mark.parametrize(("option", "value"), [
     ("--num-samples", "-5"), ("--num-samples", "0"), ("--max-new-tokens", "-1"), ("--seeds", "-1"),
     ("--seeds", "0"), ("--batch-size", "0"), ("--batch-size", "-1"),
+    ("--seeds", "1000000000000000000000000"), ("--num-samples", "10000000000"), ("--max-new-tokens", "99999999"),
 ])
 def test_bad_numbers_are_refused_not_replaced(tiny_run: Path, option: str, value: str) -> None:
     results = tiny_run / "eval" / "step_0.json"

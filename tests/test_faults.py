@@ -336,6 +336,9 @@ FUZZ_VALUES = [
     "-1", "0", "1", "2", "3", "0.5", "1e-3", "-1e9", "1e400", ".nan", ".inf", "-.inf", "nan", "abc", "", "[]", "{}",
     "[1, 2]", "{a: 1}", "null", "true", "mm1-rule", "caf\u00e9", "'", "[", "{caption: 1}", "0x10", "!!python/object:os.system",
     "!!binary aGk=", "{caption: .5, interleaved: .5, text: 0}", "hf:/no/such/dir", "./no/such/dir", "vit-tiny",
+    # issue 38: huge numbers (torch overflow, endless schedules, unbuildable worlds), NaN inside mappings, deep YAML
+    "1000000000000000000000000000000", "99999999999", "1.0e+30", "{caption: .nan, interleaved: .5, text: .5}",
+    "{caption: .inf, interleaved: 0, text: 0}", "[" * 70 + "]" * 70, "&a [1, *a]", "{a: 1, a: 2}",
 ]
 FUZZ_BROKEN_OVERRIDES = ["=", "train.=1", ".lr=1", "train..lr=1", "justaword", "train=1", "train.lr.x=1", "model=[]",
                          "data.datasets=[{format: coco-captions}]", "nosuchsection.key=1", "train.nosuchkey=1"]

@@ -24,9 +24,12 @@ DEMO_SELECTIONS = ("random", "rices")
 VQA_NORMALIZE = ("official", "always")
 
 
-def _at_least(name: str, value: int | None, low: int) -> None:
+def _at_least(name: str, value: int | None, low: int, high: int) -> None:
+    """MMError unless ``value`` is None or an integer from ``low`` to ``high`` (config.py's limits)."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
         raise MMError(f"{name} {value!r}: must be an integer >= {low}")
+    if value is not None and value > high:
+        raise MMError(f"{name} {value!r}: must be at most {high:,} (a limit of mmbench: docs/architecture.md)")
 
 
 @dataclass
@@ -58,12 +61,14 @@ class EvalRequest:
         self.target = Path(self.target)
         if self.tasks is not None and not self.tasks:
             raise MMError("--tasks: needs at least one task")
+        from mmbench_cli.config import MAX_BATCH, MAX_DEMO_SEEDS, MAX_EVAL_SAMPLES, MAX_SHOTS, MAX_TOKENS
+
         for shots in self.shots or []:
-            _at_least("--shots", shots, 0)
-        _at_least("--seeds", self.seeds, 1)
-        _at_least("--num-samples", self.num_samples, 1)
-        _at_least("--batch-size", self.batch_size, 1)
-        _at_least("--max-new-tokens", self.max_new_tokens, 1)
+            _at_least("--shots", shots, 0, MAX_SHOTS)
+        _at_least("--seeds", self.seeds, 1, MAX_DEMO_SEEDS)
+        _at_least("--num-samples", self.num_samples, 1, MAX_EVAL_SAMPLES)
+        _at_least("--batch-size", self.batch_size, 1, MAX_BATCH)
+        _at_least("--max-new-tokens", self.max_new_tokens, 1, MAX_TOKENS)
         if self.demo_selection is not None and self.demo_selection not in DEMO_SELECTIONS:
             raise MMError(f"--demo-selection {self.demo_selection!r}: choose {' or '.join(DEMO_SELECTIONS)}")
         if self.vqa_normalize is not None and self.vqa_normalize not in VQA_NORMALIZE:

@@ -533,6 +533,8 @@ def test_no_writer_overwrites_a_finished_artefact(finished: Path, tmp_path: Path
             continue  # a report into a run dir is refused as an input dir (tests/test_report.py); lm-eval adds a subdir
         out = one_line_exit_2(runner.invoke(app, [*args, str(target)]))
         assert "never overwrites" in out, (name, out)
+    if artefact == "checkpoint":  # --force starts a run over in a run dir, never in a checkpoint
+        assert "even with --force" in one_line_exit_2(pretrain(target, "--force"))
     assert fingerprint(finished) == before
 
 

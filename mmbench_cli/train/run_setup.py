@@ -12,7 +12,7 @@ from typing import Any
 
 from mmbench_cli.config import Config, config_hash, config_to_dict, config_to_yaml, load_saved_config
 from mmbench_cli.errors import MMError
-from mmbench_cli.rundir import RunDir, run_metadata
+from mmbench_cli.rundir import RunDir, run_metadata, what_is_at
 from mmbench_cli.train.checkpoints import resume_point
 
 # Config keys that may change when a run is continued with --resume (they do not change what was trained).
@@ -66,6 +66,9 @@ def check_out_dir(run_dir: Path) -> None:
     parent = next((p for p in run_dir.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise MMError(f"--out {run_dir}: {parent} is a file, not a directory; choose another --out")
+    found = what_is_at(run_dir)
+    if found in ("a run's checkpoint", "a saved model", "a report"):  # not a run: --force never writes into one
+        raise MMError(f"--out {run_dir}: holds {found}; a run never goes there, even with --force: choose another --out")
 
 
 def check_run_dir(cfg: Config, run_dir: Path, resume: bool, force: bool) -> None:

@@ -191,3 +191,20 @@ def test_local_multiple_choice_and_pope_evaluate_end_to_end(tmp_path: Path) -> N
     assert mmbench["value"] == pytest.approx(100 * sum(solved.values()) / 2)
     assert mmbench["multiple_choice"]["circular"] == pytest.approx(mmbench["value"])
     assert pope_cell["n"] == 2 and set(pope_cell["pope"]) == {"accuracy", "precision", "recall", "f1", "yes_ratio"}
+
+
+def test_predictions_of_another_system_on_mmbench_and_pope(tmp_path: Path) -> None:
+    """`mm eval --predictions` scores letters or option texts (MMBench) and free yes/no answers (POPE)."""
+    path = _mmbench(tmp_path / "mmbench.tsv")
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text('{"id": "10", "answer": "(A)"}\n{"id": "11", "answer": "two"}\n')
+    result = runner.invoke(app, ["eval", "--predictions", str(answers), "--task", "mmbench", "--annotations", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "mmbench: mc_accuracy = 50.00 (n=2)" in result.output
+    pope = _pope(tmp_path / "pope")
+    said = tmp_path / "pope_answers.jsonl"
+    said.write_text('{"question_id": 1, "answer": "Yes, there is a snowboard."}\n{"question_id": 2, "answer": "No."}\n')
+    result = runner.invoke(app, ["eval", "--predictions", str(said), "--task", "pope-adversarial", "--annotations",
+                                 str(pope), "--images", str(tmp_path / "pope" / "val2014")])
+    assert result.exit_code == 0, result.output
+    assert "pope_accuracy = 100.00" in result.output and "f1 100.00" in result.output

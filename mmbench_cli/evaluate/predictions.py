@@ -99,7 +99,7 @@ def score_file(predictions_path: str | Path, task: str, task_data: dict[str, dic
                       f"--allow-subset to score only the {len(chosen)} given")
 
     ids = [sid for sid in expected if sid in chosen]
-    preds = [chosen[sid][1] for sid in ids]
+    preds = [kind.read_answer(by_id[sid], chosen[sid][1], spec) for sid in ids]
     refs = [kind.references(by_id[sid], spec) for sid in ids]
     value, per_sample = score_predictions(spec, ids, preds, refs, vqa_normalize)
     lines = []

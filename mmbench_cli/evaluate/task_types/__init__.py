@@ -106,6 +106,10 @@ class TaskType:
 
         return clean_short_answer(text)
 
+    def read_answer(self, sample: Any, text: str, spec: TaskSpec) -> str:
+        """Another system's answer (``mm eval --predictions``) as this type scores it (default: as given)."""
+        return text
+
     def choices(self, sample: Any, spec: TaskSpec) -> list[str]:
         """The continuations whose log-likelihoods are compared (``multiple_choice`` output only)."""
         raise MMError(f"task {spec.name}: task type {self.name} generates its answers")

@@ -110,6 +110,15 @@ class MultipleChoiceType(TaskType):
             return [f" {LETTERS[i]}" for i in range(len(sample.options))]
         return [f" {option.strip()}" for option in sample.options]
 
+    def read_answer(self, sample: Any, text: str, spec: TaskSpec) -> str:
+        """A letter ("B", "B.", "(B)") or an option's text, as the option's continuation; anything else as given."""
+        choices = [choice.strip() for choice in self.choices(sample, spec)]
+        letter = re.fullmatch(r"\(?([A-J])[.)]?", text.strip())
+        if letter and LETTERS.index(letter.group(1)) < len(choices):
+            return choices[LETTERS.index(letter.group(1))]
+        by_text = {option.strip().lower(): choices[i] for i, option in enumerate(sample.options)}
+        return by_text.get(text.strip().lower(), text)
+
     def choose(self, sample: Any, spec: TaskSpec, loglikelihoods: list[float]) -> tuple[str, dict[str, Any]]:
         from mmbench_cli.evaluate.metrics import chosen_options
 

@@ -33,3 +33,8 @@ def test_report_of_multiple_choice_and_pope_results(tmp_path: Path) -> None:
     assert "always the demo split's most common label" in text
     assert "chance (a uniform random answer): synthetic-choice 33.3, synthetic-pope-random 50.0" in text
     assert "chose " in text and "(options: A. " in text  # example outputs show the options and the choice
+    from mmbench_cli.report.findings import measures
+    from mmbench_cli.report.load import load_study
+
+    # Findings test contrasts on the new families like the others (a grid of such runs gets them)
+    assert {m.key for m in measures(load_study([model]))} >= {"multiple_choice@0", "yes_no@0"}

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mmbench_cli.errors import MMError
 from mmbench_cli.resources import resource_path
 
-DATA_TYPES = ("caption", "interleaved", "text")
+DATA_TYPES = ("caption", "interleaved", "text", "instruction")  # instruction: dialogues, train.stage sft
 
 # What a config may ask for (docs/architecture.md, "Limits"). Beyond these a run cannot be built in seconds or
 # would overflow torch, so bad input is refused at once with the limit in the error instead of hanging.
@@ -91,7 +91,8 @@ class DatasetSpec(_Strict):
     questions: str | None = Field(None, description="VQAv2/OK-VQA questions file (annotations go in `path`)")
     url_map: str | None = Field(None, description="interleaved-jsonl: file mapping image URLs to local files "
                                 "(JSON {url: path}, JSONL, or url<TAB>path lines); see docs/data.md")
-    kind: Literal["caption", "vqa", "interleaved", "text"] | None = Field(None, description="override the sample kind")
+    kind: Literal["caption", "vqa", "interleaved", "text", "instruction"] | None = Field(
+        None, description="override the sample kind (instruction: LLaVA dialogues for train.stage sft)")
     split: str = "train"
     weight: float = Field(1.0, gt=0)
 
@@ -131,7 +132,9 @@ class DataConfig(_Strict):
 class TrainConfig(_Strict):
     """Optimisation and checkpointing (Pythia-style log-spaced checkpoints)."""
 
-    stage: Literal["mllm", "encoder"] = "mllm"
+    stage: Literal["mllm", "encoder", "sft"] = Field(
+        "mllm", description="mllm: pre-training on data.data_mix; encoder: the image encoder alone; sft: instruction "
+        "tuning on dialogues (data type instruction only), the loss on the answers")
     steps: int = Field(600, gt=0, le=MAX_STEPS)
     batch_size: int = Field(16, gt=0, le=MAX_BATCH, description="sequences per optimizer step (global, across DDP ranks)")
     grad_accum: int = Field(1, gt=0, le=MAX_BATCH)

@@ -81,3 +81,55 @@ def test_bad_stage_references_are_one_line_errors(tmp_path: Path) -> None:
         plan_with('      a: {train.init_from: "${a}"}\n      b: {train.steps: 2}\n')
     with pytest.raises(MMError, match="a cycle"):
         plan_with('      a: {train.init_from: "${b}"}\n      b: {train.init_from: "${a}", train.steps: 3}\n')
+
+
+def _answer_only(cfg_overrides: list[str], sources=None) -> tuple[str, str, list]:
+    """The first packed row of an sft stream: (all its text, the text its labels train on, its samples)."""
+    from mmbench_cli.data.mixture import Planner, sources_from_config, training_mix
+    from mmbench_cli.data.synthetic import tokenizer_source
+    from mmbench_cli.model.tokenizer import get_tokenizer
+
+    cfg = load_config(None, cfg_overrides)
+    tokenizer = get_tokenizer(cfg.model, tokenizer_source(cfg.data))
+    planner = Planner(sources if sources is not None else sources_from_config(cfg), training_mix(cfg),
+                      cfg.data.seq_len, 0, tokenizer, cfg.model.num_image_tokens)
+    row = planner.plan_row(planner.initial_state())
+    trained = tokenizer.decode([token for token, label in zip(row.input_ids, row.labels, strict=True) if label != -100])
+    return tokenizer.decode(row.input_ids[: row.length]), trained, planner.sources[0].samples
+
+
+def test_sft_trains_on_the_answers_of_synthetic_dialogues_only(tmp_path: Path) -> None:
+    text, trained, dialogues = _answer_only([*TINY, "train.stage=sft", "data.seq_len=128", "model.max_seq_len=128"])
+    first = dialogues[0]
+    assert len(first.turns) >= 3 and first.image is not None  # multi-turn questions about one scene
+    assert text.count("Question:") >= 2 and "Question:" not in trained and "Short answer" not in trained
+    answers = {answer for dialogue in dialogues for _, answer in dialogue.turns}
+    pieces = [piece.strip() for piece in trained.split("<|endofchunk|>") if piece.strip()]
+    assert pieces and all(piece in answers for piece in pieces)  # what is trained: answers, nothing else
+    assert trained.count("<|endofchunk|>") == text.count("Short answer:")  # every answer trained, closed by EOC
+
+    run = pretrain(load_config(None, [*TINY, "train.stage=sft", "train.steps=2", "train.log_every=1"]),
+                   tmp_path / "sft", progress=False)
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [1, 2] and all("loss/instruction" in row for row in rows)
+    assert not any("loss/caption" in row for row in rows)
+
+
+def test_sft_reads_llava_dialogues_from_local_files(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from mmbench_cli.config import DatasetSpec
+    from mmbench_cli.data.formats import load_dataset_spec
+    from mmbench_cli.data.mixture import Source
+
+    Image.new("RGB", (12, 10), (200, 30, 30)).save(tmp_path / "bus.png")
+    (tmp_path / "llava.json").write_text(json.dumps([{"id": "bus", "image": "bus.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat colour is the bus?"}, {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "Is it moving?"}, {"from": "gpt", "value": "no"}]}]))
+    dialogues = load_dataset_spec(DatasetSpec(format="llava", path=str(tmp_path / "llava.json"),
+                                              images=str(tmp_path), kind="instruction"))
+    assert dialogues[0].turns == [("What colour is the bus?", "red"), ("Is it moving?", "no")]
+    text, trained, _ = _answer_only([*TINY, "train.stage=sft"], [Source("llava", "instruction", dialogues)])
+    assert "What colour is the bus? Short answer: red<|endofchunk|>Question: Is it moving?" in text
+    assert trained.split() == ["red<|endofchunk|>", "no<|endofchunk|>"] or trained.replace(" ", "") == \
+        "red<|endofchunk|>no<|endofchunk|>"

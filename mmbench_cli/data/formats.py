@@ -44,6 +44,7 @@ from PIL import Image
 from mmbench_cli.data.types import (
     IMAGE_ERRORS,
     CaptionSample,
+    Conversation,
     FileImage,
     ImageRef,
     InterleavedDoc,
@@ -496,7 +497,8 @@ def _llava_text(conversations: list[dict[str, Any]]) -> tuple[str, list[tuple[st
 
 @DATA_FORMATS.register("llava")
 def load_llava(spec: DatasetSpec, ctx: LoadContext) -> list[Sample]:
-    """LLaVA conversation JSON; a document (image + dialogue) by default, ``kind: caption`` for caption data."""
+    """LLaVA conversation JSON; a document (image + dialogue) by default, ``kind: caption`` for caption data,
+    ``kind: instruction`` for dialogues trained on their answers (``train.stage: sft``)."""
     path = Path(spec.path)
     records = _read_json_list(path, "a LLaVA file is a JSON list of conversations")
     root = _images_dir(spec, path)
@@ -517,7 +519,9 @@ def load_llava(spec: DatasetSpec, ctx: LoadContext) -> list[Sample]:
             image = ctx.image(root / record["image"])
             if image is None:
                 continue
-        if spec.kind == "caption" and image is not None:
+        if spec.kind == "instruction":  # a dialogue for train.stage sft: the loss on the answers only
+            samples.append(Conversation(record_id, image, turns, {"source": path.name}))
+        elif spec.kind == "caption" and image is not None:
             samples.append(CaptionSample(record_id, image, [turns[0][1]], {"source": path.name}))
         elif image is None:
             samples.append(TextDoc(record_id, text, {"source": path.name}))

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mmbench_cli.data import templates
-from mmbench_cli.data.templates import data_type_of, encode_interleaved
-from mmbench_cli.data.types import CaptionSample, ImageRef, InterleavedDoc, Sample, VQASample
+from mmbench_cli.data.templates import conversation_segments, data_type_of, encode_interleaved
+from mmbench_cli.data.types import CaptionSample, Conversation, ImageRef, InterleavedDoc, Sample, VQASample
 from mmbench_cli.errors import MMError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,6 +82,11 @@ class Source:
     num_bad: int = 0  # bad samples skipped while loading (data.skip_bad)
 
 
+def training_mix(cfg: Config) -> dict[str, float]:
+    """The data types a run trains on: ``data.data_mix``, or only dialogues (``instruction``) for ``train.stage: sft``."""
+    return {"instruction": 1.0} if cfg.train.stage == "sft" else dict(cfg.data.data_mix)
+
+
 def sources_from_config(cfg: Config) -> list[Source]:
     """The training sources of a ``Config``: the synthetic world's train split, or ``data.datasets``."""
     data = cfg.data
@@ -89,6 +94,8 @@ def sources_from_config(cfg: Config) -> list[Source]:
         from mmbench_cli.data.synthetic import world_from_config
 
         world = world_from_config(data)
+        if cfg.train.stage == "sft":  # the multi-turn instruction split
+            return [Source("synthetic-instruction", "instruction", world.conversations("train"))]
         return [
             Source("synthetic-caption", "caption", world.captions("train")),
             Source("synthetic-interleaved", "interleaved", world.interleaved("train")),
@@ -124,6 +131,9 @@ def sample_text(sample: Sample, variant: int) -> tuple[str, list[ImageRef]]:
     if isinstance(sample, InterleavedDoc):
         text, images = templates.format_interleaved(sample)
         return text + templates.EOS_TOKEN, images
+    if isinstance(sample, Conversation):
+        text = "".join(piece for piece, _ in conversation_segments(sample))
+        return text + templates.EOS_TOKEN, [sample.image] if sample.image is not None else []
     return templates.format_text(sample) + templates.EOS_TOKEN, []
 
 
@@ -163,11 +173,11 @@ class Planner:
                 f"data.data_mix: {missing[0]} has weight {self.mix[missing[0]]:g} but no dataset provides "
                 f"{missing[0]} samples (the data has: {have}); give it weight 0 in data.data_mix"
             )
-        if seq_len <= num_image_tokens and any(t in self.mix for t in ("caption", "interleaved")):
+        if seq_len <= num_image_tokens and any(t in self.mix for t in ("caption", "interleaved", "instruction")):
             raise MMError(f"data.seq_len: {seq_len} leaves no room for text after {num_image_tokens} image tokens; "
                           "raise data.seq_len or lower model.num_image_tokens")
         self._orders: dict[tuple[int, int], list[int]] = {}
-        self._tokens: OrderedDict[tuple[int, int, int], list[int]] = OrderedDict()
+        self._tokens: OrderedDict[tuple[int, int, int], tuple[list[int], list[bool] | None]] = OrderedDict()
         self._cache_size = cache_size
 
     def initial_state(self) -> dict[str, Any]:
@@ -206,7 +216,8 @@ class Planner:
             epoch, position = epoch + 1, 0
         state["cursors"][str(source)] = [epoch, position]
 
-    def _encode(self, source: int, index: int, variant: int) -> tuple[list[int], list[ImageRef], str]:
+    def _encode(self, source: int, index: int, variant: int) -> tuple[list[int], list[ImageRef], str, list[bool] | None]:
+        """A sample's token ids, images, id, and which tokens are trained (None: all but the image slots)."""
         sample = self.sources[source].samples[index]
         if isinstance(sample, CaptionSample):
             variant %= len(sample.captions)
@@ -214,14 +225,25 @@ class Planner:
             variant = 0
         text, images = sample_text(sample, variant)
         key = (source, index, variant)
-        ids = self._tokens.get(key)
-        if ids is None:
-            ids = encode_interleaved(self.tokenizer, text, self.num_image_tokens)
-            self._tokens[key] = ids
+        cached = self._tokens.get(key)
+        if cached is None:
+            cached = self._tokenize(sample, text)
+            self._tokens[key] = cached
             if len(self._tokens) > self._cache_size:
                 self._tokens.popitem(last=False)
         sample_id = getattr(sample, "question_id", None) or getattr(sample, "image_id", None) or sample.doc_id
-        return ids, images, f"{self.sources[source].name}/{sample_id}"
+        return cached[0], images, f"{self.sources[source].name}/{sample_id}", cached[1]
+
+    def _tokenize(self, sample: Sample, text: str) -> tuple[list[int], list[bool] | None]:
+        if not isinstance(sample, Conversation):
+            return encode_interleaved(self.tokenizer, text, self.num_image_tokens), None
+        ids: list[int] = []
+        trained: list[bool] = []
+        for piece, scored in [*conversation_segments(sample), (templates.EOS_TOKEN, False)]:
+            piece_ids = encode_interleaved(self.tokenizer, piece, self.num_image_tokens) if piece else []
+            ids += piece_ids
+            trained += [scored] * len(piece_ids)
+        return ids, trained
 
     def _truncate(self, ids: list[int], images: list[ImageRef], room: int) -> tuple[list[int], list[ImageRef]]:
         """Cut ``ids`` to ``room`` tokens without splitting an image's token block."""
@@ -243,7 +265,7 @@ class Planner:
             picks = [(source, index) for source, index in picks if index < len(self.sources[source].samples)]
             cut = total = dropped = 0
             for source, index in picks:
-                ids, _, _ = self._encode(source, index, 0)
+                ids, _, _, _ = self._encode(source, index, 0)
                 total += len(ids)
                 if len(ids) > self.seq_len:
                     cut += 1
@@ -256,6 +278,7 @@ class Planner:
         data_type = weighted_round_robin(self.mix, state["type_credits"])
         weights = {str(i): self.sources[i].weight for i in self.by_type[data_type]}
         input_ids: list[int] = []
+        trained: list[bool] = []  # which tokens carry the loss (dialogues: the answers only)
         images: list[ImageRef] = []
         sample_ids: list[str] = []
         spans: list[tuple[int, int, int]] = []
@@ -265,7 +288,7 @@ class Planner:
             trial = dict(credits)
             source = int(weighted_round_robin(weights, trial))
             index, _, variant = self._peek(state, source)
-            ids, sample_images, sample_id = self._encode(source, index, variant)
+            ids, sample_images, sample_id, scored = self._encode(source, index, variant)
             room = self.seq_len - len(input_ids)
             if len(ids) > room:
                 if input_ids:
@@ -275,9 +298,11 @@ class Planner:
             self._advance(state, source)
             spans.append((len(input_ids), len(input_ids) + len(ids), len(sample_images)))
             input_ids.extend(ids)
+            trained.extend(scored[: len(ids)] if scored is not None else [True] * len(ids))
             images.extend(sample_images)
             sample_ids.append(sample_id)
-        labels = [-100 if token == self.image_id else token for token in input_ids]
+        labels = [-100 if token == self.image_id or not keep else token for token, keep in zip(input_ids, trained,
+                                                                                                 strict=True)]
         padding = self.seq_len - len(input_ids)
         state["rows"] += 1
         return RowPlan(data_type, input_ids + [self.pad_id] * padding, labels + [-100] * padding, images, sample_ids,
@@ -389,7 +414,7 @@ class TrainStream:
         self.image_std = tuple(image_std)
         self.num_workers = cfg.data.num_workers
         self.planner = Planner(
-            sources if sources is not None else sources_from_config(cfg), cfg.data.data_mix, cfg.data.seq_len,
+            sources if sources is not None else sources_from_config(cfg), training_mix(cfg), cfg.data.seq_len,
             cfg.seed, tokenizer, num_image_tokens,
         )
         self._state = self.planner.initial_state()

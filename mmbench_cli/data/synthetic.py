@@ -39,9 +39,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mmbench_cli.data.templates import EOC_TOKEN as EOC
-from mmbench_cli.data.templates import SPECIAL_TOKENS, text_qa
+from mmbench_cli.data.templates import SPECIAL_TOKENS, majority_answer, text_qa
 from mmbench_cli.data.types import (
     CaptionSample,
+    Conversation,
     ImageRef,
     InterleavedDoc,
     MultipleChoiceSample,
@@ -844,6 +845,22 @@ class SyntheticWorld:
                 image_id=image.key, image=image, captions=captions, meta={"split": split, "source": "synthetic"}
             ))
         self._memo[("captions", split)] = samples
+        return list(samples)
+
+    def conversations(self, split: str) -> list[Conversation]:
+        """The instruction split: one multi-turn dialogue per image of ``split``, its VQA and OCR questions in turn
+        (each answered with its majority answer), for ``train.stage: sft``."""
+        if ("conversations", split) in self._memo:
+            return list(self._memo[("conversations", split)])
+        turns: dict[str, list[tuple[str, str]]] = {}
+        images: dict[str, Any] = {}
+        for sample in self.vqa(split) + self.vqa(split, "ocr"):
+            turns.setdefault(sample.image_id, []).append((sample.question, majority_answer(sample.answers)))
+            images[sample.image_id] = sample.image
+        samples = [Conversation(doc_id=f"{key}:dialogue", image=images[key], turns=dialogue,
+                                meta={"split": split, "source": "synthetic"})
+                   for key, dialogue in turns.items()]
+        self._memo[("conversations", split)] = samples
         return list(samples)
 
     def twins(self, split: str) -> list[CaptionSample]:

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from mmbench_cli.data.types import CaptionSample, ImageRef, InterleavedDoc, TextDoc, VQASample
+from mmbench_cli.data.types import CaptionSample, Conversation, ImageRef, InterleavedDoc, TextDoc, VQASample
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
@@ -124,8 +124,20 @@ def format_interleaved(doc: InterleavedDoc) -> tuple[str, list[ImageRef]]:
     return "".join(parts), images
 
 
-def data_type_of(sample: CaptionSample | VQASample | InterleavedDoc | TextDoc) -> str:
-    """The mixture type of a sample: image-text pairs (captions, VQA) are ``caption``."""
+def conversation_segments(conversation: Conversation) -> list[tuple[str, bool]]:
+    """A dialogue as (text, trained) pieces in the VQA format, one turn after another: the image and each
+    ``Question: {q} Short answer:`` are context (no loss), each `` {answer}<|endofchunk|>`` is trained; the first turn
+    reads exactly as ``vqa_demo``."""
+    segments = [(IMAGE_TOKEN if conversation.image is not None else "", False)]
+    for question, answer in conversation.turns:
+        segments += [(f"Question: {question.strip()} Short answer:", False), (f" {answer.strip()}{EOC_TOKEN}", True)]
+    return segments
+
+
+def data_type_of(sample: CaptionSample | VQASample | InterleavedDoc | TextDoc | Conversation) -> str:
+    """The mixture type of a sample: image-text pairs (captions, VQA) are ``caption``, dialogues ``instruction``."""
+    if isinstance(sample, Conversation):
+        return "instruction"
     if isinstance(sample, CaptionSample | VQASample):
         return "caption"
     if isinstance(sample, InterleavedDoc):

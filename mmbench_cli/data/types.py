@@ -177,4 +177,15 @@ class TextDoc:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-Sample = CaptionSample | VQASample | InterleavedDoc | TextDoc
+@dataclass
+class Conversation:
+    """An instruction-tuning dialogue about one image (LLaVA style): (question, answer) turns, trained on the answers
+    only (``train.stage: sft``)."""
+
+    doc_id: str
+    image: ImageRef | None
+    turns: list[tuple[str, str]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+Sample = CaptionSample | VQASample | InterleavedDoc | TextDoc | Conversation

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from report_fixtures import SCRIPT_CAPTION, write_grid
 
+from mmbench_cli.report import findings as findings_module
 from mmbench_cli.report import load
 from mmbench_cli.report import tables as tables_module
 from mmbench_cli.report.build import make_report
@@ -40,6 +41,8 @@ INSPECT = """JSON.stringify({
   scripts: document.scripts.length,
   predictions: [...document.querySelectorAll('td.prediction')].map(td => td.textContent),
   bold: [...document.querySelectorAll('#table-summary td.best')].length,
+  effectBold: [...document.querySelectorAll('#table-effect-resolution td.best')].length,
+  pageHeight: document.documentElement.scrollHeight,
   firstSection: (document.querySelector('body > section') || {}).id,
   viewport: window.innerWidth,
   pageWidth: document.documentElement.scrollWidth,
@@ -47,7 +50,7 @@ INSPECT = """JSON.stringify({
 })"""
 
 
-async def _inspect(url: str, profile: Path, timeout: float = 60.0) -> dict[str, Any]:
+async def _inspect(url: str, profile: Path, timeout: float = 60.0, width: int = 1280) -> dict[str, Any]:
     import aiohttp
 
     process = subprocess.Popen(
@@ -81,7 +84,7 @@ async def _inspect(url: str, profile: Path, timeout: float = 60.0) -> dict[str, 
 
                 for domain in ("Runtime", "Log", "Page", "Network"):
                     await call(f"{domain}.enable")
-                await call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1,
+                await call("Emulation.setDeviceMetricsOverride", width=width, height=900, deviceScaleFactor=1,
                            mobile=False)
                 await call("Page.navigate", url=url)
                 while not any(e.get("method") == "Page.loadEventFired" for e in events):
@@ -139,7 +142,7 @@ def test_report_renders_in_chromium(tmp_path: Path) -> None:
     assert dom["title"] == "mm report: toygrid · mm report"  # the <script> caption did not set it
     assert dom["scripts"] == 0
 
-    assert dom["firstSection"] == "findings" and dom["tables"][0]["id"] == "table-findings-toygrid"
+    assert dom["firstSection"] == "summary-of-findings" and dom["tables"][0]["id"] == "table-findings-toygrid"
     # resolution 64 vs 32 on caption and VQA at 0/4/8 shots, TextCore, grounding; the 8- vs 0-shot gain of both
     assert len(dom["verdicts"]) == 8 + 2
     assert dom["viewport"] == 1280 and dom["pageWidth"] <= 1280  # no horizontal page overflow at 1280 px
@@ -152,9 +155,12 @@ def test_report_renders_in_chromium(tmp_path: Path) -> None:
     assert {k: tables[k]["rows"] for k in expected_rows} == expected_rows and len(tables) == len(expected_rows)
     assert all(t["width"] > 100 and t["height"] > 20 for t in tables.values() if t["visible"])
     assert not tables["table-metadata"]["visible"]  # run metadata is collapsed
-    summary = tables_module.summary_table(load.load_study([grid]), 200)
-    bold = int(summary.bold[summary.shown_columns].values.sum())
-    assert dom["bold"] == bold and bold >= 1  # bold only where the best is significantly better than the runner-up
+    # one test everywhere: the per-cell summary bolds nothing; the effect table bolds what Findings calls an effect
+    study = load.load_study([grid])
+    assert dom["bold"] == 0
+    effects = findings_module.effect_marks(findings_module.study_findings(study), study.grids[0]["label"])
+    shown = tables_module.effect_tables(study, 200, effects)[0]
+    assert dom["effectBold"] == int(shown.bold[shown.shown_columns].values.sum()) >= 1
 
     assert [i["alt"] for i in dom["images"]] == [
         "Bar chart: effect of resolution", "Caption grounding over training", "Training dynamics: synthetic-caption",
@@ -179,3 +185,18 @@ def test_console_errors_are_caught(tmp_path: Path) -> None:
     assert any("boom" in p for p in problems) and any("exception" in p for p in problems)
     assert any("127.0.0.1:9" in p for p in problems)
 
+
+
+STUDY_PAGE = Path(__file__).resolve().parents[1] / "reports" / "mm1-toy-v2" / "index.html"
+
+
+@pytest.mark.skipif(CHROMIUM is None or not STUDY_PAGE.is_file(), reason="needs Debian `chromium` and the study")
+def test_the_committed_study_page_is_short_at_1400_px(tmp_path: Path) -> None:
+    """The second edition's page (five grids, every checkpoint plotted): at most 15,000 px tall at 1400 px, with
+    its long sections folded, and 2 MB."""
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    seen = asyncio.run(_inspect(STUDY_PAGE.as_uri(), profile, width=1400))
+    assert _problems(seen["events"]) == []
+    assert seen["dom"]["pageHeight"] <= 15_000 and seen["dom"]["pageWidth"] <= 1400
+    assert STUDY_PAGE.stat().st_size <= 2_000_000

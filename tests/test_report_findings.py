@@ -318,3 +318,26 @@ def test_pretrained_encoders_are_listed_with_their_own_held_out_quality(tmp_path
     (copies / "vit-tiny-mae-64px-<b>" / "config.yaml").write_text("model: [unclosed\n")
     result = runner.invoke(app, ["report", str(grid_dir), "-o", str(tmp_path / "bad"), "--no-plots"])
     assert result.exit_code == 2 and "config.yaml: not valid YAML" in result.output
+
+
+def test_rows_flag_cells_still_improving_and_the_summary_says_it(tmp_path: Path) -> None:
+    """A cell whose metric rose by more than its CI over its last two checkpoints is "not converged": the flag is in
+    the row and in the Summary sentence; a grid evaluated at one checkpoint has no such flag. The sentence names the
+    better arm first with a positive difference, its CI turned with it."""
+    grid = write_grid(tmp_path / "rising", resolutions=(32, 64), seeds=(0, 1), eval_steps=(0, 4, 8), samples=300)
+    found = findings.study_findings(load.load_study([grid]), claims={})
+    caption = next(row for row in found.rows if row.measure.key == "caption@0" and row.kind == "main")
+    assert caption.contrast == "resolution 64 − 32" and caption.result.diff > 0
+    assert any(flag.startswith("not converged in 2 of 2 cells") for flag in caption.flags)
+    sentence = findings.summary_sentence(caption)
+    assert sentence.startswith("resolution 64 beats 32 by ") and "not converged" in sentence
+    flat = write_grid(tmp_path / "once", resolutions=(32, 64), seeds=(0, 1), eval_steps=(8,), samples=300)
+    assert not any(row.flags for row in findings.study_findings(load.load_study([flat]), claims={}).rows)
+    flipped = findings.Finding(caption.grid, "resolution 32 − 64", "main", "resolution", "", caption.measure,
+                               caption.value_mean, caption.base_mean,
+                               stats.Contrast(-caption.result.diff, caption.result.se, caption.result.se_queries,
+                                              caption.result.se_seeds, caption.result.df, -caption.result.ci_high,
+                                              -caption.result.ci_low, caption.result.p_value, caption.result.n,
+                                              caption.result.clusters, caption.result.seeds, True),
+                               1, True, verdict=caption.verdict, arms=("32", "64"))
+    assert findings.summary_sentence(flipped).split(" — ")[0] == sentence.split(" — ")[0]

@@ -1,6 +1,7 @@
-"""The committed toy-study reports (reports/mm1-toy/ and its second edition reports/mm1-toy-v2/): Findings first,
-within their size budget, and every verdict their READMEs quote agrees with the Findings table (the README's numbers
-are the report's, as the report rounds them)."""
+"""The committed reports (reports/mm1-toy/, its second edition reports/mm1-toy-v2/, examples/reports/*): a Summary
+first, within their size budget, no machine-local paths or stale seed sentences, no table cell bold unless its Findings
+row is an effect, and every verdict the READMEs (the study READMEs and the repository README) quote agrees with the
+Findings table, sign included (the README's numbers are the report's, as the report rounds them)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ REPORTS = Path(__file__).resolve().parents[1] / "reports"
 EDITIONS = {"mm1-toy": (40, 20), "mm1-toy-v2": (15, 8)}
 # index.html size budget: the first edition's 8 grids were asked to fit in 2 MB (one or few checkpoints evaluated);
 # the second edition evaluates every checkpoint of 5 grids x 3 seeds, so each grid carries three dynamics plots
-PAGE_BUDGET = {"mm1-toy": 2_000_000, "mm1-toy-v2": 2_600_000}
+PAGE_BUDGET = {"mm1-toy": 2_000_000, "mm1-toy-v2": 2_000_000}
+ROOT = REPORTS.parent
+COMMITTED = sorted(REPORTS.glob("*/report.md"))
+ONE_SEED_SENTENCE = "With one seed per cell the training-seed noise is not measured"
+SIGNED = re.compile(r"(?<![\d.])([+−-]\d+(?:\.\d+)?|0(?:\.0+)?) \[([−-]?\d+(?:\.\d+)?), ([−-]?\d+(?:\.\d+)?)\]")
 INTERVAL = re.compile(r"([+−-]?\d+(?:\.\d+)?)%? \[([−-]?\d+(?:\.\d+)?), ([−-]?\d+(?:\.\d+)?)\]")
 VERDICTS = ("**effect**", "direction, not significant", "no detectable effect")
 
@@ -28,41 +33,69 @@ def edition(request: pytest.FixtureRequest) -> str:
 
 
 def _findings_rows(markdown: str) -> list[str]:
-    part = markdown[markdown.index("## Findings"):markdown.index('<a id="grid-')]
+    start = markdown.index("## Findings")
+    end = markdown.find('<a id="grid-')
+    part = markdown[start:end if end > 0 else markdown.index("\n## ", start + 5)]
     return [line for line in part.splitlines() if line.startswith("| ")]
 
 
-def test_findings_come_first_and_the_page_fits_its_budget(edition: str) -> None:
-    report = REPORTS / edition
-    page = (report / "index.html").read_text(encoding="utf-8")
-    assert page.index('<section id="findings">') < page.index('<section id="grid-')
-    assert page[page.index("<table"):].startswith('<table class="data findings"')
-    assert (report / "index.html").stat().st_size <= PAGE_BUDGET[edition]
-    markdown = (report / "report.md").read_text(encoding="utf-8")
-    assert markdown.index("## Findings") < markdown.index("## Grid:")
+def _findings_by_grid(markdown: str) -> dict[str, list[list[str]]]:
+    """grid -> its Findings rows as cells, each row's contrast carried down from the row that names it."""
+    grids: dict[str, list[list[str]]] = {}
+    grid, contrast = "", ""
+    start = markdown.index("## Findings")
+    end = markdown.find('<a id="grid-')
+    for line in markdown[start:end if end > 0 else markdown.index("\n## ", start + 5)].splitlines():
+        if line.startswith("### Findings: "):
+            grid = line.removeprefix("### Findings: ").replace("\\_", "_")
+        elif line.startswith("| ") and not line.startswith("| contrast"):
+            cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+            contrast = cells[0] or contrast
+            grids.setdefault(grid, []).append([contrast.replace("\\_", "_"), *cells[1:]])
+    return grids
 
 
-def test_readme_numbers_and_verdicts_agree_with_the_report(edition: str) -> None:
-    report = REPORTS / edition
-    least_quoted, least_checked = EDITIONS[edition]
-    readme = (report / "README.md").read_text(encoding="utf-8")
-    markdown = (report / "report.md").read_text(encoding="utf-8")
-    plain = markdown.replace("\\[", "[").replace("\\]", "]")
-    rows = _findings_rows(markdown)
-    quoted = list(INTERVAL.finditer(readme))
-    assert len(quoted) > least_quoted
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: str(p.parent.relative_to(ROOT)))
+def test_every_committed_report_opens_with_its_summary_and_says_nothing_stale(path: Path) -> None:
+    markdown = path.read_text(encoding="utf-8")
+    page = (path.parent / "index.html").read_text(encoding="utf-8")
+    assert "## Summary" in "\n".join(markdown.splitlines()[:25])
+    assert page.index("<h2>Summary</h2>") < page.index('<section id="findings">')
+    for text in (markdown, page):
+        assert "/tmp/" not in text and "mm report: grid\n" not in text and "mm report: g\n" not in text
+    several = any(row[5].split()[0].isdigit() and int(row[5].split()[0]) > 1
+                  for rows in _findings_by_grid(markdown).values() for row in rows)
+    if several:
+        assert ONE_SEED_SENTENCE not in markdown and ONE_SEED_SENTENCE not in page
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: str(p.parent.relative_to(ROOT)))
+def test_no_cell_is_bold_unless_its_findings_row_is_an_effect(path: Path) -> None:
+    """One test everywhere: a bold number in a table is the better side of a Findings row with the verdict effect."""
+    markdown = path.read_text(encoding="utf-8")
+    findings = _findings_by_grid(markdown)
+    grid = next(iter(findings), "")
     checked = 0
-    for match in quoted:
-        value, low, high = match.groups()
-        interval = f"{value} [{low}, {high}]"
-        assert interval in plain, f"README quotes {interval!r}, which the report does not show"
-        said = next((v for v in VERDICTS if readme[match.end():match.end() + 40].lstrip(" ,;)").startswith(
-            v if v.startswith("**") else v)), None)
-        if said is None:
+    for block in re.split(r"\n(?=#{2,3} )", markdown):
+        heading = block.splitlines()[0]
+        if heading.startswith("## Grid: "):
+            grid = heading.removeprefix("## Grid: ").replace("\\_", "_")
+        if "## Findings" in heading or "## Summary" in heading:
             continue
-        verdict = said.strip("*")
-        matching = [row for row in rows if f"| {interval} |" in row]
-        assert any(f"| {said} " in row or f"| {verdict} " in row for row in matching), (
-            f"README calls {interval} {verdict!r}; the Findings rows with it: {matching}")
-        checked += 1
-    assert checked > least_checked
+        lines = [line for line in block.splitlines() if line.startswith("| ")]
+        if not lines:
+            continue
+        header = [cell.strip() for cell in lines[0].strip("|").split(" | ")]
+        for line in lines[1:]:
+            cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+            for column, cell in zip(header[1:], cells[1:], strict=False):
+                if "**" not in cell:
+                    continue
+                assert heading.lstrip("# ").startswith("Effect of "), f"{path}: bold outside an effect table: {line}"
+                axis = heading.lstrip("# ").removeprefix("Effect of ").replace("\\_", "_")
+                value = cells[0].replace("\\_", "_")
+                rows = [row for row in findings.get(grid, []) if row[0].startswith(f"{axis} ")
+                        and value in row[0].removeprefix(f"{axis} ").split(" − ") and row[1].startswith(column + " (")]
+                assert any(row[7] == "**effect**" for row in rows), f"{path}: {grid} {axis}={value} {column} is bold"
+                checked += 1
+    assert checked >= 0

@@ -268,28 +268,22 @@ def _cell_checks(runs: list[Run], seeds: list[SeedScores], measure: Measure,
     return _CellChecks(result.diff, (result.ci_high - result.ci_low) / 2, rise)
 
 
-def _unit_word(measure: Measure) -> str:
-    return "points" if measure.grounding else unit_word(measure.unit)
-
-
 def _flags(measure: Measure, groups: list[str], checks: dict[str, _CellChecks], encoders: dict[str, list[str]],
            at_prior: bool) -> list[str]:
     """The flags of a row that involves the cells ``groups``."""
     flags = []
-    weak = sorted({name for group in groups for name in encoders.get(group, [])})
+    weak = [group for group in groups if encoders.get(group)]
     if weak:
-        cells = [group for group in groups if encoders.get(group)]
-        flags.append(f"encoder near chance ({', '.join(weak)}: its own retrieval did not learn) in "
-                     f"{len(cells)} of {len(groups)} cells")
+        flags.append(f"encoder near chance in {len(weak)} of {len(groups)} cells")
     rising = [(group, checks[group]) for group in groups if group in checks and checks[group].rise is not None
               and checks[group].rise > checks[group].half]  # type: ignore[operator]
     if rising:
         top = max(rising, key=lambda item: item[1].rise or 0.0)[1]
-        flags.append(f"not converged: {len(rising)} of {len(groups)} cells still improving over their last two "
-                     f"checkpoints by more than their CI (up to {top.rise:.{decimals_for(top.half)}f} "
-                     f"{_unit_word(measure)}, CI ±{top.half:.{decimals_for(top.half)}f})")
+        digits = decimals_for(top.half)
+        flags.append(f"not converged in {len(rising)} of {len(groups)} cells (last checkpoint up to "
+                     f"+{top.rise:.{digits}f}, CI ±{top.half:.{digits}f})")
     if at_prior:
-        flags.append("at the answer prior: every cell within its CI of it (not measured at this budget)")
+        flags.append("at the answer prior (not measured at this budget)")
     return flags
 
 
@@ -510,11 +504,12 @@ def summary_view(findings: Findings) -> dict[str, object]:
     """The Summary a report opens with: what is not measured at this budget (said once), then per grid one sentence
     per effect or direction (reader's orientation, flags attached) and one line for the rest with their MDEs."""
     top: list[str] = []
-    for grid, labels in findings.at_prior.items():
-        where = f"{grid}: " if grid else ""
-        top.append(f"{where}{', '.join(label.split(' (')[0] for label in labels)} — not measured at this budget: every "
-                   "cell is within its CI of the answer prior, so these measures' contrasts compare noise and are "
-                   "left out of the sentences below (their rows in Findings carry the flag).")
+    if findings.at_prior:
+        where = "; ".join(f"{grid + ': ' if grid else ''}{', '.join(label.split(' (')[0] for label in labels)}"
+                          for grid, labels in findings.at_prior.items())
+        top.append(f"Not measured at this budget — {where}: every cell is within its CI of the answer prior, so these "
+                   "measures' contrasts compare noise; they are left out of the sentences below (their Findings rows "
+                   "carry the flag).")
     grids = []
     for grid, rows in findings.by_grid().items():
         skipped = set(findings.at_prior.get(grid, []))
@@ -552,3 +547,32 @@ def effect_marks(findings: Findings | None, grid: str | None) -> set[tuple[str, 
         better_first = (row.result.diff >= 0) != row.measure.lower_is_better
         marks.add((row.axis, row.arms[0] if better_first else row.arms[1], row.measure.family, row.measure.shots))
     return marks
+
+
+def measure_of(study: Study, family: str, shots: str, grounding: bool = False) -> Measure | None:
+    """The Findings measure of ``family`` at ``shots`` (or the caption-grounding measure) of a one-grid study."""
+    for measure in study.memo("measures", lambda: measures(study)):
+        if (measure.grounding and grounding) or (not grounding and not measure.grounding
+                                                 and measure.key == f"{family}@{shots}"):
+            return measure
+    return None
+
+
+def seed_aware_interval(study: Study, measure: Measure, cells: list[list[Run]], level: float = 0.95
+                        ) -> tuple[float, float, float] | None:
+    """(value, low, high) of the plain mean over ``cells`` (each a cell's seed runs) of ``measure``, with the
+    Findings' noise model: queries clustered by image, plus the study's pooled between-seed variance (so a plot's
+    error bar is as wide as the seeds' spread says). None when no cell has per-sample scores."""
+    def noise() -> tuple[dict[tuple[str, Hashable], Hashable] | None, tuple[float, int] | None]:
+        pool = [[s for s in (_seed_scores(run, measure) for run in runs) if s is not None]
+                for runs in study.groups().values()]
+        clusters, clustered = _clusters(study.runs, measure)
+        return (clusters if clustered else None), pooled_seed_variance([cell for cell in pool if cell])
+
+    clusters, pooled = study.memo(("noise", measure.key), noise)
+    seeds = [found for runs in cells if (found := [s for s in (_seed_scores(run, measure) for run in runs)
+                                                   if s is not None])]
+    if not seeds:
+        return None
+    result = linear_contrast([(1.0 / len(seeds), cell) for cell in seeds], clusters, level, pooled_variance=pooled)
+    return result.diff, result.ci_low, result.ci_high

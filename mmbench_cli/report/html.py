@@ -60,9 +60,12 @@ def render_html(context: dict[str, Any]) -> str:
         lstrip_blocks=True,
     )
     figures = [_figure_item(f) for f in context["figures"]]
-    sections = [
-        {**vars(section), "figures": [_figure_item(f) for f in section.figures]} for section in context.get("sections", [])
-    ]
+    sections = []
+    for section in context.get("sections", []):
+        items = [_figure_item(f) for f in section.figures]
+        # a grid's bar charts stay open (its answer at a glance); its tables and other plots fold, so the page is short
+        sections.append({**vars(section), "figures": items, "main_figures": [f for f in items if "-bars-" in f["id"]],
+                         "more_figures": [f for f in items if "-bars-" not in f["id"]]})
     shared, varying = metadata_layout(context["metadata"])
     return env.get_template("report.html.j2").render({
         **context, "figures": figures, "sections": sections, "fmt": fmt, "findings_view": findings_view(context["findings"]),
@@ -160,9 +163,11 @@ def findings_note(findings: Findings) -> str:
         "Welch–Satterthwaite t, capped at the seed variance's df). "
         f"p: Holm-adjusted over all {total} contrasts of this report; verdict: effect (adjusted p < {findings.alpha}), "
         f"direction, not significant (only the unadjusted p < {findings.alpha}), else no detectable effect; MDE: "
-        f"the effect this contrast would detect with 80% power at alpha {findings.alpha} (unadjusted). Flags: an "
-        "encoder whose own held-out quality is near chance, cells still improving over their last two checkpoints "
-        "by more than their CI (not converged), a measure whose every cell is within its CI of the answer prior."
+        f"the effect this contrast would detect with 80% power at alpha {findings.alpha} (unadjusted). Flags: "
+        "encoder near chance (a cell started from a pre-trained encoder whose own held-out retrieval is near chance, "
+        "as its table lists), not converged (a cell's value still rose by more than its 95% CI half-width "
+        "between its last two evaluated checkpoints: the largest such rise and that cell's CI are given), at the "
+        "answer prior (every cell of the measure within its CI of the prior)."
         + seeds
     )
 

@@ -328,11 +328,6 @@ def answer_prior(study: Study, tasks: list[str], shots: str) -> float | None:
     return recorded_level(study, tasks, shots, "prior")
 
 
-def chance_level(study: Study, tasks: list[str], shots: str) -> float | None:
-    """The mean chance level (``extra["chance"]``: a uniform random answer's expected score) of ``tasks``."""
-    return recorded_level(study, tasks, shots, "chance")
-
-
 VQA_PRIOR = "every query answered with its question type's most common training answer"
 
 
@@ -343,6 +338,43 @@ def _prior_basis(study: Study, task: str, shots: str) -> str:
         if cell is not None and isinstance(cell.extra.get("prior_by"), str):
             return cell.extra["prior_by"]
     return VQA_PRIOR
+
+
+def chance_level(study: Study, tasks: list[str], shots: str) -> float | None:
+    """The mean chance level of ``tasks`` on the reported scale (a uniform random answer's expected score): the
+    results cells' ``extra["chance"]`` where recorded (``recorded_level``), else, for an lm-eval task scored by
+    log-likelihood over several choices, 100 / choices per query, and 0 for one scored by a single greedy
+    continuation (cloze); None when some task has neither."""
+    levels = []
+    for task in tasks:
+        level = study.memo(("chance", task, shots), lambda task=task: _task_chance(study, task, shots))
+        if level is None:
+            return None
+        levels.append(level)
+    return sum(levels) / len(levels) if levels else None
+
+
+def _task_chance(study: Study, task: str, shots: str) -> float | None:
+    recorded = recorded_level(study, [task], shots, "chance")
+    if recorded is not None:
+        return recorded
+    for run in study.runs:
+        step = run.final_step
+        cell = run.entry(step, task, shots) if step is not None else None
+        if cell is None:
+            continue
+        records = read_samples(run, step, task, shots, 50)  # type: ignore[arg-type]
+        if not records:  # a group entry (lm-eval's text:textcore) is the mean of its family's other tasks
+            family = FAMILIES.get(cell.family or "")
+            members = [t for t, info in study.tasks().items() if family is not None and task == family.summary_task
+                       and info.family == family.name and t != task and shots in info.shots]
+            return chance_level(study, members, shots) if members else None
+        choices = [len(r["prediction"]) for r in records if isinstance(r.get("prediction"), list)
+                   and r["prediction"] and all(isinstance(p, list) for p in r["prediction"])]
+        if choices and len(choices) == len(records):
+            return sum(0.0 if k == 1 else 100.0 / k for k in choices) / len(choices)
+        return None
+    return None
 
 
 def prior_note(study: Study) -> str:
@@ -487,12 +519,20 @@ def metadata_rows(study: Study) -> list[dict[str, str]]:
                 "flops_per_step": _count(meta.get("flops_per_step")),
                 "host": str(meta.get("host") or "—"),
                 "created": str(meta.get("created") or "—"),
-                "command": " ".join(map(str, command)) if isinstance(command, list) else str(command or "—"),
+                "command": _portable_command(command),
                 "steps": _steps(run),
                 "config": run.config_text or json.dumps(run.config, indent=2),
             }
         )
     return rows
+
+
+def _portable_command(command: object) -> str:
+    """The recorded command, with a path into the package shown from ``mmbench_cli/`` on (the checkout it ran from,
+    say a temporary clone, is machine-local and says nothing about the run)."""
+    words = [str(word) for word in command] if isinstance(command, list) else str(command or "—").split(" ")
+    return " ".join(word[word.index("mmbench_cli/"):] if word.startswith("/") and "mmbench_cli/" in word else word
+                    for word in words)
 
 
 METADATA_COLUMNS = {  # field -> heading, in table order

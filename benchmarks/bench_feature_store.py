@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--jobs", type=int, default=1, help="grid: cells at once (mm ablate --jobs)")
     parser.add_argument("--cache-dir", type=Path, help="cache dir (default: $MMBENCH_CACHE_DIR); its features/ is "
                                                        "emptied before every store-on arm")
+    parser.add_argument("--estimate", action="store_true", help="grid: first run mm ablate --dry-run and compare its "
+                                                                 "estimate with the store-on arms' wall time")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_feature_store.json")
     parser.add_argument("overrides", nargs="*", help="grid: config overrides passed to mm ablate")
     args = parser.parse_args(argv)
@@ -131,9 +134,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             return seconds
 
         what = {"grid": args.target, "overrides": args.overrides, "jobs": args.jobs}
+        if args.estimate:  # the dry run as a user runs it, before anything is stored
+            from mmbench_cli.model.feature_store import clear_store
+            from mmbench_cli.rundir import feature_store_dir
+
+            clear_store(feature_store_dir(str(cache_dir)))
+            done = subprocess.run([*mm, "ablate", args.target, *args.overrides, "--out", str(scratch / "dry"),
+                                   "--jobs", str(args.jobs), "--dry-run"], capture_output=True, text=True,
+                                  env=dict(os.environ, MMBENCH_CACHE_DIR=str(cache_dir)))
+            found = re.search(r"about ([\d.]+)(s|min|h) of wall time", done.stdout)
+            if done.returncode or found is None:
+                raise SystemExit(f"mm ablate --dry-run failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+            what["estimate_s"] = float(found.group(1)) * {"s": 1, "min": 60, "h": 3600}[found.group(2)]
+            what["estimate_output"] = done.stdout.splitlines()
     off, on = interleave(args.rounds, one)
     ratios = [a / b for a, b in zip(off, on, strict=True)]
     identical = answers[True] == answers[False]
+    if "estimate_s" in what:
+        what["estimate_error_vs_store_on"] = what["estimate_s"] / statistics.median(on) - 1
     entry = {
         **what, "command": f"python benchmarks/bench_feature_store.py {' '.join(argv or sys.argv[1:])}",
         "rounds": args.rounds, "store_off_s": off, "store_on_s": on, "speedup_per_round": ratios,

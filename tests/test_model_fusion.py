@@ -241,9 +241,12 @@ def test_one_step_pretrain_and_four_shot_eval(fusion: str, tmp_path: Path) -> No
     assert meta["flops_per_step"] > 0
 
 
-def test_mm_build_prints_the_anatomy(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("fusion", "where"), [("xattn", "GATED XATTN-DENSE before LM layers 0, 1"),
+                                               ("mam", "in all 2 LM layers image positions use their own")])
+def test_mm_build_prints_the_anatomy(fusion: str, where: str, tmp_path: Path) -> None:
     out = tmp_path / "built"
-    result = runner.invoke(app, ["build", *TINY_RUN, "model.fusion=xattn", "--out", str(out)])
+    result = runner.invoke(app, ["build", *TINY_RUN, f"model.fusion={fusion}", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "GATED XATTN-DENSE before LM layers 0, 1" in result.output and "fusion" in result.output
-    assert load_model(out).config.fusion == "xattn"
+    table_row = next(line for line in result.output.splitlines() if line.lstrip("│┃ ").startswith("fusion"))
+    assert fusion in table_row and where in " ".join(result.output.split())
+    assert load_model(out).config.fusion == fusion

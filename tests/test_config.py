@@ -130,7 +130,8 @@ def test_world_version_1_keeps_the_hashes_of_configs_saved_before_the_field() ->
     """A config saved before data.world_version existed hashes as it did then (grid resume checks hashes)."""
     cfg = load_config(None, FIRST_DEFAULTS)
     later = {"data": ("world_version",), "model": ("resize_embeddings", "connector_pos_emb", "fusion", "xattn_every"),
-             "train": ("cpu_threads", "trackers", "encoder_lr_scale", "freeze_lm"), "eval": ("vqa_normalize", "rices_encoder")}
+             "train": ("cpu_threads", "trackers", "encoder_lr_scale", "freeze_lm", "strategy", "fsdp_sharding",
+                       "activation_checkpointing", "init_from"), "eval": ("vqa_normalize", "rices_encoder")}
     saved = {name: {k: v for k, v in section.items() if k not in later.get(name, ())} if isinstance(section, dict)
              else section for name, section in config_to_dict(cfg).items()}
     old = hashlib.sha256(json.dumps(saved, sort_keys=True).encode()).hexdigest()[:16]

@@ -150,6 +150,24 @@ def test_xattn_every_places_blocks_and_mam_twins_start_as_the_text_weights() -> 
     assert not torch.allclose(changed, splice(ids, mask, images=images).logits)
 
 
+@pytest.mark.parametrize("fusion", ["xattn", "mam"])
+def test_activation_checkpointing_gives_the_same_gradients(fusion: str) -> None:
+    """The backward pass re-runs checkpointed LM layers (and the fusion's hooks) after the forward returned."""
+    model = _model(fusion)
+    _awaken(model)
+    model.train()
+    ids, mask, images = interleaved_batch(model, PROMPTS)
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.zero_grad()
+        model(ids, mask, images=images, labels=ids).loss.backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][name], grads[1][name], atol=1e-6) for name in grads[0])
+
+
 def _llama_checkpoint(directory: Path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -107,7 +107,7 @@ class Fusion(nn.Module):
     @contextlib.contextmanager
     def conditioned(self, image_mask: torch.Tensor, image_embeds: torch.Tensor | None) -> Iterator[None]:
         """Within the block, LM calls read ``image_mask`` [B, L0] (``<image>`` slots) and ``image_embeds``
-        [N, T, D] (the batch's images in reading order); outside it the LM sees text only."""
+        [N, T, D] (the batch's images in reading order); LM calls after it see text only."""
         mask = image_mask.bool()
         self.state = FusionState(image_mask=mask, media=media_index(mask, self.num_image_tokens))
         if image_embeds is not None and image_embeds.shape[0]:
@@ -115,7 +115,9 @@ class Fusion(nn.Module):
         try:
             yield
         finally:
-            self.state = FusionState()
+            # Later LM calls read text only, but what this forward's layers saw stays: activation checkpointing
+            # re-runs the layers (and these hooks) during the backward pass, after this block has exited.
+            self.state.image_mask = self.state.media = None
 
     def prepare(self, image_embeds: torch.Tensor, image_mask: torch.Tensor) -> None:
         """Per-conditioning work on the images (xattn: keys/values once per image)."""

@@ -176,6 +176,15 @@ def test_mm_lmms_eval_without_the_extra_is_one_line(monkeypatch: pytest.MonkeyPa
 
 
 @needs_lmms_eval
+def test_help_shows_our_examples_then_lmms_evals_help() -> None:
+    from mmbench_cli.cli import app
+
+    result = CliRunner().invoke(app, ["lmms-eval", "--help"])
+    assert result.exit_code == 0 and "mm lmms-eval --model_args" in result.output
+    assert "usage: lmms-eval" in result.output and "--include_path" in result.output
+
+
+@needs_lmms_eval
 def test_filelock_keeps_lmms_evals_reentrant_locks(tmp_path: Path) -> None:
     """lmms-eval 0.7 patches filelock._api (gone in filelock 4) so nested dataset locks on one file are one lock."""
     import filelock

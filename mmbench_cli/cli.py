@@ -47,17 +47,14 @@ def user_errors_exit_2(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        import os
         import signal
 
         from mmbench_cli.errors import environment_error
+        from mmbench_cli.rundir import check_environment
 
         previous = signal.getsignal(signal.SIGTERM)
         try:
-            try:
-                os.getcwd()
-            except FileNotFoundError:
-                raise MMError("the current directory was deleted; cd to an existing directory and run again") from None
+            check_environment()
             if previous is signal.SIG_DFL:
                 signal.signal(signal.SIGTERM, _terminate)
             return func(*args, **kwargs)
@@ -192,6 +189,10 @@ def build(
 
     path, overrides = split_config_args(args or [])
     cfg = load_config(path, [*overrides, *(["data.skip_bad=true"] if skip_bad else [])])
+    if out is not None and not data:  # before an encoder is pre-trained or a model built
+        from mmbench_cli.model.anatomy import check_out
+
+        check_out(out)
     if data:
         from mmbench_cli.data.report import build_data
 
@@ -405,10 +406,12 @@ def ablate(
     """Run a resumable grid of pretrain + eval cells over ablation axes; write summary.csv/.parquet."""
     import json
 
+    from mmbench_cli.ablate.estimate import check_throughput
     from mmbench_cli.ablate.grid import build_plan, link_stages
     from mmbench_cli.ablate.run import estimate_and_remember, estimate_vs_actual, plan_document, print_plan, run_grid
     from mmbench_cli.config import split_config_args
 
+    check_throughput(throughput)  # before the plan: checking each cell's model takes a while
     path, overrides = split_config_args(args or [])
     if threads:
         overrides = [*overrides, f"train.cpu_threads={threads}"]

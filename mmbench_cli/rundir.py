@@ -448,11 +448,20 @@ def cache_root(configured: str | None = None) -> Path:
     return path
 
 
-def env_number(name: str, default: float, minimum: float = 0.0, maximum: float = 1e12) -> float:
-    """A numeric environment variable (``default`` if unset or empty); MMError naming it if it is not a number
-    between ``minimum`` and ``maximum``."""
+# The numeric environment variables (megabytes): name → (default, maximum). Checked by every command at its start
+# (``check_environment``), so a bad value is refused at once, not after a model has loaded.
+ENV_NUMBERS: dict[str, tuple[float, float]] = {
+    "MMBENCH_IMAGE_CACHE_MB": (256, 2**30),
+    "MMBENCH_FEATURE_STORE_MB": (4096, 2**30),
+}
+
+
+def env_number(name: str) -> float:
+    """The numeric environment variable ``name`` of ``ENV_NUMBERS`` (its default if unset or empty); MMError naming
+    it if it is not a number from 0 to its maximum."""
     import math
 
+    default, maximum = ENV_NUMBERS[name]
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -460,21 +469,34 @@ def env_number(name: str, default: float, minimum: float = 0.0, maximum: float =
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or not minimum <= value <= maximum:
-        raise MMError(f"${name}={raw!r}: expected a number from {minimum:g} to {maximum:,.0f}; unset it for the "
+    if not math.isfinite(value) or not 0 <= value <= maximum:
+        raise MMError(f"${name}={raw!r}: expected a number from 0 to {maximum:,.0f}; unset it for the "
                       f"default ({default:g})")
     return value
+
+
+def check_environment() -> None:
+    """MMError naming a deleted working directory, the first bad ``MMBENCH_*`` number (``ENV_NUMBERS``) or a
+    ``$MMBENCH_CACHE_DIR`` that is no writable directory: every command checks them before any work."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise MMError("the current directory was deleted; cd to an existing directory and run again") from None
+    for name in ENV_NUMBERS:
+        env_number(name)
+    if os.environ.get("MMBENCH_CACHE_DIR"):
+        cache_root()  # a file or a read-only dir is named now, not when the first image is cached
 
 
 
 FEATURE_STORE_DIR = "features"  # model.feature_store's shards: <cache>/features/<namespace>/*.safetensors
 FEATURE_SHARD_SUFFIX = ".safetensors"
-FEATURE_STORE_MB = 4096  # default cap of the feature store
+FEATURE_STORE_MB = int(ENV_NUMBERS["MMBENCH_FEATURE_STORE_MB"][0])  # default cap of the feature store
 
 
 def feature_store_cap_bytes() -> int:
     """The feature store's size cap from ``$MMBENCH_FEATURE_STORE_MB`` (default 4096; 0 turns the store off)."""
-    return int(env_number("MMBENCH_FEATURE_STORE_MB", FEATURE_STORE_MB, maximum=2**30) * 2**20)
+    return int(env_number("MMBENCH_FEATURE_STORE_MB") * 2**20)
 
 
 def feature_store_dir(configured: str | None = None) -> Path:

@@ -280,6 +280,12 @@ def _makespan(durations: list[float], slots: int) -> float:
     return max(free, default=0.0)
 
 
+def check_throughput(throughput: float | None) -> None:
+    """MMError unless ``throughput`` (``--throughput``, FLOP/s) is None or a positive finite number."""
+    if throughput is not None and not (math.isfinite(throughput) and throughput > 0):
+        raise MMError(f"--throughput {throughput:g}: must be a positive number of FLOP/s, e.g. 1e12")
+
+
 def estimate_plan(plan: GridPlan, out: str | Path, executor: str = "local", options: dict[str, Any] | None = None,
                   throughput: float | None = None) -> dict[str, Any]:
     """Estimated cost of each cell of ``plan`` and the grid's wall time under ``executor``.
@@ -288,8 +294,7 @@ def estimate_plan(plan: GridPlan, out: str | Path, executor: str = "local", opti
     (once per distinct model/data/batch/threads). Done cells cost nothing. The result holds the ``assumptions``
     behind the numbers, one sentence each.
     """
-    if throughput is not None and not (math.isfinite(throughput) and throughput > 0):
-        raise MMError(f"--throughput {throughput:g}: must be a positive number of FLOP/s, e.g. 1e12")
+    check_throughput(throughput)
     schedule = schedule_for(plan, executor, options or {})
     store = GridStore(out)
     measured: dict[str, dict[str, float]] = {}

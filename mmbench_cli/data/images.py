@@ -52,7 +52,7 @@ class _ResizedCache:
 
     @property
     def budget(self) -> int:
-        return int(env_number("MMBENCH_IMAGE_CACHE_MB", 256, maximum=2**30) * 2**20)
+        return int(env_number("MMBENCH_IMAGE_CACHE_MB") * 2**20)
 
     def get(self, image: ImageRef, image_size: int) -> np.ndarray:
         key = (image.key, image_size)

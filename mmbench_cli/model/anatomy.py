@@ -51,6 +51,14 @@ def shape_check(model: MLLM, images_per_row: int = 2, rows: int = 2) -> dict[str
             "image_tokens": tuple(image_tokens.shape), "logits": tuple(out.logits.shape), "loss": float(out.loss)}
 
 
+def check_out(out: Path) -> None:
+    """MMError unless ``out`` is free or holds an earlier ``mm build -o`` model (never a run, a checkpoint or a
+    user's file): the one overwrite guard, ``rundir.refuse_overwrite``."""
+    from mmbench_cli.rundir import refuse_overwrite, what_is_at
+
+    refuse_overwrite(out, "--out", lambda path: what_is_at(path) == "a saved model")
+
+
 def build_and_report(cfg: Config, tokenizer_source: TokenizerSource, out: Path | None, console: Console,
                      after_build: Callable[[MLLM], None] | None = None) -> MLLM:
     """Build ``cfg.model``, print a component table, FLOPs and a shape check; save to ``out`` if given.
@@ -61,10 +69,10 @@ def build_and_report(cfg: Config, tokenizer_source: TokenizerSource, out: Path |
     import torch
 
     from mmbench_cli.model import build_model
-    from mmbench_cli.rundir import atomic_dir, refuse_overwrite, what_is_at
+    from mmbench_cli.rundir import atomic_dir
 
-    if out is not None:  # only an earlier `mm build -o` model is replaced: never a run, a checkpoint or a user's file
-        refuse_overwrite(out, "--out", lambda path: what_is_at(path) == "a saved model")
+    if out is not None:
+        check_out(out)
     torch.manual_seed(cfg.seed)
     with console.status("assembling the model (training the tokenizer on first use)…"):
         model = build_model(cfg.model, tokenizer_source)

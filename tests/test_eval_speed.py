@@ -85,7 +85,7 @@ def test_bench_eval_peer_loop_gives_our_answers(tmp_path: Path, one_torch_thread
     assert [row["shots"] for row in result["rows"]] == [0, 2]
     for row in result["rows"]:
         assert row["n"] == 6 and row["same_answers_vs_peer"] and row["same_raw_generations"] == 6
-        assert row["same_demos"] and row["shared_cache_same_answers"]
+        assert row["same_demos"] and row["shared_cache_same_answers"] and row["store_same_answers"]
         assert row["speedup_vs_peer"] > 0 and 0 < row["ours_eval_mfu"] and 0 < row["peer_eval_mfu"]
         low, high = row["speedup_median_ci95"]
         assert low <= row["speedup_vs_peer"] <= high

@@ -137,6 +137,7 @@ def test_default_arguments_and_few_shot_refusal() -> None:
     assert lmms_eval_argv(["eval", "--model", "llava_hf", "--num_fewshot", "4"]) == ["--model", "llava_hf",
                                                                                     "--num_fewshot", "4"]
     assert lmms_eval_argv(["--tasks", "x", "--num_fewshot", "0"])[:2] == ["--model", "mm"]
+    assert lmms_eval_argv(["--config", "run.yaml"]) == ["--config", "run.yaml"]  # its model stays the config's
     with pytest.raises(MMError, match=r"text only.*mm eval RUN --shots 2"):
         lmms_eval_argv(["--tasks", "x", "--num_fewshot=2"])
 

@@ -98,12 +98,14 @@ def parse_model_args(model_args: str) -> dict[str, str]:
 
 
 def lmms_eval_argv(argv: Sequence[str]) -> list[str]:
-    """lmms-eval evaluation arguments with our defaults and checks: ``--model mm`` unless another model is named;
-    for ``mm``, the model path pinned to its checkpoint and ``--num_fewshot`` > 0 refused."""
+    """lmms-eval evaluation arguments with our defaults and checks: ``--model mm`` unless another model (or a
+    ``--config`` file) is named; for ``mm``, the model path pinned to its checkpoint and ``--num_fewshot`` > 0 refused."""
     args = list(argv)
     if args and args[0] == "eval":
         args = args[1:]
     _, model = _option(args, "--model")
+    if model is None and _option(args, "--config")[1] is not None:
+        return args  # an lmms-eval --config file names its own model; an explicit --model would override it
     if model is None:
         args = ["--model", MODEL_NAME, *args]
         model = MODEL_NAME

@@ -233,6 +233,7 @@ def test_lmms_evals_own_cli_runs_a_local_yaml_offline_and_scores_like_ours(train
                            "--log_samples", "--output_path", str(out)], capture_output=True, text=True, env=env,
                           timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "is a run dir; its last checkpoint" in done.stdout + done.stderr  # the --use_cache warning
     assert list(out.glob("*/*_results.json")), done.stdout[-3000:]  # lmms-eval exits 0 when an evaluation fails
     (results_file,) = out.glob("*/*_results.json")
     results = json.loads(results_file.read_text())["results"]

@@ -126,11 +126,11 @@ def model_path(args: Mapping[str, Any]) -> tuple[str | None, str | None, dict[st
 
 
 def load_model_from_args(path: str | None, args: Mapping[str, Any], ignored: Sequence[str], takes: str,
-                         device: str = "cpu") -> Any:
+                         device: str = "cpu", on_run_dir: Callable[[str, Path], None] | None = None) -> Any:
     """Our MLLM from an evaluation harness's ``model_args``: ``path`` (a run dir: its last checkpoint, a checkpoint
     dir or a ``mm build -o`` dir) plus the other ``args``; keys in ``ignored`` (the harness's own) are dropped and any
     other key is an MMError naming ``takes`` (what the model accepts). A CUDA device without CUDA falls back to CPU,
-    as the harnesses' hf models do."""
+    as the harnesses' hf models do. ``on_run_dir(path, checkpoint)`` is called when ``path`` is a run dir."""
     path, _, unknown = model_path({"path": path, **args})
     unknown = {k: v for k, v in unknown.items() if k not in ignored}
     if path is None:
@@ -146,7 +146,10 @@ def load_model_from_args(path: str | None, args: Mapping[str, Any], ignored: Seq
 
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         device = "cpu"
-    return load_model(resolve_target(path).checkpoints[-1].path, device=device)
+    checkpoint = resolve_target(path).checkpoints[-1].path
+    if on_run_dir is not None and Path(path).resolve() != checkpoint.resolve():
+        on_run_dir(path, checkpoint)
+    return load_model(checkpoint, device=device)
 
 
 # ------------------------------------------------------------------------------------------ mm lm-eval

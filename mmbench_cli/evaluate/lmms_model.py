@@ -48,7 +48,7 @@ class MMLMMs(lmms):
             from mmbench_cli.evaluate.lm_eval_hook import load_model_from_args
 
             model = load_model_from_args(path, kwargs, LMMS_EVAL_KEYS, "path (alias pretrained), batch_size, device",
-                                         device or "cpu")
+                                         device or "cpu", on_run_dir=_warn_run_dir)
         _keep_loglikelihood_pairs()
         self.model = model.eval()
         self.batch_size = int(batch_size) if str(batch_size).isdigit() and int(batch_size) > 0 else 8
@@ -160,6 +160,12 @@ class MMLMMs(lmms):
     def _bound_cache(self) -> None:
         if len(self.cache.features) > CACHED_IMAGES:
             self.cache.features.clear()
+
+
+def _warn_run_dir(path: str, checkpoint: Any) -> None:
+    """A run dir names no checkpoint: lmms-eval's ``--use_cache`` (keyed on ``model_args``) would mix checkpoints."""
+    logger.warning(f"model mm: path={path} is a run dir; its last checkpoint {checkpoint} is evaluated. lmms-eval's "
+                   "--use_cache keys responses on model_args: pass the checkpoint dir (mm lmms-eval does it for you)")
 
 
 def _keep_loglikelihood_pairs() -> None:

@@ -127,6 +127,14 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
 GZ_SUFFIX = ".gz"
 
 
+def read_regular(path: Path) -> bytes:
+    """The bytes of a regular file; MMError naming anything else there (a FIFO would block the read forever, a
+    device never end). FileNotFoundError if nothing is there."""
+    if path.exists() and not path.is_file():
+        raise MMError(f"{path}: not a regular file (a pipe, socket or device); mmbench reads only files it wrote")
+    return path.read_bytes()
+
+
 def stored_file(path: Path) -> Path | None:
     """``path`` if it exists, else its gzip-compressed copy ``<path>.gz`` if that exists (a published study
     compresses its per-sample files, ``gzip -n``), else None."""
@@ -147,7 +155,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     if path is None:
         return []
     try:
-        data = path.read_bytes()
+        data = read_regular(path)
         lines = (gzip.decompress(data) if path.name.endswith(GZ_SUFFIX) else data).splitlines()
     except (OSError, EOFError) as error:
         raise MMError(f"{path}: cannot read ({getattr(error, 'strerror', None) or error})") from None
@@ -320,7 +328,7 @@ class RunLock:
         deadline = time.monotonic() + self.UNREADABLE_GRACE_S
         while True:
             try:
-                raw = self.path.read_bytes()
+                raw = read_regular(self.path)
                 age = time.time() - self.path.stat().st_mtime
             except FileNotFoundError:
                 return None, None
@@ -426,7 +434,7 @@ def write_status(run_dir: str | Path, status: str) -> None:
 def read_status(run_dir: str | Path) -> str | None:
     """The run's recorded state, or None if it has none yet."""
     path = Path(run_dir) / "status"
-    return path.read_text(encoding="utf-8", errors="replace").strip() if path.exists() else None
+    return read_regular(path).decode("utf-8", errors="replace").strip() if path.exists() else None
 
 
 def cache_root(configured: str | None = None) -> Path:
@@ -608,7 +616,7 @@ def read_json_file(path: str | Path, what: str = "file") -> Any:
     """Parse a JSON file; a missing, unreadable or garbled one is a one-line MMError naming it."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_regular(path).decode("utf-8"))
     except FileNotFoundError:
         raise MMError(f"{path}: no such {what}") from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:

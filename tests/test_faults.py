@@ -705,3 +705,30 @@ def test_sigterm_during_pretrain_marks_the_run_failed_and_releases_its_lock(tmp_
 def test_repeated_grid_axes_and_bad_throughput_are_refused(tmp_path: Path, args: list[str], words: str) -> None:
     result = runner.invoke(app, ["ablate", *TINY, *args, "--dry-run", "--out", str(tmp_path / "grid")])
     assert words in one_line_exit_2(result)
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "status", "meta.json"])
+def test_a_pipe_in_place_of_a_run_file_is_one_line_not_a_hang(copy_of: Path, tmp_path: Path, name: str) -> None:
+    (copy_of / name).unlink()
+    os.mkfifo(copy_of / name)  # reading it would block forever
+    out = one_line_exit_2(runner.invoke(app, ["report", str(copy_of), "-o", str(tmp_path / "r"), "--no-plots"]))
+    assert "not a regular file" in out and name in out
+
+
+def test_a_read_only_file_system_is_one_line(finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import tempfile
+
+    before = fingerprint(finished)
+
+    def read_only(*args: object, dir: str | None = None, **kwargs: object) -> None:  # noqa: A002
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), dir)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)  # every atomic write and lock starts with a temp file
+    out = one_line_exit_2(runner.invoke(app, ["eval", str(finished), "--tasks", "synthetic-vqa", "--shots", "0",
+                                              "--num-samples", "2"]))
+    assert "cannot take the evaluation lock (Read-only file system)" in out
+    out = one_line_exit_2(runner.invoke(app, ["report", str(finished), "-o", str(tmp_path / "r"), "--no-plots"]))
+    assert "Read-only file system" in out and str(tmp_path / "r") in out
+    monkeypatch.undo()
+    assert fingerprint(finished) == before

@@ -99,3 +99,39 @@ def test_no_cell_is_bold_unless_its_findings_row_is_an_effect(path: Path) -> Non
                 assert any(row[7] == "**effect**" for row in rows), f"{path}: {grid} {axis}={value} {column} is bold"
                 checked += 1
     assert checked >= 0
+
+
+def test_findings_come_first_and_the_page_fits_its_budget(edition: str) -> None:
+    report = REPORTS / edition
+    page = (report / "index.html").read_text(encoding="utf-8")
+    assert page.index('<section id="findings">') < page.index('<section id="grid-')
+    assert page[page.index("<table"):].startswith('<table class="data findings"')
+    assert (report / "index.html").stat().st_size <= PAGE_BUDGET[edition]
+    markdown = (report / "report.md").read_text(encoding="utf-8")
+    assert markdown.index("## Findings") < markdown.index("## Grid:")
+
+
+def test_readme_numbers_and_verdicts_agree_with_the_report(edition: str) -> None:
+    report = REPORTS / edition
+    least_quoted, least_checked = EDITIONS[edition]
+    readme = (report / "README.md").read_text(encoding="utf-8")
+    markdown = (report / "report.md").read_text(encoding="utf-8")
+    plain = markdown.replace("\\[", "[").replace("\\]", "]")
+    rows = _findings_rows(markdown)
+    quoted = list(INTERVAL.finditer(readme))
+    assert len(quoted) > least_quoted
+    checked = 0
+    for match in quoted:
+        value, low, high = match.groups()
+        interval = f"{value} [{low}, {high}]"
+        assert interval in plain, f"README quotes {interval!r}, which the report does not show"
+        said = next((v for v in VERDICTS if readme[match.end():match.end() + 40].lstrip(" ,;)").startswith(
+            v if v.startswith("**") else v)), None)
+        if said is None:
+            continue
+        verdict = said.strip("*")
+        matching = [row for row in rows if f"| {interval} |" in row]
+        assert any(f"| {said} " in row or f"| {verdict} " in row for row in matching), (
+            f"README calls {interval} {verdict!r}; the Findings rows with it: {matching}")
+        checked += 1
+    assert checked > least_checked

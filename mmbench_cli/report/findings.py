@@ -523,7 +523,8 @@ def summary_view(findings: Findings) -> dict[str, object]:
         mdes = "; ".join(f"{label} MDE {_number_text(min(v), _mde_decimals(v))}–{_number_text(max(v), _mde_decimals(v))}"
                          if len(v) > 1 and round(min(v), _mde_decimals(v)) != round(max(v), _mde_decimals(v))
                          else f"{label} MDE {_number_text(v[0], _mde_decimals(v))}" for label, v in by_measure.items())
-        none_line = (f"No detectable effect in the other {len(quiet)} rows ({mdes})." if quiet else "")
+        which = f"the other {len(quiet)} rows" if told else f"all {len(quiet)} rows"
+        none_line = f"No detectable effect in {which} ({mdes})." if quiet else ""
         grids.append({"grid": grid or "", "id": f"findings-{_anchor_text(grid or 'study')}",
                       "sentences": [summary_sentence(row) for row in told], "none": none_line})
     return {"top": top, "grids": grids}

@@ -21,7 +21,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmbench_cli.config import Config, DataConfig, ModelConfig, TrainConfig, config_to_dict, is_local_path
+from mmbench_cli.config import (
+    HASH_NEUTRAL_FIELDS,
+    Config,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    config_to_dict,
+    is_local_path,
+)
 from mmbench_cli.errors import MMError
 from mmbench_cli.registry import ENCODERS
 from mmbench_cli.rundir import RunDir, RunLock, cache_root, read_json_file, retrieval_near_chance
@@ -65,6 +73,11 @@ def pretrain_config(cfg: Config) -> Config | None:
     return Config(name=f"{cfg.model.encoder}-{cfg.model.image_size}px", seed=0, model=model, data=data, train=train)
 
 
+# fields added to the config after encoders had been cached (each in config.HASH_NEUTRAL_FIELDS)
+LATER_FIELDS = {"model": ("fusion", "xattn_every"),
+                "train": ("strategy", "fsdp_sharding", "activation_checkpointing", "init_from")}
+
+
 def cache_key(recipe: Config) -> str:
     """The content key of a pre-trained encoder: its config (the recipe, without the eval section, which the
     weights do not depend on), the recipe version and the device type."""
@@ -75,6 +88,11 @@ def cache_key(recipe: Config) -> str:
     # cached before the field existed stay valid
     config["model"].pop("connector_pos_emb", None)
     config["train"].pop("freeze_lm", None)  # likewise an MLLM-stage setting, added later
+    # settings added after that, left out while they hold the value that reproduces earlier runs
+    for section, names in LATER_FIELDS.items():
+        for name in names:
+            if name in config[section] and config[section][name] == HASH_NEUTRAL_FIELDS[section][name]:
+                del config[section][name]
     payload = {"recipe_version": RECIPE_VERSION, "config": config,
                "device": resolve_device(recipe.train.device).type}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

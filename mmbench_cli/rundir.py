@@ -195,6 +195,8 @@ def what_is_at(path: str | Path) -> str | None:
             return None
         if RunDir(path).is_run_dir():
             return "a run directory"
+        if (path / GRID_FILE).is_file():
+            return "a grid directory"
         if (path / CHECKPOINT_JSON).is_file() or (path.parent.name == CHECKPOINTS_DIR and step_of_dir(path.name) is not None):
             return "a run's checkpoint"
         if (path / MODEL_FILE).is_file():
@@ -554,6 +556,7 @@ SAMPLES_DIR = "samples"
 RUN_FILES = (CONFIG_FILE, META_FILE, METRICS_FILE, STATUS_FILE)
 RUN_DIRS = (CHECKPOINTS_DIR, EVAL_DIR)
 RUN_MARKERS = (*RUN_FILES, EVAL_DIR, CHECKPOINTS_DIR)
+GRID_FILE = "grid.json"  # marks a grid dir of mm ablate (its layout lives in ablate/store.py)
 REPLACED_DIR = ".replaced"  # a finished run set aside by ``--force`` until the new run has its first checkpoint
 _MANIFEST = "manifest.json"
 _TMP_CHECKPOINT = re.compile(r"^\.step_\d+\..+\.tmp$")  # a checkpoint dir being built by atomic_dir

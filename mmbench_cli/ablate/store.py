@@ -21,6 +21,7 @@ from mmbench_cli.ablate.grid import SEED_AXIS, Cell, GridPlan
 from mmbench_cli.errors import MMError
 from mmbench_cli.families import SUMMARY_KEYS
 from mmbench_cli.rundir import (
+    GRID_FILE,
     EvalResult,
     RunDir,
     atomic_write_bytes,
@@ -32,7 +33,6 @@ from mmbench_cli.rundir import (
 if TYPE_CHECKING:
     import pandas as pd
 
-GRID_FILE = "grid.json"
 CELL_FILE = "ablate.json"
 CELL_STATES = ("pending", "partial", "running", "done", "failed")
 

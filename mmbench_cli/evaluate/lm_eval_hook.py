@@ -183,19 +183,26 @@ def _option(args: Sequence[str], *names: str) -> str | None:
     return found
 
 
+def check_output_path(args: Sequence[str]) -> None:
+    """MMError if ``--output_path`` (lm-eval's and lmms-eval's) names an existing file: both write into a dir (beside
+    a FILE.json, a new FILE_<date>.json) and, given a file, log a warning and save nothing."""
+    from mmbench_cli.rundir import refuse_overwrite
+
+    output = _option(list(args), "--output_path", "-o")
+    if output:
+        refuse_overwrite(Path(output), "--output_path", Path.is_dir)
+
+
 def check_args(argv: Sequence[str]) -> None:
     """Refuse (MMError, before lm-eval starts) what lm-eval would only warn about or fail on with a traceback:
     an ``--output_path`` that is an existing file (lm-eval logs a warning and saves nothing), a run without
     ``--tasks``, and a ``--batch_size`` that is not a positive integer or ``auto``."""
     from mmbench_cli.errors import MMError
-    from mmbench_cli.rundir import refuse_overwrite
 
     args = list(argv)
     if not args or args[0] in ("ls", "validate") or any(a in ("-h", "--help") for a in args):
         return
-    output = _option(args, "--output_path", "-o")
-    if output:  # lm-eval writes into a dir (beside a FILE.json: FILE_<date>.json); an existing file is refused
-        refuse_overwrite(Path(output), "--output_path", Path.is_dir)
+    check_output_path(args)
     if not _option(args, "--tasks", "-t"):
         raise MMError("--tasks: name at least one task (`mm lm-eval ls tasks` lists them)")
     batch = _option(args, "--batch_size", "-b")

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mmbench_cli.errors import MMError
-from mmbench_cli.evaluate.lm_eval_hook import call_with_argv
+from mmbench_cli.evaluate.lm_eval_hook import call_with_argv, check_output_path
 
 MODEL_NAME = "mm"
 CLASS_PATH = "mmbench_cli.evaluate.lmms_model.MMLMMs"
@@ -218,6 +218,7 @@ def run_cli(argv: Sequence[str]) -> int:
         return _dispatch(["eval", "--help"])
     args = lmms_eval_argv(args)
     check_include_path(args)
+    check_output_path(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # we run offline: tasks read local files or the HF cache
     main = importlib.import_module("lmms_eval.__main__")
     failures = _Failures(main.cli_evaluate_single)

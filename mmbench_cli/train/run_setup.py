@@ -66,8 +66,8 @@ def check_out_dir(run_dir: Path) -> None:
     parent = next((p for p in run_dir.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise MMError(f"--out {run_dir}: {parent} is a file, not a directory; choose another --out")
-    found = what_is_at(run_dir)
-    if found in ("a run's checkpoint", "a saved model", "a report"):  # not a run: --force never writes into one
+    found = what_is_at(run_dir)  # not a run: --force never writes into one
+    if found in ("a run's checkpoint", "a saved model", "a report", "a grid directory"):
         raise MMError(f"--out {run_dir}: holds {found}; a run never goes there, even with --force: choose another --out")
 
 

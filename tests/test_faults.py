@@ -732,3 +732,26 @@ def test_a_read_only_file_system_is_one_line(finished: Path, tmp_path: Path, mon
     assert "Read-only file system" in out and str(tmp_path / "r") in out
     monkeypatch.undo()
     assert fingerprint(finished) == before
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path):  # noqa: ANN201
+    """A 256 KiB tmpfs (root only; skipped where mounting is not allowed), unmounted afterwards."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and mount to make a small tmpfs (the injected-error tests cover the rest)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_really_full_disk_is_one_line(finished: Path, tiny_tmpfs: Path) -> None:
+    (tiny_tmpfs / "filler").write_bytes(b"\0" * (256 * 1024 - 8192))  # leave less than a report needs
+    before = fingerprint(finished)
+    out = one_line_exit_2(runner.invoke(app, ["report", str(finished), "-o", str(tiny_tmpfs / "report"), "--no-plots"]))
+    assert "No space left on device" in out
+    out = one_line_exit_2(pretrain(tiny_tmpfs / "run"))
+    assert "No space left on device" in out
+    assert RunDir(tiny_tmpfs / "run").read_status() in (None, "failed") and not (tiny_tmpfs / "run" / ".lock").exists()
+    assert fingerprint(finished) == before

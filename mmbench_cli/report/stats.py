@@ -297,8 +297,9 @@ def pooled_seed_variance(cells: Sequence[Sequence[SeedScores]]) -> tuple[float, 
     alone makes them) is truncated at 0 *before* the df-weighted pooling: a variance component cannot be
     negative, and averaging negative estimates into the pool would cancel the seed noise that other cells show
     (Searle, Casella & McCulloch, *Variance Components*, 1992, §3.7 on truncating ANOVA estimates at zero).
-    The truncation biases the pool upwards, so intervals err wide; the simulations in ``tests/test_report_stats.py``
-    keep the false "effect" rate at no true effect at or below 6% with 2 and 3 seeds."""
+    The truncation biases the pool upwards, so intervals err wide; with the df cap of ``linear_contrast`` the
+    simulations in ``tests/test_report_stats.py`` keep the false "effect" rate at no true effect at or below 6% with
+    2 and 3 seeds."""
     found = [v for v in (_training_variance(cell) for cell in cells) if v is not None]
     df = sum(d for _, d in found)
     if df == 0:
@@ -357,9 +358,9 @@ def linear_contrast(
     df_queries = groups - 1 if groups > 1 else None
     if se_seeds and pooled is not None and df_queries:
         # Welch–Satterthwaite, capped at the seed variance's own df: with few seeds the approximation alone calls
-        # ~6.5% "effect" at no true effect (3 seeds, simulated); the cap, the conservative choice of Welch's test
-        # (the smaller group's df; Moore, McCabe & Craig, *Introduction to the Practice of Statistics*, §7.2), keeps
-        # it at 3–5% with 2 and 3 seeds (tests/test_report_stats.py).
+        # up to 6.4% "effect" at no true effect (3 seeds, 2,000 simulated grids); the cap, the conservative choice of
+        # Welch's test (the smaller group's df; Moore, McCabe & Craig, *Introduction to the Practice of Statistics*,
+        # §7.2), keeps it at 0.9–2.8% with 2 seeds and 2.5–5.2% with 3 (tests/test_report_stats.py).
         df: float | None = min(se ** 4 / (se_queries ** 4 / df_queries + se_seeds ** 4 / pooled[1]), float(pooled[1]))
     else:
         df = float(df_queries) if df_queries else None

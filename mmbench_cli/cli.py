@@ -534,8 +534,8 @@ def report(
     baseline: Path | None = typer.Option(None, "--baseline", help="Compare with this baseline; exit 1 on a regression."),
     tolerance: float = typer.Option(0.02, "--tolerance", help="Allowed absolute drop per metric."),
     save_baseline: Path | None = typer.Option(None, "--save-baseline", help="Save every metric (with per-sample scores) here."),
-    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the paired bootstrap test."),
-    resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples for CIs and tests."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the Findings and of the regression test."),
+    resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples for the tables' CIs."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw the figures (--no-plots: tables only, faster in CI)."),
 ) -> None:
     """Render the HTML + markdown report: MM1-style tables, axis effects, training-dynamics plots.

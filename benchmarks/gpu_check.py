@@ -144,6 +144,43 @@ def _scale_summary(grid_dir: Path) -> dict[str, Any] | None:
     return {"cell": cells[0].name, "step": results.step, "tasks": tasks}
 
 
+def _fsdp_summary(work: Path, ceiling_tflops: float, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The FSDP run: throughput/MFU, measured peak memory (CUDA) against the dry-run estimate, and its kill -9 + re-run
+    against the uninterrupted FSDP run."""
+    from mmbench_cli.ablate.estimate import memory_estimate
+    from mmbench_cli.config import load_config
+    from mmbench_cli.rundir import RunDir
+
+    if not (work / "fsdp").exists():
+        return None
+    run = _train_summary(work / "fsdp", ceiling_tflops)
+    resumed = _train_summary(work / "fsdp_resumed", ceiling_tflops)
+    estimate = memory_estimate(load_config(None, [*args.overrides, "train.strategy=fsdp"]), args.ranks)
+    meta = RunDir(work / "fsdp").read_meta()
+    peak = meta.get("cuda_peak_memory_bytes")
+    identical = run["final_content_hash"] is not None and run["final_content_hash"] == resumed["final_content_hash"]
+    return {"ranks": args.ranks, "run": run, "estimate_bytes": estimate["total_bytes"], "estimate": estimate,
+            "measured_peak_bytes": peak, "estimate_over_measured": estimate["total_bytes"] / peak if peak else None,
+            "resume": {"killed_after_step": args.fsdp_killed_after_step, "run": resumed, "bit_identical": identical,
+                       "weights_diff_vs_uninterrupted": _weights_diff(work / "fsdp", work / "fsdp_resumed")}}
+
+
+def _stages_summary(work: Path) -> dict[str, Any] | None:
+    """The two-stage chain: both runs, and whether ``full`` started at ``align``'s last weights."""
+    from mmbench_cli.rundir import RunDir
+
+    if not (work / "full").exists():
+        return None
+    align, full = RunDir(work / "align"), RunDir(work / "full")
+    start = full.checkpoints()[0] if full.checkpoints() else None
+    source = align.checkpoints()[-1] if align.checkpoints() else None
+    return {"align": {"status": align.read_status(), "final_step": source.step if source else None},
+            "full": {"status": full.read_status(), "init_from": full.read_meta().get("init_from"),
+                     "final_loss": (full.read_metrics() or [{}])[-1].get("loss")},
+            "starts_at_align_weights": bool(start and source and start.step == 0
+                                            and start.info().get("content_hash") == source.info().get("content_hash"))}
+
+
 def summarize(work: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Collect the check's results into one JSON (written atomically) and print it."""
     import torch
@@ -178,7 +215,9 @@ def summarize(work: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]
         "resume": {"killed_after_step": args.killed_after_step, "run": resumed, "bit_identical": identical,
                    "weights_diff_vs_uninterrupted": diff, "tolerance_max_rel": args.tolerance,
                    "within_tolerance": identical or (diff is not None and diff["max_rel"] <= args.tolerance)},
-        "eval": evaluation, "scale_cell": _scale_summary(work / "scale"), "timings_s": timings,
+        "eval": evaluation, "scale_cell": _scale_summary(work / "scale"),
+        "fsdp": _fsdp_summary(work, ceiling["tflops"], args), "two_stage": _stages_summary(work),
+        "timings_s": timings,
         "mfu_target": 0.35, "mfu_target_met": bool(single.get("mfu") and single["mfu"] >= 0.35),
     }
     atomic_write_json(out, result)
@@ -210,6 +249,8 @@ def main(argv: list[str] | None = None) -> None:
     summary.add_argument("out", type=Path)
     summary.add_argument("--device", default="cuda")
     summary.add_argument("--killed-after-step", type=int, default=0)
+    summary.add_argument("--fsdp-killed-after-step", type=int, default=0)
+    summary.add_argument("--ranks", type=int, default=1)
     summary.add_argument("--tolerance", type=float, default=1e-2)
     summary.add_argument("--overrides", nargs="*", default=[])
     args = parser.parse_args(argv)

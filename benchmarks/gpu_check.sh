@@ -10,7 +10,12 @@
 #   5. the same training killed with SIGKILL after a checkpoint, then `--resume`d: final weights compared with
 #      the uninterrupted run (bit-identical, or within a relative tolerance where CUDA kernels are not
 #      deterministic);
-#   6. everything as JSON: benchmarks/results/gpu_check.json (--device cpu: gpu_check_cpu.json).
+#   6. FSDP (train.strategy=fsdp) on every GPU (--device cpu: 2 gloo ranks): MFU, peak memory
+#      (torch.cuda.max_memory_allocated) against `mm pretrain --dry-run`'s estimate, and the same run killed
+#      with SIGKILL after a checkpoint and re-run (final weights vs the uninterrupted FSDP run);
+#   7. a two-stage chain: `align` (train.freeze_lm=true) then `full` (train.init_from: align), its step-0
+#      weights checked against align's last;
+#   8. everything as JSON: benchmarks/results/gpu_check.json (--device cpu: gpu_check_cpu.json).
 #
 #   benchmarks/gpu_check.sh                     # on a CUDA machine
 #   benchmarks/gpu_check.sh --device cpu        # dry mode: tiny sizes, few steps, gloo (tests/test_gpu_check.py)
@@ -27,7 +32,7 @@ while [[ $# -gt 0 ]]; do
     --out) OUT="$2"; shift 2 ;;
     --work) WORK="$2"; shift 2 ;;
     --steps) STEPS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -68,6 +73,11 @@ else
   # one cell of the scaled recipe (224 px, 64 tokens, ~95M parameters), a quarter of its 6,000 steps
   SCALE=(--grid resolution=224 --grid tokens=64 train.steps=1500 train.checkpoint_every=500 train.device=cuda
          eval.num_samples=800)
+fi
+if [[ "$DEVICE" == cpu ]]; then
+  RANKS=2
+else
+  RANKS=$(python -c "import torch; print(max(1, torch.cuda.device_count()))")
 fi
 OVERRIDES=(name=gpu-check "model.lm=hf:$WORK/lm" model.tokenizer=synthetic-bpe model.resize_embeddings=true
            "${MODEL[@]}" "${DATA[@]}" "${TRAIN[@]}" "train.steps=$STEPS")
@@ -111,6 +121,31 @@ wait "$TRAIN_PID" 2>/dev/null || true
 mm pretrain "${OVERRIDES[@]}" --out "$WORK/resumed" --resume
 echo -e "kill_and_resume\t$(echo "$(date +%s.%N) - $started" | bc)" >> "$WORK/timings.tsv"
 
+# FSDP on RANKS ranks: an uninterrupted run, then the same run killed (torchrun and its ranks) after a checkpoint
+# and re-run
+FSDP=(torchrun --standalone --nproc_per_node "$RANKS" -m mmbench_cli.cli pretrain "${OVERRIDES[@]}" train.strategy=fsdp)
+stage train_fsdp "${FSDP[@]}" --out "$WORK/fsdp"
+echo "== fsdp resume: SIGKILL after a checkpoint at step >= $KILL_AT, re-run" >&2
+started=$(date +%s.%N)
+"${FSDP[@]}" --out "$WORK/fsdp_resumed" > "$WORK/fsdp_killed.log" 2>&1 &
+TRAIN_PID=$!
+FSDP_KILLED_AFTER=$(python benchmarks/gpu_check.py wait-step "$WORK/fsdp_resumed" "$KILL_AT" --timeout 900 || true)
+if kill -0 "$TRAIN_PID" 2>/dev/null; then
+  RANK_PIDS=$(pgrep -P "$TRAIN_PID" || true)  # torchrun starts each rank in its own session: kill them by pid
+  kill -9 "$TRAIN_PID" $RANK_PIDS
+else
+  echo "gpu_check.sh: the FSDP run ended before the kill (it is re-run anyway)" >&2
+  FSDP_KILLED_AFTER=0
+fi
+wait "$TRAIN_PID" 2>/dev/null || true
+"${FSDP[@]}" --out "$WORK/fsdp_resumed"
+echo -e "fsdp_kill_and_resume\t$(echo "$(date +%s.%N) - $started" | bc)" >> "$WORK/timings.tsv"
+
+# two stages: align the connector with a frozen LM, then train everything from there (its own optimizer/schedule)
+STAGE_STEPS=$(( STEPS / 4 > 2 ? STEPS / 4 : 2 ))
+stage stage_align mm pretrain "${OVERRIDES[@]}" train.freeze_lm=true "train.steps=$STAGE_STEPS" --out "$WORK/align"
+stage stage_full mm pretrain "${OVERRIDES[@]}" "train.init_from=$WORK/align" "train.steps=$STAGE_STEPS" --out "$WORK/full"
+
 python benchmarks/gpu_check.py summarize "$WORK" "$OUT" --device "$DEVICE" --killed-after-step "${KILLED_AFTER:-0}" \
-  --overrides "${OVERRIDES[@]}"
+  --fsdp-killed-after-step "${FSDP_KILLED_AFTER:-0}" --ranks "$RANKS" --overrides "${OVERRIDES[@]}"
 echo "wrote $OUT (work dir $WORK)" >&2

@@ -35,7 +35,15 @@ def test_gpu_check_dry_mode_runs_every_stage(tmp_path: Path) -> None:
     assert resume["weights_diff_vs_uninterrupted"] == {"max_abs": 0.0, "max_rel": 0.0}
     assert set(result["eval"]) == {"synthetic-vqa", "synthetic-caption"}
     assert all(set(cells) == {"0", "4", "8"} for cells in result["eval"].values())
-    assert {"train_single", "train_torchrun", "eval", "kill_and_resume", "scale_cell"} <= set(result["timings_s"])
+    assert {"train_single", "train_torchrun", "eval", "kill_and_resume", "scale_cell", "train_fsdp",
+            "fsdp_kill_and_resume", "stage_align", "stage_full"} <= set(result["timings_s"])
+    fsdp = result["fsdp"]  # 2 gloo ranks: trained, estimated, killed after a checkpoint and re-run to the same bits
+    assert fsdp["ranks"] == 2 and fsdp["run"]["status"] == "done" and fsdp["run"]["final_step"] == 40
+    assert fsdp["estimate_bytes"] > 0 and fsdp["measured_peak_bytes"] is None  # peak memory is read on CUDA only
+    assert fsdp["resume"]["killed_after_step"] >= 10 and fsdp["resume"]["bit_identical"]
+    stages = result["two_stage"]
+    assert stages["starts_at_align_weights"] and stages["full"]["status"] == "done"
+    assert stages["full"]["init_from"]["step"] == stages["align"]["final_step"] == 10
     scale = result["scale_cell"]  # the scaled recipe's grid file ran one (shrunk) cell, reported against its priors
     assert scale["cell"] == "resolution=28,tokens=4" and scale["step"] == 4
     vqa = scale["tasks"]["synthetic-vqa"]

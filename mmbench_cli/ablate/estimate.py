@@ -391,7 +391,8 @@ def memory_estimate(cfg: Config, world_size: int = 1, strategy: str | None = Non
     gradients and moments sharded over the ranks, plus the gathered root unit (embeddings, head, connector,
     encoder) and two gathered LM blocks (the one running and the one prefetched); with ``fsdp_sharding: grad_op``
     every block stays gathered from forward to backward. ``activation_checkpointing`` keeps each LM block's input
-    and recomputes one block at a time. The model is built on the meta device: nothing is allocated.
+    and recomputes one block at a time. The model is built on the meta device (nothing is allocated), except a
+    saved LM (``hf:<dir>``), which loads on CPU.
     """
     import torch
 
@@ -400,7 +401,12 @@ def memory_estimate(cfg: Config, world_size: int = 1, strategy: str | None = Non
 
     tcfg = cfg.train
     name = strategy or (tcfg.strategy if tcfg.strategy != "auto" else ("ddp" if world_size > 1 else "single"))
-    with torch.device("meta"):
+    from mmbench_cli.errors import MMError
+
+    try:
+        with torch.device("meta"):
+            model = build_trainable_model(cfg)
+    except MMError:  # a saved LM (hf:<dir>) loads its weights, which transformers refuses on the meta device
         model = build_trainable_model(cfg)
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

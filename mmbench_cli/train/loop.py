@@ -270,6 +270,8 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
             run.update_meta({"wall_time_s": state.elapsed_s, "tokens_seen": state.tokens_seen,
                              "train_flops": state.train_flops,
                              "flops_per_step": state.train_flops / max(state.step, 1),
+                             **({"cuda_peak_memory_bytes": torch.cuda.max_memory_allocated(ctx.device)}
+                                if ctx.device.type == "cuda" else {}),
                              **({"bad_samples_skipped": bad} if bad else {})})
             run.write_status("done")
             if bad and show:

@@ -9,10 +9,10 @@ MLLM, ``encoder_pretrain.py`` for the encoder) call a strategy and never ask whi
 - ``ddp``: ``DistributedDataParallel`` under torchrun; replicated weights and optimizer, gradients all-reduced on
   the last micro-batch; rank 0 writes.
 - ``fsdp``: FSDP2 (``torch.distributed.fsdp.fully_shard``) under torchrun: every LM block is its own unit, the rest
-  (embeddings, head, connector, encoder) the root unit; weights, gradients and AdamW state are sharded over the
-  ranks; bf16 parameters with fp32 reductions on CUDA. A checkpoint holds a consolidated ``model.safetensors``
-  (what ``load_model`` and a single process read) and the sharded optimizer state (``optimizer/``, written by
-  ``torch.distributed.checkpoint``).
+  (embeddings, head, connector, a trained encoder, fusion blocks) the root unit, a frozen encoder replicated; weights,
+  gradients and AdamW state are sharded over the ranks; bf16 parameters with fp32 reductions on CUDA. A checkpoint
+  holds a consolidated ``model.safetensors`` (what ``load_model`` and a single process read) and the sharded
+  optimizer state (``optimizer/``, written by ``torch.distributed.checkpoint``).
 """
 
 from __future__ import annotations
@@ -261,26 +261,29 @@ class FSDPStrategy(TrainingStrategy):
                           "pretrain ...); use single or ddp in one process")
         if self.autocast_dtype == torch.float16:
             raise MMError("train.precision: fp16 is not supported with train.strategy=fsdp; use bf16 or fp32")
-        # bf16 weights in forward/backward with fp32 gradient reductions (FSDP's own casts, no autocast).
-        self.param_dtype, self.autocast_dtype = self.autocast_dtype, None
+        # bf16 weights in forward/backward with fp32 gradient reductions (FSDP's casts); autocast stays on for what
+        # FSDP does not hold (a frozen encoder) and for the loss.
+        self.param_dtype = self.autocast_dtype
         self._kept_names: set[str] = set()
 
-    @property
-    def precision_name(self) -> str:
-        """The parameters' compute dtype."""
-        return str(self.param_dtype or torch.float32).removeprefix("torch.")
-
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """``fully_shard`` each LM block, then the whole model (the root unit)."""
+        """``fully_shard`` each LM block, then the whole model (the root unit). A frozen encoder is left out: it has no
+        gradients or optimizer state to shard, every rank keeps it whole, and it runs only where a rank has images
+        (its frozen features can then come from the feature store)."""
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         self._kept_names = _unique_state_names(model)
         policy = (MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=torch.float32)
                   if self.param_dtype is not None else MixedPrecisionPolicy())
         reshard = self.tcfg.fsdp_sharding == "full"
+        encoder = getattr(model, "encoder", None)
+        frozen = ({p for p in encoder.parameters()} if encoder is not None
+                  and not any(p.requires_grad for p in encoder.parameters()) else None)
         for block in lm_blocks(model):
             fully_shard(block, mp_policy=policy, reshard_after_forward=reshard)
-        fully_shard(model, mp_policy=policy, reshard_after_forward=reshard)
+        # The root unit stays gathered from forward to backward (FSDP's own default for a root): the step's backward
+        # needs it at once, and skipped_params_loss reads its parameters after the forward.
+        fully_shard(model, mp_policy=policy, reshard_after_forward=False, ignored_params=frozen)
         return model
 
     def skipped_params_loss(self, loss: torch.Tensor, used_images: bool) -> torch.Tensor:

@@ -426,6 +426,9 @@ def ablate(
         "address": address, "cpus_per_cell": cpus_per_cell, "gpus_per_cell": gpus_per_cell} if executor == "ray" else {
         "partition": partition, "cpus_per_cell": cpus_per_cell, "gpus_per_cell": gpus_per_cell,
         "timeout_min": timeout_min, "array_parallelism": array_parallelism, "cluster": slurm_cluster}
+    from mmbench_cli.ablate.executors import check_options
+
+    check_options(options)
     memory = None
     if dry_run or device_memory:
         from mmbench_cli.ablate.estimate import check_fits, largest, parse_memory, plan_memory

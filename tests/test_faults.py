@@ -697,10 +697,19 @@ def test_sigterm_during_pretrain_marks_the_run_failed_and_releases_its_lock(tmp_
     assert RunDir(run).read_status() == "failed" and not (run / ".lock").exists()
 
 
+@pytest.mark.parametrize(("option", "value"), [("--tolerance", "nan"), ("--resamples", "1000000000000")])
+def test_report_numbers_are_bounded(finished: Path, tmp_path: Path, option: str, value: str) -> None:
+    out = one_line_exit_2(runner.invoke(app, ["report", str(finished), "-o", str(tmp_path / "r"), "--no-plots",
+                                              option, value]))
+    assert option in out and value in out
+
+
 @pytest.mark.parametrize(("args", "words"), [
     (["--grid", "seed=0,1", "--grid", "seed=2"], "axis 'seed' is given twice"),
     (["--grid", "seed=0,1", "--throughput", "-5"], "--throughput -5"),
     (["--grid", "seed=0,1", "--throughput", "nan"], "--throughput nan"),
+    (["--grid", "seed=0,1", "--throughput", "1e12", "--jobs", "1000000000000"], "--jobs 1000000000000"),
+    (["--grid", "seed=0,1", "--throughput", "1e12", "--executor", "ray", "--cpus-per-cell", "nan"], "--cpus-per-cell nan"),
 ])
 def test_repeated_grid_axes_and_bad_throughput_are_refused(tmp_path: Path, args: list[str], words: str) -> None:
     result = runner.invoke(app, ["ablate", *TINY, *args, "--dry-run", "--out", str(tmp_path / "grid")])

@@ -101,6 +101,21 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+# The most an ablate option may ask for (docs/architecture.md, "Limits"): processes, CPUs and GPUs per cell.
+MAX_JOBS = 1024
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """MMError naming the first executor option that is not a finite number in its range: ``jobs``,
+    ``cpus_per_cell``, ``gpus_per_cell`` (0 to MAX_JOBS), ``timeout_min``, ``array_parallelism`` (1 or more)."""
+    for name, low in (("jobs", 0), ("cpus_per_cell", 0), ("gpus_per_cell", 0), ("timeout_min", 1),
+                      ("array_parallelism", 1)):
+        value = options.get(name)
+        high = MAX_JOBS if low == 0 else 10**7
+        if value is not None and not (math.isfinite(value) and low <= value <= high):
+            raise MMError(f"--{name.replace('_', '-')} {value}: must be a number from {low} to {high:,}")
+
+
 def default_jobs(num_cells: int, threads_per_cell: int = 1) -> int:
     """Cells to run at once locally: 1 with a GPU (cells share it), else as many as the cores hold at
     ``threads_per_cell`` (``train.cpu_threads``) each, never more than the cells."""

@@ -11,6 +11,7 @@ per-task tables and plots, built by the same table and plot functions on a sub-S
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # the report modules import pandas/matplotlib: loaded only wh
     from mmbench_cli.report.plots import Figure
     from mmbench_cli.report.tables import Table
 
+MAX_RESAMPLES = 100_000  # bootstrap resamples: beyond this the per-sample arrays outgrow memory, not the CI's precision
 REPORT_FILES = ("index.html", "report.md", "summary.csv", "plots")
 NOTES_FILE = "README.md"  # a human-written page about the report, allowed in an existing report dir
 GRID_SUMMARY = re.compile(r"^summary-.+\.csv$")  # summary-<grid>.csv of a multi-grid report
@@ -113,8 +115,10 @@ def make_report(
         raise MMError(f"--tolerance: must be >= 0 (got {tolerance})")
     if not 0 < alpha < 1:
         raise MMError(f"--alpha: must be between 0 and 1 (got {alpha})")
-    if resamples < 100:
-        raise MMError(f"--resamples: use at least 100 bootstrap resamples (got {resamples})")
+    if not 100 <= resamples <= MAX_RESAMPLES:
+        raise MMError(f"--resamples: use 100 to {MAX_RESAMPLES:,} bootstrap resamples (got {resamples})")
+    if not math.isfinite(tolerance):
+        raise MMError(f"--tolerance: must be a finite number >= 0 (got {tolerance})")
     out = out or default_out_dir(paths)
     _check_out_dir(out, paths)
     if save_baseline is not None:  # only an earlier baseline is replaced, never a config, a results file...

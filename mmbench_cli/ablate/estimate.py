@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmbench_cli.ablate.grid import GridPlan
+from mmbench_cli.ablate.grid import GridPlan, stage_waves
 from mmbench_cli.ablate.store import GridStore
 from mmbench_cli.config import Config, config_hash
 from mmbench_cli.errors import MMError
@@ -330,7 +330,9 @@ def estimate_plan(plan: GridPlan, out: str | Path, executor: str = "local", opti
             "est_s": cell_s,
         })
     todo = [row for row in rows if row["state"] != "done"]
-    total_s = _makespan([row["est_s"] for row in todo], schedule.parallel)
+    seconds = {row["cell"]: row["est_s"] for row in todo}
+    waves = stage_waves([cell for cell in plan.cells if cell.id in seconds])  # a stage waits for the one it starts from
+    total_s = sum(_makespan([seconds[cell.id] for cell in wave], schedule.parallel) for wave in waves)
     if throughput:
         how = f"cell times from --throughput {format_flops(throughput)}FLOP/s (training FLOPs and eval forward FLOPs)"
     else:
@@ -355,6 +357,8 @@ def estimate_plan(plan: GridPlan, out: str | Path, executor: str = "local", opti
          f"later cells and eval reuse): {saved * schedule.slowdown / 60:.1f} min of cell time saved" if saved else
          "feature store: no savings counted (no frozen encoder, timed by --throughput, or MMBENCH_FEATURE_STORE_MB=0)"),
         f"machine load now (1-min average): {os.getloadavg()[0]:.2f} on {schedule.cores} cores",
+        *([f"{len(waves)} waves of cells run one after another: a cell that starts from another cell "
+           "(train.init_from: ${stage}) waits for it"] if len(waves) > 1 else []),
     ]
     return {
         "executor": executor, "parallel": schedule.parallel, "threads_per_cell": schedule.threads,

@@ -764,3 +764,13 @@ def test_a_really_full_disk_is_one_line(finished: Path, tiny_tmpfs: Path) -> Non
     assert "No space left on device" in out
     assert RunDir(tiny_tmpfs / "run").read_status() in (None, "failed") and not (tiny_tmpfs / "run" / ".lock").exists()
     assert fingerprint(finished) == before
+
+
+def test_a_hostile_run_config_or_results_file_is_one_line_in_mm_report(copy_of: Path, tmp_path: Path) -> None:
+    for name, content in [("config.yaml", "seed: " + "[" * 3000 + "]" * 3000 + "\n"),
+                          ("eval/step_3.json", "[" * 100_000 + "]" * 100_000)]:
+        saved = (copy_of / name).read_bytes()
+        (copy_of / name).write_text(content)
+        out = one_line_exit_2(runner.invoke(app, ["report", str(copy_of), "-o", str(tmp_path / "r"), "--no-plots"]))
+        assert name.split("/")[-1] in out
+        (copy_of / name).write_bytes(saved)

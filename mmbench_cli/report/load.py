@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from mmbench_cli.config import load_yaml_text
 from mmbench_cli.errors import MMError
 from mmbench_cli.families import queries_are_images
 from mmbench_cli.rundir import Checkpoint, EvalResult, ResultCell, RunDir, is_number, read_json_file
@@ -278,7 +279,7 @@ def load_run(path: Path, name: str | None = None, axes: dict[str, str] | None = 
     if config_text is not None:
         run.config_text = config_text
         try:
-            loaded = yaml.safe_load(config_text)
+            loaded = load_yaml_text(config_text, str(run_dir.config_path))  # bounded: a hand-edited config too
         except yaml.YAMLError:
             raise MMError(f"{run_dir.config_path}: not valid YAML; re-run mm pretrain (or fix the file)") from None
         run.config = loaded if isinstance(loaded, dict) else {}

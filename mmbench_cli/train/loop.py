@@ -324,7 +324,7 @@ def build_trainable_model(cfg: Config) -> MLLM:
 
 
 def _strategy_meta(strategy: TrainingStrategy) -> dict[str, Any]:
-    """meta.json's record of how the run was trained (the strategy, and FSDP's sharding)."""
+    """How the run was trained, for its meta.json (the strategy, and FSDP's sharding)."""
     meta: dict[str, Any] = {"strategy": strategy.name}
     if strategy.name == "fsdp":
         meta["fsdp_sharding"] = strategy.tcfg.fsdp_sharding

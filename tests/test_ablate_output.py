@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_ablate_run import AXES, TINY, ablate_args
 from typer.testing import CliRunner
 
 from mmbench_cli.ablate.estimate import _makespan, schedule_for
 from mmbench_cli.ablate.grid import build_plan
 from mmbench_cli.cli import app
-from tests.test_ablate_run import AXES, TINY, ablate_args
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -9,10 +9,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_ablate_run import ablate_args, assert_same_summary, file_fingerprints, local_args
 from typer.testing import CliRunner
 
 from mmbench_cli.cli import app
-from tests.test_ablate_run import ablate_args, assert_same_summary, file_fingerprints, local_args
 
 runner = CliRunner()
 SLURM = ["--executor", "slurm", "--slurm-cluster", "local", "--timeout-min", "10", "--partition", "debug"]

@@ -71,7 +71,7 @@ def summary_rows(out: Path) -> list[dict[str, Any]]:
     import pandas as pd
 
     table = pd.read_csv(out / "summary.csv").drop(columns=list(TIMING_COLUMNS), errors="ignore")
-    return table.to_dict(orient="records")
+    return table.astype(object).where(table.notna(), None).to_dict(orient="records")  # NaN != NaN: empty cells None
 
 
 def interleave(rounds: int, run: Any) -> tuple[list[float], list[float]]:

@@ -292,6 +292,13 @@ def test_truncated_jpeg_first_read_mid_training_is_skipped_and_counted(tmp_path:
     annotations = _caption_dataset(tmp_path, truncated=2)
     bad = tmp_path / "val2014" / "COCO_val2014_000000000002.jpg"
     assert check_image(bad, "header") is None and check_image(bad, "decode") is not None
+    from PIL import ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = True  # as importing lmms-eval leaves it: our readers stay strict
+    try:
+        assert check_image(bad, "decode") is not None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
     config = _train_config(tmp_path, annotations)
     failed = runner.invoke(app, ["pretrain", str(config), "--out", str(tmp_path / "strict")])
     lines = [line for line in failed.output.splitlines() if line.startswith("error:")]

@@ -28,11 +28,19 @@ IMAGE_ERRORS = (OSError, SyntaxError, ValueError, IndexError, EOFError, struct.e
 @contextlib.contextmanager
 def open_image(source: str | Path | IO[bytes]) -> Iterator[Image.Image]:
     """``Image.open`` as every reader of an image file uses it: a decompression-bomb size is an error (one of
-    ``IMAGE_ERRORS``, never PIL's warning printed before our error line)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(source) as image:
-            yield image
+    ``IMAGE_ERRORS``, never PIL's warning printed before our error line), and so is a truncated file, whatever
+    another library in the process set PIL's global ``LOAD_TRUNCATED_IMAGES`` to (lmms-eval sets it on import)."""
+    from PIL import ImageFile
+
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                yield image
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 def as_rgb(image: Image.Image) -> Image.Image:

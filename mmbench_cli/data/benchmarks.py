@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from mmbench_cli.data.formats import LoadContext, _images_dir, _require, read_json, read_jsonl
+from mmbench_cli.data.formats import LoadContext, _images_dir, _open_hf, _require, read_json, read_jsonl
 from mmbench_cli.data.templates import IMAGE_TOKEN
 from mmbench_cli.data.types import IMAGE_ERRORS, ImageRef, MultipleChoiceSample, Sample, YesNoSample, as_rgb, open_image
 from mmbench_cli.errors import MMError
@@ -177,14 +177,10 @@ def _open_table(path: Path, split: str) -> Any:
     """A ``datasets`` table of MMMU rows: a ``save_to_disk`` directory (its ``split``), or parquet file(s)."""
     key = (str(path), split)
     if key not in _TABLES:
-        from datasets import Dataset, DatasetDict, load_from_disk
+        from datasets import Dataset
 
         if path.is_dir() and any((path / name).is_file() for name in ("state.json", "dataset_dict.json")):
-            table = load_from_disk(str(path))
-            if isinstance(table, DatasetDict):
-                if split not in table:
-                    raise MMError(f"{path}: no split {split!r} (has: {', '.join(table)}); set `split:` in the spec")
-                table = table[split]
+            table = _open_hf(str(path), split)  # the `hf` format's reader of save_to_disk directories
         else:
             files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
             chosen = [f for f in files if split in f.name] or files

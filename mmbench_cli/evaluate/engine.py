@@ -134,8 +134,6 @@ def generate_batch(
     return model.tokenizer.batch_decode(rows, skip_special_tokens=False), longest
 
 
-
-
 def choice_loglikelihoods(
     model: MLLM,
     prompts: Sequence[str],

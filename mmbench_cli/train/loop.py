@@ -35,7 +35,7 @@ from mmbench_cli.train.distributed import (
 )
 from mmbench_cli.train.pretrained_encoder import ensure_pretrained_encoder, load_pretrained_encoder
 from mmbench_cli.train.schedule import lr_at, resolve_lr_and_wd
-from mmbench_cli.train.strategies import TrainingStrategy, build_strategy, seed_everything
+from mmbench_cli.train.strategies import TrainingStrategy, build_strategy, needs_process_group, seed_everything
 
 if TYPE_CHECKING:
     from mmbench_cli.data.mixture import TrainStream
@@ -126,7 +126,7 @@ def pretrain(cfg: Config, out_dir: str | Path, resume: bool = False, force: bool
         return pretrain_encoder(cfg, out_dir, resume=resume, force=force, progress=progress)
     run_setup.check_data_inputs(cfg)
     require_trackers(cfg.train.trackers)  # a tracker that is not installed: refused before anything starts
-    ctx = init_distributed(cfg.train.device, process_group=cfg.train.strategy == "fsdp")
+    ctx = init_distributed(cfg.train.device, process_group=needs_process_group(cfg.train))
     use_cpu_threads(ctx.device, cfg.train.cpu_threads)
     try:
         check_batch_shape(cfg, ctx.world_size)
@@ -252,7 +252,7 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
             run_setup.write_run_files(cfg, run_dir, {
                 "num_params": num_params, "flops_per_step": flops_per_step, "lr": peak_lr,
                 "weight_decay": weight_decay, "world_size": ctx.world_size, "device": str(ctx.device),
-                "precision": strategy.precision_name, **_strategy_meta(strategy),
+                "precision": strategy.precision_name, **strategy.run_meta(),
                 "wall_time_s": state.elapsed_s, "resumed_from": start_step, "seq_len_cuts": cuts,
                 **({"pretrained_encoder": pretrained} if pretrained else {}),
                 **({"init_from": initialised} if initialised else {}),
@@ -321,14 +321,6 @@ def build_trainable_model(cfg: Config) -> MLLM:
     if cfg.train.freeze_lm:
         model.lm.requires_grad_(False)
     return model
-
-
-def _strategy_meta(strategy: TrainingStrategy) -> dict[str, Any]:
-    """How the run was trained, for its meta.json (the strategy, and FSDP's sharding)."""
-    meta: dict[str, Any] = {"strategy": strategy.name}
-    if strategy.name == "fsdp":
-        meta["fsdp_sharding"] = strategy.tcfg.fsdp_sharding
-    return meta
 
 
 def _init_from(model: torch.nn.Module, source: Path, show: bool) -> dict[str, Any]:

@@ -128,6 +128,10 @@ class TrainingStrategy:
         """The compute dtype, for meta.json (``float32``, ``bfloat16``...)."""
         return str(self.autocast_dtype or torch.float32).removeprefix("torch.")
 
+    def run_meta(self) -> dict[str, Any]:
+        """How the run was trained, for its meta.json: the strategy (and what only it has)."""
+        return {"strategy": self.name}
+
     def setup(self, model: torch.nn.Module, lr: float, weight_decay: float, encoder_lr_scale: float = 1.0) -> None:
         """Move ``model`` to this rank's device, wrap it, then build AdamW over the wrapped parameters."""
         model.to(self.ctx.device)
@@ -266,6 +270,9 @@ class FSDPStrategy(TrainingStrategy):
         self.param_dtype = self.autocast_dtype
         self._kept_names: set[str] = set()
 
+    def run_meta(self) -> dict[str, Any]:
+        return {**super().run_meta(), "fsdp_sharding": self.tcfg.fsdp_sharding}
+
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """``fully_shard`` each LM block, then the whole model (the root unit). A frozen encoder is left out: it has no
         gradients or optimizer state to shard, every rank keeps it whole, and it runs only where a rank has images
@@ -389,6 +396,11 @@ def strategy_name(tcfg: TrainConfig, ctx: DistContext) -> str:
         raise MMError(f"train.strategy: single runs one process, but torchrun started {ctx.world_size}; "
                       "use ddp or fsdp (or auto)")
     return tcfg.strategy
+
+
+def needs_process_group(tcfg: TrainConfig) -> bool:
+    """Whether ``train.strategy`` needs a process group even in one process (FSDP's collectives do)."""
+    return tcfg.strategy == FSDPStrategy.name
 
 
 def build_strategy(tcfg: TrainConfig, ctx: DistContext) -> TrainingStrategy:

@@ -13,6 +13,11 @@ its timing columns) and reports the median ratio of wall times with the per-roun
     mm pretrain --out /tmp/store_bench/default                       # the default cell, 14 checkpoints
     python benchmarks/bench_feature_store.py eval /tmp/store_bench/default --num-samples 300 --rounds 2
     python benchmarks/bench_feature_store.py grid ablations/ci_smoke.yaml --rounds 1
+    python benchmarks/bench_feature_store.py grid resolution,tokens --rounds 1 --jobs 0 --estimate \
+        --keep-on runs/resolution-tokens                                # the README main job (--grid axes)
+
+A grid target that is not a YAML file is an axis list, run as the README's ``mm ablate --grid AXES``; ``--jobs 0`` is
+``mm ablate``'s own default. ``--keep-on DIR`` keeps the last store-on arm's grid (a user's run: ``mm report DIR``).
 
 Writes (updates) ``benchmarks/results/bench_feature_store.json``, one entry per mode.
 """
@@ -37,14 +42,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TIMING_COLUMNS = ("train_s", "eval_s")
 
 
-def run_arm(command: list[str], store: bool, cache_dir: Path) -> float:
-    """Wall seconds of ``command`` with the store on (emptied first) or off."""
+def run_arm(command: list[str], store: bool, cache_dir: Path, empty: bool = True) -> float:
+    """Wall seconds of ``command`` with the store on (emptied first unless not ``empty``) or off."""
     from mmbench_cli.model.feature_store import clear_store
     from mmbench_cli.rundir import feature_store_dir
 
     env = dict(os.environ, MMBENCH_CACHE_DIR=str(cache_dir))
     if store:
-        clear_store(feature_store_dir(str(cache_dir)))
+        if empty:
+            clear_store(feature_store_dir(str(cache_dir)))
         env.pop("MMBENCH_FEATURE_STORE_MB", None)
     else:
         env["MMBENCH_FEATURE_STORE_MB"] = "0"
@@ -93,7 +99,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("target", help="eval: a run dir; grid: a grid YAML")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--num-samples", type=int, help="eval: query samples per task (default: the run's)")
-    parser.add_argument("--jobs", type=int, default=1, help="grid: cells at once (mm ablate --jobs)")
+    parser.add_argument("--jobs", type=int, default=1, help="grid: cells at once (mm ablate --jobs; 0: its default)")
+    parser.add_argument("--keep-on", type=Path, help="grid: keep the last store-on arm's output here (must not exist)")
     parser.add_argument("--cache-dir", type=Path, help="cache dir (default: $MMBENCH_CACHE_DIR); its features/ is "
                                                        "emptied before every store-on arm")
     parser.add_argument("--estimate", action="store_true", help="grid: first run mm ablate --dry-run and compare its "
@@ -124,13 +131,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         what = {"run": str(run), "checkpoints": checkpoints, "num_samples": args.num_samples or "the run's"}
     else:
         scratch = Path(tempfile.mkdtemp(prefix="bench-store-grid."))
+        grid = [args.target] if args.target.endswith((".yaml", ".yml")) else ["--grid", args.target]
+        if args.keep_on is not None and args.keep_on.exists():
+            raise SystemExit(f"--keep-on {args.keep_on} exists; name a new directory")
+        arms_left = {True: args.rounds, False: args.rounds}
 
         def one(store: bool) -> float:
-            out = scratch / f"{'on' if store else 'off'}-{time.time_ns()}"
-            seconds = run_arm([*mm, "ablate", args.target, *args.overrides, "--out", str(out), "--jobs",
-                               str(args.jobs)], store, cache_dir)
-            answers.setdefault(store, summary_rows(out))
-            shutil.rmtree(out, ignore_errors=True)
+            arms_left[store] -= 1
+            keep = store and not arms_left[store] and args.keep_on is not None
+            out = args.keep_on if keep else scratch / f"{'on' if store else 'off'}-{time.time_ns()}"
+            seconds = run_arm([*mm, "ablate", *grid, *args.overrides, "--out", str(out), "--jobs", str(args.jobs)],
+                              store, cache_dir)
+            rows = summary_rows(out)
+            answers.setdefault(store, rows)
+            if rows != answers[store]:
+                raise SystemExit("the same arm gave another summary in another round")
+            if not keep:
+                shutil.rmtree(out, ignore_errors=True)
             return seconds
 
         what = {"grid": args.target, "overrides": args.overrides, "jobs": args.jobs}
@@ -139,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             from mmbench_cli.rundir import feature_store_dir
 
             clear_store(feature_store_dir(str(cache_dir)))
-            done = subprocess.run([*mm, "ablate", args.target, *args.overrides, "--out", str(scratch / "dry"),
+            done = subprocess.run([*mm, "ablate", *grid, *args.overrides, "--out", str(scratch / "dry"),
                                    "--jobs", str(args.jobs), "--dry-run"], capture_output=True, text=True,
                                   env=dict(os.environ, MMBENCH_CACHE_DIR=str(cache_dir)))
             found = re.search(r"about ([\d.]+)(s|min|h) of wall time", done.stdout)
@@ -150,6 +167,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     off, on = interleave(args.rounds, one)
     ratios = [a / b for a, b in zip(off, on, strict=True)]
     identical = answers[True] == answers[False]
+    if args.mode == "eval":  # the store's ceiling: the same command once more with every feature already stored
+        warm = run_arm(command, True, cache_dir, empty=False)
+        what.update(store_warm_s=warm, speedup_ceiling=statistics.median(off) / warm,
+                    ceiling_note="store_warm_s: the store-on command re-run with every feature already stored (no "
+                                 "encoder work at all); store off / warm is the most any feature store can give here")
+        print(f"store warm (every feature stored): {warm:.1f} s; ceiling {what['speedup_ceiling']:.2f}x", flush=True)
     if "estimate_s" in what:
         what["estimate_error_vs_store_on"] = what["estimate_s"] / statistics.median(on) - 1
     entry = {

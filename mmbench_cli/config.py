@@ -202,7 +202,9 @@ class EvalConfig(_Strict):
     demo_selection: Literal["random", "rices"] = "random"
     num_samples: int = Field(2400, gt=0, le=MAX_EVAL_SAMPLES, description="query samples per task (from the test split)")
     batch_size: int = Field(64, gt=0, le=MAX_BATCH)
-    max_new_tokens: int = Field(16, gt=0, le=MAX_TOKENS)
+    max_new_tokens: int = Field(16, gt=0, le=MAX_TOKENS, description="not what mm eval generates: each task sets its "
+                                "own answer length (caption 20, VQA 5, POPE 3; mm eval --max-new-tokens overrides "
+                                "them); the dry-run estimate uses it for tasks it cannot read")
     num_beams: int = Field(1, gt=0, le=64)
     zero_shot_text_demos: bool = Field(False, description="Flamingo's 0-shot variant: two text-only demos")
     all_checkpoints: bool = Field(False, description="mm ablate: evaluate every checkpoint (dynamics), not only the last")

@@ -158,7 +158,7 @@ def test_the_estimate_counts_what_the_store_saves(monkeypatch: pytest.MonkeyPatc
 
     cfg = load_config(None, ["train.steps=100", "data.num_train_images=500", "eval.num_samples=300",
                              "eval.shots=[0,4]", "eval.tasks=[synthetic-vqa]", "eval.batch_size=100"])
-    cost = {"image_s": 0.002, "images_per_step": 50.0}
+    cost = {"image_s": 0.002, "images_per_step": 50.0, "eval_images": 3 * 100 * (1 + 5)}  # as _measure_eval counts
     stored: dict[str, set[str]] = {}
     first = store_savings(cfg, cost, stored)  # pays for 500 distinct training images and 300 query images
     assert first == pytest.approx(((5000 - 500) * 0.002, (3 * 100 * (1 + 5) - 300) * 0.002))

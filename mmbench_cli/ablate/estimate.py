@@ -3,7 +3,8 @@ the per-device memory a training run needs (``memory_estimate``), for its strate
 
 Per cell: process start-up, model and data set-up, ``train.steps`` optimizer steps (timed now on real batches of
 the cell's own data mixture, at its batch size and ``train.cpu_threads`` torch threads), the checkpoint saves of
-its schedule, and the evaluation (batched few-shot generation timed at each shot count). Cells are then laid out
+its schedule, and the evaluation (batched few-shot generation timed per task and shot count at the task's real
+prompt length). Cells are then laid out
 on the executor's slots in the order the executor starts them (``--jobs`` locally, Ray's CPUs, the SLURM array),
 slowed down when they ask for more threads than the machine has cores. Every number the estimate rests on is
 returned in ``assumptions`` so the plan can print it.
@@ -148,11 +149,11 @@ def measure_cell(cfg: Config) -> dict[str, float]:
         with tempfile.TemporaryDirectory(prefix="mm-estimate.") as tmp:
             # a checkpoint holds the weights and the optimizer's two moments: about three model files
             checkpoint_s = 3 * _timed(lambda: model.save_pretrained(Path(tmp) / "model"), 1)
-        eval_s, eval_flops = _measure_eval(model, cfg, device)
+        eval_s, eval_flops, eval_images = _measure_eval(model, cfg, device)
         counts = model.param_counts()
         cost = {"setup_s": setup_s, "step_s": step_s, "checkpoint_s": checkpoint_s, "eval_s": eval_s,
                 "params": float(counts["total"]), "flops_per_sample": float(model.flops_per_sample(cfg.data.seq_len)),
-                "eval_flops": eval_flops}
+                "eval_flops": eval_flops, "eval_images": eval_images}
         if model.frozen_features is not None and any(len(images) for images in seen):
             images = torch.cat([images for images in seen if len(images)])
             cost["image_s"] = _timed(lambda: encoder_features(model.encoder, images.to(device)), 1) / len(images)
@@ -162,35 +163,108 @@ def measure_cell(cfg: Config) -> dict[str, float]:
         torch.set_num_threads(threads_before)
 
 
-def _measure_eval(model: Any, cfg: Config, device: Any) -> tuple[float, float]:
-    """Seconds and FLOPs of the cell's evaluation: one generation batch timed per shot count, times the batches.
+@dataclass
+class TaskShape:
+    """What one eval task costs per shot count, from its own data: queries, generation length, prompt length."""
 
-    Each batch generates ``max_new_tokens`` (a random model rarely stops early; trained ones stop sooner, so this
-    leans high), from prompts of ``shots + 1`` images and ``PROMPT_TEXT_TOKENS`` text tokens per demo.
+    queries: int  # evaluated queries (``eval.num_samples``, or fewer when the task has fewer)
+    new_tokens: int  # generation length as the runner uses it; 0: scored by its choices
+    choices: int  # forwards per query of a multiple-choice task (its largest choice count), else 1
+    prompt_tokens: dict[int, int]  # shots -> mean prompt length in tokens (image tokens included)
+
+
+_TASK_SHAPES: dict[str, TaskShape | None] = {}  # shapes measured in this process (tasks x data x image tokens)
+SHAPE_SAMPLE = 64  # queries whose prompts are built to measure a task's prompt length
+
+
+def task_shape(cfg: Config, model: Any, name: str) -> TaskShape | None:
+    """``name``'s cost shape for ``cfg`` (real prompts of ``SHAPE_SAMPLE`` queries built by its task type with random
+    demos, encoded with ``model``'s tokenizer), or None for a task this process cannot load (lm-eval text tasks, local
+    files that are missing): those are timed as generic prompts."""
+    from mmbench_cli.data.templates import encode_interleaved
+    from mmbench_cli.evaluate import fewshot
+    from mmbench_cli.evaluate.runner import DEMO_POOL_SIZE, TaskData
+    from mmbench_cli.evaluate.task_types import MULTIPLE_CHOICE
+    from mmbench_cli.evaluate.tasks import resolve_task
+    from mmbench_cli.families import TEXT_PREFIX
+
+    ecfg = cfg.eval
+    key = f"{name}/{config_hash(cfg.data)}/{model.num_image_tokens}/{ecfg.num_samples}/{sorted(ecfg.shots)}"
+    if key in _TASK_SHAPES:
+        return _TASK_SHAPES[key]
+    shape = None
+    if not name.startswith(TEXT_PREFIX):
+        try:
+            data = TaskData(resolve_task(name), cfg.data, ecfg.num_samples, need_demos=any(ecfg.shots))
+            spec, kind = data.spec, data.spec.task_type
+            sample = data.queries[:SHAPE_SAMPLE]
+            prompt_tokens = {}
+            for shots in ecfg.shots:
+                pool = fewshot.demo_pool(data.train, DEMO_POOL_SIZE, 0) if shots else []
+                demos = fewshot.select_random(pool, len(sample), shots, 0) if shots else [[] for _ in sample]
+                lengths = [len(encode_interleaved(model.tokenizer, kind.build_prompt(demos[i], query, spec, False)[0],
+                                                  model.num_image_tokens)) for i, query in enumerate(sample)]
+                prompt_tokens[shots] = round(sum(lengths) / max(len(lengths), 1))
+            multiple = kind.output_type == MULTIPLE_CHOICE
+            choices = max((len(kind.choices(query, spec)) for query in sample), default=1) if multiple else 1
+            shape = TaskShape(len(data.queries), 0 if multiple else spec.max_new_tokens or kind.max_new_tokens,
+                              choices, prompt_tokens)
+        except MMError:
+            shape = None
+    _TASK_SHAPES[key] = shape
+    return shape
+
+
+def _measure_eval(model: Any, cfg: Config, device: Any) -> tuple[float, float, float]:
+    """Seconds, FLOPs and encoded images of the cell's evaluation: for each task and shot count, one batch of its real mean prompt
+    length timed (``task_shape``), times its batches.
+
+    Each batch generates the task's full length (a trained model often stops sooner, so this leans high); a task
+    scored by its choices runs one forward per choice instead. A task whose data cannot be read here is timed with
+    ``PROMPT_TEXT_TOKENS`` text tokens per image and ``eval.max_new_tokens``.
     """
     import torch
 
     ecfg = cfg.eval
-    queries = ecfg.num_samples * ecfg.seeds
-    batches = math.ceil(queries / ecfg.batch_size) * len(ecfg.tasks)
     per_token = model.flops_per_sample(cfg.data.seq_len) / cfg.data.seq_len / 3.0  # forward = 1/3 of fwd+bwd
+    text_id = model.tokenizer("the", add_special_tokens=False)["input_ids"][0]  # an ordinary word, not an image token
+    limit = model.lm.config.max_position_embeddings
     model.eval()
-    seconds = flops = 0.0
-    for shots in ecfg.shots:
-        images_per_prompt = shots + 1
-        block = [model.image_token_id] * model.num_image_tokens + [model.pad_token_id + 1] * PROMPT_TEXT_TOKENS
-        length = min(len(block) * images_per_prompt, model.lm.config.max_position_embeddings - ecfg.max_new_tokens)
-        input_ids = torch.tensor([block * images_per_prompt], device=device)[:, :length].repeat(ecfg.batch_size, 1)
-        num_images = int((input_ids == model.image_token_id).sum()) // model.num_image_tokens
-        images = torch.randn(num_images, 3, model.image_size, model.image_size, device=device)
+    timings: dict[tuple[int, int, int], float] = {}  # (prompt tokens, images per row, new tokens) -> seconds
+    seconds = flops = encoded = 0.0
+    for name in ecfg.tasks:
+        shape = task_shape(cfg, model, name)
+        for shots in ecfg.shots:
+            images_per_row = shots + 1
+            if shape is None:
+                new_tokens, choices, queries = ecfg.max_new_tokens, 1, ecfg.num_samples
+                length = images_per_row * (model.num_image_tokens + PROMPT_TEXT_TOKENS)
+            else:
+                new_tokens, choices, queries = shape.new_tokens, shape.choices, shape.queries
+                length = shape.prompt_tokens[shots]
+            length = max(images_per_row * model.num_image_tokens + 1, min(length, limit - max(new_tokens, 1)))
+            batches = math.ceil(queries * ecfg.seeds / ecfg.batch_size) * (choices if new_tokens == 0 else 1)
+            key = (length, images_per_row, new_tokens)
+            if key not in timings:
+                row = ([model.image_token_id] * model.num_image_tokens + [text_id]) * images_per_row
+                row += [text_id] * (length - len(row))
+                input_ids = torch.tensor([row], device=device).repeat(ecfg.batch_size, 1)
+                images = torch.randn(ecfg.batch_size * images_per_row, 3, model.image_size, model.image_size,
+                                     device=device)
 
-        def generate(ids: torch.Tensor = input_ids, pixels: torch.Tensor = images) -> None:
-            model.generate(ids, images=pixels, max_new_tokens=ecfg.max_new_tokens, num_beams=ecfg.num_beams,
-                           min_new_tokens=ecfg.max_new_tokens)
+                def run(ids: torch.Tensor = input_ids, pixels: torch.Tensor = images, new: int = new_tokens) -> None:
+                    if new == 0:
+                        with torch.no_grad():
+                            model(ids, images=pixels)
+                    else:
+                        model.generate(ids, images=pixels, max_new_tokens=new, num_beams=ecfg.num_beams,
+                                       min_new_tokens=new)
 
-        seconds += batches * _timed(generate, 1)
-        flops += batches * ecfg.batch_size * per_token * (length + ecfg.max_new_tokens * ecfg.num_beams)
-    return seconds, flops
+                timings[key] = _timed(run, 1)
+            seconds += batches * timings[key]
+            flops += batches * ecfg.batch_size * per_token * (length + new_tokens * ecfg.num_beams)
+            encoded += batches * ecfg.batch_size * images_per_row
+    return seconds, flops, encoded
 
 
 def _from_throughput(cfg: Config, throughput: float) -> dict[str, float]:
@@ -263,10 +337,8 @@ def store_savings(cfg: Config, cost: dict[str, float], stored: dict[str, set[str
     seen = cfg.train.steps * per_step
     distinct = min(seen, cfg.data.num_train_images) if cfg.data.source == "synthetic" else seen
     train_saved = (seen - (0 if "train" in parts else distinct)) * image_s
-    ecfg = cfg.eval
-    batches = math.ceil(ecfg.num_samples * ecfg.seeds / ecfg.batch_size) * len(ecfg.tasks)
-    measured = sum(batches * ecfg.batch_size * (shots + 1) for shots in ecfg.shots)  # images the eval timing encoded
-    queries = 0 if "test" in parts else min(ecfg.num_samples, cfg.data.num_test_images)
+    measured = cost.get("eval_images", 0.0)  # images the eval timing encoded
+    queries = 0 if "test" in parts else min(cfg.eval.num_samples, cfg.data.num_test_images)
     parts.update(("train", "test"))
     return train_saved, max(0.0, measured - queries) * image_s
 
@@ -345,8 +417,8 @@ def estimate_plan(plan: GridPlan, out: str | Path, executor: str = "local", opti
         f"{schedule.threads} torch thread(s) per cell (train.cpu_threads)",
         f"per cell: {schedule.process_start_s:.0f}s process start, model/data set-up, "
         f"{_num_checkpoints(first)} checkpoint saves, eval of {len(first.eval.tasks)} task(s) × shots "
-        f"{list(first.eval.shots)} × {first.eval.num_samples} samples × {first.eval.seeds} seed(s) generating "
-        f"{first.eval.max_new_tokens} tokens each",
+        f"{list(first.eval.shots)} × up to {first.eval.num_samples} samples × {first.eval.seeds} seed(s), each task "
+        "timed at its own mean prompt length (real prompts of its data) generating its full answer length",
         (f"encoder pre-training: {len(to_pretrain)} pre-trained encoder(s) not cached yet, "
          f"{sum(to_pretrain.values()) / 60:.1f} min in all, counted in the first cell that needs each (scaled from "
          f"{PRETRAIN_CALIBRATION_S:.0f} s for vit-tiny-clip at 64 px on one core of a 2-core CPU, by patches x steps x "

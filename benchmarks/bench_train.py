@@ -85,9 +85,9 @@ def time_loop(trainer, steps: int) -> dict[str, float]:
     window, flops, tokens = LogWindow(), 0.0, 0.0
     started = time.perf_counter()
     for _ in range(steps):
-        _, _, step_tokens, images = trainer.step(1e-3, window)
-        flops += trainer.flops_per_row * trainer.cfg.train.batch_size + trainer.flops_per_image * images
-        tokens += step_tokens
+        result = trainer.step(1e-3, window)
+        flops += trainer.flops_per_row * trainer.cfg.train.batch_size + trainer.flops_per_image * result.images
+        tokens += result.tokens
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "flops": flops, "tokens": tokens}
 

@@ -561,6 +561,8 @@ def report(
         console.print(f"baseline saved: [bold]{escape(str(result.baseline_saved))}[/]")
     if result.comparisons is None:
         return
+    for line in result.provenance:
+        err_console.print(f"note: {escape(line)}", highlight=False, soft_wrap=True)
     shown = [c for c in result.comparisons if c.status not in ("ok", "new")]
     if shown:
         table = Table(title="metrics that dropped", title_justify="left")

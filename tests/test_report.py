@@ -402,3 +402,32 @@ def test_plots_are_inlined_as_percent_encoded_svg_that_parses() -> None:
     assert uri.startswith("data:image/svg+xml;charset=utf-8,") and not any(ch in uri for ch in "\"&<>")
     root = ET.fromstring(urllib.parse.unquote(uri.split(",", 1)[1]).encode("utf-8"))
     assert label in ["".join(node.itertext()) for node in root.iter("{http://www.w3.org/2000/svg}text")]
+
+
+def test_baseline_records_encoder_weights_and_names_a_mismatch(grid: Path, tmp_path: Path) -> None:
+    """A baseline keeps each pre-trained encoder's weights hash; compared with runs whose encoder (same cache key) has
+    other weights, the check says so, so a cached encoder from other code is not mistaken for a regression's cause."""
+    copy = tmp_path / "toygrid"
+    shutil.copytree(grid, copy)
+
+    def set_weights(weights: str) -> None:
+        for meta_path in copy.glob("*/meta.json"):
+            meta = json.loads(meta_path.read_text())
+            meta["pretrained_encoder"] = {"dir": "/cache/encoders/vit-tiny-clip-64px-0123", "weights": weights}
+            meta_path.write_text(json.dumps(meta))
+
+    set_weights("a" * 64)
+    baseline = tmp_path / "baseline.json"
+    saved = runner.invoke(app, ["report", str(copy), "-o", str(tmp_path / "r1"), "--save-baseline", str(baseline),
+                                "--resamples", "200", "--no-plots"])
+    assert saved.exit_code == 0, saved.output
+    assert json.loads(baseline.read_text())["encoders"] == {"vit-tiny-clip-64px-0123": "a" * 64}
+    same = runner.invoke(app, ["report", str(copy), "-o", str(tmp_path / "r2"), "--baseline", str(baseline),
+                               "--resamples", "200", "--no-plots"])
+    assert same.exit_code == 0 and "note: encoder" not in same.output
+    set_weights("b" * 64)
+    other = runner.invoke(app, ["report", str(copy), "-o", str(tmp_path / "r3"), "--baseline", str(baseline),
+                                "--resamples", "200", "--no-plots"])
+    assert other.exit_code == 0, other.output  # the metrics did not change: a note, not a failure
+    assert "note: encoder vit-tiny-clip-64px-0123: the baseline's runs used weights aaaaaaaaaaaa, these runs " \
+           "bbbbbbbbbbbb" in " ".join(other.output.split())

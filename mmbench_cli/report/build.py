@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING
 
 from mmbench_cli import __version__
 from mmbench_cli.errors import MMError
-from mmbench_cli.report.regress import FORMAT, Comparison, baseline_document, collect, compare, read_baseline
+from mmbench_cli.report.regress import (
+    FORMAT,
+    Comparison,
+    baseline_document,
+    collect,
+    compare,
+    provenance_notes,
+    read_baseline,
+)
 from mmbench_cli.report.stats import DEFAULT_RESAMPLES
 from mmbench_cli.rundir import atomic_write_text, json_object_at, refuse_overwrite
 
@@ -61,6 +69,7 @@ class ReportResult:
     out_dir: Path
     files: list[Path]
     comparisons: list[Comparison] | None = None
+    provenance: list[str] = field(default_factory=list)  # baseline vs current encoder weights that differ
     baseline_saved: Path | None = None
     summary: pd.DataFrame | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -131,7 +140,9 @@ def make_report(
 
     comparisons = None
     verdict = ""
-    if baseline_metrics is not None:
+    provenance: list[str] = []
+    if baseline_metrics is not None and baseline is not None:
+        provenance = provenance_notes(baseline, study)
         current = collect(study, with_noise=True)
         if not current:
             raise MMError(f"{study.name}: no eval/step_<N>.json results to compare with {baseline}; run mm eval first")
@@ -226,8 +237,8 @@ def make_report(
     for path in [*files, *([save_baseline] if save_baseline is not None else [])]:
         path.chmod(0o644)  # temp files are private; a report is meant to be read (and served)
     timings["total_s"] = time.perf_counter() - start
-    return ReportResult(out, files, comparisons, save_baseline, summary.values if summary is not None else None, timings,
-                        sections)
+    return ReportResult(out, files, comparisons, provenance, save_baseline,
+                        summary.values if summary is not None else None, timings, sections)
 
 
 def report_title(study: Study) -> str:

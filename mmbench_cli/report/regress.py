@@ -130,8 +130,32 @@ def baseline_document(study: Study) -> dict[str, Any]:
         "version": VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "source": [str(path) for path in study.sources],
+        "encoders": encoder_weights(study),
         "metrics": metrics,
     }
+
+
+def encoder_weights(study: Study) -> dict[str, str]:
+    """Pre-trained encoder (cache dir name) -> its weights' content hash, as the runs' ``meta.json`` recorded them
+    (runs made before the hash was recorded are left out)."""
+    found: dict[str, str] = {}
+    for run in study.runs:
+        source = run.meta.get("pretrained_encoder")
+        if isinstance(source, dict) and isinstance(source.get("dir"), str) and isinstance(source.get("weights"), str):
+            found[Path(source["dir"]).name] = source["weights"]
+    return dict(sorted(found.items()))
+
+
+def provenance_notes(baseline_path: Path, study: Study) -> list[str]:
+    """One line per pre-trained encoder that both the baseline and ``study`` name but with other weights: then a
+    drop (or a rise) may come from the encoder cache (one made by older code under the same key), not the change
+    under test. Empty when they agree or either side did not record weights."""
+    data = json.loads(baseline_path.read_text(encoding="utf-8"))
+    recorded = data.get("encoders") if isinstance(data.get("encoders"), dict) else {}
+    now = encoder_weights(study)
+    return [f"encoder {name}: the baseline's runs used weights {recorded[name][:12]}, these runs {now[name][:12]} "
+            f"(a cached encoder from other code, or pre-training changed without a new cache key)"
+            for name in sorted(set(recorded) & set(now)) if recorded[name] != now[name]]
 
 
 def read_baseline(path: Path) -> dict[str, dict[str, Any]]:

@@ -36,10 +36,10 @@ from torch import nn
 
 from mmbench_cli.config import Config
 from mmbench_cli.errors import MMError
-from mmbench_cli.progress import progress_bar
 from mmbench_cli.rundir import RunDir, RunLock, atomic_write_json, retrieval_near_chance
 from mmbench_cli.train import run_setup
-from mmbench_cli.train.schedule import lr_at, resolve_lr_and_wd
+from mmbench_cli.train.schedule import resolve_lr_and_wd
+from mmbench_cli.train.step_loop import StepResult, run_steps
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -374,39 +374,44 @@ def pretrain_encoder(cfg: Config, out_dir: str | Path, resume: bool = False, for
             batch_size = min(tcfg.batch_size, len(train.samples))
             order: list[int] = []
             started = time.perf_counter()
-            with progress_bar(f"[bold]encoder ({tcfg.encoder_objective})", tcfg.steps, enabled=progress,
-                              stats="loss {loss:.4f}  lr {lr:.2e}") as bar:
-                for step in range(tcfg.steps):
-                    lr = lr_at(step, peak_lr, tcfg.steps, tcfg.warmup_steps, tcfg.min_lr_ratio)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    if len(order) < batch_size:
-                        fresh = list(range(len(train.samples)))
-                        rng.shuffle(fresh)
-                        order += fresh
-                    take = batch_size if twins is None else max(1, batch_size // 2)  # twins fill the other half
-                    indices, order = order[:take], order[take:]
-                    images, captions = train.batch(indices, rng)
-                    if twins is not None:
-                        twin_images, twin_captions = twins.batch(indices, rng)
-                        images, captions = torch.cat([images, twin_images]), captions + twin_captions
-                    negatives = hard_negatives(captions, rng) if tcfg.encoder_objective == "negclip" else None
-                    with strategy.autocast():
-                        loss = _objective_loss(objective, tokenizer, images, captions, device, negatives,
-                                               [train.samples[i] for i in indices])
-                    strategy.backward(loss)
-                    grad_norm = strategy.optimizer_step(params, tcfg.grad_clip or math.inf)
-                    if not (math.isfinite(loss.item()) and math.isfinite(grad_norm)):  # the run fails: nothing saved
-                        raise MMError(f"train: non-finite loss {loss.item()} or grad norm {grad_norm} at step {step + 1}; "
-                                      "training stopped; lower train.lr or raise train.warmup_steps")
-                    done = step + 1
-                    if done % tcfg.log_every == 0 or done in (1, tcfg.steps):
-                        RunDir(run_dir).append_metrics({
-                            "step": done, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm,
-                            "images_per_s": done * batch_size / (time.perf_counter() - started),
-                            "elapsed_s": time.perf_counter() - started,
-                        })
-                    bar.update(completed=done, loss=loss.item(), lr=lr)
+
+            def step(lr: float) -> StepResult:
+                nonlocal order
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                if len(order) < batch_size:
+                    fresh = list(range(len(train.samples)))
+                    rng.shuffle(fresh)
+                    order += fresh
+                take = batch_size if twins is None else max(1, batch_size // 2)  # twins fill the other half
+                indices, order = order[:take], order[take:]
+                images, captions = train.batch(indices, rng)
+                if twins is not None:
+                    twin_images, twin_captions = twins.batch(indices, rng)
+                    images, captions = torch.cat([images, twin_images]), captions + twin_captions
+                negatives = hard_negatives(captions, rng) if tcfg.encoder_objective == "negclip" else None
+                with strategy.autocast():
+                    loss = _objective_loss(objective, tokenizer, images, captions, device, negatives,
+                                           [train.samples[i] for i in indices])
+                strategy.backward(loss)
+                grad_norm = strategy.optimizer_step(params, tcfg.grad_clip or math.inf)
+                return StepResult(loss.item(), grad_norm, images=float(images.size(0)))
+
+            def check(done: int, result: StepResult) -> None:
+                if not (math.isfinite(result.loss) and math.isfinite(result.grad_norm)):  # the run fails: nothing saved
+                    raise MMError(f"train: non-finite loss {result.loss} or grad norm {result.grad_norm} at step "
+                                  f"{done}; training stopped; lower train.lr or raise train.warmup_steps")
+
+            def after(done: int, lr: float, result: StepResult) -> None:
+                if done % tcfg.log_every == 0 or done in (1, tcfg.steps):
+                    RunDir(run_dir).append_metrics({
+                        "step": done, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
+                        "images_per_s": done * batch_size / (time.perf_counter() - started),
+                        "elapsed_s": time.perf_counter() - started,
+                    })
+
+            run_steps(tcfg, peak_lr, 0, step, check, after, label=f"[bold]encoder ({tcfg.encoder_objective})",
+                      stats="loss {loss:.4f}  lr {lr:.2e}", show=progress)
             scores = evaluate_objective(objective, tokenizer, val if val.samples else train, device)
             if retrieval_near_chance(scores):
                 scores["near_chance"] = True

@@ -9,7 +9,6 @@ ranks and micro-batches, so 1 process and N processes (or 1 and k accumulation s
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +19,6 @@ import torch.nn.functional as F
 from mmbench_cli.config import DATA_TYPES, Config
 from mmbench_cli.errors import MMError
 from mmbench_cli.model.device import use_cpu_threads
-from mmbench_cli.progress import progress_bar
 from mmbench_cli.rundir import CHECKPOINT_JSON, RunDir, RunLock, file_content_hash, read_json_file, step_dir_name
 from mmbench_cli.trackers import TrackerSet, open_trackers, require_trackers
 from mmbench_cli.train import run_setup
@@ -34,7 +32,8 @@ from mmbench_cli.train.distributed import (
     shutdown,
 )
 from mmbench_cli.train.pretrained_encoder import ensure_pretrained_encoder, load_pretrained_encoder
-from mmbench_cli.train.schedule import lr_at, resolve_lr_and_wd
+from mmbench_cli.train.schedule import resolve_lr_and_wd
+from mmbench_cli.train.step_loop import StepResult, run_steps
 from mmbench_cli.train.strategies import TrainingStrategy, build_strategy, needs_process_group, seed_everything
 
 if TYPE_CHECKING:
@@ -215,7 +214,9 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, force: bool, show: bool,
             made = ensure_pretrained_encoder(cfg, progress=show and ctx.is_main, build=ctx.is_main)
             if made is not None:
                 load_pretrained_encoder(model, made[0])
-                pretrained = {"dir": str(made[0]), "pretrain_s": round(made[1], 3)}
+                # its weights' content hash: a cached encoder made by other code under the same key shows here
+                pretrained = {"dir": str(made[0]), "pretrain_s": round(made[1], 3),
+                              "weights": file_content_hash(made[0] / "model.safetensors")}
             if source is not None:  # a later stage: another run's weights, this run's own optimizer and schedule
                 initialised = _init_from(model, source, show and ctx.is_main)
         # Training FLOPs: LM per token (6N + attention) and encoder+connector per image, counted exactly per step
@@ -395,25 +396,24 @@ class _Trainer:
         tcfg = self.cfg.train
         if state.step == 0 and 0 in self.checkpoints:
             self.save(state)
-        with progress_bar("[bold]pretrain", tcfg.steps, completed=state.step, enabled=show and self.ctx.is_main,
-                          stats="loss {loss:.4f}  lr {lr:.2e}  {tps:,.0f} tok/s") as bar:
-            while state.step < tcfg.steps:
-                started = time.perf_counter()
-                lr = lr_at(state.step, self.peak_lr, tcfg.steps, tcfg.warmup_steps, tcfg.min_lr_ratio)
-                loss, grad_norm, tokens, images = self.step(lr, state.window)
-                took = time.perf_counter() - started
-                state.step += 1
-                self.check_finite(state.step, loss, grad_norm)
-                state.tokens_seen += tokens
-                state.train_flops += self.flops_per_row * tcfg.batch_size + self.flops_per_image * images
-                state.elapsed_s += took
-                state.window.time_s += took
-                state.window.tokens += tokens
-                if state.step in self.log_steps:
-                    self.log(state, lr, grad_norm)
-                if state.step in self.checkpoints:
-                    self.save(state)
-                bar.update(completed=state.step, loss=loss, lr=lr, tps=tokens / max(took, 1e-9))
+
+        def after(done: int, lr: float, result: StepResult) -> None:
+            state.step = done
+            state.tokens_seen += result.tokens
+            state.train_flops += self.flops_per_row * tcfg.batch_size + self.flops_per_image * result.images
+            state.elapsed_s += result.seconds
+            state.window.time_s += result.seconds
+            state.window.tokens += result.tokens
+            if done in self.log_steps:
+                self.log(state, lr, result.grad_norm)
+            if done in self.checkpoints:
+                self.save(state)
+
+        run_steps(tcfg, self.peak_lr, state.step, lambda lr: self.step(lr, state.window),
+                  lambda done, result: self.check_finite(done, result.loss, result.grad_norm), after,
+                  label="[bold]pretrain", stats="loss {loss:.4f}  lr {lr:.2e}  {tps:,.0f} tok/s",
+                  show=show and self.ctx.is_main,
+                  bar_fields=lambda result: {"tps": result.tokens / max(result.seconds, 1e-9)})
 
     def check_finite(self, step: int, loss: float, grad_norm: float) -> None:
         """Stop the run (MMError naming the step) on a non-finite loss, or grad norm when no fp16 loss scaler is
@@ -428,8 +428,8 @@ class _Trainer:
         steps = RunDir(self.run_dir).checkpoint_steps()
         return step_dir_name(steps[-1]) if steps else "none"
 
-    def step(self, lr: float, window: LogWindow) -> tuple[float, float, float, float]:
-        """One optimizer step over the global batch; returns (mean loss, grad norm, tokens, images) of the step."""
+    def step(self, lr: float, window: LogWindow) -> StepResult:
+        """One optimizer step over the global batch: its mean loss, grad norm, tokens and images."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         batches = [self.stream.next_batch(self.rows, self.ctx.rank, self.ctx.world_size)
@@ -465,7 +465,8 @@ class _Trainer:
             if counts[3 + index] > 0:
                 window.type_loss_sum[kind] = window.type_loss_sum.get(kind, 0.0) + loss_sums[1 + index].item()
                 window.type_label_tokens[kind] = window.type_label_tokens.get(kind, 0.0) + counts[3 + index].item()
-        return loss_sums[0].item() / max(counts[0].item(), 1.0), grad_norm, counts[1].item(), counts[2].item()
+        return StepResult(loss_sums[0].item() / max(counts[0].item(), 1.0), grad_norm, counts[1].item(),
+                          counts[2].item())
 
     def _valid_targets(self, labels: torch.Tensor) -> torch.Tensor:
         targets = labels[:, 1:]

@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                        "emptied before every store-on arm")
     parser.add_argument("--estimate", action="store_true", help="grid: first run mm ablate --dry-run and compare its "
                                                                  "estimate with the store-on arms' wall time")
+    parser.add_argument("--estimate-only", action="store_true",
+                        help="grid: run only the dry run and compare it with the store-on time this JSON already holds "
+                             "for the same grid (after a change to the estimate)")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_feature_store.json")
     parser.add_argument("overrides", nargs="*", help="grid: config overrides passed to mm ablate")
     args = parser.parse_args(argv)
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             return seconds
 
         what = {"grid": args.target, "overrides": args.overrides, "jobs": args.jobs}
-        if args.estimate:  # the dry run as a user runs it, before anything is stored
+        if args.estimate or args.estimate_only:  # the dry run as a user runs it, before anything is stored
             from mmbench_cli.model.feature_store import clear_store
             from mmbench_cli.rundir import feature_store_dir
 
@@ -164,6 +167,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 raise SystemExit(f"mm ablate --dry-run failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
             what["estimate_s"] = float(found.group(1)) * {"s": 1, "min": 60, "h": 3600}[found.group(2)]
             what["estimate_output"] = done.stdout.splitlines()
+        if args.estimate_only:
+            return _update_estimate(args.out, what, argv)
     off, on = interleave(args.rounds, one)
     ratios = [a / b for a, b in zip(off, on, strict=True)]
     identical = answers[True] == answers[False]
@@ -191,6 +196,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"results: {identical}; load {load_before[0]:.1f} -> {entry['load_avg_after'][0]:.1f}; wrote {args.out}")
     if not identical:
         raise SystemExit("store on and off gave different results")
+    return entry
+
+
+def _update_estimate(out: Path, what: dict[str, Any], argv: list[str] | None) -> dict[str, Any]:
+    """Put a new dry-run estimate into the grid entry measured earlier for the same grid, against its store-on time."""
+    from mmbench_cli.rundir import atomic_write_json, git_commit
+
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    entry = results.get("grid")
+    if not isinstance(entry, dict) or entry.get("grid") != what["grid"] or not entry.get("store_on_s"):
+        raise SystemExit(f"{out}: no measured grid entry for {what['grid']}; run the grid mode first")
+    previous = {key: entry[key] for key in ("estimate_s", "estimate_error_vs_store_on") if key in entry}
+    entry.update(estimate_s=what["estimate_s"], estimate_output=what["estimate_output"],
+                 estimate_error_vs_store_on=what["estimate_s"] / statistics.median(entry["store_on_s"]) - 1,
+                 estimate_command=f"python benchmarks/bench_feature_store.py {' '.join(argv or sys.argv[1:])}",
+                 estimate_created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), estimate_commit=git_commit(),
+                 estimate_load_avg=os.getloadavg(), estimate_previous=previous)
+    atomic_write_json(out, results)
+    print(f"estimate {entry['estimate_s']:.0f} s vs store-on {statistics.median(entry['store_on_s']):.0f} s: "
+          f"{entry['estimate_error_vs_store_on']:+.0%} (was {previous.get('estimate_error_vs_store_on', float('nan')):+.0%})")
     return entry
 
 

@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--estimate-only", action="store_true",
                         help="grid: run only the dry run and compare it with the store-on time this JSON already holds "
                              "for the same grid (after a change to the estimate)")
+    parser.add_argument("--ceiling-only", action="store_true",
+                        help="grid: fill the store with one store-on arm, then time the grid again with every feature "
+                             "already stored (the most a store can give); added to this JSON's measured grid entry")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_feature_store.json")
     parser.add_argument("overrides", nargs="*", help="grid: config overrides passed to mm ablate")
     args = parser.parse_args(argv)
@@ -169,6 +172,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             what["estimate_output"] = done.stdout.splitlines()
         if args.estimate_only:
             return _update_estimate(args.out, what, argv)
+        if args.ceiling_only:
+            fill = one(True)  # from an empty store, as the store-on arms
+            warm_out = scratch / "warm"
+            warm = run_arm([*mm, "ablate", *grid, *args.overrides, "--out", str(warm_out), "--jobs", str(args.jobs)],
+                           True, cache_dir, empty=False)
+            if summary_rows(warm_out) != answers[True]:
+                raise SystemExit("the grid with every feature stored gave another summary")
+            return _update_ceiling(args.out, what, fill, warm, argv)
     off, on = interleave(args.rounds, one)
     ratios = [a / b for a, b in zip(off, on, strict=True)]
     identical = answers[True] == answers[False]
@@ -196,6 +207,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"results: {identical}; load {load_before[0]:.1f} -> {entry['load_avg_after'][0]:.1f}; wrote {args.out}")
     if not identical:
         raise SystemExit("store on and off gave different results")
+    return entry
+
+
+def _update_ceiling(out: Path, what: dict[str, Any], fill: float, warm: float, argv: list[str] | None) -> dict[str, Any]:
+    """Add the grid's ceiling (its time with every feature already stored) to the grid entry measured earlier."""
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    entry = results.get("grid")
+    if not isinstance(entry, dict) or entry.get("grid") != what["grid"] or not entry.get("store_off_s"):
+        raise SystemExit(f"{out}: no measured grid entry for {what['grid']}; run the grid mode first")
+    entry.update(store_fill_s=fill, store_warm_s=warm, speedup_ceiling=statistics.median(entry["store_off_s"]) / warm,
+                 ceiling_command=f"python benchmarks/bench_feature_store.py {' '.join(argv or sys.argv[1:])}",
+                 ceiling_created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), ceiling_load_avg=os.getloadavg(),
+                 ceiling_note="store_fill_s: one more store-on arm from an empty store; store_warm_s: the grid run "
+                              "again with every feature already stored (no encoder work at all); store off / warm is "
+                              "the most any feature store can give here")
+    from mmbench_cli.rundir import atomic_write_json
+
+    atomic_write_json(out, results)
+    print(f"store on from empty {fill:.0f} s, every feature stored {warm:.0f} s; ceiling {entry['speedup_ceiling']:.2f}x")
     return entry
 
 

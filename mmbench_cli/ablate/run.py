@@ -293,5 +293,7 @@ def estimate_vs_actual(result: GridResult) -> str | None:
     if result.estimate is None:
         return None
     estimated = float(result.estimate["total_s"])
-    return (f"estimate vs actual: {_format_seconds(estimated)} estimated by the dry run, {_format_seconds(result.wall_s)} "
-            f"taken ({100 * (result.wall_s - estimated) / max(estimated, 1e-9):+.0f}%)")
+    made = result.estimate.get("created")
+    when = f" of {time.strftime('%Y-%m-%d %H:%M', time.localtime(made))}" if isinstance(made, (int, float)) else ""
+    return (f"estimate vs actual: {_format_seconds(estimated)} estimated by the dry run{when}, "
+            f"{_format_seconds(result.wall_s)} taken ({100 * (result.wall_s - estimated) / max(estimated, 1e-9):+.0f}%)")

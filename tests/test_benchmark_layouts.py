@@ -208,3 +208,26 @@ def test_predictions_of_another_system_on_mmbench_and_pope(tmp_path: Path) -> No
                                  str(pope), "--images", str(tmp_path / "pope" / "val2014")])
     assert result.exit_code == 0, result.output
     assert "pope_accuracy = 100.00" in result.output and "f1 100.00" in result.output
+
+
+def test_an_mmmu_image_cell_that_points_nowhere_is_one_line(tmp_path: Path) -> None:
+    """An image cell holding only a path to a missing file is an MMError naming the table and row (it was an
+    uncaught OSError), through the same cell decoder as the `hf` format's."""
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    from mmbench_cli.errors import MMError
+
+    rows = _mmmu_rows()
+    rows["image_1"] = [{"bytes": None, "path": str(tmp_path / "gone.png")}] * 3
+    features = Features({"id": Value("string"), "question": Value("string"), "options": Value("string"),
+                         "answer": Value("string"), "question_type": Value("string"), "subfield": Value("string"),
+                         "image_1": {"bytes": Value("binary"), "path": Value("string")},  # a path, not embedded
+                         "image_2": ImageFeature()})
+    path = tmp_path / "validation-00000-of-00001.parquet"
+    Dataset.from_dict(rows, features=features).to_parquet(str(path))
+    _, samples = _load("mmmu", {"path": str(path), "split": "validation"})
+    with pytest.raises(MMError) as caught:
+        samples[1].images[0].load()
+    message = str(caught.value)
+    assert "gone.png" in message and "\n" not in message

@@ -34,7 +34,15 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from mmbench_cli.data.formats import LoadContext, _images_dir, _open_hf, _require, read_json, read_jsonl
+from mmbench_cli.data.formats import (
+    LoadContext,
+    _images_dir,
+    _open_hf,
+    _require,
+    decode_image_cell,
+    read_json,
+    read_jsonl,
+)
 from mmbench_cli.data.templates import IMAGE_TOKEN
 from mmbench_cli.data.types import IMAGE_ERRORS, ImageRef, MultipleChoiceSample, Sample, YesNoSample, as_rgb, open_image
 from mmbench_cli.errors import MMError
@@ -211,12 +219,8 @@ class TableImage:
 
     def load(self) -> Image.Image:
         """Decode the cell as RGB (MMError naming the row if it cannot be read)."""
-        value = _open_table(Path(self.path), self.split)[self.row][self.column]
-        if isinstance(value, dict) and value.get("bytes"):
-            return BytesImage(value["bytes"], self.key).load()
-        if isinstance(value, dict) and value.get("path"):
-            return BytesImage(Path(value["path"]).read_bytes(), self.key).load()
-        raise MMError(f"{self.path}: row {self.row} has no readable {self.column}")
+        return decode_image_cell(_open_table(Path(self.path), self.split)[self.row][self.column],
+                                 f"{self.path}: row {self.row} ({self.column})")
 
 
 def _slots(text: str, images: dict[int, ImageRef], order: list[ImageRef], where: str) -> str:

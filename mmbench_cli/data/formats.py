@@ -672,19 +672,27 @@ class HFImage:
 
     def load(self) -> Image.Image:
         """Decode the row's image as RGB (MMError naming the dataset and row if it cannot be read)."""
-        value = _open_hf(self.directory, self.split)[self.index][self.column]
-        try:
-            if isinstance(value, Image.Image):
-                return as_rgb(value)
-            if isinstance(value, dict) and value.get("bytes"):
-                import io
+        return decode_image_cell(_open_hf(self.directory, self.split)[self.index][self.column],
+                                 f"{self.directory}: row {self.index}")
 
-                with open_image(io.BytesIO(value["bytes"])) as image:
-                    return as_rgb(image)
-            path = value.get("path") if isinstance(value, dict) else value
-            return FileImage(Path(path)).load()
-        except IMAGE_ERRORS as error:
-            raise MMError(f"{self.directory}: row {self.index} has an unreadable image ({error})") from None
+
+def decode_image_cell(value: object, where: str) -> Image.Image:
+    """An image cell of a ``datasets`` / parquet row as RGB, whichever way the table holds it: a decoded PIL image,
+    ``{"bytes": ...}``, ``{"path": ...}`` or a path. MMError naming ``where`` (the table and row) if it cannot."""
+    try:
+        if isinstance(value, Image.Image):
+            return as_rgb(value)
+        if isinstance(value, dict) and value.get("bytes"):
+            import io
+
+            with open_image(io.BytesIO(value["bytes"])) as image:
+                return as_rgb(image)
+        path = value.get("path") if isinstance(value, dict) else value
+        if not isinstance(path, (str, Path)) or not str(path):
+            raise MMError(f"{where} has no readable image")
+        return FileImage(Path(path)).load()
+    except IMAGE_ERRORS as error:
+        raise MMError(f"{where} has an unreadable image ({error})") from None
 
 
 def _hf_captions(row: dict[str, Any]) -> list[str]:

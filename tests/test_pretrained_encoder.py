@@ -11,7 +11,7 @@ import torch
 from mmbench_cli.ablate.grid import Cell
 from mmbench_cli.ablate.run import interleave_by_encoder
 from mmbench_cli.config import load_config
-from mmbench_cli.rundir import RunDir
+from mmbench_cli.rundir import RunDir, file_content_hash
 from mmbench_cli.train import pretrained_encoder
 from mmbench_cli.train.loop import pretrain
 
@@ -72,9 +72,12 @@ def test_made_once_then_loaded_and_runs_are_the_same_either_way(tmp_path: Path, 
     meta = json.loads((first / "meta.json").read_text())
     assert meta["pretrained_encoder"]["dir"] == str(cached[0]) and meta["pretrained_encoder"]["pretrain_s"] > 0
 
+    weights = meta["pretrained_encoder"]["weights"]  # the encoder's content hash, as the baseline check reads it
+    assert weights == file_content_hash(cached[0] / "model.safetensors")
+
     second = pretrain(load_config(None, TINY), tmp_path / "b", progress=False)
     meta = json.loads((second / "meta.json").read_text())
-    assert meta["pretrained_encoder"] == {"dir": str(cached[0]), "pretrain_s": 0.0}
+    assert meta["pretrained_encoder"] == {"dir": str(cached[0]), "pretrain_s": 0.0, "weights": weights}
     assert sorted((short_recipe / "encoders").iterdir()) == cached  # reused, not made again
 
     # The cached encoder is what training started from, and (frozen) what it ended with; both runs' weights

@@ -189,7 +189,8 @@ def task_shape(cfg: Config, model: Any, name: str) -> TaskShape | None:
     from mmbench_cli.families import TEXT_PREFIX
 
     ecfg = cfg.eval
-    key = f"{name}/{config_hash(cfg.data)}/{model.num_image_tokens}/{ecfg.num_samples}/{sorted(ecfg.shots)}"
+    key = (f"{name}/{config_hash(cfg.data)}/{cfg.model.lm}/{cfg.model.tokenizer}/{model.num_image_tokens}/"
+           f"{ecfg.num_samples}/{sorted(ecfg.shots)}")  # the tokenizer decides the prompt lengths
     if key in _TASK_SHAPES:
         return _TASK_SHAPES[key]
     shape = None

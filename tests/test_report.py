@@ -266,6 +266,8 @@ def test_bad_input_exits_2_and_overwrites_nothing(grid: Path, tmp_path: Path) ->
     _assert_exit_2([str(copy), "-o", str(out), "--baseline", str(bad_baseline)], "not an mmbench baseline")
     bad_baseline.write_text(json.dumps({"format": "mmbench-baseline", "version": 1, "metrics": {"k": {"value": "x"}}}))
     _assert_exit_2([str(copy), "-o", str(out), "--baseline", str(bad_baseline)], "metrics.k")
+    bad_baseline.write_text(json.dumps({"format": "mmbench-baseline", "version": 1, "metrics": {}, "encoders": {"e": 1}}))
+    _assert_exit_2([str(copy), "-o", str(out), "--baseline", str(bad_baseline)], "encoders")
     _assert_exit_2([str(copy), "-o", str(out), "--baseline", str(tmp_path / "nope.json")], "no such baseline")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "mine.txt").write_text("keep me")

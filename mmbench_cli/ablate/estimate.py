@@ -210,8 +210,8 @@ def task_shape(cfg: Config, model: Any, name: str) -> TaskShape | None:
             choices = max((len(kind.choices(query, spec)) for query in sample), default=1) if multiple else 1
             shape = TaskShape(len(data.queries), 0 if multiple else spec.max_new_tokens or kind.max_new_tokens,
                               choices, prompt_tokens)
-        except MMError:
-            shape = None
+        except MMError:  # not readable here: timed as a generic prompt
+            pass
     _TASK_SHAPES[key] = shape
     return shape
 

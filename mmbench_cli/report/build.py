@@ -134,15 +134,15 @@ def make_report(
         refuse_overwrite(save_baseline, "--save-baseline", lambda path: (json_object_at(path) or {}).get("format") == FORMAT)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    baseline_metrics = read_baseline(baseline) if baseline is not None else None
+    baseline_metrics, baseline_encoders = read_baseline(baseline) if baseline is not None else (None, {})
     study = load.load_study(paths)
     timings["load_s"] = time.perf_counter() - start
 
     comparisons = None
     verdict = ""
     provenance: list[str] = []
-    if baseline_metrics is not None and baseline is not None:
-        provenance = provenance_notes(baseline, study)
+    if baseline_metrics is not None:
+        provenance = provenance_notes(baseline_encoders, study)
         current = collect(study, with_noise=True)
         if not current:
             raise MMError(f"{study.name}: no eval/step_<N>.json results to compare with {baseline}; run mm eval first")

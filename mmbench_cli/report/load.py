@@ -89,6 +89,13 @@ class Run:
         return self.prefix + (cell_id(rest) if rest else "all")
 
     @property
+    def pretrained_encoder(self) -> dict[str, Any] | None:
+        """The pre-trained encoder this run started from, as ``meta.json`` records it (``dir``: its cache dir,
+        ``pretrain_s``, ``weights``: its content hash in runs since 2026-12-06), or None."""
+        source = self.meta.get("pretrained_encoder")
+        return source if isinstance(source, dict) and isinstance(source.get("dir"), str) else None
+
+    @property
     def seed(self) -> object:
         """The training seed (axis value, else meta.json, else config.yaml)."""
         if SEED_AXIS in self.axes:

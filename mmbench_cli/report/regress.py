@@ -138,28 +138,24 @@ def baseline_document(study: Study) -> dict[str, Any]:
 def encoder_weights(study: Study) -> dict[str, str]:
     """Pre-trained encoder (cache dir name) -> its weights' content hash, as the runs' ``meta.json`` recorded them
     (runs made before the hash was recorded are left out)."""
-    found: dict[str, str] = {}
-    for run in study.runs:
-        source = run.meta.get("pretrained_encoder")
-        if isinstance(source, dict) and isinstance(source.get("dir"), str) and isinstance(source.get("weights"), str):
-            found[Path(source["dir"]).name] = source["weights"]
+    found = {Path(source["dir"]).name: source["weights"] for run in study.runs
+             if (source := run.pretrained_encoder) is not None and isinstance(source.get("weights"), str)}
     return dict(sorted(found.items()))
 
 
-def provenance_notes(baseline_path: Path, study: Study) -> list[str]:
-    """One line per pre-trained encoder that both the baseline and ``study`` name but with other weights: then a
-    drop (or a rise) may come from the encoder cache (one made by older code under the same key), not the change
-    under test. Empty when they agree or either side did not record weights."""
-    data = json.loads(baseline_path.read_text(encoding="utf-8"))
-    recorded = data.get("encoders") if isinstance(data.get("encoders"), dict) else {}
+def provenance_notes(recorded: dict[str, str], study: Study) -> list[str]:
+    """One line per pre-trained encoder that both the baseline (``recorded``: its ``encoders``) and ``study`` name
+    but with other weights: then a drop (or a rise) may come from the encoder cache (one made by older code under the
+    same key), not the change under test. Empty when they agree or either side did not record weights."""
     now = encoder_weights(study)
     return [f"encoder {name}: the baseline's runs used weights {recorded[name][:12]}, these runs {now[name][:12]} "
             f"(a cached encoder from other code, or pre-training changed without a new cache key)"
             for name in sorted(set(recorded) & set(now)) if recorded[name] != now[name]]
 
 
-def read_baseline(path: Path) -> dict[str, dict[str, Any]]:
-    """Read and validate a baseline file; every problem is a one-line MMError naming the file."""
+def read_baseline(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Read and validate a baseline file: its metrics and its encoders' weights (empty in baselines saved before
+    they were recorded); every problem is a one-line MMError naming the file."""
     fix = "pass a file written by `mm report GRID --save-baseline FILE`"
     if not path.is_file():
         raise MMError(f"{path}: no such baseline file; {fix}")
@@ -182,7 +178,10 @@ def read_baseline(path: Path) -> dict[str, dict[str, Any]]:
             not isinstance(scores, dict) or not all(_finite(v) for v in scores.values())
         ):
             raise MMError(f"{path}: metrics.{key}.scores: expected a mapping of query id to number; {fix}")
-    return data["metrics"]
+    encoders = data.get("encoders", {})
+    if not isinstance(encoders, dict) or not all(isinstance(v, str) for v in encoders.values()):
+        raise MMError(f"{path}: encoders: expected a mapping of encoder name to weights hash; {fix}")
+    return data["metrics"], encoders
 
 
 def _finite(value: object) -> bool:

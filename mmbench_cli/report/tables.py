@@ -665,8 +665,8 @@ def _near_chance_encoders(study: Study) -> dict[str, str]:
     found: dict[str, str] = {}
     verdicts: dict[str, bool] = {}
     for run in study.runs:
-        source = run.meta.get("pretrained_encoder")
-        if not (isinstance(source, dict) and isinstance(source.get("dir"), str)):
+        source = run.pretrained_encoder
+        if source is None:
             continue
         name = Path(source["dir"]).name
         if name not in verdicts:
@@ -685,8 +685,8 @@ def encoder_rows(study: Study) -> list[dict[str, str]]:
     used: dict[str, list[Run]] = {}
     recorded: dict[str, Path] = {}
     for run in study.runs:
-        source = run.meta.get("pretrained_encoder")
-        if isinstance(source, dict) and isinstance(source.get("dir"), str):
+        source = run.pretrained_encoder
+        if source is not None:
             name = Path(source["dir"]).name
             used.setdefault(name, []).append(run)
             recorded.setdefault(name, Path(source["dir"]))
